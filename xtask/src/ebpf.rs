@@ -23,7 +23,9 @@ pub fn build(release: bool) -> Result<PathBuf> {
     setup::bpf_linker_command(&info)?;
 
     let mut path = vec![setup::bpf_linker_root().join("bin")];
-    path.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
 
     // What aya-build passes: the arch cfg aya-ebpf wants, BTF for the maps.
     let arch = std::env::consts::ARCH;

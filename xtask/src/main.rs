@@ -60,7 +60,18 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    // The error chain, without the backtrace a RUST_BACKTRACE in the environment would add.
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Setup { only, list } => {
@@ -99,11 +110,11 @@ fn test(no_setup: bool, extra: &[String]) -> Result<()> {
     util::section("cargo fmt --check");
     util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
     // The eBPF crate is its own workspace: check its formatting too.
-    util::run(util::cargo().current_dir(util::repo_root().join("xfrm-ebpf")).args([
-        "fmt",
-        "--all",
-        "--check",
-    ]))?;
+    util::run(
+        util::cargo()
+            .current_dir(util::repo_root().join("xfrm-ebpf"))
+            .args(["fmt", "--all", "--check"]),
+    )?;
 
     util::section("cargo clippy (user-side crates) -D warnings");
     util::run(util::cargo().args([

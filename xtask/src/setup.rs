@@ -147,9 +147,14 @@ fn nightly() -> Result<Done> {
 
 fn rust_src() -> Result<Done> {
     let info = nightly_info()?;
-    let core = info.sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml");
+    let core = info
+        .sysroot
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml");
     if core.is_file() {
-        return Ok(Done::AlreadyThere(format!("{}", core.parent().unwrap().display())));
+        return Ok(Done::AlreadyThere(format!(
+            "{}",
+            core.parent().unwrap().display()
+        )));
     }
     run_cmd(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"])).context(
         "missing piece: the rust-src component of the nightly toolchain \
