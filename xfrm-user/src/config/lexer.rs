@@ -267,9 +267,8 @@ mod tests {
             (errs[1].line, errs[1].column, errs[1].word.as_str()),
             (4, 6, "\"")
         );
-        // Line 2-3 is a continued line; line 5's "seven\"" opens a new quote -> error? No:
-        // the quote of line 4 spans the continuation, which is refused, and the rest of the
-        // logical line (through line 5, as line 4 ends in a backslash) is skipped.
+        // Lines 2-3 are one continued line. The quote of line 4 would need the continuation
+        // to close, which is refused; line 4 ends in a backslash, so line 5 is skipped too.
         let got: Vec<Vec<&str>> = lines.iter().map(|l| texts(l)).collect();
         assert_eq!(got, vec![vec!["three", "four"], vec!["eight"]]);
     }

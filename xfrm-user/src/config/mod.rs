@@ -130,17 +130,15 @@ pub fn load_config(path: &Path) -> Result<Config, Vec<ConfigError>> {
     parse_config(&text, &file)
 }
 
-/// `xfrm-user check --config FILE`: prints "N states, M policies" to `out` and returns 0 when
+/// `xfrm-user check --config FILE`: prints "N states, M policies" (singular for 1) to `out` and returns 0 when
 /// the file is valid; prints every error, one per line, to `err` and returns 2 otherwise.
 pub fn check(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<u8> {
     match load_config(path) {
         Ok(c) => {
-            writeln!(
-                out,
-                "{} states, {} policies",
-                c.states.len(),
-                c.policies.len()
-            )?;
+            let (n, m) = (c.states.len(), c.policies.len());
+            let s = if n == 1 { "state" } else { "states" };
+            let p = if m == 1 { "policy" } else { "policies" };
+            writeln!(out, "{n} {s}, {m} {p}")?;
             Ok(0)
         }
         Err(errors) => {

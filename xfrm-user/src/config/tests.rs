@@ -1116,6 +1116,19 @@ fn check_valid_file() {
 }
 
 #[test]
+fn check_summary_counts_one_as_singular() {
+    let p = temp_file(
+        "one.conf",
+        format!("{}\npolicy add dir out\n", esp("")).as_bytes(),
+    );
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = check(&p, &mut out, &mut err).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(String::from_utf8(out).unwrap(), "1 state, 1 policy\n");
+}
+
+#[test]
 fn check_invalid_file_prints_every_error() {
     let p = temp_file(
         "bad.conf",
