@@ -103,12 +103,16 @@ fn drain(xsk: &mut XskSocket, wait: Duration) -> Vec<(Option<xfrm_common::XdpMet
     let mut got = Vec::new();
     let end = Instant::now() + wait;
     while Instant::now() < end {
-        xsk.recv(Duration::from_millis(100), |f| got.push((f.meta, f.packet.to_vec())))
-            .expect("AF_XDP receive");
+        xsk.recv(Duration::from_millis(100), |f| {
+            got.push((f.meta, f.packet.to_vec()))
+        })
+        .expect("AF_XDP receive");
         if !got.is_empty() {
             // Give stragglers one more round.
-            xsk.recv(Duration::from_millis(100), |f| got.push((f.meta, f.packet.to_vec())))
-                .expect("AF_XDP receive");
+            xsk.recv(Duration::from_millis(100), |f| {
+                got.push((f.meta, f.packet.to_vec()))
+            })
+            .expect("AF_XDP receive");
             break;
         }
     }
@@ -155,22 +159,47 @@ fn veth_redirect(test: &str, tx_checksum: bool) {
 
             // Unselected traffic passes: ping needs ARP (and ND for v6) and ICMP through.
             assert!(ping(topo, peer, b4), "IPv4 ping through the classifier");
-            assert!(ping(topo, peer, b6), "IPv6 ping (ND) through the classifier");
+            assert!(
+                ping(topo, peer, b6),
+                "IPv6 ping (ND) through the classifier"
+            );
             // An unselected UDP flow reaches the gateway's own socket, unchanged.
             let clear = udp_socket_in(topo, gw, SocketAddr::new(b4, PORT_CLEAR));
-            send_udp(topo, peer, a4, SocketAddr::new(b4, PORT_CLEAR), b"in the clear");
+            send_udp(
+                topo,
+                peer,
+                a4,
+                SocketAddr::new(b4, PORT_CLEAR),
+                b"in the clear",
+            );
             assert_eq!(recv_payload(&clear).as_deref(), Some(&b"in the clear"[..]));
 
             // Selected flows go to the socket, not to the stack: a socket on the same port
             // gets nothing.
             let stolen = udp_socket_in(topo, gw, SocketAddr::new(b4, PORT_V4));
-            send_udp(topo, peer, a4, SocketAddr::new(b4, PORT_V4), b"protect me v4");
-            send_udp(topo, peer, a6, SocketAddr::new(b6, PORT_V6), b"protect me v6");
+            send_udp(
+                topo,
+                peer,
+                a4,
+                SocketAddr::new(b4, PORT_V4),
+                b"protect me v4",
+            );
+            send_udp(
+                topo,
+                peer,
+                a6,
+                SocketAddr::new(b6, PORT_V6),
+                b"protect me v6",
+            );
             let mut frames = drain(&mut xsk, Duration::from_secs(3));
             if frames.len() < 2 {
                 frames.extend(drain(&mut xsk, Duration::from_secs(2)));
             }
-            assert_eq!(frames.len(), 2, "both selected datagrams on the AF_XDP socket");
+            assert_eq!(
+                frames.len(),
+                2,
+                "both selected datagrams on the AF_XDP socket"
+            );
             for (meta, frame) in &frames {
                 let m = meta.expect("metadata in front of the frame");
                 assert_eq!(m.magic, XDP_META_MAGIC);
@@ -179,7 +208,11 @@ fn veth_redirect(test: &str, tx_checksum: bool) {
                 assert_eq!((m.policy_id, m.sa_id), (policy, 40 + policy));
                 assert_eq!((m.l3_offset, m.l4_offset), (14, l4));
                 let udp = &frame[l4 as usize..];
-                let payload: &[u8] = if v6 { b"protect me v6" } else { b"protect me v4" };
+                let payload: &[u8] = if v6 {
+                    b"protect me v6"
+                } else {
+                    b"protect me v4"
+                };
                 assert_eq!(&udp[8..], payload);
                 assert_eq!(&frame[0..6], &b.mac, "sent to the gateway's MAC");
                 // veth checksum offload: the sender left CHECKSUM_PARTIAL, so the field holds
@@ -198,7 +231,11 @@ fn veth_redirect(test: &str, tx_checksum: bool) {
                     );
                 }
             }
-            assert_eq!(recv_payload(&stolen), None, "a redirected datagram also reached the stack");
+            assert_eq!(
+                recv_payload(&stolen),
+                None,
+                "a redirected datagram also reached the stack"
+            );
 
             // TX ring → peer: a frame we build arrives at a socket in the peer namespace.
             let rx_peer = udp_socket_in(topo, peer, SocketAddr::new(a4, PORT_TX));
@@ -206,20 +243,33 @@ fn veth_redirect(test: &str, tx_checksum: bool) {
             let ip = packet::ipv4(b.ipv4, a.ipv4, IPPROTO_UDP, 0x4000, &l4);
             let frame = packet::ethernet(a.mac, b.mac, None, packet::ETH_P_IP, &ip);
             xsk.send(&frame)?;
-            assert_eq!(recv_payload(&rx_peer).as_deref(), Some(&b"from the TX ring"[..]));
+            assert_eq!(
+                recv_payload(&rx_peer).as_deref(),
+                Some(&b"from the TX ring"[..])
+            );
             xsk.reap();
 
             let c = dp.counters()?;
             assert_eq!(c.get(Counter::Redirect), 2, "{c}");
-            assert!(c.get(Counter::PassArpNd) >= 2, "ARP and ND seen and passed: {c}");
-            assert!(c.get(Counter::PassNoPolicy) >= 5, "pings and the clear flow: {c}");
+            assert!(
+                c.get(Counter::PassArpNd) >= 2,
+                "ARP and ND seen and passed: {c}"
+            );
+            assert!(
+                c.get(Counter::PassNoPolicy) >= 5,
+                "pings and the clear flow: {c}"
+            );
             assert_eq!(c.get(Counter::DropNoSocket), 0, "{c}");
 
             // Fail closed: the worker's socket gone, the selected flow is dropped, neither
             // redirected nor delivered in clear.
             dp.clear_socket(0)?;
             send_udp(topo, peer, a4, SocketAddr::new(b4, PORT_V4), b"no worker");
-            assert_eq!(recv_payload(&stolen), None, "fail open: delivered without a worker");
+            assert_eq!(
+                recv_payload(&stolen),
+                None,
+                "fail open: delivered without a worker"
+            );
             let c = dp.counters()?;
             assert_eq!(c.get(Counter::DropNoSocket), 1, "{c}");
             // And unselected traffic still flows.

@@ -145,7 +145,7 @@ pub const META_F_VLAN: u16 = 1 << 1;
 pub const META_F_FRAGMENT: u16 = 1 << 2;
 
 // The kernel wants metadata in 4-byte units and at most 32 bytes.
-const _: () = assert!(XDP_META_LEN % 4 == 0 && XDP_META_LEN <= 32);
+const _: () = assert!(XDP_META_LEN.is_multiple_of(4) && XDP_META_LEN <= 32);
 
 /// Per-CPU verdict counters: indexes into COUNTERS (a PerCpuArray<u64>).
 #[repr(u32)]

@@ -11,7 +11,9 @@ use anyhow::{bail, Result};
 use xfrm_common::{PolicyRule, RuleAction, FAMILY_V4, FAMILY_V6, NO_SA};
 
 use crate::{
-    policy::{Policy, PolicyAction, PolicyDir},
+    config::Config,
+    policy::{Policy, PolicyAction, PolicyDir, Template},
+    sa::SaConfig,
     selector::{FlowKey, Prefix, Selector},
 };
 
@@ -109,6 +111,33 @@ pub fn compile_out(
             Ok(r)
         })
         .collect()
+}
+
+/// The SA a template resolves to among the configured states (what `xfrm_state_find` does with
+/// a static SAD): destination, protocol, mode, and SPI / reqid / source when the template
+/// names them. Index into `states`.
+pub fn sa_for_template(states: &[SaConfig], t: &Template) -> Option<u32> {
+    states
+        .iter()
+        .position(|s| {
+            s.id.daddr == t.dst
+                && s.id.proto == t.proto
+                && s.mode == t.mode
+                && t.spi.is_none_or(|spi| spi == s.id.spi)
+                && (t.reqid == 0 || t.reqid == s.reqid)
+                && t.src.is_none_or(|src| src == s.saddr)
+        })
+        .map(|i| i as u32)
+}
+
+/// The outbound table of a whole configuration: SA ids are indexes into `cfg.states`, taken
+/// from the first template of each bundle.
+pub fn compile_config(cfg: &Config) -> Result<Vec<PolicyRule>> {
+    compile_out(&cfg.policies, |p| {
+        p.templates
+            .first()
+            .and_then(|t| sa_for_template(&cfg.states, t))
+    })
 }
 
 /// The reference lookup over the library's types: the out policy the XDP program must pick for

@@ -195,7 +195,12 @@ impl XskSocket {
                 )
             };
             if r < 0 {
-                bail!("poll AF_XDP socket: {}", std::io::Error::last_os_error());
+                let e = std::io::Error::last_os_error();
+                // A signal (Ctrl-C) is not an error: the caller checks its stop flag.
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    return Ok(0);
+                }
+                bail!("poll AF_XDP socket: {e}");
             }
         }
         let mut descs = Vec::new();
