@@ -1,4 +1,4 @@
-//! The classifier live on a veth pair in native mode: selected flows reach the AF_XDP socket
+//! The classifier live on a veth pair in native mode (and generic mode): selected flows reach the AF_XDP socket
 //! with their metadata, a frame written to the socket's TX ring reaches the peer, and everything
 //! else (ARP, ND, ping, other flows) passes unchanged. Then fail closed: without the socket, the
 //! selected flow is dropped, not delivered in clear.
@@ -119,7 +119,7 @@ fn drain(xsk: &mut XskSocket, wait: Duration) -> Vec<(Option<xfrm_common::XdpMet
     got
 }
 
-fn veth_redirect(test: &str, tx_checksum: bool) {
+fn veth_redirect(test: &str, mode: AttachMode, tx_checksum: bool) {
     if !root_or_skip(test) {
         return;
     }
@@ -152,7 +152,7 @@ fn veth_redirect(test: &str, tx_checksum: bool) {
     topo.ns(gw)
         .run(|| {
             let mut dp = Datapath::load(&bpf_object())?;
-            dp.attach_classifier(&b.ifname, AttachMode::Native)?;
+            dp.attach_classifier(&b.ifname, mode)?;
             dp.set_out_policies(&rules)?;
             let mut xsk = XskSocket::bind(&b.ifname, 0, XskConfig::default())?;
             dp.set_socket(0, xsk.fd())?;
@@ -282,10 +282,20 @@ fn veth_redirect(test: &str, tx_checksum: bool) {
 
 #[test]
 fn veth_native_redirect_tx_and_pass() {
-    veth_redirect("veth_native_redirect_tx_and_pass", true);
+    veth_redirect("veth_native_redirect_tx_and_pass", AttachMode::Native, true);
 }
 
 #[test]
 fn veth_native_redirect_tx_checksum_off() {
-    veth_redirect("veth_native_redirect_tx_checksum_off", false);
+    veth_redirect(
+        "veth_native_redirect_tx_checksum_off",
+        AttachMode::Native,
+        false,
+    );
+}
+
+/// Generic (skb) XDP: the same verdicts and metadata, for interfaces without native XDP.
+#[test]
+fn veth_skb_redirect_tx_and_pass() {
+    veth_redirect("veth_skb_redirect_tx_and_pass", AttachMode::Skb, true);
 }
