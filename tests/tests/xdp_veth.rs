@@ -153,6 +153,9 @@ fn veth_redirect(test: &str, mode: AttachMode, tx_checksum: bool) {
         .run(|| {
             let mut dp = Datapath::load(&bpf_object())?;
             dp.attach_classifier(&b.ifname, mode)?;
+            // The peer runs the pass-everything program: what a veth needs to accept
+            // XDP_TX/redirected frames, and it must leave the peer's own traffic alone.
+            topo.ns(peer).run(|| dp.attach_pass(&a.ifname, mode))?;
             dp.set_out_policies(&rules)?;
             let mut xsk = XskSocket::bind(&b.ifname, 0, XskConfig::default())?;
             dp.set_socket(0, xsk.fd())?;
