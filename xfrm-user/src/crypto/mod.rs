@@ -189,4 +189,21 @@ mod tests {
             Some(CryptoError::BadIcvLength(0))
         );
     }
+
+    /// Every SA of the shipped example config gets its run-time crypto, with the ICV
+    /// length its config line says.
+    #[test]
+    fn example_config_builds() {
+        let text = include_str!("../../examples/site-a.conf");
+        let config = crate::config::parse_config(text, "site-a.conf").unwrap();
+        assert!(!config.states.is_empty());
+        for sa in &config.states {
+            let c = SaCrypto::from_algorithm(&sa.algorithm).unwrap();
+            let bits = match &sa.algorithm {
+                SaAlgorithm::Aead { icv_bits, .. } => *icv_bits,
+                SaAlgorithm::Auth { trunc_bits, .. } => *trunc_bits,
+            };
+            assert_eq!(c.icv_len() * 8, bits as usize);
+        }
+    }
 }
