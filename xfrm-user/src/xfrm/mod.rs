@@ -12,3 +12,6 @@ pub mod state;
 pub use output::{xfrm_output, xfrm_output_bundle, Verdict};
 pub use spd::XfrmDb;
 pub use state::{Clock, KmState, ManualClock, SecurityAssociation, SystemClock};
+
+#[cfg(test)]
+mod tests;
