@@ -206,7 +206,7 @@ mod tests {
     #[test]
     fn trailer_lengths_and_bytes() {
         for (len, plen) in [
-            (0usize, 2usize),
+            (0usize, 4usize),
             (1, 3),
             (2, 2),
             (3, 5),
