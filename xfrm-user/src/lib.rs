@@ -4,6 +4,7 @@
 pub mod config;
 pub mod crypto;
 pub mod frame;
+pub mod pcap;
 pub mod policy;
 pub mod sa;
 pub mod selector;
