@@ -4,7 +4,10 @@
 pub mod config;
 pub mod crypto;
 pub mod frame;
+pub mod pcap;
 pub mod policy;
 pub mod sa;
 pub mod selector;
 pub mod stats;
+pub mod wire;
+pub mod xfrm;
