@@ -19,13 +19,14 @@ use xfrm_tests::{
 };
 use xfrm_user::{
     datapath::{
-        rules::compile_out,
+        rules::compile_sorted,
         xsk::{XskConfig, XskSocket},
         AttachMode, Datapath,
     },
     policy::{Policy, PolicyAction, PolicyDir, Template, TmplLevel},
     sa::{XfrmMode, XfrmProto},
     selector::{PortMatch, Prefix, Selector},
+    xfrm::XfrmDb,
 };
 
 const PORT_V4: u16 = 5555;
@@ -146,7 +147,9 @@ fn veth_redirect(test: &str, mode: AttachMode, tx_checksum: bool) {
 
     let mut policies = vec![protect_udp(a4, b4, PORT_V4), protect_udp(a6, b6, PORT_V6)];
     policies[1].index = 1;
-    let rules = compile_out(&policies, |p| Some(40 + p.index)).unwrap();
+    let db = XfrmDb::new(vec![], policies).unwrap();
+    // Equal priorities: the db keeps config order, so policy_id = config index here.
+    let rules = compile_sorted(db.policies(PolicyDir::Out), |p| Some(40 + p.index)).unwrap();
 
     let topo = &topo;
     topo.ns(gw)
