@@ -155,8 +155,10 @@ fn ipv6_rearrange_rthdr(hdr: &mut [u8], at: usize, len: usize) -> Result<(), AhE
     Ok(())
 }
 
-/// ipv6_clear_mutable_options (output direction) over the extension headers in `hdr`.
-pub fn ipv6_clear_mutable_options(hdr: &mut [u8]) -> Result<(), AhError> {
+/// ipv6_clear_mutable_options over the extension headers in `hdr`. `out`: the packet is
+/// being sent, so a Home Address option still has to be swapped into its final place
+/// (the kernel does that only for XFRM_POLICY_OUT; a received packet has it there already).
+pub fn ipv6_clear_mutable_options(hdr: &mut [u8], out: bool) -> Result<(), AhError> {
     let mut nexthdr = hdr[ipv6::NEXT_HEADER_OFFSET];
     let mut off = ipv6::HEADER_LEN;
     while off < hdr.len() {
@@ -169,7 +171,9 @@ pub fn ipv6_clear_mutable_options(hdr: &mut [u8]) -> Result<(), AhError> {
         }
         match nexthdr {
             proto::DSTOPTS => {
-                ipv6_rearrange_destopt(hdr, off, len)?;
+                if out {
+                    ipv6_rearrange_destopt(hdr, off, len)?;
+                }
                 zero_out_mutable_opts(&mut hdr[off..off + len])?;
             }
             proto::HOPOPTS => zero_out_mutable_opts(&mut hdr[off..off + len])?,
@@ -185,10 +189,12 @@ pub fn ipv6_clear_mutable_options(hdr: &mut [u8]) -> Result<(), AhError> {
 /// Copies the IP header (and the extension headers in front of AH) into `buf` with the
 /// mutable fields zeroed as the ICV wants them: IPv4 TOS, flags/fragment offset, TTL,
 /// checksum and the mutable options; IPv6 traffic class, flow label, hop limit and the
-/// mutable option data / routing addresses. Returns the copy.
+/// mutable option data / routing addresses. `out` as in `ipv6_clear_mutable_options`
+/// (ah_input passes false). Returns the copy.
 pub fn ah_icv_header<'b>(
     hdr: &[u8],
     v6: bool,
+    out: bool,
     buf: &'b mut [u8; MAX_ICV_HEADER],
 ) -> Result<&'b [u8], AhError> {
     let n = hdr.len();
@@ -203,7 +209,7 @@ pub fn ah_icv_header<'b>(
         c[2] = 0;
         c[3] = 0;
         c[7] = 0;
-        ipv6_clear_mutable_options(c)?;
+        ipv6_clear_mutable_options(c, out)?;
     } else {
         c[1] = 0; // tos
         c[6] = 0; // frag_off
@@ -257,7 +263,7 @@ pub fn ah_output(
         a.icv_mut().fill(0);
     }
     let mut hbuf = [0u8; MAX_ICV_HEADER];
-    let hdr = ah_icv_header(&data[..l.xfrm_off], l.v6, &mut hbuf)?;
+    let hdr = ah_icv_header(&data[..l.xfrm_off], l.v6, true, &mut hbuf)?;
     let mut seqhi = [0u8; 4];
     put32(&mut seqhi, 0, (seq >> 32) as u32);
     let parts_esn: [&[u8]; 3] = [hdr, &data[l.xfrm_off..], &seqhi];
@@ -336,7 +342,7 @@ mod tests {
         h.extend_from_slice(&[0x33; 16]);
         h.extend_from_slice(&[0x44; 16]);
         let mut buf = [0u8; MAX_ICV_HEADER];
-        let c = ah_icv_header(&h, true, &mut buf).unwrap().to_vec();
+        let c = ah_icv_header(&h, true, true, &mut buf).unwrap().to_vec();
         assert_eq!(
             &c[0..4],
             &[0x60, 0, 0, 0],
@@ -351,6 +357,6 @@ mod tests {
         // Broken chain.
         let mut bad = h.clone();
         bad[41] = 9;
-        assert!(ah_icv_header(&bad, true, &mut buf).is_err());
+        assert!(ah_icv_header(&bad, true, true, &mut buf).is_err());
     }
 }

@@ -1,6 +1,13 @@
 //! The XFRM transforms as the kernel layers them: `state` (xfrm_state), `spd` (policies and
 //! SA lookup), `mode` (x->outer_mode: transport/tunnel), `esp` and `ah` (x->type), and
 //! `output` (xfrm_output / xfrm_output_resume / xfrm_output_one).
+//!
+//! The input side goes beside each: xfrm_input in input.rs; esp_input next to esp_output
+//! (reusing `esp_aad`, the ESN header shift of the GMAC path, `esp_trailer_len`);
+//! ah_input next to ah_output (`ah_icv_header(.., out = false, ..)` zeroes the same
+//! fields); the tunnel/transport input modes in mode.rs; the replay window in state.rs
+//! next to xfrm_replay_overflow; `XfrmDb::state_lookup` finds the SA by (daddr, spi, proto)
+//! and `spd::sa_covers_flow` is the selector check.
 
 pub mod ah;
 pub mod esp;
