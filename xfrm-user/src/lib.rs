@@ -6,3 +6,4 @@ pub mod policy;
 pub mod sa;
 pub mod selector;
 pub mod stats;
+pub mod xfrm;

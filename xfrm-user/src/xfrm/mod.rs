@@ -1,0 +1,3 @@
+//! The XFRM transforms, named after the kernel's net/xfrm and net/ipv4|6 functions.
+
+pub mod replay;
