@@ -5,6 +5,7 @@
 
 pub mod ah;
 pub mod esp;
+pub mod input;
 pub mod mode;
 pub mod output;
 pub mod policy_check;
@@ -12,6 +13,10 @@ pub mod replay;
 pub mod spd;
 pub mod state;
 
+pub use input::{xfrm_input, InputTables, InputVerdict};
 pub use output::{xfrm_output, xfrm_output_bundle, Verdict};
 pub use spd::XfrmDb;
 pub use state::{Clock, KmState, ManualClock, SecurityAssociation, SystemClock};
+
+#[cfg(test)]
+mod input_tests;

@@ -50,8 +50,44 @@ impl ReplayError {
 pub enum ReplayConfigError {
     #[error("replay-window {0} is larger than {max}", max = ReplayState::MAX_WINDOW)]
     WindowTooLarge(u32),
-    #[error("replay-seq-hi {0} needs flag esn")]
-    SeqHiWithoutEsn(u32),
+}
+
+/// struct xfrm_stats: the per-SA input statistics `ip -s xfrm state` shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XfrmStateStats {
+    /// Refused as left of the window.
+    pub replay_window: u64,
+    /// Refused as already received.
+    pub replay: u64,
+    /// ICV did not verify.
+    pub integrity_failed: u64,
+}
+
+impl XfrmStateStats {
+    /// Counts a refused sequence number where the kernel counts it.
+    pub fn count_replay_error(&mut self, e: ReplayError) {
+        match e {
+            ReplayError::TooOld { .. } => self.replay_window += 1,
+            ReplayError::Replayed { .. } => self.replay += 1,
+            ReplayError::Zero => {}
+        }
+    }
+}
+
+/// What the input path changes in an SA, kept under one lock (the kernel's x->lock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SaInput {
+    pub replay: ReplayState,
+    pub stats: XfrmStateStats,
+}
+
+impl SaInput {
+    pub fn new(replay: ReplayState) -> Self {
+        Self {
+            replay,
+            stats: XfrmStateStats::default(),
+        }
+    }
 }
 
 const BMP_BITS: u64 = ReplayState::MAX_WINDOW as u64;
@@ -83,14 +119,13 @@ impl ReplayState {
     const ESN_INFERENCE_WINDOW_WHEN_UNCHECKED: u64 = 1 << 31;
 
     /// `replay-window`, `flag esn`, `replay-seq`, `replay-seq-hi`: the window starts with
-    /// `seq_hi:seq` as the highest number seen and nothing received.
+    /// `seq_hi:seq` as the highest number seen and nothing received. Without ESN the high
+    /// half is ignored, as the kernel's non-ESN replay modes ignore replay_esn->seq_hi.
     pub fn new(window: u32, esn: bool, seq: u32, seq_hi: u32) -> Result<Self, ReplayConfigError> {
         if window > Self::MAX_WINDOW {
             return Err(ReplayConfigError::WindowTooLarge(window));
         }
-        if !esn && seq_hi != 0 {
-            return Err(ReplayConfigError::SeqHiWithoutEsn(seq_hi));
-        }
+        let seq_hi = if esn { seq_hi } else { 0 };
         Ok(Self {
             top: (u64::from(seq_hi) << 32) | u64::from(seq),
             window,
@@ -499,9 +534,10 @@ mod tests {
             Err(ReplayConfigError::WindowTooLarge(4097))
         );
         assert!(ReplayState::new(4096, true, 0, 0).is_ok());
+        assert_eq!(ReplayState::new(32, false, 7, 1).unwrap().top(), 7);
         assert_eq!(
-            ReplayState::new(32, false, 0, 1),
-            Err(ReplayConfigError::SeqHiWithoutEsn(1))
+            ReplayState::new(32, true, 7, 1).unwrap().top(),
+            (1 << 32) | 7
         );
     }
 

@@ -6,12 +6,14 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::crypto::{CryptoError, SaCrypto};
 use crate::sa::{EncapType, SaConfig, XfrmMode, XfrmProto};
 use crate::stats::{XfrmStat, XfrmStats};
 use crate::wire::{ah, esp, ipv4, ipv6, udp};
+
+use super::replay::{ReplayState, SaInput};
 
 /// Seconds since the epoch (ktime_get_real_seconds), injectable for tests and replays.
 pub trait Clock: Send + Sync {
@@ -161,6 +163,9 @@ pub struct SecurityAssociation {
     /// Counters of this SA alone (same names as the global ones).
     pub stats: XfrmStats,
     soft_expiries: AtomicU64,
+    /// The inbound replay window and x->stats, under the SA's lock (x->lock): checked
+    /// before the ICV, advanced after it (see replay.rs).
+    input: Mutex<SaInput>,
 }
 
 impl std::fmt::Debug for SecurityAssociation {
@@ -219,6 +224,10 @@ impl SecurityAssociation {
             });
         }
         let props = SaProps::new(&cfg, crypto.icv_len());
+        let replay = ReplayState::from_config(&cfg).map_err(|_| SaError::Invalid {
+            spi,
+            what: "replay-window larger than 4096",
+        })?;
         let oseq = if cfg.flags.esn {
             cfg.initial_oseq()
         } else {
@@ -240,6 +249,7 @@ impl SecurityAssociation {
             hop_limit: AtomicU8::new(DEFAULT_HOP_LIMIT),
             stats: XfrmStats::new(),
             soft_expiries: AtomicU64::new(0),
+            input: Mutex::new(SaInput::new(replay)),
             cfg,
         })
     }
@@ -295,6 +305,12 @@ impl SecurityAssociation {
     /// 32 under ESN). Saturates at the limit: a refused number is never counted.
     pub fn oseq(&self) -> u64 {
         self.oseq.load(Ordering::Relaxed)
+    }
+    /// The input state (replay window, x->stats), locked. A panic elsewhere while it was
+    /// held leaves a state that is still consistent (every update is a plain store), so a
+    /// poisoned lock is taken over rather than propagated.
+    pub fn input(&self) -> MutexGuard<'_, SaInput> {
+        self.input.lock().unwrap_or_else(|e| e.into_inner())
     }
     /// Path MTU towards the peer (the kernel's dst->child_mtu_cached), for TFC padding.
     pub fn set_mtu(&self, mtu: u32) {
