@@ -1,5 +1,5 @@
 //! ESP (x->type for IPPROTO_ESP) with AES-GCM (RFC 4106) and AES-GMAC (RFC 4543), as
-//! net/ipv4/esp4.c and net/ipv6/esp6.c do it: esp_output here, esp_input beside it later.
+//! net/ipv4/esp4.c and net/ipv6/esp6.c do it: esp_output, and esp_input after it.
 //!
 //! Packet after `esp_output`, the mode having left the gap:
 //! ```text

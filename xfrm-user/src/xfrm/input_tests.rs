@@ -641,6 +641,82 @@ fn round_trip_bundles() {
     }
 }
 
+/// IPv4 options (router alert, kept in the ICV; timestamp, mutable) and an IPv6
+/// hop-by-hop header with a mutable option, in front of ESP/AH in transport mode and
+/// inside a tunnel.
+fn with_options(mut p: Vec<u8>) -> Vec<u8> {
+    if p[0] >> 4 == 4 {
+        let opts = [148, 4, 0, 0, 68, 8, 5, 0, 1, 2, 3, 4];
+        p.splice(20..20, opts);
+        p[0] = 0x45 + (opts.len() / 4) as u8;
+        let len = p.len() as u16;
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
+    } else {
+        let nh = p[6];
+        p.splice(40..40, [nh, 0, 0x3e, 1, 0xaa, 1, 1, 0]);
+        p[6] = proto::HOPOPTS;
+        let plen = (p.len() - 40) as u16;
+        p[4..6].copy_from_slice(&plen.to_be_bytes());
+    }
+    p
+}
+
+#[test]
+fn round_trip_ip_options_and_extension_headers() {
+    for alg in [
+        Alg::Gcm {
+            key_len: 16,
+            icv_bits: 128,
+        },
+        Alg::Sha256,
+        Alg::Sha1,
+    ] {
+        for mode in [XfrmMode::Transport, XfrmMode::Tunnel] {
+            for v6 in [false, true] {
+                let mut c = sa_cfg(0x580, alg, mode, v6);
+                c.flags.esn = true;
+                let name = format!("{alg:?} {mode:?} v6 {v6}");
+                let pkts: Vec<_> = sample_packets(&c, v6)
+                    .into_iter()
+                    .map(with_options)
+                    .collect();
+                let link = Link::bundle(vec![c.clone()], v6);
+                round_trip(&name, &link, &pkts, |p| p.to_vec());
+                if mode == XfrmMode::Tunnel || alg.proto() != XfrmProto::Ah {
+                    continue;
+                }
+                // AH leaves the mutable option data out of the ICV: a router may change it.
+                let mut w = link.send(&pkts[1]);
+                let at = if v6 { 44 } else { 29 };
+                w[at] ^= 0x55;
+                if !v6 {
+                    Ipv4Packet::new_unchecked(&mut w[..]).fill_checksum();
+                }
+                let (v, got) = link.recv(&w);
+                assert_eq!(
+                    v,
+                    InputVerdict::Decapsulated,
+                    "{name}: mutable option changed"
+                );
+                assert_eq!(got[at], pkts[1][at] ^ 0x55);
+                // The router alert option is covered.
+                let mut w = link.send(&pkts[1]);
+                w[if v6 { 42 } else { 22 }] ^= 1;
+                if !v6 {
+                    Ipv4Packet::new_unchecked(&mut w[..]).fill_checksum();
+                }
+                let (v, _) = link.recv(&w);
+                assert_eq!(
+                    v,
+                    InputVerdict::Dropped(XfrmStat::XfrmInStateProtoError),
+                    "{name}"
+                );
+            }
+        }
+    }
+}
+
 // ----------------------------------------------------------------------------------------
 // ECN and DSCP at the tunnel exit
 
