@@ -20,3 +20,5 @@ pub use state::{Clock, KmState, ManualClock, SecurityAssociation, SystemClock};
 
 #[cfg(test)]
 mod input_tests;
+#[cfg(test)]
+mod tests;

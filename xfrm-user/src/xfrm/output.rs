@@ -178,25 +178,35 @@ pub fn xfrm_output_one(
     ip_local_out_fixup(frame.data_mut(), l.v6).map_err(|_| XfrmStat::XfrmOutError)
 }
 
+/// The inner L4 checksum is wrong (or cannot be completed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadChecksum;
+
 /// The inner L4 checksum before encryption. Partial (CHECKSUM_PARTIAL): the field holds the
 /// pseudo-header sum, and skb_checksum_help folds the sum of the whole L4 segment into it
 /// (0 becomes 0xffff, CSUM_MANGLED_0). Otherwise TCP, UDP, ICMP and ICMPv6 checksums are
 /// verified. UDP with checksum 0 means "none" over IPv4 and is let through over IPv6 too
 /// (RFC 6935 tunnels use it). Fragments cannot be checked and pass as they are.
-pub fn inner_l4_checksum(pkt: &mut [u8], info: &flow::FlowInfo, partial: bool) -> Result<(), ()> {
+pub fn inner_l4_checksum(
+    pkt: &mut [u8],
+    info: &flow::FlowInfo,
+    partial: bool,
+) -> Result<(), BadChecksum> {
     if info.fragment || !info.l4_present {
-        return if partial { Err(()) } else { Ok(()) };
+        return if partial { Err(BadChecksum) } else { Ok(()) };
     }
     let p = info.key.proto;
     let (csum_off, min_len) = match p {
         proto::TCP => (16, 20),
         proto::UDP => (6, 8),
         proto::ICMP | proto::ICMPV6 => (2, 4),
-        _ => return if partial { Err(()) } else { Ok(()) },
+        _ => return if partial { Err(BadChecksum) } else { Ok(()) },
     };
-    let l4 = pkt.get_mut(info.l4_offset..info.ip_len).ok_or(())?;
+    let l4 = pkt
+        .get_mut(info.l4_offset..info.ip_len)
+        .ok_or(BadChecksum)?;
     if l4.len() < min_len {
-        return Err(());
+        return Err(BadChecksum);
     }
     if partial {
         let mut c = !checksum::data(l4);
@@ -214,11 +224,11 @@ pub fn inner_l4_checksum(pkt: &mut [u8], info: &flow::FlowInfo, partial: bool) -
         (IpAddr::V4(_), IpAddr::V4(_)) if p == proto::ICMP => 0,
         (IpAddr::V4(s), IpAddr::V4(d)) => checksum::pseudo_header_v4(s, d, p, len),
         (IpAddr::V6(s), IpAddr::V6(d)) => checksum::pseudo_header_v6(s, d, p, len),
-        _ => return Err(()),
+        _ => return Err(BadChecksum),
     };
     if checksum::combine(&[ph, checksum::data(l4)]) == 0xffff {
         Ok(())
     } else {
-        Err(())
+        Err(BadChecksum)
     }
 }

@@ -169,7 +169,7 @@ impl XfrmDb {
                 continue;
             }
             best = match best {
-                Some(b) if b.is_dying() < x.is_dying() => Some(b),
+                Some(b) if !b.is_dying() && x.is_dying() => Some(b),
                 Some(b) if b.is_dying() == x.is_dying() && b.index > x.index => Some(b),
                 _ => Some(x),
             };

@@ -55,6 +55,14 @@ impl Clock for ManualClock {
     }
 }
 
+/// xfrm_state_check_expire refused the packet: a hard lifetime ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateExpired;
+
+/// xfrm_replay_overflow refused the packet: no sequence number left (-EOVERFLOW).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqOverflow;
+
 /// x->km.state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -363,7 +371,7 @@ impl SecurityAssociation {
     /// The time limits, which the kernel enforces from a timer (xfrm_timer_handler), are
     /// checked here against `now`. Several workers may pass the check at once, so a hard
     /// byte/packet limit can be overshot by at most one packet per worker.
-    pub fn xfrm_state_check_expire(&self, now: u64) -> Result<(), ()> {
+    pub fn xfrm_state_check_expire(&self, now: u64) -> Result<(), StateExpired> {
         if self.use_time.load(Ordering::Relaxed) == 0 {
             let _ =
                 self.use_time
@@ -399,7 +407,7 @@ impl SecurityAssociation {
                     packets
                 );
             }
-            return Err(());
+            return Err(StateExpired);
         }
         if (bytes >= lft.soft_byte_limit
             || packets >= lft.soft_packet_limit
@@ -430,7 +438,7 @@ impl SecurityAssociation {
     /// the high 32. With oseq-may-wrap the high bits count the wraps, which keeps the IV
     /// built from this value unique per packet even though the wire number repeats (the
     /// kernel's IV would repeat there; see esp.rs).
-    pub fn xfrm_replay_overflow(&self) -> Result<u64, ()> {
+    pub fn xfrm_replay_overflow(&self) -> Result<u64, SeqOverflow> {
         let limit = if self.cfg.flags.esn || self.cfg.extra_flags.oseq_may_wrap {
             u64::MAX
         } else {
@@ -458,6 +466,7 @@ impl SecurityAssociation {
                     self.spi(),
                     self.daddr()
                 );
+                SeqOverflow
             })
     }
 
@@ -602,8 +611,8 @@ pub(crate) mod tests {
         c.replay_oseq = u32::MAX - 1;
         let s = sa(c.clone());
         assert_eq!(s.xfrm_replay_overflow(), Ok(u64::from(u32::MAX)));
-        assert_eq!(s.xfrm_replay_overflow(), Err(()));
-        assert_eq!(s.xfrm_replay_overflow(), Err(()));
+        assert_eq!(s.xfrm_replay_overflow(), Err(SeqOverflow));
+        assert_eq!(s.xfrm_replay_overflow(), Err(SeqOverflow));
         assert_eq!(s.oseq(), u64::from(u32::MAX));
         // oseq-may-wrap: the wire number wraps to 0 (low 32 bits), the count goes on.
         c.extra_flags.oseq_may_wrap = true;
@@ -626,7 +635,7 @@ pub(crate) mod tests {
         c.replay_oseq_hi = u32::MAX;
         let s = sa(c);
         assert_eq!(s.xfrm_replay_overflow(), Ok(u64::MAX));
-        assert_eq!(s.xfrm_replay_overflow(), Err(()));
+        assert_eq!(s.xfrm_replay_overflow(), Err(SeqOverflow));
         assert_eq!(s.oseq(), u64::MAX);
     }
 
@@ -664,7 +673,7 @@ pub(crate) mod tests {
         }
         assert!(s.is_dying());
         assert_eq!(s.soft_expiries(), 1, "soft expiry counted once");
-        assert_eq!(s.xfrm_state_check_expire(1000), Err(()));
+        assert_eq!(s.xfrm_state_check_expire(1000), Err(StateExpired));
         assert_eq!(s.km_state(), KmState::Expired);
 
         let mut c = esp_cfg(1, "192.0.2.1", "192.0.2.2", XfrmMode::Tunnel);
@@ -679,7 +688,7 @@ pub(crate) mod tests {
         s.xfrm_state_check_expire(1000).unwrap();
         assert!(s.is_dying());
         s.add_curlft(100);
-        assert_eq!(s.xfrm_state_check_expire(1000), Err(()));
+        assert_eq!(s.xfrm_state_check_expire(1000), Err(StateExpired));
     }
 
     #[test]
@@ -692,7 +701,7 @@ pub(crate) mod tests {
         assert!(!s.is_dying());
         s.xfrm_state_check_expire(1010).unwrap();
         assert!(s.is_dying());
-        assert_eq!(s.xfrm_state_check_expire(1020), Err(()));
+        assert_eq!(s.xfrm_state_check_expire(1020), Err(StateExpired));
 
         let mut c = esp_cfg(1, "192.0.2.1", "192.0.2.2", XfrmMode::Tunnel);
         c.lifetime.hard_use_expires_seconds = 5;
@@ -701,7 +710,7 @@ pub(crate) mod tests {
         s.xfrm_state_check_expire(5000).unwrap();
         assert_eq!(s.use_time(), 5000);
         s.xfrm_state_check_expire(5004).unwrap();
-        assert_eq!(s.xfrm_state_check_expire(5005), Err(()));
+        assert_eq!(s.xfrm_state_check_expire(5005), Err(StateExpired));
     }
 
     #[test]
