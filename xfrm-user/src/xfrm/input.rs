@@ -457,7 +457,7 @@ pub fn xfrm_input(
             x.input().stats.count_replay_error(e);
             return drop_sa(x, stats, e.stat());
         }
-        x.add_curlft(frame.len().saturating_sub(payload_off));
+        x.add_curlft_input(frame.len().saturating_sub(payload_off));
         if nexthdr == proto::NONE {
             return InputVerdict::Consumed(Consumed::Dummy);
         }

@@ -162,6 +162,9 @@ pub struct SecurityAssociation {
     /// curlft.packets = oseq - oseq_base and needs no counter of its own (one atomic less
     /// per packet; nothing can fail between xfrm_replay_overflow and the curlft update).
     oseq_base: u64,
+    /// Packets taken in by the input path (an inbound SA hands out no sequence numbers, so
+    /// its curlft.packets is counted here; only input touches it).
+    curlft_in_packets: AtomicU64,
     curlft_bytes: AtomicU64,
     add_time: u64,
     /// 0 until the first packet.
@@ -254,6 +257,7 @@ impl SecurityAssociation {
             oseq: AtomicU64::new(oseq),
             curlft_bytes: AtomicU64::new(0),
             oseq_base: oseq,
+            curlft_in_packets: AtomicU64::new(0),
             add_time: now,
             use_time: AtomicU64::new(0),
             ip_id_base: random_u32() as u16,
@@ -308,6 +312,7 @@ impl SecurityAssociation {
         self.oseq
             .load(Ordering::Relaxed)
             .saturating_sub(self.oseq_base)
+            + self.curlft_in_packets.load(Ordering::Relaxed)
     }
     pub fn add_time(&self) -> u64 {
         self.add_time
@@ -480,6 +485,13 @@ impl SecurityAssociation {
     /// packet took, see `oseq_base`).
     pub fn add_curlft(&self, bytes: usize) {
         self.curlft_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The input path's x->curlft.bytes += len; x->curlft.packets++ (xfrm_input, after the
+    /// replay advance).
+    pub fn add_curlft_input(&self, bytes: usize) {
+        self.curlft_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.curlft_in_packets.fetch_add(1, Ordering::Relaxed);
     }
 }
 
