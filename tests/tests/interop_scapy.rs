@@ -645,8 +645,12 @@ impl Case {
                 };
                 c.push_str(" replay-window 128");
                 let mut flags = s.flags.clone();
-                if self.inner != self.outer && s.mode == Mode::Tunnel {
-                    flags.push("af-unspec"); // inner family differs from the outer one
+                if self.inner != self.outer {
+                    // The inner family differs from the outer one: as on Linux, every SA of
+                    // the bundle needs it, since xfrm_state_look_at skips a state whose
+                    // selector family (the SA's own family without af-unspec) is not the
+                    // flow's.
+                    flags.push("af-unspec");
                 }
                 if !flags.is_empty() {
                     let _ = write!(c, " flag {}", flags.join(" "));
