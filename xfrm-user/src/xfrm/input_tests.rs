@@ -1466,7 +1466,7 @@ fn ah_header_sized_for_the_full_digest_is_accepted() {
         panic!("AH SA")
     };
     let mut hbuf = [0u8; crate::xfrm::ah::MAX_ICV_HEADER];
-    let hdr = ah_icv_header(&big[..off], false, &mut hbuf)
+    let hdr = ah_icv_header(&big[..off], false, true, &mut hbuf)
         .unwrap()
         .to_vec();
     let mut icv = [0u8; 16];
