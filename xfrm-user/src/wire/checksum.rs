@@ -16,27 +16,102 @@ pub fn fold(mut sum: u64) -> u16 {
 }
 
 /// One's-complement sum of `data` as 16-bit big-endian words (a trailing odd byte is padded
-/// with zero), folded but not complemented. Eight bytes per step: two 32-bit halves into a
-/// 64-bit accumulator never overflow for any packet size.
+/// with zero), folded but not complemented.
+///
+/// The sum is byte-order independent (RFC 1071 section 2(B)): words are added in the CPU's
+/// own order and the folded result is swapped once at the end. On x86_64 with AVX2 (checked
+/// once, cached by std) 32 bytes are added per step; the whole payload of every packet goes
+/// through here when the inner L4 checksum is verified.
+#[inline]
 pub fn data(data: &[u8]) -> u16 {
-    fold(sum_wide(data))
+    #[cfg(target_arch = "x86_64")]
+    if data.len() >= 64 && std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return from_native(unsafe { x86::sum_avx2(data) });
+    }
+    from_native(sum_native(data))
 }
 
+/// The folded native-order sum as the big-endian sum.
 #[inline]
-fn sum_wide(data: &[u8]) -> u64 {
+fn from_native(sum: u64) -> u16 {
+    u16::from_be(fold(sum))
+}
+
+/// Sum of native-order 16-bit words, not folded. Eight bytes per step: two 32-bit halves
+/// into a 64-bit accumulator never overflow for any packet size.
+#[inline]
+fn sum_native(data: &[u8]) -> u64 {
     let mut acc: u64 = 0;
     let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
-        let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let w = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
         acc += (w >> 32) + (w & 0xffff_ffff);
     }
     let mut rest = chunks.remainder();
     while rest.len() >= 2 {
-        acc += u64::from(u16::from_be_bytes([rest[0], rest[1]]));
+        acc += u64::from(u16::from_ne_bytes([rest[0], rest[1]]));
         rest = &rest[2..];
     }
     if let Some(&b) = rest.first() {
-        acc += u64::from(b) << 8;
+        acc += u64::from(u16::from_ne_bytes([b, 0]));
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Chunks of 64 bytes between two drains of the 32-bit lanes: each chunk adds at most
+    /// 2^16 in magnitude to a lane of `a` and of `b`, so after 2^13 chunks a + b stays
+    /// within 2^30.
+    const DRAIN: usize = 1 << 13;
+
+    /// `sum_native` with AVX2. vpmaddwd adds word pairs into 32-bit lanes but reads the
+    /// words as signed, so each word is biased by -0x8000 first (XOR with 0x8000) and the
+    /// bias, 0x8000 per word, is added back at the end: three ALU operations per 32 bytes.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn sum_avx2(data: &[u8]) -> u64 {
+        let bias = _mm256_set1_epi16(i16::MIN);
+        let ones = _mm256_set1_epi16(1);
+        let mut total: i64 = 0;
+        let chunks = data.chunks_exact(64);
+        let rest = chunks.remainder();
+        let words = (data.len() - rest.len()) / 2;
+        let mut chunks = chunks.peekable();
+        while chunks.peek().is_some() {
+            let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for c in chunks.by_ref().take(DRAIN) {
+                // SAFETY: `c` is 64 bytes; loadu has no alignment requirement.
+                let (x, y) = unsafe {
+                    (
+                        _mm256_loadu_si256(c.as_ptr().cast()),
+                        _mm256_loadu_si256(c.as_ptr().add(32).cast()),
+                    )
+                };
+                a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_xor_si256(x, bias), ones));
+                b = _mm256_add_epi32(b, _mm256_madd_epi16(_mm256_xor_si256(y, bias), ones));
+            }
+            let s = _mm256_add_epi64(
+                _mm256_cvtepi32_epi64(_mm256_castsi256_si128(_mm256_add_epi32(a, b))),
+                _mm256_cvtepi32_epi64(_mm256_extracti128_si256::<1>(_mm256_add_epi32(a, b))),
+            );
+            let s = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            total += _mm_cvtsi128_si64(s) + _mm_extract_epi64::<1>(s);
+        }
+        // Each word was read as (w - 0x8000).
+        let vec = (total + 0x8000 * words as i64) as u64;
+        vec + super::sum_native(rest)
+    }
+}
+
+/// The big-endian sum, unfolded (for the small fixed inputs of the pseudo-headers).
+#[inline]
+fn sum_wide(data: &[u8]) -> u64 {
+    let mut acc: u64 = 0;
+    for w in data.chunks_exact(2) {
+        acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
     }
     acc
 }
@@ -87,14 +162,14 @@ mod tests {
 
     /// The straightforward RFC 1071 loop, to check the wide version against.
     fn reference(data: &[u8]) -> u16 {
-        let mut sum: u32 = 0;
+        let mut sum: u64 = 0;
         let mut i = 0;
         while i + 1 < data.len() {
-            sum += u32::from(u16::from_be_bytes([data[i], data[i + 1]]));
+            sum += u64::from(u16::from_be_bytes([data[i], data[i + 1]]));
             i += 2;
         }
         if i < data.len() {
-            sum += u32::from(data[i]) << 8;
+            sum += u64::from(data[i]) << 8;
         }
         while sum >> 16 != 0 {
             sum = (sum & 0xffff) + (sum >> 16);
@@ -125,6 +200,32 @@ mod tests {
         }
         let ones = vec![0xffu8; 70_001];
         assert_eq!(data(&ones), reference(&ones));
+        // Past the vector code's drain interval (2^13 chunks of 64 bytes), with the words
+        // that push its biased lanes furthest up (0xffff) and down (0x0000), odd lengths.
+        for (fill, len) in [
+            (0xffu8, 1_500_001usize),
+            (0x00, 1_500_001),
+            (0x80, 1_048_640),
+        ] {
+            let v = vec![fill; len];
+            assert_eq!(data(&v), reference(&v), "fill {fill:#x}");
+        }
+        let mixed: Vec<u8> = (0..1_200_003u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        assert_eq!(data(&mixed), reference(&mixed));
+    }
+
+    /// The portable sum on its own (the AVX2 one is what `data` uses on this machine).
+    #[test]
+    fn portable_sum_equals_reference() {
+        let buf: Vec<u8> = (0..700u32).map(|i| (i * 37 + 11) as u8).collect();
+        for len in 0..buf.len() {
+            assert_eq!(
+                from_native(sum_native(&buf[1..=len.max(1)])),
+                reference(&buf[1..=len.max(1)])
+            );
+        }
     }
 
     #[test]
