@@ -18,6 +18,8 @@
 //! 1.48 / 1.20 / 1.10 of ring's HMAC.
 
 pub mod gcm;
+#[cfg(target_arch = "x86_64")]
+pub mod gcm_vaes;
 pub mod hmac;
 
 pub use gcm::GcmKey;

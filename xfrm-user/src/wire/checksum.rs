@@ -144,6 +144,19 @@ pub fn pseudo_header_v6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, len: u32) -> u1
     fold(acc)
 }
 
+/// The pseudo-header sum of the IP packet at the start of `pkt`, its addresses read in
+/// place (IPv4 bytes 12..20, IPv6 bytes 8..40), for an upper layer `proto` of `len` bytes.
+/// `pkt` must hold the whole IP header (the caller has parsed it).
+#[inline]
+pub fn pseudo_header_at(pkt: &[u8], v6: bool, proto: u8, len: u32) -> u16 {
+    let addrs = if v6 { &pkt[8..40] } else { &pkt[12..20] };
+    let acc = sum_native(addrs) + u64::from(u16::from_be(u16::from(proto)));
+    let acc = acc
+        + u64::from(u16::from_be(len as u16))
+        + u64::from(u16::from_be((len >> 16) as u16));
+    from_native(acc)
+}
+
 /// RFC 1624 eqn. 3: the checksum field after one 16-bit word of the covered data changed
 /// from `old` to `new`: HC' = ~(~HC + ~m + m').
 pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
@@ -277,5 +290,17 @@ mod tests {
         ph.extend_from_slice(&70_000u32.to_be_bytes());
         ph.extend_from_slice(&[0, 0, 0, 6]);
         assert_eq!(pseudo_header_v6(s6, d6, 6, 70_000), reference(&ph));
+        // The same sums with the addresses read from headers in place.
+        let mut h4 = [0u8; 20];
+        h4[12..16].copy_from_slice(&s4.octets());
+        h4[16..20].copy_from_slice(&d4.octets());
+        assert_eq!(
+            pseudo_header_at(&h4, false, 17, 300),
+            pseudo_header_v4(s4, d4, 17, 300)
+        );
+        let mut h6 = [0u8; 40];
+        h6[8..24].copy_from_slice(&s6.octets());
+        h6[24..40].copy_from_slice(&d6.octets());
+        assert_eq!(pseudo_header_at(&h6, true, 6, 70_000), reference(&ph));
     }
 }

@@ -6,6 +6,25 @@ use std::net::IpAddr;
 use super::{icmp::IcmpPacket, ipv4::Ipv4Packet, ipv6, proto, Result, WireError};
 use crate::selector::FlowKey;
 
+/// What the output path needs of a packet, without its flow key: the IP length and where
+/// the upper-layer header is. `parse_l4` finds it with one pass over the headers and
+/// nothing else; `parse` adds the flow key on top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L4Info {
+    /// 4 or 6.
+    pub version: u8,
+    /// Length of the packet per its IP header (the buffer may hold Ethernet padding after).
+    pub ip_len: usize,
+    /// Offset of the upper-layer header (valid when `l4_present`).
+    pub l4_offset: usize,
+    /// The upper-layer protocol (IPv6: after the extension headers).
+    pub proto: u8,
+    /// The packet holds the start of the upper-layer header (not a later fragment).
+    pub l4_present: bool,
+    /// The packet is a fragment (first or later).
+    pub fragment: bool,
+}
+
 /// What `parse` found besides the flow key: enough for the output path to find the L4
 /// header without walking the headers again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +40,20 @@ pub struct FlowInfo {
     pub l4_present: bool,
     /// The packet is a fragment (first or later).
     pub fragment: bool,
+}
+
+impl FlowInfo {
+    /// The same packet's `L4Info`.
+    pub fn l4(&self) -> L4Info {
+        L4Info {
+            version: self.version,
+            ip_len: self.ip_len,
+            l4_offset: self.l4_offset,
+            proto: self.key.proto,
+            l4_present: self.l4_present,
+            fragment: self.fragment,
+        }
+    }
 }
 
 fn ports(proto_: u8, l4: &[u8]) -> (u16, u16) {
@@ -43,31 +76,17 @@ fn ports(proto_: u8, l4: &[u8]) -> (u16, u16) {
     }
 }
 
-/// Parses the IP packet at the start of `pkt`.
-pub fn parse(pkt: &[u8]) -> Result<FlowInfo> {
+/// The IP length and the upper-layer header of the IP packet at the start of `pkt`.
+pub fn parse_l4(pkt: &[u8]) -> Result<L4Info> {
     match super::ip_version(pkt) {
         Some(4) => {
             let ip = Ipv4Packet::new_checked(pkt)?;
-            let ip_len = usize::from(ip.total_len());
-            let hl = ip.header_len();
-            let later = ip.frag_offset() != 0;
-            let (sport, dport) = if later {
-                (0, 0)
-            } else {
-                ports(ip.protocol(), &pkt[hl..ip_len])
-            };
-            Ok(FlowInfo {
-                key: FlowKey {
-                    src: IpAddr::V4(ip.src_addr()),
-                    dst: IpAddr::V4(ip.dst_addr()),
-                    proto: ip.protocol(),
-                    sport,
-                    dport,
-                },
+            Ok(L4Info {
                 version: 4,
-                ip_len,
-                l4_offset: hl,
-                l4_present: !later,
+                ip_len: usize::from(ip.total_len()),
+                l4_offset: ip.header_len(),
+                proto: ip.protocol(),
+                l4_present: ip.frag_offset() == 0,
                 fragment: ip.is_fragment(),
             })
         }
@@ -75,28 +94,49 @@ pub fn parse(pkt: &[u8]) -> Result<FlowInfo> {
             let ip = ipv6::Ipv6Packet::new_checked(pkt)?;
             let ip_len = ip.total_len();
             let ul = ipv6::upper_layer(&pkt[..ip_len])?;
-            let (sport, dport) = if ul.later_fragment {
-                (0, 0)
-            } else {
-                ports(ul.proto, &pkt[ul.offset..ip_len])
-            };
-            Ok(FlowInfo {
-                key: FlowKey {
-                    src: IpAddr::V6(ip.src_addr()),
-                    dst: IpAddr::V6(ip.dst_addr()),
-                    proto: ul.proto,
-                    sport,
-                    dport,
-                },
+            Ok(L4Info {
                 version: 6,
                 ip_len,
                 l4_offset: ul.offset,
+                proto: ul.proto,
                 l4_present: !ul.later_fragment,
                 fragment: ul.fragment,
             })
         }
         _ => Err(WireError::Malformed),
     }
+}
+
+/// Parses the IP packet at the start of `pkt`.
+pub fn parse(pkt: &[u8]) -> Result<FlowInfo> {
+    let l4 = parse_l4(pkt)?;
+    // parse_l4 checked the header: the addresses are inside `pkt`.
+    let (src, dst) = if l4.version == 4 {
+        let ip = Ipv4Packet::new_unchecked(pkt);
+        (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()))
+    } else {
+        let ip = ipv6::Ipv6Packet::new_unchecked(pkt);
+        (IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()))
+    };
+    let (sport, dport) = if l4.l4_present {
+        ports(l4.proto, &pkt[l4.l4_offset..l4.ip_len])
+    } else {
+        (0, 0)
+    };
+    Ok(FlowInfo {
+        key: FlowKey {
+            src,
+            dst,
+            proto: l4.proto,
+            sport,
+            dport,
+        },
+        version: l4.version,
+        ip_len: l4.ip_len,
+        l4_offset: l4.l4_offset,
+        l4_present: l4.l4_present,
+        fragment: l4.fragment,
+    })
 }
 
 #[cfg(test)]

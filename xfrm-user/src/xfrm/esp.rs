@@ -56,10 +56,21 @@ pub fn esp_trailer_len(payload_len: usize, tfc_padto: usize) -> EspTrailer {
 /// length, next header.
 pub fn esp_output_fill_trailer(tail: &mut [u8], t: &EspTrailer, nexthdr: u8) {
     let (tfc, pad) = tail.split_at_mut(t.tfclen);
-    tfc.fill(0);
+    if !tfc.is_empty() {
+        tfc.fill(0);
+    }
     let padlen = t.plen - 2;
-    for (i, b) in pad[..padlen].iter_mut().enumerate() {
-        *b = (i + 1) as u8;
+    // Without TFC padding there are at most blksize - 1 = 3 bytes: no loop, no memset.
+    match padlen {
+        0 => {}
+        1 => pad[0] = 1,
+        2 => pad[..2].copy_from_slice(&[1, 2]),
+        3 => pad[..3].copy_from_slice(&[1, 2, 3]),
+        _ => {
+            for (i, b) in pad[..padlen].iter_mut().enumerate() {
+                *b = (i + 1) as u8;
+            }
+        }
     }
     pad[padlen] = padlen as u8;
     pad[padlen + 1] = nexthdr;

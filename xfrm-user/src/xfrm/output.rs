@@ -5,8 +5,6 @@
 //! on the SA concerned. Nothing here allocates or panics; the packet is changed in place
 //! inside its frame (headroom for the new headers, tailroom for the trailer).
 
-use std::net::IpAddr;
-
 use crate::frame::Frame;
 use crate::policy::{PolicyAction, PolicyDir};
 use crate::sa::{XfrmMode, XfrmProto};
@@ -66,7 +64,7 @@ pub fn xfrm_output(
         return Verdict::Pass;
     }
     let bundle = xs[..n].iter().flatten().map(|x| &***x);
-    output_checked(bundle, stats, frame, &info, csum_partial, db.now())
+    output_checked(bundle, stats, frame, &info.l4(), csum_partial, db.now())
 }
 
 /// The output path for a bundle already resolved (e.g. by the XDP classifier, whose
@@ -79,7 +77,8 @@ pub fn xfrm_output_bundle(
     csum_partial: bool,
     now: u64,
 ) -> Verdict {
-    let Ok(info) = flow::parse(frame.data()) else {
+    // Only lengths and the L4 header: the classifier did the flow lookup.
+    let Ok(info) = flow::parse_l4(frame.data()) else {
         stats.inc(XfrmStat::XfrmOutError);
         return Verdict::Dropped(XfrmStat::XfrmOutError);
     };
@@ -99,7 +98,7 @@ fn output_checked<'a>(
     mut xs: impl Iterator<Item = &'a SecurityAssociation> + Clone,
     stats: &XfrmStats,
     frame: &mut Frame<'_>,
-    info: &flow::FlowInfo,
+    info: &flow::L4Info,
     csum_partial: bool,
     now: u64,
 ) -> Verdict {
@@ -166,12 +165,14 @@ pub fn xfrm_output_one(
     let seq = x
         .xfrm_replay_overflow()
         .map_err(|_| XfrmStat::XfrmOutStateSeqError)?;
+    // skb->len at this point is what the mode left after skb->data: the data to protect.
+    // Right after the sequence number, as the kernel does both under x->lock: the second
+    // locked instruction then has no stores of ours to wait for.
+    x.add_curlft(frame.len() - l.payload_off);
     if x.cfg.mode == XfrmMode::Tunnel && !l.v6 {
         // Fresh outer IPv4 ID (ip_select_ident), before AH covers it with the ICV.
         put16(frame.data_mut(), 4, x.ip_ident(seq));
     }
-    // skb->len at this point is what the mode left after skb->data: the data to protect.
-    x.add_curlft(frame.len() - l.payload_off);
     let typed = match x.cfg.id.proto {
         XfrmProto::Esp => esp_output(x, frame, &l, seq, &esp_iv(seq)).is_ok(),
         XfrmProto::Ah => ah_output(x, frame, &l, seq).is_ok(),
@@ -193,21 +194,22 @@ pub struct BadChecksum;
 /// (RFC 6935 tunnels use it). Fragments cannot be checked and pass as they are.
 pub fn inner_l4_checksum(
     pkt: &mut [u8],
-    info: &flow::FlowInfo,
+    info: &flow::L4Info,
     partial: bool,
 ) -> Result<(), BadChecksum> {
     if info.fragment || !info.l4_present {
         return if partial { Err(BadChecksum) } else { Ok(()) };
     }
-    let p = info.key.proto;
+    let p = info.proto;
     let (csum_off, min_len) = match p {
         proto::TCP => (16, 20),
         proto::UDP => (6, 8),
         proto::ICMP | proto::ICMPV6 => (2, 4),
         _ => return if partial { Err(BadChecksum) } else { Ok(()) },
     };
-    let l4 = pkt
-        .get_mut(info.l4_offset..info.ip_len)
+    let (hdr, rest) = pkt.split_at_mut(info.l4_offset.min(pkt.len()));
+    let l4 = rest
+        .get_mut(..info.ip_len.saturating_sub(info.l4_offset))
         .ok_or(BadChecksum)?;
     if l4.len() < min_len {
         return Err(BadChecksum);
@@ -223,12 +225,10 @@ pub fn inner_l4_checksum(
     if p == proto::UDP && l4[6] == 0 && l4[7] == 0 {
         return Ok(());
     }
-    let len = l4.len() as u32;
-    let ph = match (info.key.src, info.key.dst) {
-        (IpAddr::V4(_), IpAddr::V4(_)) if p == proto::ICMP => 0,
-        (IpAddr::V4(s), IpAddr::V4(d)) => checksum::pseudo_header_v4(s, d, p, len),
-        (IpAddr::V6(s), IpAddr::V6(d)) => checksum::pseudo_header_v6(s, d, p, len),
-        _ => return Err(BadChecksum),
+    // ICMP (IPv4) has no pseudo-header; the parse proved the addresses are in `hdr`.
+    let ph = match info.version {
+        4 if p == proto::ICMP => 0,
+        v => checksum::pseudo_header_at(hdr, v == 6, p, l4.len() as u32),
     };
     if checksum::combine(&[ph, checksum::data(l4)]) == 0xffff {
         Ok(())

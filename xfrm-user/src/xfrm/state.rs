@@ -137,6 +137,40 @@ impl SaProps {
     }
 }
 
+/// The lowest of each kind of limit, soft or hard: below all of them a packet needs no
+/// further look at the lifetime (the common case, one comparison per kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ExpireBounds {
+    bytes: u64,
+    packets: u64,
+    /// add_time + the nearest add-expires limit (u64::MAX when none).
+    add_deadline: u64,
+    /// The nearest use-expires limit (u64::MAX when none), counted from use_time.
+    use_limit: u64,
+}
+
+impl ExpireBounds {
+    fn new(lft: &crate::sa::Lifetime, add_time: u64) -> Self {
+        // A time limit of 0 means none.
+        let nearest = |a: u64, b: u64| match (a, b) {
+            (0, 0) => u64::MAX,
+            (0, x) | (x, 0) => x,
+            (a, b) => a.min(b),
+        };
+        let add = nearest(lft.soft_add_expires_seconds, lft.hard_add_expires_seconds);
+        Self {
+            bytes: lft.soft_byte_limit.min(lft.hard_byte_limit),
+            packets: lft.soft_packet_limit.min(lft.hard_packet_limit),
+            add_deadline: if add == u64::MAX {
+                u64::MAX
+            } else {
+                add_time.saturating_add(add)
+            },
+            use_limit: nearest(lft.soft_use_expires_seconds, lft.hard_use_expires_seconds),
+        }
+    }
+}
+
 /// Why an SA could not be built from its config.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum SaError {
@@ -167,6 +201,8 @@ pub struct SecurityAssociation {
     curlft_in_packets: AtomicU64,
     curlft_bytes: AtomicU64,
     add_time: u64,
+    /// The nearest of the soft and hard limits, for the per-packet check's fast path.
+    expire_bounds: ExpireBounds,
     /// 0 until the first packet.
     use_time: AtomicU64,
     /// Outer IPv4 identification = low 16 bits of the sequence number XOR this random value:
@@ -259,6 +295,7 @@ impl SecurityAssociation {
             oseq_base: oseq,
             curlft_in_packets: AtomicU64::new(0),
             add_time: now,
+            expire_bounds: ExpireBounds::new(&cfg.lifetime, now),
             use_time: AtomicU64::new(0),
             ip_id_base: random_u32() as u16,
             mtu: AtomicU32::new(DEFAULT_MTU),
@@ -392,6 +429,14 @@ impl SecurityAssociation {
         let bytes = self.curlft_bytes();
         let packets = self.curlft_packets();
         let use_time = self.use_time();
+        let b = &self.expire_bounds;
+        if bytes < b.bytes
+            && packets < b.packets
+            && now < b.add_deadline
+            && now < use_time.saturating_add(b.use_limit)
+        {
+            return Ok(());
+        }
         let timed_out = |add_limit: u64, use_limit: u64| {
             (add_limit != 0 && now >= self.add_time.saturating_add(add_limit))
                 || (use_limit != 0 && now >= use_time.saturating_add(use_limit))

@@ -1,0 +1,626 @@
+//! AES-GCM with 512-bit VAES and VPCLMULQDQ (x86_64 with AVX-512): four AES blocks per
+//! instruction, sixteen blocks (256 bytes) per loop step, their GHASH aggregated with
+//! precomputed powers of H so that one reduction serves the whole step. The last step
+//! (1 to 256 bytes) uses masked loads and stores, so a packet's odd tail costs no extra
+//! pass; the AAD block (ESP's 8 or 12 bytes) and the length block are folded into the
+//! first and last steps' products. Used for seal and open when the CPU has the features
+//! (checked once per key); ring otherwise.
+//!
+//! GHASH is computed as POLYVAL (RFC 8452 appendix A): GHASH(H, X1..Xn) =
+//! ByteReverse(POLYVAL(mulX_POLYVAL(ByteReverse(H)), ByteReverse(X1), ..)), the same
+//! identity the `ghash` crate is built on; POLYVAL's field has the simpler reduction (two
+//! carry-less multiplications by x^127 + x^126 + x^121, Gueron's GCM-SIV code).
+//!
+//! Nothing here branches on or indexes by secret data: AES rounds and carry-less
+//! multiplications are constant-time instructions; lengths are public.
+
+use core::arch::x86_64::*;
+
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
+
+use super::CryptoError;
+
+/// Powers of H in the table: 16 data blocks of one step plus the AAD block in front and
+/// the length block behind.
+const MAX_POW: usize = 18;
+/// Table length: H^18 .. H^1, then zeros, so a 4-lane load that starts at any position a
+/// step can ask for stays inside the table (the lanes past the data are multiplied by
+/// zero blocks).
+const HTAB_LEN: usize = MAX_POW + 3;
+/// Bytes per loop step.
+const STEP: usize = 256;
+
+/// Whether this CPU runs `VaesGcm`.
+pub fn available() -> bool {
+    std::is_x86_feature_detected!("aes")
+        && std::is_x86_feature_detected!("pclmulqdq")
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("vaes")
+        && std::is_x86_feature_detected!("vpclmulqdq")
+}
+
+/// An AES-128/256 GCM key with its round keys and powers of H, for ESP's 96-bit nonces
+/// (salt || IV). Only built when `available()`.
+pub struct VaesGcm {
+    /// Round keys (11 or 15 used), as __m128i bytes.
+    rk: [u128; 15],
+    /// Number of AES rounds: 10 (AES-128) or 14 (AES-256).
+    rounds: usize,
+    /// htab[i] = H'^(MAX_POW - i) for i < MAX_POW, then zeros; H' = mulX(ByteReverse(H)).
+    htab: [u128; HTAB_LEN],
+}
+
+impl Drop for VaesGcm {
+    fn drop(&mut self) {
+        self.rk.zeroize();
+        self.htab.zeroize();
+    }
+}
+
+impl VaesGcm {
+    /// `key` of 16 or 32 bytes. None when the CPU lacks the features.
+    pub fn new(key: &[u8]) -> Result<Option<Self>, CryptoError> {
+        if key.len() != 16 && key.len() != 32 {
+            return Err(CryptoError::BadKeyLength(key.len()));
+        }
+        if !available() {
+            return Ok(None);
+        }
+        // SAFETY: the features were checked just above.
+        Ok(Some(unsafe { Self::new_unchecked(key) }))
+    }
+
+    #[target_feature(enable = "aes,pclmulqdq,avx512f,avx512bw,avx512vl,vaes,vpclmulqdq")]
+    fn new_unchecked(key: &[u8]) -> Self {
+        let mut rk = [_mm_setzero_si128(); 15];
+        let rounds = if key.len() == 16 {
+            expand128(key, &mut rk);
+            10
+        } else {
+            expand256(key, &mut rk);
+            14
+        };
+        let mut g = Self {
+            rk: [0; 15],
+            rounds,
+            htab: [0; HTAB_LEN],
+        };
+        for (d, s) in g.rk.iter_mut().zip(rk.iter()) {
+            *d = m128_to_u128(*s);
+        }
+        // H = E_K(0^128); GHASH's H in POLYVAL's field: mulX(ByteReverse(H)).
+        let h = g.encrypt_block(_mm_setzero_si128());
+        let h = u128::from_le_bytes(m128_to_u128(h).to_be_bytes());
+        let hi = h >> 127;
+        let h = (h << 1) ^ hi ^ (hi << 127) ^ (hi << 126) ^ (hi << 121);
+        let h1 = u128_to_m128(h);
+        let mut p = h1;
+        for i in (0..MAX_POW).rev() {
+            g.htab[i] = m128_to_u128(p);
+            let (lo, mid, hi) = mul_parts(p, h1);
+            p = reduce(lo, mid, hi);
+        }
+        g
+    }
+
+    /// Seal in place: `tag` gets the first tag.len() bytes of the 16-byte tag.
+    pub fn seal(&self, salt: &[u8; 4], iv: &[u8; 8], aad: &[u8], data: &mut [u8], tag: &mut [u8]) {
+        // SAFETY: a VaesGcm exists only where `available()` said yes.
+        let full = unsafe { self.crypt::<true>(salt, iv, aad, data) };
+        tag.copy_from_slice(&full[..tag.len()]);
+    }
+
+    /// Open in place: decrypts and checks `tag` (a prefix of the full tag) in constant
+    /// time. On Err `data` holds unauthenticated plaintext that must not be used.
+    pub fn open(
+        &self,
+        salt: &[u8; 4],
+        iv: &[u8; 8],
+        aad: &[u8],
+        data: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), CryptoError> {
+        // SAFETY: as in `seal`.
+        let full = unsafe { self.crypt::<false>(salt, iv, aad, data) };
+        if bool::from(full[..tag.len()].ct_eq(tag)) {
+            Ok(())
+        } else {
+            Err(CryptoError::IcvMismatch)
+        }
+    }
+
+    #[target_feature(enable = "aes,pclmulqdq,avx512f,avx512bw,avx512vl,vaes,vpclmulqdq")]
+    #[inline]
+    fn encrypt_block(&self, mut b: __m128i) -> __m128i {
+        let rk = |i: usize| u128_to_m128(self.rk[i]);
+        b = _mm_xor_si128(b, rk(0));
+        for i in 1..self.rounds {
+            b = _mm_aesenc_si128(b, rk(i));
+        }
+        _mm_aesenclast_si128(b, rk(self.rounds))
+    }
+
+    /// Four blocks at once.
+    #[target_feature(enable = "aes,pclmulqdq,avx512f,avx512bw,avx512vl,vaes,vpclmulqdq")]
+    #[inline]
+    fn encrypt4(&self, rk: &[__m512i; 15], mut b: __m512i) -> __m512i {
+        b = _mm512_xor_si512(b, rk[0]);
+        for k in &rk[1..self.rounds] {
+            b = _mm512_aesenc_epi128(b, *k);
+        }
+        _mm512_aesenclast_epi128(b, rk[self.rounds])
+    }
+
+    /// The aggregated GHASH of one step: `x` holds `k` (0..=16) byte-reflected blocks (zero
+    /// past them), `y` the running hash. With `head`, one block that precedes the data (the
+    /// AAD); with `tail`, one that follows it (the length block). Returns the new hash:
+    /// (y ^ B1)·H^n ^ B2·H^(n-1) ^ .. ^ Bn·H over the n blocks head, data, tail.
+    #[target_feature(enable = "aes,pclmulqdq,avx512f,avx512bw,avx512vl,vaes,vpclmulqdq")]
+    #[inline]
+    fn ghash_step(
+        &self,
+        y: __m128i,
+        x: &[__m512i; 4],
+        k: usize,
+        head: Option<__m128i>,
+        tail: Option<__m128i>,
+    ) -> __m128i {
+        let last = usize::from(tail.is_some());
+        // Data block b (0-based) takes H^(k - b + last): htab index MAX_POW - k - last + b.
+        let base = MAX_POW - k - last;
+        let (mut lo, mut mid, mut hi) = (
+            _mm512_setzero_si512(),
+            _mm512_setzero_si512(),
+            _mm512_setzero_si512(),
+        );
+        let (mut y_data, mut xlo, mut xmid, mut xhi) = (
+            y,
+            _mm_setzero_si128(),
+            _mm_setzero_si128(),
+            _mm_setzero_si128(),
+        );
+        if let Some(a) = head {
+            // The head comes first: y joins it, and it takes the highest power.
+            let (l, m, h) = mul_parts(
+                _mm_xor_si128(y, a),
+                u128_to_m128(self.htab[base - 1]),
+            );
+            (xlo, xmid, xhi) = (l, m, h);
+            y_data = _mm_setzero_si128();
+        }
+        for (g, xg) in x.iter().enumerate().take(k.div_ceil(4)) {
+            let mut d = *xg;
+            if g == 0 {
+                d = _mm512_xor_si512(d, _mm512_zextsi128_si512(y_data));
+            }
+            // SAFETY: base + 4g + 3 < HTAB_LEN for every g < ceil(k/4) (see HTAB_LEN).
+            let h = unsafe { _mm512_loadu_si512(self.htab.as_ptr().add(base + 4 * g).cast()) };
+            lo = _mm512_xor_si512(lo, _mm512_clmulepi64_epi128::<0x00>(d, h));
+            hi = _mm512_xor_si512(hi, _mm512_clmulepi64_epi128::<0x11>(d, h));
+            mid = _mm512_ternarylogic_epi64::<0x96>(
+                mid,
+                _mm512_clmulepi64_epi128::<0x01>(d, h),
+                _mm512_clmulepi64_epi128::<0x10>(d, h),
+            );
+        }
+        if k == 0 && head.is_none() {
+            // No block but (maybe) the tail: y joins it.
+            let Some(t) = tail else { return y };
+            let (l, m, h) = mul_parts(_mm_xor_si128(t, y), u128_to_m128(self.htab[MAX_POW - 1]));
+            return reduce(l, m, h);
+        }
+        if let Some(t) = tail {
+            let (l, m, h) = mul_parts(t, u128_to_m128(self.htab[MAX_POW - 1]));
+            xlo = _mm_xor_si128(xlo, l);
+            xmid = _mm_xor_si128(xmid, m);
+            xhi = _mm_xor_si128(xhi, h);
+        }
+        reduce(
+            _mm_xor_si128(fold4(lo), xlo),
+            _mm_xor_si128(fold4(mid), xmid),
+            _mm_xor_si128(fold4(hi), xhi),
+        )
+    }
+
+    /// GHASH of `data` as whole steps, the final partial block zero-padded; `tail` (the
+    /// length block) joins the last step. For AADs longer than one block (GMAC).
+    #[target_feature(enable = "aes,pclmulqdq,avx512f,avx512bw,avx512vl,vaes,vpclmulqdq")]
+    fn ghash_bytes(&self, mut y: __m128i, data: &[u8], tail: Option<__m128i>) -> __m128i {
+        let rev = rev_mask();
+        let mut rest = data;
+        loop {
+            let n = rest.len().min(STEP);
+            let is_last = rest.len() <= STEP;
+            let mut x = [_mm512_setzero_si512(); 4];
+            for (g, xg) in x.iter_mut().enumerate().take(n.div_ceil(64)) {
+                let m = byte_mask(n - 64 * g);
+                // SAFETY: the mask covers only bytes inside `rest` (64g + popcount <= n).
+                let v = unsafe { _mm512_maskz_loadu_epi8(m, rest.as_ptr().add(64 * g).cast()) };
+                *xg = _mm512_shuffle_epi8(v, rev);
+            }
+            y = self.ghash_step(y, &x, n.div_ceil(16), None, tail.filter(|_| is_last));
+            if is_last {
+                return y;
+            }
+            rest = &rest[STEP..];
+        }
+    }
+
+    /// GCM encryption (SEAL) or decryption in place; returns the full tag (computed over
+    /// the ciphertext: the output when sealing, the input when opening).
+    #[target_feature(enable = "aes,pclmulqdq,avx512f,avx512bw,avx512vl,vaes,vpclmulqdq")]
+    fn crypt<const SEAL: bool>(
+        &self,
+        salt: &[u8; 4],
+        iv: &[u8; 8],
+        aad: &[u8],
+        data: &mut [u8],
+    ) -> [u8; 16] {
+        let rev = rev_mask();
+        let rev128 = _mm512_castsi512_si128(rev);
+        let mut rk = [_mm512_setzero_si512(); 15];
+        for (d, s) in rk.iter_mut().zip(self.rk.iter()).take(self.rounds + 1) {
+            *d = _mm512_broadcast_i32x4(u128_to_m128(*s));
+        }
+        // J0 = salt || IV || 0^31 || 1; the tag is masked with E(J0).
+        let mut j0 = [0u8; 16];
+        j0[..4].copy_from_slice(salt);
+        j0[4..12].copy_from_slice(iv);
+        j0[15] = 1;
+        // SAFETY: 16 bytes.
+        let j0 = unsafe { _mm_loadu_si128(j0.as_ptr().cast()) };
+        let ej0 = self.encrypt_block(j0);
+        // Counters kept byte-reversed: inc32 is then a 32-bit add on each lane's low dword.
+        // J0 holds counter 1; the data blocks use 2, 3, 4, ...
+        let mut ctr = _mm512_add_epi32(
+            _mm512_broadcast_i32x4(_mm_shuffle_epi8(j0, rev128)),
+            _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 1),
+        );
+        let four = _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4);
+        let len_block = _mm_set_epi64x((aad.len() as u64 * 8) as i64, (data.len() as u64 * 8) as i64);
+
+        // The AAD: ESP's one block joins the first step; longer ones (GMAC) are hashed first.
+        let mut y = _mm_setzero_si128();
+        let mut head = None;
+        if aad.len() <= 16 {
+            if !aad.is_empty() {
+                // SAFETY: the mask covers aad.len() bytes.
+                let a = unsafe { _mm_maskz_loadu_epi8(byte_mask16(aad.len()), aad.as_ptr().cast()) };
+                head = Some(_mm_shuffle_epi8(a, rev128));
+            }
+        } else {
+            let tail = data.is_empty().then_some(len_block);
+            y = self.ghash_bytes(y, aad, tail);
+            if data.is_empty() {
+                return finish(y, ej0, rev128);
+            }
+        }
+
+        let mut p = data.as_mut_ptr();
+        let mut rest = data.len();
+        // Whole steps while more than one step remains: the last one (1..=256 bytes, or
+        // none for an empty text) goes through the masked path with the length block.
+        while rest > STEP {
+            let mut ks = [_mm512_setzero_si512(); 4];
+            for k in &mut ks {
+                *k = self.encrypt4(&rk, _mm512_shuffle_epi8(ctr, rev));
+                ctr = _mm512_add_epi32(ctr, four);
+            }
+            let mut x = [_mm512_setzero_si512(); 4];
+            for g in 0..4 {
+                // SAFETY: p..p+STEP lies inside `data` (rest > STEP bytes remain at p).
+                unsafe {
+                    let q = p.add(64 * g);
+                    let inp = _mm512_loadu_si512(q.cast());
+                    let out = _mm512_xor_si512(inp, ks[g]);
+                    _mm512_storeu_si512(q.cast(), out);
+                    x[g] = _mm512_shuffle_epi8(if SEAL { out } else { inp }, rev);
+                }
+            }
+            y = self.ghash_step(y, &x, 16, head.take(), None);
+            // SAFETY: stays inside `data` (or one past its end).
+            p = unsafe { p.add(STEP) };
+            rest -= STEP;
+        }
+        let nz = rest.div_ceil(64);
+        let mut x = [_mm512_setzero_si512(); 4];
+        for (g, xg) in x.iter_mut().enumerate().take(nz) {
+            let ks = self.encrypt4(&rk, _mm512_shuffle_epi8(ctr, rev));
+            ctr = _mm512_add_epi32(ctr, four);
+            let m = byte_mask(rest - 64 * g);
+            // SAFETY: the mask covers only the `rest` bytes left at p.
+            unsafe {
+                let q = p.add(64 * g);
+                let inp = _mm512_maskz_loadu_epi8(m, q.cast());
+                // Zero past the text: those bytes are not stored, and GHASH pads with zeros.
+                let out = _mm512_maskz_mov_epi8(m, _mm512_xor_si512(inp, ks));
+                _mm512_mask_storeu_epi8(q.cast(), m, out);
+                *xg = _mm512_shuffle_epi8(if SEAL { out } else { inp }, rev);
+            }
+        }
+        y = self.ghash_step(y, &x, rest.div_ceil(16), head, Some(len_block));
+        finish(y, ej0, rev128)
+    }
+}
+
+/// The tag: GHASH back in its byte order, masked with E(J0).
+#[target_feature(enable = "aes,pclmulqdq,avx512f,avx512bw,avx512vl,vaes,vpclmulqdq")]
+#[inline]
+fn finish(y: __m128i, ej0: __m128i, rev128: __m128i) -> [u8; 16] {
+    let t = _mm_xor_si128(_mm_shuffle_epi8(y, rev128), ej0);
+    m128_to_u128(t).to_le_bytes()
+}
+
+/// vpshufb mask reversing the 16 bytes of each lane.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn rev_mask() -> __m512i {
+    _mm512_broadcast_i32x4(_mm_set_epi8(
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+    ))
+}
+
+/// The first `n` bytes of a 64-byte lane group (n >= 64: all).
+#[inline]
+fn byte_mask(n: usize) -> __mmask64 {
+    if n >= 64 {
+        !0
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+#[inline]
+fn byte_mask16(n: usize) -> __mmask16 {
+    if n >= 16 {
+        !0
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
+#[inline]
+fn m128_to_u128(v: __m128i) -> u128 {
+    // SAFETY: both are 16 plain bytes.
+    unsafe { core::mem::transmute::<__m128i, u128>(v) }
+}
+
+#[inline]
+fn u128_to_m128(v: u128) -> __m128i {
+    // SAFETY: both are 16 plain bytes.
+    unsafe { core::mem::transmute::<u128, __m128i>(v) }
+}
+
+/// XOR of the four 128-bit lanes.
+#[target_feature(enable = "avx512f,avx512vl")]
+#[inline]
+fn fold4(v: __m512i) -> __m128i {
+    let a = _mm256_xor_si256(
+        _mm512_castsi512_si256(v),
+        _mm512_extracti64x4_epi64::<1>(v),
+    );
+    _mm_xor_si128(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a))
+}
+
+/// The 256-bit carry-less product a*b as (low, middle, high) parts: low = a0*b0,
+/// high = a1*b1, middle = a0*b1 ^ a1*b0.
+#[target_feature(enable = "pclmulqdq,sse2")]
+#[inline]
+fn mul_parts(a: __m128i, b: __m128i) -> (__m128i, __m128i, __m128i) {
+    (
+        _mm_clmulepi64_si128::<0x00>(a, b),
+        _mm_xor_si128(
+            _mm_clmulepi64_si128::<0x01>(a, b),
+            _mm_clmulepi64_si128::<0x10>(a, b),
+        ),
+        _mm_clmulepi64_si128::<0x11>(a, b),
+    )
+}
+
+/// POLYVAL's reduction of a 256-bit product (low, middle, high) to lo·hi·x^-128: two
+/// multiplications by the constant 0xc2000000_00000000 (x^127 + x^126 + x^121 in the
+/// reflected order), as in Gueron's GCM-SIV GFMUL.
+#[target_feature(enable = "pclmulqdq,sse2")]
+#[inline]
+fn reduce(lo: __m128i, mid: __m128i, hi: __m128i) -> __m128i {
+    let lo = _mm_xor_si128(lo, _mm_slli_si128::<8>(mid));
+    let hi = _mm_xor_si128(hi, _mm_srli_si128::<8>(mid));
+    let poly = _mm_set_epi64x(0xc200_0000_0000_0000_u64 as i64, 1);
+    let t = _mm_clmulepi64_si128::<0x10>(lo, poly);
+    let lo = _mm_xor_si128(_mm_shuffle_epi32::<0x4e>(lo), t);
+    let t = _mm_clmulepi64_si128::<0x10>(lo, poly);
+    let lo = _mm_xor_si128(_mm_shuffle_epi32::<0x4e>(lo), t);
+    _mm_xor_si128(lo, hi)
+}
+
+/// One step of the AES key schedule: the previous round key with its words chained
+/// (w0, w0^w1, w0^w1^w2, ..) XOR the broadcast word from aeskeygenassist.
+#[target_feature(enable = "aes,sse2")]
+#[inline]
+fn key_mix(t: __m128i, assist: __m128i) -> __m128i {
+    let mut t = t;
+    let mut s = _mm_slli_si128::<4>(t);
+    t = _mm_xor_si128(t, s);
+    s = _mm_slli_si128::<4>(s);
+    t = _mm_xor_si128(t, s);
+    s = _mm_slli_si128::<4>(s);
+    t = _mm_xor_si128(t, s);
+    _mm_xor_si128(t, assist)
+}
+
+/// AES-128 key expansion (FIPS 197 section 5.2) with AESKEYGENASSIST.
+#[target_feature(enable = "aes,sse2")]
+fn expand128(key: &[u8], rk: &mut [__m128i; 15]) {
+    // SAFETY: key is 16 bytes (checked by the caller).
+    let mut t = unsafe { _mm_loadu_si128(key.as_ptr().cast()) };
+    rk[0] = t;
+    macro_rules! round {
+        ($i:expr, $rcon:expr) => {
+            t = key_mix(t, _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(t)));
+            rk[$i] = t;
+        };
+    }
+    round!(1, 0x01);
+    round!(2, 0x02);
+    round!(3, 0x04);
+    round!(4, 0x08);
+    round!(5, 0x10);
+    round!(6, 0x20);
+    round!(7, 0x40);
+    round!(8, 0x80);
+    round!(9, 0x1b);
+    round!(10, 0x36);
+}
+
+/// AES-256 key expansion: even round keys from the previous even one and RotWord/SubWord
+/// of the odd one; odd ones from the previous odd one and SubWord of the even one.
+#[target_feature(enable = "aes,sse2")]
+fn expand256(key: &[u8], rk: &mut [__m128i; 15]) {
+    // SAFETY: key is 32 bytes (checked by the caller).
+    let (mut a, mut b) = unsafe {
+        (
+            _mm_loadu_si128(key.as_ptr().cast()),
+            _mm_loadu_si128(key.as_ptr().add(16).cast()),
+        )
+    };
+    rk[0] = a;
+    rk[1] = b;
+    macro_rules! round {
+        ($i:expr, $rcon:expr) => {
+            a = key_mix(a, _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(b)));
+            rk[$i] = a;
+            if $i < 14 {
+                b = key_mix(b, _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(a)));
+                rk[$i + 1] = b;
+            }
+        };
+    }
+    round!(2, 0x01);
+    round!(4, 0x02);
+    round!(6, 0x04);
+    round!(8, 0x08);
+    round!(10, 0x10);
+    round!(12, 0x20);
+    round!(14, 0x40);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aes::cipher::{BlockEncrypt, KeyInit};
+    use ring::aead;
+
+    fn ring_seal(key: &[u8], nonce: [u8; 12], aad: &[u8], data: &mut [u8]) -> [u8; 16] {
+        let algo = if key.len() == 16 {
+            &aead::AES_128_GCM
+        } else {
+            &aead::AES_256_GCM
+        };
+        let k = aead::LessSafeKey::new(aead::UnboundKey::new(algo, key).unwrap());
+        let t = k
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                data,
+            )
+            .unwrap();
+        t.as_ref().try_into().unwrap()
+    }
+
+    /// A small deterministic generator for test data.
+    fn bytes(seed: u64, n: usize) -> Vec<u8> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn key_schedule_matches_the_aes_crate() {
+        if !available() {
+            return;
+        }
+        for (seed, len) in [(1u64, 16usize), (2, 32), (3, 16), (4, 32)] {
+            let key = bytes(seed, len);
+            let g = VaesGcm::new(&key).unwrap().unwrap();
+            let block = bytes(seed + 100, 16);
+            // SAFETY: available() was checked.
+            let ours = unsafe {
+                g.encrypt_block(_mm_loadu_si128(block.as_ptr().cast()))
+            };
+            let mut b = aes::Block::clone_from_slice(&block);
+            if len == 16 {
+                aes::Aes128::new_from_slice(&key).unwrap().encrypt_block(&mut b);
+            } else {
+                aes::Aes256::new_from_slice(&key).unwrap().encrypt_block(&mut b);
+            }
+            assert_eq!(m128_to_u128(ours).to_le_bytes(), b.as_slice(), "key len {len}");
+        }
+    }
+
+    /// Every text length 0..=700 (all step and mask boundaries), AAD lengths 0, 8, 12, 16
+    /// and several longer ones (the GMAC path), both key sizes: ciphertext and tag equal
+    /// ring's, and open gives the plaintext back and refuses any flipped tag bit.
+    #[test]
+    fn seal_and_open_agree_with_ring() {
+        if !available() {
+            return;
+        }
+        let salt = [0xca, 0xfe, 0xba, 0xbe];
+        for klen in [16usize, 32] {
+            let key = bytes(klen as u64, klen);
+            let g = VaesGcm::new(&key).unwrap().unwrap();
+            for len in 0..=700usize {
+                let aad_len = [0usize, 8, 12, 16, 17, 40, 255, 256, 257, 600][len % 10];
+                let aad = bytes(len as u64 + 7, aad_len);
+                let iv: [u8; 8] = bytes(len as u64 + 3, 8).try_into().unwrap();
+                let pt = bytes(len as u64, len);
+                let mut nonce = [0u8; 12];
+                nonce[..4].copy_from_slice(&salt);
+                nonce[4..].copy_from_slice(&iv);
+                let mut want = pt.clone();
+                let want_tag = ring_seal(&key, nonce, &aad, &mut want);
+                let mut got = pt.clone();
+                let mut tag = [0u8; 16];
+                g.seal(&salt, &iv, &aad, &mut got, &mut tag);
+                assert_eq!(got, want, "ciphertext, len {len} aad {aad_len} key {klen}");
+                assert_eq!(tag, want_tag, "tag, len {len} aad {aad_len} key {klen}");
+                let mut back = got.clone();
+                g.open(&salt, &iv, &aad, &mut back, &tag[..12]).unwrap();
+                assert_eq!(back, pt);
+                let mut bad = tag;
+                bad[(len * 7) % 16] ^= 1 << (len % 8);
+                let mut back = got.clone();
+                assert_eq!(
+                    g.open(&salt, &iv, &aad, &mut back, &bad),
+                    Err(CryptoError::IcvMismatch)
+                );
+            }
+        }
+    }
+
+    /// Bytes around the text are never touched, though the tail is written with masked
+    /// 64-byte stores.
+    #[test]
+    fn masked_tail_stays_inside_the_text() {
+        if !available() {
+            return;
+        }
+        let g = VaesGcm::new(&[7u8; 16]).unwrap().unwrap();
+        for len in [0usize, 1, 15, 16, 17, 63, 64, 65, 255, 256, 257, 300] {
+            let mut buf = vec![0x5au8; len + 128];
+            let mut tag = [0u8; 16];
+            g.seal(&[1, 2, 3, 4], &[5; 8], b"spi+seq!", &mut buf[64..64 + len], &mut tag);
+            assert!(buf[..64].iter().all(|&b| b == 0x5a), "len {len}: before");
+            assert!(buf[64 + len..].iter().all(|&b| b == 0x5a), "len {len}: after");
+        }
+    }
+}
