@@ -180,6 +180,28 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         &mut self.b()[HEADER_LEN..hl]
     }
     /// ip_send_check: recomputes the header checksum.
+    /// Sets the total length and the header checksum to match it (__ip_local_out +
+    /// ip_send_check). The sum is taken over the header as it stands and the old length and
+    /// checksum are taken out of it arithmetically (RFC 1624), so no byte written here is
+    /// read back: a load of words just stored as smaller pieces would wait for the store
+    /// buffer. The result is the same bytes as `set_total_len` then `fill_checksum`.
+    pub fn set_total_len_and_checksum(&mut self, len: u16) {
+        let hl = self.header_len();
+        let h = &self.buffer.as_ref()[..hl];
+        let sum = match <&[u8; HEADER_LEN]>::try_from(h) {
+            Ok(h20) => checksum::ipv4_header20(h20),
+            Err(_) => checksum::data(h),
+        };
+        let sum = checksum::fold(
+            u64::from(sum)
+                + u64::from(!self.total_len())
+                + u64::from(!self.checksum())
+                + u64::from(len),
+        );
+        self.set_total_len(len);
+        self.set_checksum(!sum);
+    }
+
     pub fn fill_checksum(&mut self) {
         self.set_checksum(0);
         let hl = self.header_len();
@@ -223,6 +245,45 @@ mod tests {
         assert!(p.verify_checksum());
         p.set_ttl(1);
         assert!(!p.verify_checksum());
+    }
+
+    #[test]
+    fn length_and_checksum_in_one_go() {
+        let mut b = sample();
+        for len in [20u16, 28, 1500, 0xffff] {
+            let mut want = b.clone();
+            let mut w = Ipv4Packet::new_unchecked(&mut want[..]);
+            w.set_total_len(len);
+            w.fill_checksum();
+            Ipv4Packet::new_unchecked(&mut b[..]).set_total_len_and_checksum(len);
+            assert_eq!(b, want, "len {len}");
+        }
+        // Whatever the old checksum field held (here garbage).
+        b[10] = 0x12;
+        b[11] = 0x34;
+        let mut want = b.clone();
+        let mut w = Ipv4Packet::new_unchecked(&mut want[..]);
+        w.set_total_len(300);
+        w.fill_checksum();
+        Ipv4Packet::new_unchecked(&mut b[..]).set_total_len_and_checksum(300);
+        assert_eq!(b, want);
+        // Every header word pattern that makes the sum 0xffff or wrap: exhaustive on TTL/proto.
+        for w8 in 0..=0x1ffffu32 {
+            // Options (IHL 6) and the plain 20-byte header.
+            let mut h = sample();
+            if w8 > 0xffff {
+                h[0] = 0x45;
+                h.truncate(20);
+            }
+            h[8] = (w8 >> 8) as u8;
+            h[9] = w8 as u8;
+            let mut want = h.clone();
+            let mut w = Ipv4Packet::new_unchecked(&mut want[..]);
+            w.set_total_len(1000);
+            w.fill_checksum();
+            Ipv4Packet::new_unchecked(&mut h[..]).set_total_len_and_checksum(1000);
+            assert_eq!(h, want, "ttl/proto {w8:#x}");
+        }
     }
 
     #[test]

@@ -271,9 +271,7 @@ pub fn ip_local_out_fixup(pkt: &mut [u8], v6: bool) -> Result<(), ModeError> {
         ip.set_payload_len(plen);
     } else {
         let len = u16::try_from(pkt.len()).map_err(|_| ModeError::NoRoom)?;
-        let mut ip = Ipv4Packet::new_unchecked(pkt);
-        ip.set_total_len(len);
-        ip.fill_checksum();
+        Ipv4Packet::new_unchecked(pkt).set_total_len_and_checksum(len);
     }
     Ok(())
 }
