@@ -24,6 +24,7 @@ pub struct Frame<'a> {
 
 impl<'a> Frame<'a> {
     /// The packet is `buf[head..head + len]`. Panics only on a caller bug (range outside buf).
+    #[inline]
     pub fn new(buf: &'a mut [u8], head: usize, len: usize) -> Self {
         assert!(head + len <= buf.len(), "frame range outside its buffer");
         Self {
@@ -33,25 +34,32 @@ impl<'a> Frame<'a> {
         }
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.tail - self.head
     }
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    #[inline]
     pub fn headroom(&self) -> usize {
         self.head
     }
+    #[inline]
     pub fn tailroom(&self) -> usize {
         self.buf.len() - self.tail
     }
     /// Offset of the packet's first byte inside the buffer.
+    #[inline]
     pub fn head_offset(&self) -> usize {
         self.head
     }
+    #[inline]
     pub fn data(&self) -> &[u8] {
         &self.buf[self.head..self.tail]
     }
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.head..self.tail]
     }
@@ -62,6 +70,7 @@ impl<'a> Frame<'a> {
     }
 
     /// Grows the packet by `n` bytes at the front; returns the packet (new bytes first).
+    #[inline]
     pub fn push_head(&mut self, n: usize) -> Result<&mut [u8], FrameError> {
         if n > self.head {
             return Err(FrameError::NoHeadroom {
@@ -73,6 +82,7 @@ impl<'a> Frame<'a> {
         Ok(self.data_mut())
     }
     /// Drops `n` bytes from the front.
+    #[inline]
     pub fn pull_head(&mut self, n: usize) -> Result<(), FrameError> {
         if n > self.len() {
             return Err(FrameError::TooShort {
@@ -84,6 +94,7 @@ impl<'a> Frame<'a> {
         Ok(())
     }
     /// Grows the packet by `n` bytes at the end; returns the new bytes (content unspecified).
+    #[inline]
     pub fn push_tail(&mut self, n: usize) -> Result<&mut [u8], FrameError> {
         if n > self.tailroom() {
             return Err(FrameError::NoTailroom {
@@ -96,6 +107,7 @@ impl<'a> Frame<'a> {
         Ok(&mut self.buf[old..self.tail])
     }
     /// Drops `n` bytes from the end.
+    #[inline]
     pub fn trim_tail(&mut self, n: usize) -> Result<(), FrameError> {
         if n > self.len() {
             return Err(FrameError::TooShort {

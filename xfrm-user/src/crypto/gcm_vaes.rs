@@ -184,10 +184,7 @@ impl VaesGcm {
         );
         if let Some(a) = head {
             // The head comes first: y joins it, and it takes the highest power.
-            let (l, m, h) = mul_parts(
-                _mm_xor_si128(y, a),
-                u128_to_m128(self.htab[base - 1]),
-            );
+            let (l, m, h) = mul_parts(_mm_xor_si128(y, a), u128_to_m128(self.htab[base - 1]));
             (xlo, xmid, xhi) = (l, m, h);
             y_data = _mm_setzero_si128();
         }
@@ -280,7 +277,10 @@ impl VaesGcm {
             _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 1),
         );
         let four = _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4);
-        let len_block = _mm_set_epi64x((aad.len() as u64 * 8) as i64, (data.len() as u64 * 8) as i64);
+        let len_block = _mm_set_epi64x(
+            (aad.len() as u64 * 8) as i64,
+            (data.len() as u64 * 8) as i64,
+        );
 
         // The AAD: ESP's one block joins the first step; longer ones (GMAC) are hashed first.
         let mut y = _mm_setzero_si128();
@@ -288,7 +288,8 @@ impl VaesGcm {
         if aad.len() <= 16 {
             if !aad.is_empty() {
                 // SAFETY: the mask covers aad.len() bytes.
-                let a = unsafe { _mm_maskz_loadu_epi8(byte_mask16(aad.len()), aad.as_ptr().cast()) };
+                let a =
+                    unsafe { _mm_maskz_loadu_epi8(byte_mask16(aad.len()), aad.as_ptr().cast()) };
                 head = Some(_mm_shuffle_epi8(a, rev128));
             }
         } else {
@@ -398,10 +399,7 @@ fn u128_to_m128(v: u128) -> __m128i {
 #[target_feature(enable = "avx512f,avx512vl")]
 #[inline]
 fn fold4(v: __m512i) -> __m128i {
-    let a = _mm256_xor_si256(
-        _mm512_castsi512_si256(v),
-        _mm512_extracti64x4_epi64::<1>(v),
-    );
+    let a = _mm256_xor_si256(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
     _mm_xor_si128(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a))
 }
 
@@ -459,7 +457,10 @@ fn expand128(key: &[u8], rk: &mut [__m128i; 15]) {
     rk[0] = t;
     macro_rules! round {
         ($i:expr, $rcon:expr) => {
-            t = key_mix(t, _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(t)));
+            t = key_mix(
+                t,
+                _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(t)),
+            );
             rk[$i] = t;
         };
     }
@@ -488,23 +489,38 @@ fn expand256(key: &[u8], rk: &mut [__m128i; 15]) {
     };
     rk[0] = a;
     rk[1] = b;
-    macro_rules! round {
+    // Round keys 2i and 2i+1 from 2i-2 and 2i-1; the last step makes only key 14.
+    macro_rules! even {
         ($i:expr, $rcon:expr) => {
-            a = key_mix(a, _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(b)));
+            a = key_mix(
+                a,
+                _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(b)),
+            );
             rk[$i] = a;
-            if $i < 14 {
-                b = key_mix(b, _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(a)));
-                rk[$i + 1] = b;
-            }
         };
     }
-    round!(2, 0x01);
-    round!(4, 0x02);
-    round!(6, 0x04);
-    round!(8, 0x08);
-    round!(10, 0x10);
-    round!(12, 0x20);
-    round!(14, 0x40);
+    macro_rules! odd {
+        ($i:expr) => {
+            b = key_mix(
+                b,
+                _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(a)),
+            );
+            rk[$i] = b;
+        };
+    }
+    even!(2, 0x01);
+    odd!(3);
+    even!(4, 0x02);
+    odd!(5);
+    even!(6, 0x04);
+    odd!(7);
+    even!(8, 0x08);
+    odd!(9);
+    even!(10, 0x10);
+    odd!(11);
+    even!(12, 0x20);
+    odd!(13);
+    even!(14, 0x40);
 }
 
 #[cfg(test)]
@@ -553,16 +569,22 @@ mod tests {
             let g = VaesGcm::new(&key).unwrap().unwrap();
             let block = bytes(seed + 100, 16);
             // SAFETY: available() was checked.
-            let ours = unsafe {
-                g.encrypt_block(_mm_loadu_si128(block.as_ptr().cast()))
-            };
+            let ours = unsafe { g.encrypt_block(_mm_loadu_si128(block.as_ptr().cast())) };
             let mut b = aes::Block::clone_from_slice(&block);
             if len == 16 {
-                aes::Aes128::new_from_slice(&key).unwrap().encrypt_block(&mut b);
+                aes::Aes128::new_from_slice(&key)
+                    .unwrap()
+                    .encrypt_block(&mut b);
             } else {
-                aes::Aes256::new_from_slice(&key).unwrap().encrypt_block(&mut b);
+                aes::Aes256::new_from_slice(&key)
+                    .unwrap()
+                    .encrypt_block(&mut b);
             }
-            assert_eq!(m128_to_u128(ours).to_le_bytes(), b.as_slice(), "key len {len}");
+            assert_eq!(
+                m128_to_u128(ours).to_le_bytes(),
+                b.as_slice(),
+                "key len {len}"
+            );
         }
     }
 
@@ -618,9 +640,18 @@ mod tests {
         for len in [0usize, 1, 15, 16, 17, 63, 64, 65, 255, 256, 257, 300] {
             let mut buf = vec![0x5au8; len + 128];
             let mut tag = [0u8; 16];
-            g.seal(&[1, 2, 3, 4], &[5; 8], b"spi+seq!", &mut buf[64..64 + len], &mut tag);
+            g.seal(
+                &[1, 2, 3, 4],
+                &[5; 8],
+                b"spi+seq!",
+                &mut buf[64..64 + len],
+                &mut tag,
+            );
             assert!(buf[..64].iter().all(|&b| b == 0x5a), "len {len}: before");
-            assert!(buf[64 + len..].iter().all(|&b| b == 0x5a), "len {len}: after");
+            assert!(
+                buf[64 + len..].iter().all(|&b| b == 0x5a),
+                "len {len}: after"
+            );
         }
     }
 }

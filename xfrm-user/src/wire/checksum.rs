@@ -182,9 +182,8 @@ pub fn pseudo_header_v6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, len: u32) -> u1
 pub fn pseudo_header_at(pkt: &[u8], v6: bool, proto: u8, len: u32) -> u16 {
     let addrs = if v6 { &pkt[8..40] } else { &pkt[12..20] };
     let acc = sum_native(addrs) + u64::from(u16::from_be(u16::from(proto)));
-    let acc = acc
-        + u64::from(u16::from_be(len as u16))
-        + u64::from(u16::from_be((len >> 16) as u16));
+    let acc =
+        acc + u64::from(u16::from_be(len as u16)) + u64::from(u16::from_be((len >> 16) as u16));
     from_native(acc)
 }
 
@@ -264,22 +263,39 @@ mod tests {
     /// long odd one (`data` uses only the best one the machine has).
     #[test]
     fn every_implementation_equals_reference() {
-        let buf: Vec<u8> = (0..2_000_001u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        let buf: Vec<u8> = (0..2_000_001u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
         let mut cases: Vec<&[u8]> = (0..700).map(|n| &buf[3..3 + n]).collect();
         cases.push(&buf[1..]);
         cases.push(&[0xff; 4097]);
         for c in cases {
             let want = reference(c);
-            assert_eq!(from_native(sum_native(c)), want, "portable, len {}", c.len());
+            assert_eq!(
+                from_native(sum_native(c)),
+                want,
+                "portable, len {}",
+                c.len()
+            );
             #[cfg(target_arch = "x86_64")]
             {
                 if std::is_x86_feature_detected!("avx2") {
                     // SAFETY: checked.
-                    assert_eq!(from_native(unsafe { x86::sum_avx2(c) }), want, "avx2, len {}", c.len());
+                    assert_eq!(
+                        from_native(unsafe { x86::sum_avx2(c) }),
+                        want,
+                        "avx2, len {}",
+                        c.len()
+                    );
                 }
                 if std::is_x86_feature_detected!("avx512bw") {
                     // SAFETY: checked.
-                    assert_eq!(from_native(unsafe { x86::sum_avx512(c) }), want, "avx512, len {}", c.len());
+                    assert_eq!(
+                        from_native(unsafe { x86::sum_avx512(c) }),
+                        want,
+                        "avx512, len {}",
+                        c.len()
+                    );
                 }
             }
         }

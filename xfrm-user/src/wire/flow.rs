@@ -77,6 +77,7 @@ fn ports(proto_: u8, l4: &[u8]) -> (u16, u16) {
 }
 
 /// The IP length and the upper-layer header of the IP packet at the start of `pkt`.
+#[inline]
 pub fn parse_l4(pkt: &[u8]) -> Result<L4Info> {
     match super::ip_version(pkt) {
         Some(4) => {

@@ -41,6 +41,7 @@ pub struct EspTrailer {
 }
 
 /// esp_output's length arithmetic. `tfc_padto` is min(x->tfcpad, xfrm_state_mtu) or 0.
+#[inline]
 pub fn esp_trailer_len(payload_len: usize, tfc_padto: usize) -> EspTrailer {
     let tfclen = tfc_padto.saturating_sub(payload_len);
     let blksize = esp_blksize();
@@ -54,6 +55,7 @@ pub fn esp_trailer_len(payload_len: usize, tfc_padto: usize) -> EspTrailer {
 
 /// esp_output_fill_trailer: TFC zeros, padding 1, 2, 3, … (RFC 4303 section 2.4), pad
 /// length, next header.
+#[inline]
 pub fn esp_output_fill_trailer(tail: &mut [u8], t: &EspTrailer, nexthdr: u8) {
     let (tfc, pad) = tail.split_at_mut(t.tfclen);
     if !tfc.is_empty() {
@@ -78,6 +80,7 @@ pub fn esp_output_fill_trailer(tail: &mut [u8], t: &EspTrailer, nexthdr: u8) {
 
 /// The AAD of ESP with a combined-mode algorithm (RFC 4106 section 5): SPI || seq, or with
 /// ESN SPI || seq_hi || seq_lo. Returns the buffer and its used length (8 or 12).
+#[inline]
 pub fn esp_aad(spi: u32, seq: u64, esn: bool) -> ([u8; 12], usize) {
     let mut a = [0u8; 12];
     put32(&mut a, 0, spi);
@@ -96,12 +99,14 @@ pub fn esp_aad(spi: u32, seq: u64, esn: bool) -> ([u8; 12], usize) {
 /// seqiv (which XORs it with a per-key random salt before it goes on the wire). We send the
 /// 64-bit count itself: unique because the count never repeats (see xfrm_replay_overflow),
 /// even where the 32-bit wire number wraps with oseq-may-wrap.
+#[inline]
 pub fn esp_iv(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
 /// What the TFC padding pads to for this packet: min(tfcpad, xfrm_state_mtu) in tunnel mode
 /// (the kernel refuses tfcpad on other modes when the SA is added).
+#[inline]
 pub fn esp_tfc_padto(x: &SecurityAssociation) -> usize {
     if x.cfg.tfcpad == 0 || x.cfg.mode != XfrmMode::Tunnel {
         return 0;

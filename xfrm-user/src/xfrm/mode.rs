@@ -54,6 +54,7 @@ pub enum ModeError {
 }
 
 /// x->outer_mode output: xfrm_outer_mode_output.
+#[inline]
 pub fn xfrm_outer_mode_output(
     x: &SecurityAssociation,
     frame: &mut Frame<'_>,
@@ -128,6 +129,7 @@ pub struct InnerHeader {
 /// xfrm_inner_extract_output: reads the inner header and checks the SA may carry its
 /// family. With a selector, the inner family is the selector's; without one, the SA's own
 /// family, unless `flag af-unspec` (x->sel.family == AF_UNSPEC: any family).
+#[inline]
 pub fn xfrm_inner_extract_output(
     x: &SecurityAssociation,
     pkt: &[u8],
@@ -168,6 +170,7 @@ pub fn xfrm_inner_extract_output(
 /// INET_ECN_encapsulate (include/net/inet_ecn.h): the outer ECN field copies the inner one,
 /// except that CE becomes ECT(0) (RFC 3168 section 9.1.1 full functionality, which the
 /// kernel follows; RFC 6040 normal mode would copy CE as well).
+#[inline]
 pub fn inet_ecn_encapsulate(outer: u8, inner: u8) -> u8 {
     const CE: u8 = 3;
     const ECT_0: u8 = 2;
@@ -177,6 +180,7 @@ pub fn inet_ecn_encapsulate(outer: u8, inner: u8) -> u8 {
 
 /// The outer DS field: the inner DSCP unless dont-encap-dscp, ECN encapsulated, and ECN
 /// cleared with noecn.
+#[inline]
 fn outer_dsfield(x: &SecurityAssociation, inner_tos: u8) -> u8 {
     let tos = if x.cfg.extra_flags.dont_encap_dscp {
         0
@@ -196,6 +200,7 @@ const IPV6_MIN_MTU: usize = 1280;
 
 /// xfrm4_prepare_output + xfrm4_tunnel_encap_add: a new outer IPv4 header (RFC 4301
 /// section 5.1.2.1) in front of the whole inner packet.
+#[inline]
 pub fn xfrm4_prepare_output(
     x: &SecurityAssociation,
     frame: &mut Frame<'_>,
@@ -234,6 +239,7 @@ pub fn xfrm4_prepare_output(
 
 /// xfrm6_prepare_output + xfrm6_tunnel_encap_add: a new outer IPv6 header; the flow label
 /// is the inner one (0 for an IPv4 inner packet).
+#[inline]
 pub fn xfrm6_prepare_output(
     x: &SecurityAssociation,
     frame: &mut Frame<'_>,
@@ -263,6 +269,7 @@ pub fn xfrm6_prepare_output(
 /// What __ip_local_out / ip6_local_out do to the new packet before it leaves: the length
 /// field, and for IPv4 the header checksum (ip_send_check). Fails when the packet no
 /// longer fits an IP length field.
+#[inline]
 pub fn ip_local_out_fixup(pkt: &mut [u8], v6: bool) -> Result<(), ModeError> {
     if v6 {
         let plen = u16::try_from(pkt.len().saturating_sub(ipv6::HEADER_LEN))

@@ -134,6 +134,7 @@ pub fn xfrm_output_resume<'a>(
 /// xfrm_skb_check_space: room for what this SA adds in front (header_len) and behind
 /// (largest trailer: TFC padding, block padding, pad length, next header, ICV), and a
 /// result that still fits an IP length.
+#[inline]
 fn xfrm_skb_check_space(x: &SecurityAssociation, frame: &Frame<'_>) -> bool {
     let tail = match x.cfg.id.proto {
         XfrmProto::Esp => {
@@ -148,6 +149,7 @@ fn xfrm_skb_check_space(x: &SecurityAssociation, frame: &Frame<'_>) -> bool {
 
 /// xfrm_output_one for one SA, the kernel's steps in the kernel's order, each failure with
 /// its counter.
+#[inline]
 pub fn xfrm_output_one(
     x: &SecurityAssociation,
     frame: &mut Frame<'_>,
@@ -192,6 +194,7 @@ pub struct BadChecksum;
 /// (0 becomes 0xffff, CSUM_MANGLED_0). Otherwise TCP, UDP, ICMP and ICMPv6 checksums are
 /// verified. UDP with checksum 0 means "none" over IPv4 and is let through over IPv6 too
 /// (RFC 6935 tunnels use it). Fragments cannot be checked and pass as they are.
+#[inline]
 pub fn inner_l4_checksum(
     pkt: &mut [u8],
     info: &flow::L4Info,

@@ -307,15 +307,19 @@ impl SecurityAssociation {
         })
     }
 
+    #[inline]
     pub fn spi(&self) -> u32 {
         self.cfg.id.spi
     }
+    #[inline]
     pub fn daddr(&self) -> IpAddr {
         self.cfg.id.daddr
     }
+    #[inline]
     pub fn saddr(&self) -> IpAddr {
         self.cfg.saddr
     }
+    #[inline]
     pub fn km_state(&self) -> KmState {
         match self.km_state.load(Ordering::Acquire) {
             0 => KmState::Valid,
@@ -326,6 +330,7 @@ impl SecurityAssociation {
     pub fn set_km_state(&self, s: KmState) {
         self.km_state.store(s as u8, Ordering::Release)
     }
+    #[inline]
     pub fn is_valid(&self) -> bool {
         self.km_state() == KmState::Valid
     }
@@ -342,9 +347,11 @@ impl SecurityAssociation {
     pub fn soft_expiries(&self) -> u64 {
         self.soft_expiries.load(Ordering::Relaxed)
     }
+    #[inline]
     pub fn curlft_bytes(&self) -> u64 {
         self.curlft_bytes.load(Ordering::Relaxed)
     }
+    #[inline]
     pub fn curlft_packets(&self) -> u64 {
         self.oseq
             .load(Ordering::Relaxed)
@@ -354,6 +361,7 @@ impl SecurityAssociation {
     pub fn add_time(&self) -> u64 {
         self.add_time
     }
+    #[inline]
     pub fn use_time(&self) -> u64 {
         self.use_time.load(Ordering::Relaxed)
     }
@@ -372,16 +380,19 @@ impl SecurityAssociation {
     pub fn set_mtu(&self, mtu: u32) {
         self.mtu.store(mtu, Ordering::Relaxed)
     }
+    #[inline]
     pub fn mtu(&self) -> u32 {
         self.mtu.load(Ordering::Relaxed)
     }
     pub fn set_outer_hop_limit(&self, h: u8) {
         self.hop_limit.store(h, Ordering::Relaxed)
     }
+    #[inline]
     pub fn outer_hop_limit(&self) -> u8 {
         self.hop_limit.load(Ordering::Relaxed)
     }
     /// The outer IPv4 identification of packet `seq` (tunnel mode).
+    #[inline]
     pub fn ip_ident(&self, seq: u64) -> u16 {
         (seq as u16) ^ self.ip_id_base
     }
@@ -419,16 +430,14 @@ impl SecurityAssociation {
     /// The time limits, which the kernel enforces from a timer (xfrm_timer_handler), are
     /// checked here against `now`. Several workers may pass the check at once, so a hard
     /// byte/packet limit can be overshot by at most one packet per worker.
+    #[inline]
     pub fn xfrm_state_check_expire(&self, now: u64) -> Result<(), StateExpired> {
-        if self.use_time.load(Ordering::Relaxed) == 0 {
-            let _ =
-                self.use_time
-                    .compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
+        let mut use_time = self.use_time.load(Ordering::Relaxed);
+        if use_time == 0 {
+            use_time = self.first_use(now);
         }
-        let lft = &self.cfg.lifetime;
         let bytes = self.curlft_bytes();
         let packets = self.curlft_packets();
-        let use_time = self.use_time();
         let b = &self.expire_bounds;
         if bytes < b.bytes
             && packets < b.packets
@@ -437,6 +446,31 @@ impl SecurityAssociation {
         {
             return Ok(());
         }
+        self.check_expire_limits(now, bytes, packets, use_time)
+    }
+
+    /// The first packet sets use_time (once, whichever worker gets there first).
+    #[cold]
+    fn first_use(&self, now: u64) -> u64 {
+        match self
+            .use_time
+            .compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => now.max(1),
+            Err(t) => t,
+        }
+    }
+
+    /// xfrm_state_check_expire past the nearest limit: which one, and what it does.
+    #[cold]
+    fn check_expire_limits(
+        &self,
+        now: u64,
+        bytes: u64,
+        packets: u64,
+        use_time: u64,
+    ) -> Result<(), StateExpired> {
+        let lft = &self.cfg.lifetime;
         let timed_out = |add_limit: u64, use_limit: u64| {
             (add_limit != 0 && now >= self.add_time.saturating_add(add_limit))
                 || (use_limit != 0 && now >= use_time.saturating_add(use_limit))
@@ -494,6 +528,7 @@ impl SecurityAssociation {
     /// the high 32. With oseq-may-wrap the high bits count the wraps, which keeps the IV
     /// built from this value unique per packet even though the wire number repeats (the
     /// kernel's IV would repeat there; see esp.rs).
+    #[inline]
     pub fn xfrm_replay_overflow(&self) -> Result<u64, SeqOverflow> {
         let limit = if self.cfg.flags.esn || self.cfg.extra_flags.oseq_may_wrap {
             u64::MAX
@@ -507,6 +542,11 @@ impl SecurityAssociation {
         if cur < limit - SLACK {
             return Ok(self.oseq.fetch_add(1, Ordering::Relaxed) + 1);
         }
+        self.replay_overflow_near_limit(limit)
+    }
+
+    #[cold]
+    fn replay_overflow_near_limit(&self, limit: u64) -> Result<u64, SeqOverflow> {
         self.oseq
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
                 if v >= limit {
@@ -528,6 +568,7 @@ impl SecurityAssociation {
 
     /// x->curlft.bytes += len (x->curlft.packets++ is implied by the sequence number the
     /// packet took, see `oseq_base`).
+    #[inline]
     pub fn add_curlft(&self, bytes: usize) {
         self.curlft_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
