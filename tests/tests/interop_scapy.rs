@@ -500,6 +500,9 @@ struct SaSpec {
     tfcpad: u32,
     /// First sequence number, 64 bits (the high half matters with esn).
     first_seq: u64,
+    /// The outer DS field the peer writes when it encrypts (instead of copying the inner
+    /// one), to exercise our ECN/DSCP decapsulation.
+    peer_outer_tos: Option<u8>,
 }
 
 impl SaSpec {
@@ -512,6 +515,7 @@ impl SaSpec {
             encap: None,
             tfcpad: 0,
             first_seq: 1,
+            peer_outer_tos: None,
         }
     }
     fn flag(mut self, f: &'static str) -> Self {
@@ -532,6 +536,10 @@ impl SaSpec {
     }
     fn seq(mut self, s: u64) -> Self {
         self.first_seq = s;
+        self
+    }
+    fn peer_outer_tos(mut self, tos: u8) -> Self {
+        self.peer_outer_tos = Some(tos);
         self
     }
 }
@@ -634,6 +642,47 @@ impl Case {
             Dir::In => plaintexts(r, l),
         }
     }
+    /// What our input makes of a plaintext the peer tunnelled with `peer_outer_tos`: the
+    /// inner DS field after decapsulation, RFC 6040 section 4.2 for ECN (the rule; Linux's
+    /// xfrm ipip_ecn_decapsulate only copies CE into an ECT inner header and never drops) unless
+    /// noecn, the outer DSCP with decap-dscp (ipv4_copy_dscp / ipv6_copy_dscp). None: dropped
+    /// (outer CE over a not-ECT inner packet).
+    fn expected_decap(&self, p: &[u8]) -> Option<Vec<u8>> {
+        let [s] = &self.sas[..] else {
+            return Some(p.to_vec());
+        };
+        let Some(outer) = s.peer_outer_tos else {
+            return Some(p.to_vec());
+        };
+        let v4 = p[0] >> 4 == 4;
+        let inner = if v4 { p[1] } else { (p[0] << 4) | (p[1] >> 4) };
+        let mut ds = inner;
+        if s.flags.contains(&"decap-dscp") {
+            ds = (outer & 0xfc) | (inner & 3);
+        }
+        if !s.flags.contains(&"noecn") {
+            let ecn = match (inner & 3, outer & 3) {
+                (0, 3) => return None,
+                (_, 3) => 3,
+                (2, 1) => 1,
+                (i, _) => i,
+            };
+            ds = (ds & 0xfc) | ecn;
+        }
+        let mut q = p.to_vec();
+        if v4 {
+            q[1] = ds;
+            q[10..12].copy_from_slice(&[0, 0]);
+            let ihl = usize::from(q[0] & 0xf) * 4;
+            let c = csum_fold(csum_add(0, &q[..ihl]));
+            q[10..12].copy_from_slice(&c.to_be_bytes());
+        } else {
+            q[0] = 0x60 | (ds >> 4);
+            q[1] = (ds << 4) | (q[1] & 0x0f);
+        }
+        Some(q)
+    }
+
     /// A UDP packet that no policy selects (between two other hosts of the outer family).
     fn bypass(&self) -> Vec<u8> {
         let (s, d): (IpAddr, IpAddr) = match self.outer {
@@ -804,6 +853,9 @@ impl Case {
                     "flags": s.flags, "extra_flags": s.extra_flags,
                     "tfcpad": s.tfcpad, "replay_window": 128, "seq": s.first_seq,
                 });
+                if let (Some(tos), Dir::In) = (s.peer_outer_tos, dir) {
+                    v["outer_tos"] = json!(tos);
+                }
                 v[if s.alg.is_esp() { "aead" } else { "auth" }] = match s.alg {
                     Alg::Gcm { icv_bits, .. } => {
                         json!({"name": "rfc4106(gcm(aes))", "key": key, "icv_bits": icv_bits})
@@ -1125,6 +1177,9 @@ fn check_in(c: &Case, d: &Path, ci: usize, res: &Value) -> Result<String, String
     let want: Vec<Vec<u8>> = c
         .plaintexts(Dir::In)
         .iter()
+        .filter_map(|p| c.expected_decap(p))
+        .collect::<Vec<_>>()
+        .iter()
         .chain([&c.bypass()])
         .map(|p| frame_of(c.link, p))
         .collect();
@@ -1369,6 +1424,46 @@ fn tunnel_tfc_padding_and_outer_header_flags() {
         ));
     }
     run("tfc+outer-flags", cases);
+}
+
+#[test]
+fn tunnel_decap_ecn_and_dscp() {
+    // The peer marks the outer header; our input decapsulates ECN per RFC 6040 and copies
+    // the DSCP only with decap-dscp (the out direction runs too, as everywhere).
+    let mut cases = Vec::new();
+    for (mode, outer, inner) in LAYOUTS.into_iter().filter(|l| l.0 == Mode::Tunnel) {
+        for tos in [
+            0xab, /* DSCP 42, CE */
+            0x29, /* DSCP 10, ECT(1) */
+            0x60, /* CS3, not-ECT */
+        ] {
+            let base = SaSpec::new(mode, ESP_ALGS[2]).peer_outer_tos(tos);
+            for flags in [
+                &[][..],
+                &["decap-dscp"],
+                &["noecn"],
+                &["decap-dscp", "noecn"],
+            ] {
+                let mut sa = base.clone();
+                for f in flags {
+                    sa = sa.flag(f);
+                }
+                let mut c = case(outer, inner, vec![sa]);
+                let _ = write!(c.name, " peer outer DS {tos:#04x}");
+                cases.push(c);
+            }
+        }
+        let mut c = case(
+            outer,
+            inner,
+            vec![SaSpec::new(mode, AH_ALGS[0])
+                .flag("decap-dscp")
+                .peer_outer_tos(0xab)],
+        );
+        c.name.push_str(" peer outer DS 0xab");
+        cases.push(c);
+    }
+    run("decap-ecn-dscp", cases);
 }
 
 #[test]
