@@ -112,28 +112,44 @@ mod x86 {
         vec + super::sum_native(rest)
     }
 
-    /// 64 bytes per step, the last, partial step a masked load (zero bytes past the end:
-    /// zero words, and a trailing odd byte becomes the low byte of its word, as in
-    /// `sum_native`). Low and high bytes of the words are summed apart with vpsadbw into
-    /// 64-bit lanes, which cannot overflow for any packet: sum = low + 256 * high. Short
-    /// packets matter here: one lane fold at the end, no widening.
+    /// `sum_avx2`'s method on 64 bytes per step; the last, partial step is a masked load
+    /// (zero bytes past the end: zero words, and a trailing odd byte becomes the low byte
+    /// of its word, as in `sum_native`). The lanes are folded once per block of at most
+    /// 1024 steps (64 KiB: one block for any packet): each lane then holds at most
+    /// 1024 * 2^16 in magnitude, and the sixteen of them add up within an i32.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) fn sum_avx512(data: &[u8]) -> u64 {
-        let low_bytes = _mm512_set1_epi16(0x00ff);
-        let zero = _mm512_setzero_si512();
-        let (mut lo, mut hi) = (zero, zero);
-        for start in (0..data.len()).step_by(64) {
-            let left = data.len() - start;
+        const BLOCK: usize = 1024;
+        let bias = _mm512_set1_epi16(i16::MIN);
+        let ones = _mm512_set1_epi16(1);
+        let steps = data.len().div_ceil(64);
+        let step = |i: usize| {
+            let left = data.len() - 64 * i;
             let m: __mmask64 = if left >= 64 { !0 } else { (1u64 << left) - 1 };
             // SAFETY: the mask covers only bytes inside `data`.
-            let x = unsafe { _mm512_maskz_loadu_epi8(m, data.as_ptr().add(start).cast()) };
-            let l = _mm512_sad_epu8(_mm512_and_si512(x, low_bytes), zero);
-            let h = _mm512_sad_epu8(_mm512_srli_epi16::<8>(x), zero);
-            lo = _mm512_add_epi64(lo, l);
-            hi = _mm512_add_epi64(hi, h);
+            let x = unsafe { _mm512_maskz_loadu_epi8(m, data.as_ptr().add(64 * i).cast()) };
+            _mm512_madd_epi16(_mm512_xor_si512(x, bias), ones)
+        };
+        let mut total: i64 = 0;
+        let mut start = 0;
+        while start < steps {
+            let end = (start + BLOCK).min(steps);
+            // Two accumulators: consecutive adds do not wait on each other.
+            let (mut a, mut b) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            let mut i = start;
+            while i + 2 <= end {
+                a = _mm512_add_epi32(a, step(i));
+                b = _mm512_add_epi32(b, step(i + 1));
+                i += 2;
+            }
+            if i < end {
+                a = _mm512_add_epi32(a, step(i));
+            }
+            total += i64::from(_mm512_reduce_add_epi32(_mm512_add_epi32(a, b)));
+            start = end;
         }
-        let s = _mm512_add_epi64(lo, _mm512_slli_epi64::<8>(hi));
-        _mm512_reduce_add_epi64(s) as u64
+        // Every word of every step (padding included) was read as (w - 0x8000).
+        (total + 0x8000 * 32 * steps as i64) as u64
     }
 }
 
