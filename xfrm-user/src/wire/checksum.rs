@@ -112,43 +112,54 @@ mod x86 {
         vec + super::sum_native(rest)
     }
 
-    /// `sum_avx2`'s method on 64 bytes per step; the last, partial step is a masked load
+    /// `sum_avx2`'s method on 64 bytes per step; a last, partial step is one masked load
     /// (zero bytes past the end: zero words, and a trailing odd byte becomes the low byte
     /// of its word, as in `sum_native`). The lanes are folded once per block of at most
-    /// 1024 steps (64 KiB: one block for any packet): each lane then holds at most
-    /// 1024 * 2^16 in magnitude, and the sixteen of them add up within an i32.
+    /// 1024 whole steps (64 KiB: one block for any packet; the partial step joins the
+    /// first): a lane then holds at most 1025 * 2^16 in magnitude, and the sixteen of them
+    /// add up within an i32.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) fn sum_avx512(data: &[u8]) -> u64 {
         const BLOCK: usize = 1024;
         let bias = _mm512_set1_epi16(i16::MIN);
         let ones = _mm512_set1_epi16(1);
-        let steps = data.len().div_ceil(64);
-        let step = |i: usize| {
-            let left = data.len() - 64 * i;
-            let m: __mmask64 = if left >= 64 { !0 } else { (1u64 << left) - 1 };
-            // SAFETY: the mask covers only bytes inside `data`.
-            let x = unsafe { _mm512_maskz_loadu_epi8(m, data.as_ptr().add(64 * i).cast()) };
-            _mm512_madd_epi16(_mm512_xor_si512(x, bias), ones)
-        };
+        let (whole, rest) = data.as_chunks::<64>();
+        let words = |x: __m512i| _mm512_madd_epi16(_mm512_xor_si512(x, bias), ones);
+        let mut a = _mm512_setzero_si512();
+        if !rest.is_empty() {
+            let m: __mmask64 = (1u64 << rest.len()) - 1;
+            // SAFETY: the mask covers only the rest.len() bytes of `rest`.
+            a = words(unsafe { _mm512_maskz_loadu_epi8(m, rest.as_ptr().cast()) });
+        }
         let mut total: i64 = 0;
-        let mut start = 0;
-        while start < steps {
-            let end = (start + BLOCK).min(steps);
+        if whole.is_empty() {
+            total = i64::from(_mm512_reduce_add_epi32(a));
+        }
+        for block in whole.chunks(BLOCK) {
             // Two accumulators: consecutive adds do not wait on each other.
-            let (mut a, mut b) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-            let mut i = start;
-            while i + 2 <= end {
-                a = _mm512_add_epi32(a, step(i));
-                b = _mm512_add_epi32(b, step(i + 1));
-                i += 2;
+            let mut b = _mm512_setzero_si512();
+            let (pairs, odd) = block.as_chunks::<2>();
+            for [x, y] in pairs {
+                // SAFETY: x and y are 64 bytes each; loadu has no alignment requirement.
+                let (x, y) = unsafe {
+                    (
+                        _mm512_loadu_si512(x.as_ptr().cast()),
+                        _mm512_loadu_si512(y.as_ptr().cast()),
+                    )
+                };
+                a = _mm512_add_epi32(a, words(x));
+                b = _mm512_add_epi32(b, words(y));
             }
-            if i < end {
-                a = _mm512_add_epi32(a, step(i));
+            if let [x] = odd {
+                // SAFETY: as above.
+                a = _mm512_add_epi32(a, words(unsafe { _mm512_loadu_si512(x.as_ptr().cast()) }));
             }
             total += i64::from(_mm512_reduce_add_epi32(_mm512_add_epi32(a, b)));
-            start = end;
+            a = _mm512_setzero_si512();
         }
-        // Every word of every step (padding included) was read as (w - 0x8000).
+        // Every word of every step (the partial one's padding included) was read as
+        // (w - 0x8000).
+        let steps = whole.len() + usize::from(!rest.is_empty());
         (total + 0x8000 * 32 * steps as i64) as u64
     }
 }
