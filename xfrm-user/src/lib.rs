@@ -8,3 +8,4 @@ pub mod sa;
 pub mod selector;
 pub mod stats;
 pub mod wire;
+pub mod xfrm;

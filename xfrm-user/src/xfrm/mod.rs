@@ -1,0 +1,3 @@
+//! The kernel's xfrm layer over packet buffers.
+
+pub mod pmtu;
