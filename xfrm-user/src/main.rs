@@ -1,1 +1,138 @@
-fn main() {}
+//! The xfrm-user command: one subcommand per mode. Each subcommand has its own argument struct
+//! and a function in the library, so adding one (`pcap`, `run`, …) is a variant, an Args
+//! struct and a match arm.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xfrm-user",
+    version,
+    about = "IPsec (XFRM) datapath beside the kernel"
+)]
+struct Cli {
+    /// More logging: -v info, -vv debug, -vvv trace (without -v, RUST_LOG is used).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Parse and validate a configuration file (ip xfrm state/policy add lines); exit 0 when
+    /// it is valid, 2 (after printing every error) when it is not.
+    Check(CheckArgs),
+    /// Load the XDP classifier on an interface with the config's `dir out` policies and print
+    /// its verdict counters until Ctrl-C (the workers of `run` come later: with --xsk,
+    /// protected packets are received on AF_XDP sockets, sampled and dropped; without it the
+    /// XDP program drops them, fail closed).
+    Attach(AttachArgs),
+}
+
+#[derive(Args, Debug)]
+struct AttachArgs {
+    /// The configuration file (ip xfrm state/policy add lines).
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+    /// The inside (plaintext) interface.
+    #[arg(long, value_name = "IF")]
+    iface: String,
+    /// native (in the driver) or skb (generic).
+    #[arg(long, default_value = "native")]
+    xdp_mode: xfrm_user::datapath::AttachMode,
+    /// The XDP object (default: $XFRM_BPF_OBJ, xfrm-ebpf.o beside this binary, or the output
+    /// of `cargo xtask build-ebpf`).
+    #[arg(long, value_name = "PATH")]
+    bpf: Option<PathBuf>,
+    /// Receive protected packets on AF_XDP sockets, one per queue.
+    #[arg(long)]
+    xsk: bool,
+    /// Receive queues to serve with --xsk.
+    #[arg(long, default_value_t = 1)]
+    queues: u32,
+    /// Seconds between counter lines.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Stop after this many seconds (default: at Ctrl-C / SIGTERM).
+    #[arg(long)]
+    duration: Option<f64>,
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// SIGINT/SIGTERM end the watch loop, so the program is detached and the maps closed.
+fn stop_on_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// The configuration file.
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+fn init_logging(verbose: u8) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    if verbose > 0 {
+        b.filter_level(match verbose {
+            1 => log::LevelFilter::Info,
+            2 => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        });
+    }
+    b.init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match cli.command {
+        Command::Check(a) => {
+            log::info!("checking {}", a.config.display());
+            let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+            match xfrm_user::config::check(&a.config, &mut out, &mut err) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("xfrm-user: cannot write the report: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Attach(a) => {
+            stop_on_signals();
+            let opts = xfrm_user::datapath::attach::AttachOptions {
+                config: a.config,
+                iface: a.iface,
+                mode: a.xdp_mode,
+                bpf: a.bpf,
+                queues: a.queues,
+                xsk: a.xsk,
+                interval: std::time::Duration::from_secs_f64(a.interval.max(0.1)),
+                duration: a
+                    .duration
+                    .map(|d| std::time::Duration::from_secs_f64(d.max(0.0))),
+            };
+            let mut out = std::io::stdout();
+            match xfrm_user::datapath::attach::attach_and_watch(&opts, &STOP, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xfrm-user: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

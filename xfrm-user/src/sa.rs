@@ -174,7 +174,9 @@ pub struct SaConfig {
     /// TFC padding target length (0 = none).
     pub tfcpad: u32,
     pub lifetime: Lifetime,
-    /// `sel …`; None when not given (then it is not checked).
+    /// `sel …`. Without `sel` the config parser does what Linux's copy_from_user_state does:
+    /// the "any" selector of the SA's own family (only that family's packets use the SA), or
+    /// None with `flag af-unspec` (packets of either family: nothing to check).
     pub selector: Option<Selector>,
 }
 
