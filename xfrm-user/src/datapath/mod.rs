@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod loader;
+pub mod neigh;
 pub mod rules;
 pub mod xsk;
 

@@ -2,9 +2,9 @@
 //! kernel forwarding between two veths sent) and exhaustive checks of the MTU arithmetic.
 
 use super::*;
-use crate::wire::ipv4::FLAG_DF;
 use crate::frame::OwnedFrame;
 use crate::sa::{AeadAlgo, AuthAlgo, Encap, Lifetime, SaExtraFlags, SaFlags, XfrmId};
+use crate::wire::ipv4::FLAG_DF;
 
 const V4_DF_ORIG: &[u8] = include_bytes!("testdata/v4_df_orig.bin");
 const V4_FRAG_NEEDED: &[u8] = include_bytes!("testdata/v4_frag_needed.bin");
