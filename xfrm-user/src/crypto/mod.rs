@@ -105,6 +105,17 @@ fn bits_to_bytes(bits: u32) -> Result<usize, CryptoError> {
     Ok(bytes)
 }
 
+/// Hex (whitespace ignored) to bytes, for the known-answer tests.
+#[cfg(test)]
+pub(crate) fn test_hex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    assert!(s.len().is_multiple_of(2), "odd hex length");
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,15 +25,13 @@ pub struct FlowInfo {
 
 fn ports(proto_: u8, l4: &[u8]) -> (u16, u16) {
     match proto_ {
-        proto::TCP | proto::UDP | 132 /* SCTP */ | 33 /* DCCP */ | 136 /* UDP-Lite */ => {
-            if l4.len() >= 4 {
-                (
-                    u16::from_be_bytes([l4[0], l4[1]]),
-                    u16::from_be_bytes([l4[2], l4[3]]),
-                )
-            } else {
-                (0, 0)
-            }
+        proto::TCP | proto::UDP | 132 /* SCTP */ | 33 /* DCCP */ | 136 /* UDP-Lite */
+            if l4.len() >= 4 =>
+        {
+            (
+                u16::from_be_bytes([l4[0], l4[1]]),
+                u16::from_be_bytes([l4[2], l4[3]]),
+            )
         }
         proto::ICMP | proto::ICMPV6 => match IcmpPacket::new_checked(l4) {
             Ok(p) => (u16::from(p.msg_type()), u16::from(p.msg_code())),
