@@ -15,7 +15,11 @@ pub fn root_or_skip(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    println!(
+    // Straight to fd 2: libtest captures println!/eprintln! of passing tests, and a skip must
+    // be seen.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "SKIP {test}: needs root (network namespaces, BPF, AF_XDP); run `cargo xtask test` as \
          root, as CI does"
     );

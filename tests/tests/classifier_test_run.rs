@@ -1,6 +1,6 @@
 //! The XDP classifier on crafted packets through BPF_PROG_TEST_RUN: no network, no attach.
 //! Verdicts, metadata and counters are asserted; the randomized test compares the program with
-//! the library's reference lookup (the base of the exhaustive tests of issue 5).
+//! `XfrmDb::policy_lookup`, the library's classifier (the base of the exhaustive tests of issue 5).
 
 use std::{
     net::IpAddr,
@@ -22,12 +22,13 @@ use xfrm_tests::{
 use xfrm_user::{
     datapath::{
         loader::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
-        rules::{compile_out, reference_lookup_out},
+        rules::compile_sorted,
         Datapath,
     },
     policy::{Policy, PolicyAction, PolicyDir, Template, TmplLevel},
     sa::{XfrmMode, XfrmProto},
     selector::{FlowKey, PortMatch, Prefix, Selector},
+    xfrm::{spd::DbError, XfrmDb},
 };
 
 fn prefix(s: &str) -> Prefix {
@@ -104,17 +105,36 @@ fn xdp_socket() -> OwnedFd {
 
 struct Harness {
     dp: Datapath,
-    policies: Vec<Policy>,
+    db: XfrmDb,
     _sock: Option<OwnedFd>,
 }
 
+/// The library's databases for `policies` (numbered in config order). The db refuses a second
+/// policy with the same selector and direction, as `ip xfrm policy add` does: with
+/// `drop_duplicates`, such policies are left out (random tables make them).
+fn database(policies: Vec<Policy>, drop_duplicates: bool) -> XfrmDb {
+    let mut policies = numbered(policies);
+    loop {
+        match XfrmDb::new(vec![], policies.clone()) {
+            Ok(db) => return db,
+            Err(DbError::DuplicatePolicy(i)) if drop_duplicates => {
+                policies.remove(i);
+            }
+            Err(e) => panic!("policy database: {e}"),
+        }
+    }
+}
+
 impl Harness {
-    /// SA ids: policy i protects with SA 100 + i.
+    /// SA ids: the policy of config index i protects with SA 100 + i.
     fn new(policies: Vec<Policy>, with_socket: bool) -> Self {
+        Self::with_db(database(policies, false), with_socket)
+    }
+
+    fn with_db(db: XfrmDb, with_socket: bool) -> Self {
         init_logging();
         let mut dp = Datapath::load(&bpf_object()).expect("load the XDP object");
-        let policies = numbered(policies);
-        let rules = compile_out(&policies, |p| Some(100 + p.index)).unwrap();
+        let rules = compile_sorted(db.policies(PolicyDir::Out), |p| Some(100 + p.index)).unwrap();
         dp.set_out_policies(&rules).unwrap();
         let sock = with_socket.then(|| {
             let s = xdp_socket();
@@ -124,18 +144,28 @@ impl Harness {
         });
         Self {
             dp,
-            policies,
+            db,
             _sock: sock,
         }
     }
 
+    /// The verdict and metadata, with `policy_id` (a position in the db's out list) turned
+    /// back into the policy's config index so that the tests read in config terms.
     fn run(&mut self, frame: &[u8]) -> (u32, Option<XdpMeta>) {
         let out = self.dp.test_run(frame).expect("BPF_PROG_TEST_RUN");
         assert_eq!(
             out.packet, frame,
             "the classifier must not change the packet"
         );
-        (out.action, out.meta)
+        let meta = out.meta.map(|mut m| {
+            let out_list = self.db.policies(PolicyDir::Out);
+            let p = out_list
+                .get(m.policy_id as usize)
+                .unwrap_or_else(|| panic!("policy_id {} outside the out table", m.policy_id));
+            m.policy_id = p.index;
+            m
+        });
+        (out.action, meta)
     }
 
     fn count(&self, c: Counter) -> u64 {
@@ -257,7 +287,6 @@ fn verdicts_and_metadata() {
     assert_eq!(c.get(Counter::PassBypass), 1, "{c}");
     assert_eq!(c.get(Counter::PassNoPolicy), 3, "{c}");
     assert_eq!(c.get(Counter::Rx), 11, "{c}");
-    let _ = &h.policies;
 }
 
 #[test]
@@ -439,7 +468,7 @@ fn randomized_agrees_with_reference_lookup() {
                 p
             })
             .collect();
-        let mut h = Harness::new(policies, true);
+        let mut h = Harness::with_db(database(policies, true), true);
         for _ in 0..300 {
             let v6 = rng.gen_bool(0.5);
             let addr = |rng: &mut StdRng| -> IpAddr {
@@ -486,14 +515,13 @@ fn randomized_agrees_with_reference_lookup() {
             let expected = if nd {
                 (XDP_PASS, None)
             } else {
-                match reference_lookup_out(&h.policies, &flow) {
+                // The library's own lookup: the one definition the program must agree with.
+                match h.db.policy_lookup(PolicyDir::Out, &flow) {
                     None => (XDP_PASS, None),
-                    Some(i) => match h.policies[i].action {
+                    Some(p) => match p.action {
                         PolicyAction::Block => (XDP_DROP, None),
-                        PolicyAction::Allow if h.policies[i].templates.is_empty() => {
-                            (XDP_PASS, None)
-                        }
-                        PolicyAction::Allow => (XDP_REDIRECT, Some((i as u32, 100 + i as u32))),
+                        PolicyAction::Allow if p.templates.is_empty() => (XDP_PASS, None),
+                        PolicyAction::Allow => (XDP_REDIRECT, Some((p.index, 100 + p.index))),
                     },
                 }
             };
@@ -507,5 +535,5 @@ fn randomized_agrees_with_reference_lookup() {
             checked += 1;
         }
     }
-    println!("{checked} packets agreed with the reference lookup");
+    println!("{checked} packets agreed with XfrmDb::policy_lookup");
 }

@@ -1,4 +1,4 @@
-//! The classifier live on a veth pair in native mode: selected flows reach the AF_XDP socket
+//! The classifier live on a veth pair in native mode (and generic mode): selected flows reach the AF_XDP socket
 //! with their metadata, a frame written to the socket's TX ring reaches the peer, and everything
 //! else (ARP, ND, ping, other flows) passes unchanged. Then fail closed: without the socket, the
 //! selected flow is dropped, not delivered in clear.
@@ -19,13 +19,14 @@ use xfrm_tests::{
 };
 use xfrm_user::{
     datapath::{
-        rules::compile_out,
+        rules::compile_sorted,
         xsk::{XskConfig, XskSocket},
         AttachMode, Datapath,
     },
     policy::{Policy, PolicyAction, PolicyDir, Template, TmplLevel},
     sa::{XfrmMode, XfrmProto},
     selector::{PortMatch, Prefix, Selector},
+    xfrm::XfrmDb,
 };
 
 const PORT_V4: u16 = 5555;
@@ -119,7 +120,7 @@ fn drain(xsk: &mut XskSocket, wait: Duration) -> Vec<(Option<xfrm_common::XdpMet
     got
 }
 
-fn veth_redirect(test: &str, tx_checksum: bool) {
+fn veth_redirect(test: &str, mode: AttachMode, tx_checksum: bool) {
     if !root_or_skip(test) {
         return;
     }
@@ -146,13 +147,18 @@ fn veth_redirect(test: &str, tx_checksum: bool) {
 
     let mut policies = vec![protect_udp(a4, b4, PORT_V4), protect_udp(a6, b6, PORT_V6)];
     policies[1].index = 1;
-    let rules = compile_out(&policies, |p| Some(40 + p.index)).unwrap();
+    let db = XfrmDb::new(vec![], policies).unwrap();
+    // Equal priorities: the db keeps config order, so policy_id = config index here.
+    let rules = compile_sorted(db.policies(PolicyDir::Out), |p| Some(40 + p.index)).unwrap();
 
     let topo = &topo;
     topo.ns(gw)
         .run(|| {
             let mut dp = Datapath::load(&bpf_object())?;
-            dp.attach_classifier(&b.ifname, AttachMode::Native)?;
+            dp.attach_classifier(&b.ifname, mode)?;
+            // The peer runs the pass-everything program: what a veth needs to accept
+            // XDP_TX/redirected frames, and it must leave the peer's own traffic alone.
+            topo.ns(peer).run(|| dp.attach_pass(&a.ifname, mode))?;
             dp.set_out_policies(&rules)?;
             let mut xsk = XskSocket::bind(&b.ifname, 0, XskConfig::default())?;
             dp.set_socket(0, xsk.fd())?;
@@ -282,10 +288,20 @@ fn veth_redirect(test: &str, tx_checksum: bool) {
 
 #[test]
 fn veth_native_redirect_tx_and_pass() {
-    veth_redirect("veth_native_redirect_tx_and_pass", true);
+    veth_redirect("veth_native_redirect_tx_and_pass", AttachMode::Native, true);
 }
 
 #[test]
 fn veth_native_redirect_tx_checksum_off() {
-    veth_redirect("veth_native_redirect_tx_checksum_off", false);
+    veth_redirect(
+        "veth_native_redirect_tx_checksum_off",
+        AttachMode::Native,
+        false,
+    );
+}
+
+/// Generic (skb) XDP: the same verdicts and metadata, for interfaces without native XDP.
+#[test]
+fn veth_skb_redirect_tx_and_pass() {
+    veth_redirect("veth_skb_redirect_tx_and_pass", AttachMode::Skb, true);
 }

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 
 use super::{
     loader::{AttachMode, Datapath},
-    rules::compile_config,
+    rules::compile_db,
     xsk::{XskConfig, XskSocket},
 };
 
@@ -41,7 +41,9 @@ pub fn attach_and_watch(
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
     })?;
-    let rules = compile_config(&cfg)?;
+    let db = crate::xfrm::XfrmDb::new(cfg.states, cfg.policies)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", opts.config.display()))?;
+    let rules = compile_db(&db)?;
     let mut dp = Datapath::load_default(opts.bpf.as_deref())?;
     dp.set_out_policies(&rules)?;
     let mut sockets = Vec::new();

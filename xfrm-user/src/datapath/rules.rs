@@ -1,9 +1,12 @@
 //! From the library's `Policy` list to the XDP program's rule table (`xfrm_common::PolicyRule`),
 //! and the reference lookup the program must agree with.
 //!
-//! Order is the kernel's: lower `priority` first, ties by position in the config. Only `dir out`
-//! policies are compiled for the inside interface: forwarded traffic is looked up in the out
-//! direction by `xfrm_lookup` (fwd policies are checked on the inbound, decrypted side).
+//! One definition of the order: the table is `XfrmDb::policies(Out)` as it stands (the kernel's
+//! order, see `xfrm::spd`), and a rule's `policy_id` is its position there, so the worker finds
+//! the policy with `db.policies(PolicyDir::Out)[policy_id]` and the XDP program must agree with
+//! `XfrmDb::policy_lookup`. Only `dir out` policies are compiled for the inside interface:
+//! forwarded traffic is looked up in the out direction by `xfrm_lookup` (fwd policies are
+//! checked on the inbound, decrypted side).
 
 use std::net::IpAddr;
 
@@ -11,10 +14,10 @@ use anyhow::{bail, Result};
 use xfrm_common::{PolicyRule, RuleAction, FAMILY_V4, FAMILY_V6, NO_SA};
 
 use crate::{
-    config::Config,
     policy::{Policy, PolicyAction, PolicyDir, Template},
     sa::SaConfig,
-    selector::{FlowKey, Prefix, Selector},
+    selector::{Prefix, Selector},
+    xfrm::XfrmDb,
 };
 
 /// `(addr, mask)` as four network-order words, addr already masked (IPv4 in word 0).
@@ -85,22 +88,20 @@ pub fn rule_action(p: &Policy) -> RuleAction {
     }
 }
 
-/// The outbound table: `dir out` policies sorted the kernel's way. `policy_id` is the index of
-/// the policy in `policies`; `sa_of` names the SA the worker will start the bundle with
-/// ([`NO_SA`] if none is installed yet: the worker then drops and counts, as the kernel does
-/// while it waits for IKE).
-pub fn compile_out(
-    policies: &[Policy],
+/// The outbound table from policies already in lookup order (`XfrmDb::policies(Out)`);
+/// `policy_id` = position. `sa_of` gives the SA id hint the worker may start the bundle with
+/// ([`NO_SA`] when none is known statically: the worker resolves the templates per flow with
+/// `XfrmDb::tmpl_resolve`, and drops with XfrmOutNoStates as the kernel does without an SA).
+pub fn compile_sorted(
+    out: &[Policy],
     sa_of: impl Fn(&Policy) -> Option<u32>,
 ) -> Result<Vec<PolicyRule>> {
-    let mut order: Vec<usize> = (0..policies.len())
-        .filter(|&i| policies[i].dir == PolicyDir::Out)
-        .collect();
-    order.sort_by_key(|&i| (policies[i].priority, policies[i].index, i));
-    order
-        .into_iter()
-        .map(|i| {
-            let p = &policies[i];
+    out.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if p.dir != PolicyDir::Out {
+                bail!("policy {}: dir {:?} in the out table", p.index, p.dir);
+            }
             let mut r = compile_rule(
                 &p.selector,
                 rule_action(p),
@@ -130,22 +131,15 @@ pub fn sa_for_template(states: &[SaConfig], t: &Template) -> Option<u32> {
         .map(|i| i as u32)
 }
 
-/// The outbound table of a whole configuration: SA ids are indexes into `cfg.states`, taken
-/// from the first template of each bundle.
-pub fn compile_config(cfg: &Config) -> Result<Vec<PolicyRule>> {
-    compile_out(&cfg.policies, |p| {
+/// The outbound table of a database: its out policies in order; the SA hint is the first SA
+/// matching the first template by dst/proto/mode/spi/reqid/src, when there is one.
+pub fn compile_db(db: &XfrmDb) -> Result<Vec<PolicyRule>> {
+    let states: Vec<SaConfig> = db.states().iter().map(|x| x.cfg.clone()).collect();
+    compile_sorted(db.policies(PolicyDir::Out), |p| {
         p.templates
             .first()
-            .and_then(|t| sa_for_template(&cfg.states, t))
+            .and_then(|t| sa_for_template(&states, t))
     })
-}
-
-/// The reference lookup over the library's types: the out policy the XDP program must pick for
-/// `flow` (index into `policies`). Tests compare the two.
-pub fn reference_lookup_out(policies: &[Policy], flow: &FlowKey) -> Option<usize> {
-    (0..policies.len())
-        .filter(|&i| policies[i].dir == PolicyDir::Out && policies[i].selector.matches(flow))
-        .min_by_key(|&i| (policies[i].priority, policies[i].index, i))
 }
 
 #[cfg(test)]
@@ -235,17 +229,29 @@ mod tests {
                 ..policy(any, 0, 3, PolicyAction::Block)
             },
         ];
-        let t = compile_out(&ps, |_| None).unwrap();
-        assert_eq!(t.iter().map(|r| r.policy_id).collect::<Vec<_>>(), [1, 2, 0]);
+        // Same selector twice in one direction is refused by the db: vary the ports.
+        let mut ps = ps;
+        ps[1].selector.dport = PortMatch::exact(1);
+        ps[2].selector.dport = PortMatch::exact(2);
+        let db = XfrmDb::new(vec![], ps).unwrap();
+        let t = compile_db(&db).unwrap();
+        // Positions in the db's out list, which is priority then config order: 1, 2, 0.
+        let config_index: Vec<u32> = db
+            .policies(PolicyDir::Out)
+            .iter()
+            .map(|p| p.index)
+            .collect();
+        assert_eq!(config_index, [1, 2, 0]);
+        assert_eq!(t.iter().map(|r| r.policy_id).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(t.iter().map(|r| r.priority).collect::<Vec<_>>(), [5, 5, 10]);
         assert_eq!(t[0].action, RuleAction::Block as u8);
+        assert_eq!(t[1].action, RuleAction::Bypass as u8);
         assert_eq!(t[0].sa_id, NO_SA);
-        let flow = FlowKey {
-            src: "10.0.0.1".parse().unwrap(),
-            dst: "10.0.0.2".parse().unwrap(),
-            proto: 6,
-            sport: 1,
-            dport: 2,
+        // A policy of another direction cannot enter the out table.
+        let inbound = Policy {
+            dir: PolicyDir::In,
+            ..policy(any, 0, 3, PolicyAction::Block)
         };
-        assert_eq!(reference_lookup_out(&ps, &flow), Some(1));
+        assert!(compile_sorted(&[inbound], |_| None).is_err());
     }
 }
