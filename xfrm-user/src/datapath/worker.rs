@@ -530,6 +530,8 @@ impl<T: Transform> Worker<T> {
             r.release();
         }
         let n = self.rx_batch.len();
+        // One handle on the counters per batch (the loop below borrows self mutably).
+        let stats = self.stats.clone();
         for i in 0..n {
             let d = self.rx_batch[i];
             let from = if pi == self.side_port[0] {
@@ -537,20 +539,19 @@ impl<T: Transform> Worker<T> {
             } else {
                 Side::Outside
             };
-            inc(&self.stats.rx[from as usize]);
-            self.handle(from, d);
+            inc(&stats.rx[from as usize]);
+            self.handle(from, d, &stats);
         }
         n
     }
 
     /// One received frame: metadata, Ethernet off, transform, Ethernet on, maybe fragments,
     /// onto a TX batch (or back to the free list).
-    fn handle(&mut self, from: Side, d: XdpDesc) {
+    fn handle(&mut self, from: Side, d: XdpDesc, stats: &WorkerStats) {
         let mask = !(u64::from(FRAME_SIZE) - 1);
         let base = d.addr & mask;
         let head = (d.addr - base) as usize;
         let len = d.len as usize;
-        let stats = self.stats.clone();
         // SAFETY: the kernel handed this frame over in the RX ring; it is ours until we put
         // it in a ring or the free list, and this is the only slice of it.
         let Some(buf) = (unsafe { self.frame_bytes(d.addr) }) else {
@@ -617,7 +618,7 @@ impl<T: Transform> Worker<T> {
                     return;
                 }
                 if frame.len() > l2.mtu as usize {
-                    self.fragment_out(to, frame, base, &l2);
+                    self.fragment_out(to, frame, base, &l2, stats);
                     return;
                 }
                 (to, l2.dst_mac, l2.src_mac)
@@ -643,8 +644,14 @@ impl<T: Transform> Worker<T> {
 
     /// The packet in `frame` exceeds the route MTU: IPv4 without DF and IPv6 are fragmented
     /// (fragments 1.. into free frames, fragment 0 in place), IPv4 with DF is dropped.
-    fn fragment_out(&mut self, to: Side, mut frame: Frame<'_>, base: u64, l2: &L2) {
-        let stats = self.stats.clone();
+    fn fragment_out(
+        &mut self,
+        to: Side,
+        mut frame: Frame<'_>,
+        base: u64,
+        l2: &L2,
+        stats: &WorkerStats,
+    ) {
         let plan = match ip_version(frame.data()) {
             Some(4) => Fragmenter::ipv4(frame.data(), l2.mtu),
             _ => {
