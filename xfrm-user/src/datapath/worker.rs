@@ -51,6 +51,11 @@ use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, HEADER_LEN as ETH_LE
 use crate::wire::{ip_version, ipv4::Ipv4Packet, ipv6::Ipv6Packet};
 use crate::xfrm::pmtu::{self, Fragmenter, SizeCheck};
 
+/// Metadata flag for the one-armed gateway, where one socket receives both directions: set
+/// by the program on the outside path (ESP/AH/NAT-T to a local SA). Proposed for
+/// xfrm-common (`META_F_*`); the next free bit after META_F_FRAGMENT.
+pub const META_F_INBOUND: u16 = 1 << 3;
+
 /// UMEM frame size: one page, room for 256 bytes of headroom, a 1500-byte packet and any
 /// trailer (and native XDP's limits on veth).
 pub const FRAME_SIZE: u32 = 4096;
@@ -532,9 +537,16 @@ impl<T: Transform> Worker<T> {
         let n = self.rx_batch.len();
         // One handle on the counters per batch (the loop below borrows self mutably).
         let stats = self.stats.clone();
+        let one_armed = self.side_port[0] == self.side_port[1];
         for i in 0..n {
             let d = self.rx_batch[i];
-            let from = if pi == self.side_port[0] {
+            let from = if one_armed {
+                // One socket for both directions: the XDP program says which it saw.
+                match self.meta_at(d.addr) {
+                    Some(m) if m.flags & META_F_INBOUND != 0 => Side::Outside,
+                    _ => Side::Inside,
+                }
+            } else if pi == self.side_port[0] {
                 Side::Inside
             } else {
                 Side::Outside
@@ -543,6 +555,14 @@ impl<T: Transform> Worker<T> {
             self.handle(from, d, &stats);
         }
         n
+    }
+
+    /// The classifier's metadata in front of the packet at `addr`, if valid.
+    fn meta_at(&self, addr: u64) -> Option<XdpMeta> {
+        // SAFETY: a received frame (ours), read only; the slice ends before `handle` makes
+        // its own.
+        let buf = unsafe { self.frame_bytes(addr) }?;
+        read_meta(buf, (addr & (u64::from(FRAME_SIZE) - 1)) as usize)
     }
 
     /// One received frame: metadata, Ethernet off, transform, Ethernet on, maybe fragments,
@@ -563,14 +583,7 @@ impl<T: Transform> Worker<T> {
             self.free.push(base);
             return;
         }
-        let meta = (head >= XDP_META_LEN)
-            .then(|| {
-                // SAFETY: XDP_META_LEN bytes inside the frame, plain integers.
-                unsafe {
-                    std::ptr::read_unaligned(buf[head - XDP_META_LEN..].as_ptr() as *const XdpMeta)
-                }
-            })
-            .filter(|m| m.magic == XDP_META_MAGIC);
+        let meta = read_meta(buf, head);
         let mut eth = [0u8; ETH_LEN];
         eth.copy_from_slice(&buf[head..head + ETH_LEN]);
         // The classifier said where IP starts (VLAN tags); without metadata, plain Ethernet.
@@ -759,6 +772,14 @@ impl<T: Transform> Worker<T> {
     }
 }
 
+/// The [`XdpMeta`] that ends at `head` in a frame, if it carries the magic.
+fn read_meta(buf: &[u8], head: usize) -> Option<XdpMeta> {
+    let m = buf.get(head.checked_sub(XDP_META_LEN)?..head)?;
+    // SAFETY: XDP_META_LEN bytes of plain integers.
+    let m: XdpMeta = unsafe { std::ptr::read_unaligned(m.as_ptr() as *const XdpMeta) };
+    (m.magic == XDP_META_MAGIC).then_some(m)
+}
+
 fn write_eth(h: &mut [u8], dst: [u8; 6], src: [u8; 6], ethertype: u16) {
     h[0..6].copy_from_slice(&dst);
     h[6..12].copy_from_slice(&src);
@@ -866,6 +887,27 @@ mod tests {
         all.sort_unstable();
         let want: Vec<u32> = (1..=(WORKERS * PACKETS) as u32).collect();
         assert_eq!(all, want);
+    }
+
+    #[test]
+    fn metadata_ends_where_the_packet_starts() {
+        let mut buf = vec![0u8; 4096];
+        let m = XdpMeta {
+            magic: XDP_META_MAGIC,
+            flags: META_F_INBOUND,
+            l3_offset: 14,
+            l4_offset: 34,
+            policy_id: 7,
+            sa_id: 9,
+        };
+        // SAFETY: XDP_META_LEN bytes of plain integers into a large enough buffer.
+        unsafe {
+            std::ptr::write_unaligned(buf[256 - XDP_META_LEN..].as_mut_ptr() as *mut XdpMeta, m)
+        };
+        assert_eq!(read_meta(&buf, 256), Some(m));
+        assert_eq!(read_meta(&buf, 255), None, "not where the magic is");
+        assert_eq!(read_meta(&buf, 4), None, "no room for metadata");
+        assert_eq!(read_meta(&buf, 5000), None, "outside the frame");
     }
 
     #[test]
