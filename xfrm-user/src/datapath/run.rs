@@ -140,6 +140,14 @@ impl GatewayTransform {
         if let Some(a) = too_big(frame, bundle_mtu(&overhead[..n], l2.mtu), ctx) {
             return a;
         }
+        // Each SA's view of the path MTU (dst->child_mtu_cached: what the SAs outside it
+        // leave), for TFC padding. A relaxed load per SA; a store only when it changed.
+        for i in 0..n {
+            let child = bundle_mtu(&overhead[i + 1..n], l2.mtu);
+            if refs[i].mtu() != child {
+                refs[i].set_mtu(child);
+            }
+        }
         let partial = csum_partial(frame.data(), &info);
         match xfrm_output_bundle(&refs[..n], &self.stats, frame, partial, self.db.now()) {
             Verdict::Transformed => Action::Tx(Side::Outside),

@@ -96,6 +96,11 @@ impl Ctx<'_> {
     pub fn l2(&self, dst: IpAddr) -> Option<L2> {
         self.neigh.lookup(dst)
     }
+    /// Our address towards `dst` (the route's preferred source), known as soon as the route
+    /// is, before the neighbour.
+    pub fn src_towards(&self, dst: IpAddr) -> Option<IpAddr> {
+        self.neigh.src_towards(dst)
+    }
     /// The interface of a side: index, MAC, MTU.
     pub fn port(&self, side: Side) -> &PortInfo {
         &self.ports[side as usize]
@@ -140,7 +145,8 @@ pub fn too_big(frame: &mut Frame<'_>, mtu: u32, ctx: &Ctx<'_>) -> Option<Action>
         _ => IpAddr::V6(Ipv6Packet::new_unchecked(frame.data()).src_addr()),
     };
     // Our address towards the sender: the route's preferred source, as icmp_send picks it.
-    let src = ctx.l2(sender).and_then(|l| l.src_addr);
+    // (The reply goes back to the MAC the packet came from: no neighbour needed.)
+    let src = ctx.src_towards(sender);
     let r = match (verdict, src) {
         (SizeCheck::Fits, _) => return None,
         (SizeCheck::FragNeeded { mtu }, Some(IpAddr::V4(s))) => {
