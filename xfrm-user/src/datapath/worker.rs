@@ -22,10 +22,13 @@
 //! Sequence numbers come from the SA's atomic counter (`SecurityAssociation`), so two workers
 //! never send the same number. The wire order between workers is not the counter order: a
 //! worker takes numbers for its batch and transmits the batch at the end of the same loop
-//! iteration, so numbers in flight at once are bounded by (workers × batch size), 64 per
-//! worker by default. The receiver's replay window (32 to 4096 packets) accepts any order
-//! within the window; with a window of at least workers × batch, reordering between workers
-//! never causes a replay drop. That is the "monotonic within the replay window" property.
+//! iteration (and keeps kicking until the kernel has taken every descriptor: copy mode sends
+//! at most 32 per kick), so numbers in flight at once are bounded by about workers × batch
+//! (64 per worker by default), unless a worker thread is preempted mid-batch. The receiver's
+//! replay window (32 to 4096 packets) accepts any order within the window; with a window of
+//! at least 2 × workers × batch, reordering between workers does not cause replay drops.
+//! That is the "monotonic within the replay window" property (tests/worker_netns.rs
+//! `two_workers_share_one_sa` measures the lag).
 
 use std::{
     ffi::CString,
@@ -433,8 +436,19 @@ impl<T: Transform> Worker<T> {
         self.reap();
         self.refill();
         self.neigh.refresh();
+        // Descriptors the kernel has not taken yet: copy mode sends at most 32 per kick
+        // (TX_BATCH_SIZE), so kick again until the ring is drained, and do not sleep on it.
+        let mut tx_left = false;
+        for p in &mut self.ports {
+            if p.tx.pending() > 0 {
+                tx_left = true;
+                if p.tx.needs_wakeup() {
+                    p.tx.wake();
+                }
+            }
+        }
         if !self.ports.iter().any(|p| p.rx.available() > 0) {
-            self.poll(wait)?;
+            self.poll(if tx_left { Duration::ZERO } else { wait })?;
         }
         let mut n = 0;
         for pi in 0..self.ports.len() {
