@@ -5,9 +5,14 @@
 //!   `XfrmDb::policies(Out)`), its templates resolved to SAs, the size check against what the
 //!   bundle leaves of the route MTU (ICMP back when too big), the inner checksum finished if
 //!   veth left it partial, then `xfrm_output_bundle`;
-//! - outside → inside: `xfrm_input` (decrypt, replay, decapsulate, policy check). Frames reach
-//!   this direction once the outside interface has a program that redirects ESP/AH/NAT-T by
-//!   SPI to the workers' outside sockets; the workers already listen there.
+//! - outside → inside: `xfrm_input` (decrypt, replay, decapsulate, policy check), then to the
+//!   inner destination on the inside.
+//!
+//! Until the XDP program has its own outside entry point (ESP/AH/NAT-T by SPI), the outside
+//! interface gets a second instance of the classifier (its own maps) whose rules select ESP
+//! and AH from each inbound SA's peer to our address ([`inbound_rules`]) and redirect them
+//! to the workers' outside sockets. NAT-T SAs are left out: a UDP/4500 rule would also take
+//! IKE away from the kernel.
 
 use std::{
     io::Write,
@@ -245,11 +250,19 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         workers.push(w);
     }
     dp.attach_classifier(&opts.inside, opts.mode)?;
-    log::warn!(
-        "inbound: the outside interface {} has no redirect program yet; ESP/AH to us stays \
-         with the kernel",
-        opts.outside
-    );
+    let in_rules = inbound_rules(&gw.db)?;
+    let mut dp_out = None;
+    if inside.ifindex == outside.ifindex {
+        log::warn!("one-armed: inbound ESP/AH needs the program's outside entry point (not yet)");
+    } else if !in_rules.is_empty() {
+        let mut d = Datapath::load_default(opts.bpf.as_deref())?;
+        d.set_out_policies(&in_rules)?;
+        for (q, w) in workers.iter().enumerate() {
+            d.set_socket(q as u32, w.rx_fds()[1])?;
+        }
+        d.attach_classifier(&opts.outside, opts.mode)?;
+        dp_out = Some(d);
+    }
     let wstats: Vec<_> = workers.iter().map(|w| w.stats()).collect();
     writeln!(
         out,
@@ -286,6 +299,13 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                 let sum = |f: fn(&super::worker::WorkerStats) -> u64| -> u64 {
                     wstats.iter().map(|w| f(w)).sum()
                 };
+                let xdp_in = dp.counters().map(|c| c.to_string()).unwrap_or_default();
+                let xdp_out = dp_out
+                    .as_ref()
+                    .and_then(|d| d.counters().ok())
+                    .map(|c| c.to_string())
+                    .unwrap_or_default();
+                writeln!(out, "xdp inside: {xdp_in} | xdp outside: {xdp_out}")?;
                 writeln!(
                     out,
                     "out {} pkts -> wire {}, in {} -> inside {}, icmp {}, frags {}, no-l2 {}, \
@@ -312,8 +332,43 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         }
         Ok(())
     })?;
+    drop(dp_out);
     drop(dp);
     Ok(())
+}
+
+/// Redirect rules for the outside interface: ESP/AH from the peer of every SA addressed to
+/// one of our addresses (the kernel's answer to `ip route get`: local), NAT-T SAs excepted.
+pub fn inbound_rules(db: &XfrmDb) -> Result<Vec<xfrm_common::PolicyRule>> {
+    let mut rtnl = super::neigh::Rtnl::new()?;
+    let mut rules = Vec::new();
+    for x in db.states() {
+        let local = rtnl.route_get(x.daddr()).map(|r| r.local).unwrap_or(false);
+        if !local {
+            continue;
+        }
+        if x.cfg.encap.is_some() {
+            log::warn!(
+                "SA spi 0x{:08x}: NAT-T inbound needs the program's outside entry point (not yet)",
+                x.spi()
+            );
+            continue;
+        }
+        let sel = crate::selector::Selector {
+            src: crate::selector::Prefix::host(x.saddr()),
+            dst: crate::selector::Prefix::host(x.daddr()),
+            proto: x.cfg.id.proto.ip_proto(),
+            sport: crate::selector::PortMatch::ANY,
+            dport: crate::selector::PortMatch::ANY,
+        };
+        rules.push(super::rules::compile_rule(
+            &sel,
+            xfrm_common::RuleAction::Protect,
+            u32::MAX,
+            x.index as u32,
+        )?);
+    }
+    Ok(rules)
 }
 
 #[cfg(test)]
