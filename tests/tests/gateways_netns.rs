@@ -16,7 +16,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -144,17 +144,12 @@ fn tcp_transfer(
     port: u16,
     data: &[u8],
 ) -> Vec<u8> {
-    let listener = t
-        .ns(to)
-        .run(|| Ok(TcpListener::bind((to_addr, port))?))
-        .unwrap();
+    let at = SocketAddr::new(to_addr.parse().unwrap(), port);
+    let listener = t.ns(to).run(|| Ok(TcpListener::bind(at)?)).unwrap();
     let stream = t
         .ns(from)
         .run(|| {
-            let s = TcpStream::connect_timeout(
-                &format!("{to_addr}:{port}").parse()?,
-                Duration::from_secs(5),
-            )?;
+            let s = TcpStream::connect_timeout(&at, Duration::from_secs(5))?;
             s.set_write_timeout(Some(Duration::from_secs(20)))?;
             Ok(s)
         })
@@ -174,9 +169,61 @@ fn tcp_transfer(
     })
 }
 
+/// Addresses of one run: outer (the wire) and inner (the hosts) families chosen apart.
+struct Plan {
+    gwa: &'static str,
+    gwb: &'static str,
+    gwb_prefix: &'static str,
+    ha: &'static str,
+    hb: &'static str,
+    net_a: &'static str,
+    net_b: &'static str,
+    via_a: &'static str,
+    via_b: &'static str,
+    /// The MTU the hosts should learn: what the ESP tunnel SA leaves of 1500.
+    mtu: u32,
+}
+
+const V4: Plan = Plan {
+    gwa: "10.2.0.1",
+    gwb: "10.2.0.2",
+    gwb_prefix: "10.2.0.2/24",
+    ha: "10.1.0.1",
+    hb: "10.4.0.2",
+    net_a: "10.1.0.0/24",
+    net_b: "10.4.0.0/24",
+    via_a: "10.1.0.2",
+    via_b: "10.4.0.1",
+    // esp4 tunnel, GCM ICV 16: ((1500 - 20 - 8 - 8 - 16) & !3) - 2
+    mtu: 1446,
+};
+
+const V6: Plan = Plan {
+    gwa: "fd00:2::1",
+    gwb: "fd00:2::2",
+    gwb_prefix: "fd00:2::2/64",
+    ha: "fd00:1::1",
+    hb: "fd00:4::2",
+    net_a: "fd00:1::/64",
+    net_b: "fd00:4::/64",
+    via_a: "fd00:1::2",
+    via_b: "fd00:4::1",
+    // esp6 tunnel, GCM ICV 16: ((1500 - 40 - 8 - 8 - 16) & !3) - 2
+    mtu: 1426,
+};
+
 #[test]
 fn two_gateways_carry_traffic_both_ways() {
-    if !root_or_skip("two_gateways_carry_traffic_both_ways") {
+    two_gateways("two_gateways_carry_traffic_both_ways", &V4);
+}
+
+#[test]
+fn two_gateways_ipv6_inside_and_outside() {
+    two_gateways("two_gateways_ipv6_inside_and_outside", &V6);
+}
+
+fn two_gateways(name: &str, p: &Plan) {
+    if !root_or_skip(name) {
         return;
     }
     init_logging();
@@ -208,43 +255,33 @@ fn two_gateways_carry_traffic_both_ways() {
         w.ip(&["link", "set", port, "master", "br0"]).unwrap();
     }
     w.ip(&["link", "set", "br0", "up"]).unwrap();
-    t.ns(gwb)
-        .ip(&["addr", "flush", "dev", &l3.b.ifname])
-        .unwrap();
-    t.ns(gwb)
-        .ip(&["addr", "add", "10.2.0.2/24", "dev", &l3.b.ifname])
-        .unwrap();
+    let g = t.ns(gwb);
+    // Replace the helper's addresses (keep the link-local one: the kernel sends neighbour
+    // solicitations of its own from it).
+    let (v4, v6) = (format!("{}/24", l3.b.ipv4), format!("{}/64", l3.b.ipv6));
+    g.ip(&["addr", "del", &v4, "dev", &l3.b.ifname]).unwrap();
+    g.ip(&["addr", "del", &v6, "dev", &l3.b.ifname]).unwrap();
+    let nodad: &[&str] = if p.gwb.contains(':') { &["nodad"] } else { &[] };
+    let mut add = vec!["addr", "add", p.gwb_prefix, "dev", &l3.b.ifname];
+    add.extend_from_slice(nodad);
+    g.ip(&add).unwrap();
     t.ns(ha)
-        .ip(&["route", "add", "10.4.0.0/24", "via", "10.1.0.2"])
+        .ip(&["route", "add", p.net_b, "via", p.via_a])
         .unwrap();
     t.ns(hb)
-        .ip(&["route", "add", "10.1.0.0/24", "via", "10.4.0.1"])
+        .ip(&["route", "add", p.net_a, "via", p.via_b])
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let conf_a = dir.path().join("a.conf");
     let conf_b = dir.path().join("b.conf");
     std::fs::write(
         &conf_a,
-        config(
-            "10.2.0.1",
-            "10.2.0.2",
-            "10.1.0.0/24",
-            "10.4.0.0/24",
-            0x100,
-            0x200,
-        ),
+        config(p.gwa, p.gwb, p.net_a, p.net_b, 0x100, 0x200),
     )
     .unwrap();
     std::fs::write(
         &conf_b,
-        config(
-            "10.2.0.2",
-            "10.2.0.1",
-            "10.4.0.0/24",
-            "10.1.0.0/24",
-            0x200,
-            0x100,
-        ),
+        config(p.gwb, p.gwa, p.net_b, p.net_a, 0x200, 0x100),
     )
     .unwrap();
     let opts = |config, inside: &str, outside: &str| RunOptions {
@@ -285,23 +322,25 @@ fn two_gateways_carry_traffic_both_ways() {
             let end = Instant::now() + Duration::from_secs(10);
             let mut up = false;
             while !up && Instant::now() < end {
-                up = ping(topo, ha, "10.4.0.2") > 0;
+                up = ping(topo, ha, p.hb) > 0;
             }
             assert!(up, "tunnel never came up");
-            assert_eq!(ping(topo, ha, "10.4.0.2"), 5, "ping a -> b");
-            assert_eq!(ping(topo, hb, "10.1.0.1"), 5, "ping b -> a");
+            assert_eq!(ping(topo, ha, p.hb), 5, "ping a -> b");
+            assert_eq!(ping(topo, hb, p.ha), 5, "ping b -> a");
             let data: Vec<u8> = (0..4u32 << 20)
                 .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
                 .collect();
             let started = Instant::now();
-            let got = tcp_transfer(topo, ha, hb, "10.4.0.2", 7001, &data);
+            let got = tcp_transfer(topo, ha, hb, p.hb, 7001, &data);
             eprintln!("4 MiB a -> b in {:?}", started.elapsed());
             assert!(got == data, "a -> b: {} bytes of {}", got.len(), data.len());
-            let got = tcp_transfer(topo, hb, ha, "10.1.0.1", 7002, &data);
+            let got = tcp_transfer(topo, hb, ha, p.ha, 7002, &data);
             assert!(got == data, "b -> a: {} bytes of {}", got.len(), data.len());
-            // The hosts learned the tunnel's MTU from our ICMP errors.
-            let r = topo.ns(ha).ip(&["route", "get", "10.4.0.2"]).unwrap();
-            eprintln!("ha: {}", String::from_utf8_lossy(&r.stdout).trim());
+            // TCP's full-size segments did not fit the tunnel: the hosts learned its MTU from
+            // our ICMP errors.
+            let r = topo.ns(ha).ip(&["route", "get", p.hb]).unwrap();
+            let r = String::from_utf8_lossy(&r.stdout).into_owned();
+            assert!(r.contains(&format!("mtu {}", p.mtu)), "ha: {r}");
         }));
         stop.store(true, Ordering::Relaxed);
         let ra = ga.join().unwrap();
@@ -314,27 +353,22 @@ fn two_gateways_carry_traffic_both_ways() {
     });
 
     // The wire: between the gateways' addresses only (ESP, and ICMP errors from a gateway
-    // kernel that met ESP before its redirect was attached), ARP, and the link's own IPv6
-    // control traffic; no packet of the hosts in clear.
+    // kernel that met ESP before its redirect was attached), ARP, and the link's own
+    // control traffic (ND/MLD); no packet of the hosts in clear.
     let frames = drain(&wire_cap);
     let mut esp = 0;
+    let gw4 = |a: &[u8]| a[..3] == [10, 2, 0];
+    let gw6 = |a: &[u8]| a[..8] == [0xfd, 0, 0, 2, 0, 0, 0, 0];
     for f in &frames {
         let ethertype = u16::from_be_bytes([f[12], f[13]]);
         match ethertype {
             0x0806 => {}
             0x0800 => {
                 let ip = &f[14..];
-                assert_eq!(
-                    &ip[12..15],
-                    &[10, 2, 0],
-                    "source on the wire: {:?}",
-                    &ip[12..16]
-                );
-                assert_eq!(
-                    &ip[16..19],
-                    &[10, 2, 0],
-                    "dest on the wire: {:?}",
-                    &ip[16..20]
+                assert!(
+                    gw4(&ip[12..16]) && gw4(&ip[16..20]),
+                    "IPv4 on the wire: {:?}",
+                    &ip[12..20]
                 );
                 match ip[9] {
                     50 => esp += 1,
@@ -342,15 +376,21 @@ fn two_gateways_carry_traffic_both_ways() {
                     p => panic!("protocol {p} in clear on the wire"),
                 }
             }
-            // IPv6 neighbour discovery / MLD of the wire's own link: link-local or
-            // unspecified source, never a host's address.
             0x86dd => {
-                let src = &f[14 + 8..14 + 24];
+                let ip = &f[14..];
+                let (src, dst) = (&ip[8..24], &ip[24..40]);
                 let link_local = src[0] == 0xfe && src[1] & 0xc0 == 0x80;
-                assert!(
-                    link_local || src.iter().all(|&b| b == 0),
-                    "IPv6 on the wire from {src:02x?}"
-                );
+                let unspecified = src.iter().all(|&b| b == 0);
+                if ip[6] == 50 && gw6(src) && gw6(dst) {
+                    esp += 1;
+                } else if link_local || unspecified || (gw6(src) && ip[6] == 58) {
+                    // Neighbour discovery, MLD, ICMPv6 errors between the gateways.
+                } else {
+                    panic!(
+                        "IPv6 on the wire from {src:02x?} to {dst:02x?}, next header {}",
+                        ip[6]
+                    );
+                }
             }
             other => panic!("unexpected ethertype {other:#06x} on the wire"),
         }
