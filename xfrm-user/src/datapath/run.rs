@@ -277,7 +277,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     out.flush()?;
     let workers_stop = AtomicBool::new(false);
     std::thread::scope(|s| -> Result<()> {
-        let handles: Vec<_> = workers
+        let mut handles: Vec<Option<_>> = workers
             .iter_mut()
             .enumerate()
             .map(|(q, w)| {
@@ -285,15 +285,36 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                 std::thread::Builder::new()
                     .name(format!("xfrm-worker-{q}"))
                     .spawn_scoped(s, move || w.run(stop))
+                    .map(Some)
             })
             .collect::<std::io::Result<_>>()?;
         let start = Instant::now();
         let mut next = start + opts.interval;
-        while !stop.load(Ordering::Relaxed)
-            && opts.duration.is_none_or(|d| start.elapsed() < d)
-            && !handles.iter().any(|h| h.is_finished())
-        {
+        let mut failed = None;
+        while !stop.load(Ordering::Relaxed) && opts.duration.is_none_or(|d| start.elapsed() < d) {
             std::thread::sleep(Duration::from_millis(50));
+            // A worker that stopped on its own: take its sockets out of the XSKS maps, so
+            // the classifier drops (and counts) what it would have protected instead of
+            // redirecting into a socket nobody reads; the others go on.
+            for (q, slot) in handles.iter_mut().enumerate() {
+                if !slot.as_ref().is_some_and(|h| h.is_finished()) {
+                    continue;
+                }
+                let r = match slot.take().map(|h| h.join()) {
+                    Some(Ok(r)) => r.err().map(|e| format!("{e:#}")),
+                    _ => Some("panicked".to_string()),
+                };
+                let why = r.unwrap_or_else(|| "stopped".to_string());
+                log::error!("worker {q}: {why}; its queue now drops (fail closed)");
+                dp.clear_socket(q as u32)?;
+                if let Some(d) = dp_out.as_mut() {
+                    d.clear_socket(q as u32)?;
+                }
+                failed.get_or_insert(format!("worker {q}: {why}"));
+            }
+            if handles.iter().all(|h| h.is_none()) {
+                break;
+            }
             if Instant::now() >= next {
                 next += opts.interval;
                 let sum = |f: fn(&super::worker::WorkerStats) -> u64| -> u64 {
@@ -325,12 +346,16 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         }
         workers_stop.store(true, Ordering::Relaxed);
         for (q, h) in handles.into_iter().enumerate() {
-            match h.join() {
-                Ok(r) => r.with_context(|| format!("worker {q}"))?,
-                Err(_) => anyhow::bail!("worker {q} panicked"),
+            match h.map(|h| h.join()) {
+                Some(Ok(r)) => r.with_context(|| format!("worker {q}"))?,
+                Some(Err(_)) => anyhow::bail!("worker {q} panicked"),
+                None => {}
             }
         }
-        Ok(())
+        match failed {
+            Some(f) => Err(anyhow!("{f}")),
+            None => Ok(()),
+        }
     })?;
     drop(dp_out);
     drop(dp);
