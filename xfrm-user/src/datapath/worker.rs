@@ -756,7 +756,8 @@ impl<T: Transform> Worker<T> {
         let mut i = 0;
         while i < self.parked.len() {
             let p = self.parked[i];
-            match self.neigh.lookup(p.dst) {
+            // Resolution was asked for when the frame was parked: only look here.
+            match self.neigh.snapshot().get(&p.dst).copied() {
                 Some(l2) => {
                     self.parked.swap_remove(i);
                     // SAFETY: a held frame: ours, in no ring, no other slice of it alive.
