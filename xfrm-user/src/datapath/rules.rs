@@ -8,15 +8,22 @@
 //! forwarded traffic is looked up in the out direction by `xfrm_lookup` (fwd policies are
 //! checked on the inbound, decrypted side).
 
-use std::net::IpAddr;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use anyhow::{bail, Result};
-use xfrm_common::{PolicyRule, RuleAction, FAMILY_V4, FAMILY_V6, NO_SA};
+use xfrm_common::{
+    EncapPort, PolicyRule, PortKey, PrefixKey, RuleAction, RuleBitmap, SaKey, TableRef, DIM_DPORT,
+    DIM_DST, DIM_SPORT, DIM_SRC, ENCAP_ESPINUDP, ENCAP_ESPINUDP_NON_IKE, FAMILY_V4, FAMILY_V6,
+    MAX_ENCAP_PORTS, MAX_POLICIES, MAX_SAS, NO_SA, PREFIX_KEY_HEADER_BITS,
+};
 
 use crate::{
     policy::{Policy, PolicyAction, PolicyDir, Template},
-    sa::SaConfig,
-    selector::{Prefix, Selector},
+    sa::{EncapType, SaConfig},
+    selector::{FlowKey, Prefix, Selector},
     xfrm::XfrmDb,
 };
 
@@ -140,6 +147,306 @@ pub fn compile_db(db: &XfrmDb) -> Result<Vec<PolicyRule>> {
             .first()
             .and_then(|t| sa_for_template(&states, t))
     })
+}
+
+/// Network-order words of an address, as the XDP program loads them (IPv4 in word 0).
+pub fn addr_words(a: IpAddr) -> ([u32; 4], u8) {
+    let mut w = [0u32; 4];
+    match a {
+        IpAddr::V4(v4) => {
+            w[0] = u32::from_ne_bytes(v4.octets());
+            (w, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => {
+            for (i, c) in v6.octets().chunks_exact(4).enumerate() {
+                w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            (w, FAMILY_V6)
+        }
+    }
+}
+
+/// The prefix length of a rule mask (masks are contiguous: built by `prefix_words`).
+fn mask_len(mask: &[u32; 4]) -> u32 {
+    mask.iter().map(|m| m.count_ones()).sum()
+}
+
+/// Does prefix (addr, mask) of a rule contain the address (or the longer prefix) `a`?
+fn covers(addr: &[u32; 4], mask: &[u32; 4], a: &[u32; 4]) -> bool {
+    (0..4).all(|w| a[w] & mask[w] == addr[w])
+}
+
+fn dim_prefix(r: &PolicyRule, dim: u8) -> (&[u32; 4], &[u32; 4]) {
+    if dim == DIM_SRC {
+        (&r.src, &r.src_mask)
+    } else {
+        (&r.dst, &r.dst_mask)
+    }
+}
+
+fn dim_port(r: &PolicyRule, dim: u8) -> (u16, u16) {
+    if dim == DIM_SPORT {
+        (r.sport, r.sport_mask)
+    } else {
+        (r.dport, r.dport_mask)
+    }
+}
+
+/// The policy index of one table (see xfrm-common, "The policy index"): the entries user
+/// space writes beside the rules, slot not yet chosen (the loader sets `slot`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyIndex {
+    /// POLICY_PREFIX: (LPM prefix length, key, rules whose prefix covers the key's).
+    pub prefixes: Vec<(u32, PrefixKey, RuleBitmap)>,
+    /// POLICY_PROTO: (family, protocol, rules of that family with this protocol or 0), the
+    /// non-empty ones; every other entry of the slot is empty.
+    pub protos: Vec<(u8, u8, RuleBitmap)>,
+    /// POLICY_PORT: present for a port field only when some rule names that port exactly.
+    pub ports: Vec<(PortKey, RuleBitmap)>,
+    /// `TableRef::SPORT_INDEXED` / `DPORT_INDEXED`.
+    pub flags: u32,
+}
+
+impl PolicyIndex {
+    /// The index of `rules` (a table in lookup order). O(rules × distinct prefixes).
+    pub fn build(rules: &[PolicyRule]) -> Result<Self> {
+        if rules.len() > MAX_POLICIES as usize {
+            bail!(
+                "{} outbound policies: the XDP table holds {MAX_POLICIES}",
+                rules.len()
+            );
+        }
+        let mut ix = Self::default();
+        for dim in [DIM_SRC, DIM_DST] {
+            // Distinct (family, prefix) of this field, each with the rules covering it.
+            let distinct: BTreeSet<(u8, [u32; 4], [u32; 4])> = rules
+                .iter()
+                .map(|r| {
+                    let (a, m) = dim_prefix(r, dim);
+                    (r.family, *a, *m)
+                })
+                .collect();
+            for (family, addr, mask) in distinct {
+                let mut b = RuleBitmap::default();
+                for (i, r) in rules.iter().enumerate() {
+                    let (ra, rm) = dim_prefix(r, dim);
+                    // Rule prefix ⊇ this prefix: at most as long, and covers its address.
+                    if r.family == family
+                        && mask_len(rm) <= mask_len(&mask)
+                        && covers(ra, rm, &addr)
+                    {
+                        b.set(i);
+                    }
+                }
+                let key = PrefixKey {
+                    slot: 0,
+                    dim,
+                    family,
+                    _pad: 0,
+                    addr,
+                };
+                ix.prefixes
+                    .push((PREFIX_KEY_HEADER_BITS + mask_len(&mask), key, b));
+            }
+        }
+        for family in [FAMILY_V4, FAMILY_V6] {
+            for proto in 0..=255u8 {
+                let mut b = RuleBitmap::default();
+                for (i, r) in rules.iter().enumerate() {
+                    if r.family == family && (r.proto == 0 || r.proto == proto) {
+                        b.set(i);
+                    }
+                }
+                if !b.is_empty() {
+                    ix.protos.push((family, proto, b));
+                }
+            }
+        }
+        for (dim, flag) in [
+            (DIM_SPORT, TableRef::SPORT_INDEXED),
+            (DIM_DPORT, TableRef::DPORT_INDEXED),
+        ] {
+            let exact: BTreeSet<(u8, u16)> = rules
+                .iter()
+                .filter(|r| dim_port(r, dim).1 == 0xffff)
+                .map(|r| (r.family, dim_port(r, dim).0))
+                .collect();
+            if exact.is_empty() {
+                continue;
+            }
+            ix.flags |= flag;
+            let key = |family, any_other, port| PortKey {
+                slot: 0,
+                dim,
+                family,
+                any_other,
+                port,
+                _pad: 0,
+            };
+            for (family, port) in exact {
+                let mut b = RuleBitmap::default();
+                for (i, r) in rules.iter().enumerate() {
+                    let (p, m) = dim_port(r, dim);
+                    if r.family == family && port & m == p {
+                        b.set(i);
+                    }
+                }
+                ix.ports.push((key(family, 0, port), b));
+            }
+            // Any other port: no exact rule accepts it; wildcards do, partial masks may.
+            for family in [FAMILY_V4, FAMILY_V6] {
+                let mut b = RuleBitmap::default();
+                for (i, r) in rules.iter().enumerate() {
+                    if r.family == family && dim_port(r, dim).1 != 0xffff {
+                        b.set(i);
+                    }
+                }
+                if !b.is_empty() {
+                    ix.ports.push((key(family, 1, 0), b));
+                }
+            }
+        }
+        Ok(ix)
+    }
+
+    /// What the XDP program computes, in Rust (for tests without a kernel): the position of
+    /// the rule that decides, or None.
+    pub fn lookup(&self, rules: &[PolicyRule], flow: &FlowKey) -> Option<usize> {
+        let (src, family) = addr_words(flow.src);
+        let (dst, dst_family) = addr_words(flow.dst);
+        if family != dst_family {
+            return None;
+        }
+        // LPM: the longest indexed prefix of this field and family that covers the address.
+        let lpm = |dim: u8, a: &[u32; 4]| {
+            self.prefixes
+                .iter()
+                .filter(|(_, k, _)| k.dim == dim && k.family == family)
+                .filter(|(len, k, _)| {
+                    let mut m = [0u32; 4];
+                    let bits = len - PREFIX_KEY_HEADER_BITS;
+                    for (w, mw) in m.iter_mut().enumerate() {
+                        let b = bits.saturating_sub(32 * w as u32).min(32);
+                        *mw = if b == 0 {
+                            0
+                        } else {
+                            u32::from_be(u32::MAX << (32 - b))
+                        };
+                    }
+                    covers(&k.addr, &m, a)
+                })
+                .max_by_key(|(len, _, _)| *len)
+                .map(|(_, _, b)| *b)
+        };
+        let mut cand = lpm(DIM_DST, &dst)?;
+        let s = lpm(DIM_SRC, &src)?;
+        let p = self
+            .protos
+            .iter()
+            .find(|(f, pr, _)| *f == family && *pr == flow.proto)
+            .map(|(_, _, b)| *b)
+            .unwrap_or_default();
+        cand = cand.and(&s).and(&p);
+        for (dim, flag, port) in [
+            (DIM_SPORT, TableRef::SPORT_INDEXED, flow.sport),
+            (DIM_DPORT, TableRef::DPORT_INDEXED, flow.dport),
+        ] {
+            if self.flags & flag == 0 {
+                continue;
+            }
+            let find = |any_other: u8, port: u16| {
+                self.ports.iter().find(|(k, _)| {
+                    k.dim == dim && k.family == family && k.any_other == any_other && k.port == port
+                })
+            };
+            cand = cand.and(&find(0, port).or_else(|| find(1, 0))?.1);
+        }
+        (0..rules.len()).find(|&i| cand.contains(i) && rule_matches(&rules[i], &src, &dst, flow))
+    }
+}
+
+/// The program's `matches` in Rust.
+fn rule_matches(r: &PolicyRule, src: &[u32; 4], dst: &[u32; 4], f: &FlowKey) -> bool {
+    let (_, family) = addr_words(f.src);
+    r.family == family
+        && covers(&r.src, &r.src_mask, src)
+        && covers(&r.dst, &r.dst_mask, dst)
+        && (r.proto == 0 || r.proto == f.proto)
+        && f.sport & r.sport_mask == r.sport
+        && f.dport & r.dport_mask == r.dport
+}
+
+/// The SAS entries of a database: every SA by (daddr, SPI, protocol) → its index, which is
+/// what `XfrmDb::state_lookup` finds (all states, as the kernel's xfrm_state_lookup: the
+/// packet reached it because its daddr is local).
+pub fn compile_sas(db: &XfrmDb) -> Result<Vec<(SaKey, u32)>> {
+    let states = db.states();
+    if states.len() > MAX_SAS as usize {
+        bail!("{} SAs: the XDP table holds {MAX_SAS}", states.len());
+    }
+    Ok(states
+        .iter()
+        .map(|x| {
+            let (daddr, family) = addr_words(x.cfg.id.daddr);
+            let key = SaKey {
+                daddr,
+                spi: x.cfg.id.spi,
+                family,
+                proto: x.cfg.id.proto.ip_proto(),
+                _pad: 0,
+            };
+            (key, x.index as u32)
+        })
+        .collect())
+}
+
+/// The NAT-T ports of a database: the encap destination port of each SA addressed to this
+/// host, with its encapsulation (the first SA naming a port decides its kind), which is
+/// where the IKE daemon would have set UDP_ENCAP. This host's addresses are those the config
+/// names as ours (destination of in/fwd templates, source of out templates); when it names
+/// none, every SA counts. The input path (xfrm::input::InputTables) uses the same rule.
+pub fn encap_ports(db: &XfrmDb) -> Result<[EncapPort; MAX_ENCAP_PORTS]> {
+    let mut local: Vec<IpAddr> = Vec::new();
+    for dir in [PolicyDir::In, PolicyDir::Fwd] {
+        for p in db.policies(dir) {
+            local.extend(p.templates.iter().map(|t| t.dst));
+        }
+    }
+    for p in db.policies(PolicyDir::Out) {
+        local.extend(p.templates.iter().filter_map(|t| t.src));
+    }
+    local.retain(|a| !a.is_unspecified());
+    let mut ports: BTreeMap<u16, u8> = BTreeMap::new();
+    let mut order = Vec::new();
+    for x in db.states() {
+        let Some(e) = x.cfg.encap else { continue };
+        if !local.is_empty() && !local.contains(&x.cfg.id.daddr) {
+            continue;
+        }
+        let kind = match e.kind {
+            EncapType::EspInUdp => ENCAP_ESPINUDP,
+            EncapType::EspInUdpNonIke => ENCAP_ESPINUDP_NON_IKE,
+        };
+        if e.dport != 0 && !ports.contains_key(&e.dport) {
+            ports.insert(e.dport, kind);
+            order.push(e.dport);
+        }
+    }
+    if order.len() > MAX_ENCAP_PORTS {
+        bail!(
+            "{} NAT-T ports ({order:?}): the XDP program knows {MAX_ENCAP_PORTS}",
+            order.len()
+        );
+    }
+    let mut out = [EncapPort::default(); MAX_ENCAP_PORTS];
+    for (slot, port) in out.iter_mut().zip(order) {
+        *slot = EncapPort {
+            port,
+            kind: ports[&port],
+            _pad: 0,
+        };
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
