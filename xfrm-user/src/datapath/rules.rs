@@ -561,4 +561,216 @@ mod tests {
         };
         assert!(compile_sorted(&[inbound], |_| None).is_err());
     }
+
+    /// Random tables over a small address/port space (so that rules overlap a lot), random
+    /// flows: the index model (what the XDP program computes) must find the policy that
+    /// `XfrmDb::policy_lookup` finds, for every flow.
+    #[test]
+    fn index_agrees_with_policy_lookup() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(0x5846_0005);
+        let v4 = |rng: &mut StdRng| {
+            format!(
+                "10.{}.{}.{}",
+                rng.gen_range(0..3),
+                rng.gen_range(0..2),
+                rng.gen_range(0..4)
+            )
+        };
+        let v6 =
+            |rng: &mut StdRng| format!("fd00:{:x}::{:x}", rng.gen_range(0..3), rng.gen_range(0..4));
+        let mut checked = 0;
+        let mut matched = 0;
+        for round in 0..40 {
+            let n = [1usize, 2, 7, 64, 65, 300, 1024][round % 7];
+            let mut ps = Vec::new();
+            for i in 0..n {
+                let six = rng.gen_bool(0.4);
+                let (a, b, max) = if six {
+                    (v6(&mut rng), v6(&mut rng), 128)
+                } else {
+                    (v4(&mut rng), v4(&mut rng), 32)
+                };
+                let lens = [0u8, 8, 16, 24, 30, max];
+                let mut s = sel(
+                    &format!("{a}/{}", lens[rng.gen_range(0..lens.len())].min(max)),
+                    &format!("{b}/{}", lens[rng.gen_range(0..lens.len())].min(max)),
+                    [0u8, 6, 17, 1, 58][rng.gen_range(0..5)],
+                    None,
+                );
+                let port = |rng: &mut StdRng| match rng.gen_range(0..4) {
+                    0 => PortMatch::exact(rng.gen_range(0..5)),
+                    1 => PortMatch {
+                        port: rng.gen_range(0..5),
+                        mask: [0xfffe, 0xff00, 0x0001][rng.gen_range(0..3)],
+                    },
+                    _ => PortMatch::ANY,
+                };
+                s.sport = port(&mut rng);
+                s.dport = port(&mut rng);
+                let action = if rng.gen_bool(0.5) {
+                    PolicyAction::Allow
+                } else {
+                    PolicyAction::Block
+                };
+                ps.push(policy(s, rng.gen_range(0..5), i as u32, action));
+            }
+            // The db refuses duplicate selectors: drop them as `ip xfrm` would refuse them.
+            let mut seen = std::collections::HashSet::new();
+            ps.retain(|p| seen.insert(p.selector));
+            let db = XfrmDb::new(vec![], ps).unwrap();
+            let table = compile_db(&db).unwrap();
+            let ix = PolicyIndex::build(&table).unwrap();
+            for _ in 0..400 {
+                let six = rng.gen_bool(0.4);
+                let (src, dst) = if six {
+                    (v6(&mut rng), v6(&mut rng))
+                } else {
+                    (v4(&mut rng), v4(&mut rng))
+                };
+                let flow = FlowKey {
+                    src: src.parse().unwrap(),
+                    dst: dst.parse().unwrap(),
+                    proto: [6u8, 17, 1, 58, 47][rng.gen_range(0..5)],
+                    sport: rng.gen_range(0..6),
+                    dport: rng.gen_range(0..6),
+                };
+                let want = db.policy_lookup(PolicyDir::Out, &flow).map(|p| {
+                    db.policies(PolicyDir::Out)
+                        .iter()
+                        .position(|q| q == p)
+                        .unwrap()
+                });
+                assert_eq!(
+                    ix.lookup(&table, &flow),
+                    want,
+                    "round {round} ({n} rules) {flow:?}"
+                );
+                checked += 1;
+                matched += usize::from(want.is_some_and(|i| i > 0));
+            }
+        }
+        assert_eq!(checked, 40 * 400);
+        // Not a test of empty tables: many flows are decided by a rule other than the first.
+        assert!(matched > checked / 4, "{matched} of {checked}");
+    }
+
+    #[test]
+    fn index_entries() {
+        let db = XfrmDb::new(
+            vec![],
+            vec![
+                policy(
+                    sel("10.1.0.0/16", "10.2.0.0/16", 17, Some(53)),
+                    1,
+                    0,
+                    PolicyAction::Allow,
+                ),
+                policy(
+                    sel("10.1.2.0/24", "10.2.0.0/16", 0, None),
+                    2,
+                    1,
+                    PolicyAction::Block,
+                ),
+                policy(
+                    sel("0.0.0.0/0", "0.0.0.0/0", 6, None),
+                    3,
+                    2,
+                    PolicyAction::Allow,
+                ),
+            ],
+        )
+        .unwrap();
+        let t = compile_db(&db).unwrap();
+        let ix = PolicyIndex::build(&t).unwrap();
+        let rules = |b: &RuleBitmap| (0..3).filter(|&i| b.contains(i)).collect::<Vec<_>>();
+        let prefix = |dim: u8, addr: &str, len: u32| {
+            let (a, fam) = addr_words(addr.parse().unwrap());
+            ix.prefixes
+                .iter()
+                .find(|(l, k, _)| {
+                    k.dim == dim
+                        && k.family == fam
+                        && k.addr == a
+                        && *l == PREFIX_KEY_HEADER_BITS + len
+                })
+                .map(|(_, _, b)| rules(b))
+        };
+        // 10.1.2.0/24 is covered by itself, by 10.1.0.0/16 and by 0/0.
+        assert_eq!(prefix(DIM_SRC, "10.1.2.0", 24), Some(vec![0, 1, 2]));
+        assert_eq!(prefix(DIM_SRC, "10.1.0.0", 16), Some(vec![0, 2]));
+        assert_eq!(prefix(DIM_SRC, "0.0.0.0", 0), Some(vec![2]));
+        assert_eq!(prefix(DIM_DST, "10.2.0.0", 16), Some(vec![0, 1, 2]));
+        assert_eq!(ix.prefixes.len(), 3 + 2);
+        // UDP: rules 0 (udp) and 1 (any); TCP: 1 and 2; nothing for IPv6.
+        let proto = |p: u8| {
+            ix.protos
+                .iter()
+                .find(|(f, q, _)| *f == FAMILY_V4 && *q == p)
+                .map(|(_, _, b)| rules(b))
+        };
+        assert_eq!(proto(17), Some(vec![0, 1]));
+        assert_eq!(proto(6), Some(vec![1, 2]));
+        assert!(ix.protos.iter().all(|(f, _, _)| *f == FAMILY_V4));
+        // Only dport is named exactly: port 53 → rule 0 and the wildcards; other ports → the
+        // wildcards.
+        assert_eq!(ix.flags, TableRef::DPORT_INDEXED);
+        let port = |any_other: u8, p: u16| {
+            ix.ports
+                .iter()
+                .find(|(k, _)| k.dim == DIM_DPORT && k.any_other == any_other && k.port == p)
+                .map(|(_, b)| rules(b))
+        };
+        assert_eq!(port(0, 53), Some(vec![0, 1, 2]));
+        assert_eq!(port(1, 0), Some(vec![1, 2]));
+        // Summaries follow the words.
+        assert!(ix.prefixes.iter().all(|(_, _, b)| b.summary == 1));
+    }
+
+    #[test]
+    fn sas_and_nat_t_ports() {
+        use crate::sa::{AuthAlgo, Encap, XfrmMode};
+        use crate::xfrm::state::tests::{ah_cfg, esp_cfg};
+        let mut a = esp_cfg(0x100, "10.0.0.2", "10.0.0.1", XfrmMode::Tunnel);
+        a.encap = Some(Encap {
+            kind: EncapType::EspInUdp,
+            sport: 4500,
+            dport: 4500,
+            oaddr: "0.0.0.0".parse().unwrap(),
+        });
+        let mut b = esp_cfg(0x200, "fd00::2", "fd00::1", XfrmMode::Tunnel);
+        b.encap = Some(Encap {
+            kind: EncapType::EspInUdpNonIke,
+            sport: 4500,
+            dport: 4501,
+            oaddr: "::".parse().unwrap(),
+        });
+        let c = ah_cfg(
+            0x300,
+            "10.0.0.1",
+            "10.0.0.2",
+            XfrmMode::Transport,
+            AuthAlgo::HmacSha256,
+        );
+        let db = XfrmDb::new(vec![a, b, c], vec![]).unwrap();
+        let sas = compile_sas(&db).unwrap();
+        assert_eq!(sas.len(), 3);
+        let (k, id) = sas[1];
+        assert_eq!((k.spi, k.family, k.proto, id), (0x200, FAMILY_V6, 50, 1));
+        assert_eq!(k.daddr, addr_words("fd00::1".parse().unwrap()).0);
+        assert_eq!(
+            (sas[2].0.proto, sas[2].0.family, sas[2].1),
+            (51, FAMILY_V4, 2)
+        );
+        // No local address named: every SA's encap port counts, first kind wins.
+        let ports = encap_ports(&db).unwrap();
+        assert_eq!(
+            ports[..2]
+                .iter()
+                .map(|e| (e.port, e.kind))
+                .collect::<Vec<_>>(),
+            [(4500, ENCAP_ESPINUDP), (4501, ENCAP_ESPINUDP_NON_IKE)]
+        );
+        assert_eq!(ports[2].port, 0);
+    }
 }
