@@ -31,6 +31,7 @@
 //! that `xfrm_selector_match`es wins, as in a scan of the whole table, because the AND only
 //! removes rules that cannot match and keeps the order. A bit set only by over-approximation
 //! (a port selector with a partial mask) is caught by the full match of each candidate.
+//! Tables of at most 4 rules are scanned without the index (cheaper than its lookups).
 //! The cost is five lookups, plus one AND of five words and one full match per candidate;
 //! a table of 1024 rules that all cover the same packet (differing only in a partial port
 //! mask, say) still costs a scan, in bpf_loop steps.
