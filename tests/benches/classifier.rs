@@ -96,6 +96,22 @@ fn same_prefixes(n: usize) -> Vec<Policy> {
         .collect()
 }
 
+/// `n` policies whose destination port selector has a partial mask (port 2i, mask 0xfffe:
+/// ports 2i and 2i + 1). The index only knows exact ports, so every rule is a candidate for
+/// every packet: the worst case of the index, a scan in bpf_loop steps.
+fn partial_masks(n: usize) -> Vec<Policy> {
+    (0..n)
+        .map(|i| {
+            let mut p = policy("10.1.0.0/16", "10.2.0.0/16", None, false, i as u32);
+            p.selector.dport = PortMatch {
+                port: 2 * i as u16,
+                mask: 0xfffe,
+            };
+            p
+        })
+        .collect()
+}
+
 fn udp(dst: &str, dport: u16) -> Vec<u8> {
     FrameSpec::new("10.1.0.1", dst, IPPROTO_UDP, 40000, dport).build()
 }
@@ -224,6 +240,22 @@ fn main() {
             });
         }
     }
+    // The index's worst case: every rule a candidate.
+    for n in [64usize, 1024] {
+        install(&mut dp, partial_masks(n));
+        for (what, p) in [
+            ("match last", udp("10.2.0.1", 2 * n as u16 - 1)),
+            ("miss", udp("10.2.0.1", 60000)),
+        ] {
+            let (ns, action) = measure(&mut dp, Program::Inside, &p);
+            rows.push(Row {
+                what: format!("inside, {n:>4} partial-mask rules (all candidates), {what}"),
+                ns,
+                action,
+            });
+        }
+    }
+
     // The protect path to the end: metadata written, redirect to the queue's socket.
     install(&mut dp, distinct(1024, true));
     let (ns, action) = measure(&mut dp, Program::Inside, &udp("10.131.255.9", 5000));
@@ -296,6 +328,10 @@ fn main() {
             r.ns / peer,
             action_name(r.action)
         );
+    }
+    println!();
+    for (prog, insns) in dp.verifier_stats().expect("program info") {
+        println!("verifier: {prog} took {insns} instructions of its 1000000 budget");
     }
     drop(sock);
 }

@@ -67,15 +67,17 @@ pub fn lookup(flow: &Flow) -> Option<&'static PolicyRule> {
         table: table.0,
         found: NOT_FOUND,
     };
-    // One bpf_loop step per candidate, lowest position first = table order; at most `len`
-    // steps. The verifier checks the small step function instead of walking up to 1024
-    // candidates inline (which it refuses: over a million instructions), and the kernel
-    // inlines the loop (a direct call per step).
-    // SAFETY: the helper calls next_candidate(i, &mut scan) for i < len, on this stack.
+    // bpf_loop steps of PER_STEP turns, lowest position first = table order; a turn tries a
+    // candidate or loads a word, so len + BITMAP_WORDS turns always finish the walk. The
+    // verifier checks the small step function instead of walking up to 1024 candidates
+    // inline (which it refuses: over a million instructions), and the kernel inlines the
+    // loop (a direct call per step).
+    let steps = (len + BITMAP_WORDS as u32).div_ceil(PER_STEP);
+    // SAFETY: the helper calls scan_step(i, &mut scan) for i < steps, on this stack.
     unsafe {
         bpf_loop(
-            len,
-            next_candidate as *const () as *mut c_void,
+            steps,
+            scan_step as *const () as *mut c_void,
             &mut scan as *mut Scan as *mut c_void,
             0,
         )
@@ -88,10 +90,14 @@ pub fn lookup(flow: &Flow) -> Option<&'static PolicyRule> {
 
 const NOT_FOUND: u32 = u32::MAX;
 
+/// Turns of one bpf_loop step: amortises the step's call over several candidates while the
+/// verifier still walks only this many per check of the step function.
+const PER_STEP: u32 = 8;
+
 /// Tables up to this many rules are scanned without the index.
 pub const LINEAR_MAX: u32 = 4;
 
-/// What `next_candidate` works on: the five candidate bitmaps (destination, source,
+/// What `scan_step` works on: the five candidate bitmaps (destination, source,
 /// protocol, source port, destination port), the packet, where the walk is, the answer.
 #[repr(C)]
 struct Scan {
@@ -107,41 +113,39 @@ struct Scan {
     found: u32,
 }
 
-/// The next candidate (the AND of the five bitmaps, word by word, lowest bit first), fully
-/// matched: 1 (stop) on a hit or when no candidate is left, 0 to go on.
+/// Up to [`PER_STEP`] candidates (the AND of the five bitmaps, word by word, lowest bit
+/// first), each fully matched: 1 (stop) on a hit or when no candidate is left, 0 to go on.
+/// Loading the next word with candidates takes one of the PER_STEP turns.
 #[inline(never)]
-extern "C" fn next_candidate(_step: u64, ctx: *mut c_void) -> i64 {
+extern "C" fn scan_step(_step: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `lookup` gave it: its Scan, alive meanwhile.
     let s = unsafe { &mut *(ctx as *mut Scan) };
-    let mut bits = s.bits;
-    let mut word = s.word;
-    // Next word with candidates in all five bitmaps (a summary bit may promise one that the
-    // AND then empties: at most BITMAP_WORDS tries).
-    for _ in 0..BITMAP_WORDS {
-        if bits != 0 || s.words == 0 {
-            break;
+    let table = TableRef(s.table);
+    for _ in 0..PER_STEP {
+        if s.bits == 0 {
+            if s.words == 0 {
+                return 1;
+            }
+            let low = s.words & s.words.wrapping_neg();
+            s.words ^= low;
+            // Masked rather than compared: a compare may land on another copy of the
+            // register, and the verifier must see the bound on the one that indexes.
+            // Summaries only have bits below BITMAP_WORDS (a power of two): no change.
+            s.word = bit_index(low) & (BITMAP_WORDS as u32 - 1);
+            let w = s.word as usize;
+            let b = &s.bitmaps;
+            // May be empty (a summary bit promises more than the AND keeps): next turn.
+            s.bits = b[0].words[w] & b[1].words[w] & b[2].words[w] & b[3].words[w] & b[4].words[w];
+            continue;
         }
-        let low = s.words & s.words.wrapping_neg();
-        s.words ^= low;
-        // Masked rather than compared: a compare may land on another copy of the register,
-        // and the verifier must see the bound on the one that indexes. Summaries only have
-        // bits below BITMAP_WORDS (a power of two), so the mask changes nothing.
-        word = bit_index(low) & (BITMAP_WORDS as u32 - 1);
-        let w = word as usize;
-        let b = &s.bitmaps;
-        bits = b[0].words[w] & b[1].words[w] & b[2].words[w] & b[3].words[w] & b[4].words[w];
-    }
-    if bits == 0 {
-        return 1;
-    }
-    let low = bits & bits.wrapping_neg();
-    s.bits = bits ^ low;
-    s.word = word;
-    let i = word * 64 + bit_index(low);
-    if let Some(rule) = POLICY_OUT.get(TableRef(s.table).index(i)) {
-        if matches(rule, &s.flow) {
-            s.found = i;
-            return 1;
+        let low = s.bits & s.bits.wrapping_neg();
+        s.bits ^= low;
+        let i = s.word * 64 + bit_index(low);
+        if let Some(rule) = POLICY_OUT.get(table.index(i)) {
+            if matches(rule, &s.flow) {
+                s.found = i;
+                return 1;
+            }
         }
     }
     0

@@ -564,6 +564,23 @@ impl Datapath {
         })
     }
 
+    /// How many instructions the verifier processed for each program (its budget is 1M):
+    /// the headroom left for the program to grow.
+    pub fn verifier_stats(&self) -> Result<Vec<(&'static str, u32)>> {
+        [PROG_CLASSIFY, PROG_OUTSIDE]
+            .into_iter()
+            .map(|name| {
+                let prog: &Xdp = self
+                    .ebpf
+                    .program(name)
+                    .ok_or_else(|| anyhow!("no program {name}"))?
+                    .try_into()?;
+                let n = prog.info()?.verified_instruction_count().unwrap_or(0);
+                Ok((name, n))
+            })
+            .collect()
+    }
+
     /// Drain pending eBPF log records now (they are also drained every 100 ms).
     pub fn flush_logs(&mut self) {
         if let Some(p) = &self.logs {
