@@ -54,9 +54,15 @@ enum Cmd {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
-    /// Benchmarks (`cargo bench -p xfrm-user`), then their summary lines, the last one
-    /// `ratio_vs_ring_1400=<x>` (ESP tunnel AES-GCM-128 throughput over ring's seal).
+    /// Benchmarks: the user-space ones (`cargo bench -p xfrm-user`), then the XDP classifier's
+    /// ns/packet table (BPF_PROG_TEST_RUN; needs root, prints SKIP otherwise), then the
+    /// user-space summary lines, the last one `ratio_vs_ring_1400=<x>` (ESP tunnel
+    /// AES-GCM-128 throughput over ring's seal).
     Bench {
+        /// Only the XDP classifier table.
+        #[arg(long)]
+        classifier: bool,
+        /// Extra arguments for `cargo bench -p xfrm-user` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -93,10 +99,23 @@ fn real_main() -> Result<()> {
             no_setup,
             cargo_test_args,
         } => test(no_setup, &cargo_test_args),
-        Cmd::Bench { args } => {
-            let transform = bench::transform(&args)?;
+        Cmd::Bench { classifier, args } => {
+            let transform = if classifier {
+                None
+            } else {
+                Some(bench::transform(&args)?)
+            };
+            let obj = ebpf::build(true)?;
+            util::section("XDP classifier: ns/packet (BPF_PROG_TEST_RUN)");
+            util::run(
+                util::cargo()
+                    .args(["bench", "-p", "xfrm-tests", "--bench", "classifier"])
+                    .env("XFRM_BPF_OBJ", &obj),
+            )?;
             // The transform summary goes last: its last line is the acceptance line.
-            bench::print_summary(&transform);
+            if let Some(t) = transform {
+                bench::print_summary(&t);
+            }
             Ok(())
         }
     }
