@@ -13,7 +13,7 @@
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -74,7 +74,7 @@ fn xfrm_user_bin() -> PathBuf {
     bin
 }
 
-fn start(ns: &Netns, bin: &PathBuf, conf: &PathBuf, inside: &str, outside: &str) -> Daemon {
+fn start(ns: &Netns, bin: &Path, conf: &Path, inside: &str, outside: &str) -> Daemon {
     let child = ns
         .command(bin.to_str().unwrap())
         .args(["run", "--config", conf.to_str().unwrap()])
