@@ -111,6 +111,27 @@ impl AttachMode {
             Self::Skb => XdpMode::Skb,
         }
     }
+
+    /// XDP_FLAGS_DRV_MODE / XDP_FLAGS_SKB_MODE (linux/if_link.h), for netlink attach.
+    fn xdp_flags(self) -> u32 {
+        match self {
+            Self::Native => XDP_FLAGS_DRV_MODE,
+            Self::Skb => XDP_FLAGS_SKB_MODE,
+        }
+    }
+}
+
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+const XDP_FLAGS_REPLACE: u32 = 1 << 4;
+
+/// A program attached in netlink mode by [`Datapath::attach_persistent`]: it stays on the
+/// interface when this process dies.
+struct Persistent {
+    ifindex: u32,
+    iface: String,
+    mode: AttachMode,
+    prog: Program,
 }
 
 /// Sum over CPUs of each verdict counter, named as in `xfrm_common::COUNTER_NAMES`.
@@ -202,6 +223,9 @@ pub struct Datapath {
     slot_keys: [SlotKeys; 2],
     /// What SAS holds.
     sas: std::collections::HashMap<SaKey, u32>,
+    /// Netlink-mode attachments: left in place by Drop (fail closed), removed only by
+    /// [`Self::detach_persistent`].
+    persistent: Vec<Persistent>,
     logs: Option<LogPump>,
 }
 
@@ -237,6 +261,7 @@ impl Datapath {
             config: Config::default(),
             slot_keys: Default::default(),
             sas: Default::default(),
+            persistent: Vec::new(),
             logs,
         };
         dp.set_out_policies(&[])?;
@@ -273,6 +298,96 @@ impl Datapath {
         self.prog(PROG_OUTSIDE)?
             .attach(iface, mode.aya())
             .with_context(|| format!("attach {PROG_OUTSIDE} to {iface} ({mode:?})"))
+    }
+
+    // Fail closed across the death of the daemon (issue 5, `kill -9`).
+    //
+    // `attach_*` above go through a bpf_link (aya uses BPF_LINK_CREATE on kernels >= 5.9): the
+    // link lives as long as its fd, so a killed daemon takes its programs with it, and a
+    // gateway with ip_forward=1 then forwards the protected flows in clear. The gateway's
+    // programs are therefore attached in netlink mode (`ip link set dev IF xdp fd N`): such
+    // a program belongs to the interface, not to a file descriptor, and stays until someone
+    // removes it. After `kill -9` it keeps running with its own maps: the XSKS entries
+    // vanish with the sockets (xsk_release deletes a socket from every XSKMAP), so a packet
+    // that matches a protect policy finds no socket and is dropped and counted
+    // (COUNTER_NO_SOCKET), unprotected traffic still passes, ESP still goes to the kernel.
+    //
+    // A restarted daemon loads a new program with fresh maps, fills them completely, and
+    // only then attaches in netlink mode without XDP_FLAGS_UPDATE_IF_NOEXIST: the kernel
+    // swaps the program pointer in one store (dev_xdp_install), so every packet sees the old
+    // program (drops) or the new one (its sockets), never no program. The old program and
+    // its maps are freed with the last reference, i.e. at the swap. No pinning: a pin lives
+    // on a bpffs mount, and `ip netns exec` (how a gateway in a namespace is usually run)
+    // gives each process a private mount namespace whose mounts, bpffs included, die with
+    // it, so a pinned link would be released at exactly the moment it is needed.
+    //
+    // An orderly stop (SIGINT/SIGTERM) detaches: [`Self::detach_persistent`] removes the
+    // program only if it is still ours (XDP_FLAGS_REPLACE + IFLA_XDP_EXPECTED_FD), so a
+    // daemon that already took over is not disturbed. Operators who stop the daemon also
+    // stop the protection; the kernel's own routing (and xfrm, if configured) applies then.
+    // Every other exit (error, panic, signal 9) leaves the program attached, fail closed;
+    // `ip link set dev IF xdp off` removes it by hand.
+
+    /// Attach `prog` to `iface` in netlink mode: it survives this process (see above);
+    /// replaces atomically a program a previous daemon left. A bpf_link attachment on the
+    /// interface (e.g. a running `xfrm-user attach`) refuses it with EBUSY.
+    pub fn attach_persistent(
+        &mut self,
+        prog: Program,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<()> {
+        let name = std::ffi::CString::new(iface).context("interface name")?;
+        // SAFETY: a valid NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            bail!("attach {}: no interface {iface}", prog.name());
+        }
+        let fd = self.prog(prog.name())?.fd()?.as_fd().as_raw_fd();
+        super::neigh::Rtnl::new()?
+            .set_xdp(ifindex, fd, mode.xdp_flags(), None)
+            .with_context(|| {
+                format!("attach {} to {iface} ({mode:?}, netlink mode)", prog.name())
+            })?;
+        self.persistent.push(Persistent {
+            ifindex,
+            iface: iface.to_string(),
+            mode,
+            prog,
+        });
+        Ok(())
+    }
+
+    /// Remove what [`Self::attach_persistent`] attached, where it is still this object's
+    /// program (a newer daemon's program stays).
+    pub fn detach_persistent(&mut self) -> Result<()> {
+        let mut rtnl = super::neigh::Rtnl::new()?;
+        for p in std::mem::take(&mut self.persistent) {
+            let fd = self.prog(p.prog.name())?.fd()?.as_fd().as_raw_fd();
+            let r = rtnl.set_xdp(
+                p.ifindex,
+                -1,
+                p.mode.xdp_flags() | XDP_FLAGS_REPLACE,
+                Some(fd),
+            );
+            match r {
+                Ok(()) => {}
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>()
+                        .and_then(|e| e.raw_os_error())
+                        .is_some_and(|c| c == libc::EEXIST || c == libc::ENODEV) =>
+                {
+                    log::info!(
+                        "{}: another program took over (or the interface left); not detached",
+                        p.iface
+                    );
+                }
+                Err(e) => {
+                    return Err(e.context(format!("detach {} from {}", p.prog.name(), p.iface)))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Attach the pass-everything program, e.g. to a veth peer that must accept XDP_TX and

@@ -54,6 +54,7 @@ const NLM_F_CREATE: u16 = 0x400;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
+const RTM_SETLINK: u16 = 19;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
@@ -83,6 +84,11 @@ const NTF_USE: u8 = 0x01;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
+const IFLA_XDP: u16 = 43;
+const IFLA_XDP_FD: u16 = 1;
+const IFLA_XDP_FLAGS: u16 = 3;
+const IFLA_XDP_EXPECTED_FD: u16 = 8;
+const NLA_F_NESTED: u16 = 1 << 15;
 
 /// Neighbour states (NUD_*).
 pub mod nud {
@@ -567,6 +573,42 @@ impl Rtnl {
             .map(|_| ())
             .with_context(|| format!("resolve neighbour {addr} on ifindex {ifindex}"))
     }
+
+    /// `ip link set dev IFINDEX xdp fd FD` (netlink mode, no bpf_link): RTM_SETLINK with
+    /// IFLA_XDP { FD, FLAGS, EXPECTED_FD }. `fd` -1 detaches. Without XDP_FLAGS_REPLACE the
+    /// kernel swaps whatever netlink-attached program is there for `fd` in one pointer store
+    /// (dev_xdp_install); with it, only if the attached program is `expected`'s (else
+    /// EEXIST). A program attached through a bpf_link refuses both (EBUSY).
+    pub fn set_xdp(
+        &mut self,
+        ifindex: u32,
+        fd: i32,
+        flags: u32,
+        expected: Option<i32>,
+    ) -> Result<()> {
+        let mut fixed = [0u8; 16];
+        fixed[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+        let mut nested = nla(IFLA_XDP_FD, &fd.to_ne_bytes());
+        nested.extend(nla(IFLA_XDP_FLAGS, &flags.to_ne_bytes()));
+        if let Some(e) = expected {
+            nested.extend(nla(IFLA_XDP_EXPECTED_FD, &e.to_ne_bytes()));
+        }
+        let m = Msg::new(RTM_SETLINK, NLM_F_ACK, &fixed).attr(IFLA_XDP | NLA_F_NESTED, &nested);
+        self.sock
+            .request(m, false)
+            .map(|_| ())
+            .map_err(anyhow::Error::from)
+    }
+}
+
+/// One attribute (header, payload, padding), to nest inside another.
+fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(align4(4 + payload.len()));
+    b.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    b.extend_from_slice(&ty.to_ne_bytes());
+    b.extend_from_slice(payload);
+    b.resize(align4(b.len()), 0);
+    b
 }
 
 fn ndmsg(ifindex: u32, addr: IpAddr, state: u16, flags: u8) -> [u8; 12] {

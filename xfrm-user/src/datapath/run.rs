@@ -29,7 +29,7 @@ use anyhow::{anyhow, Context, Result};
 use xfrm_common::XdpMeta;
 
 use super::{
-    loader::{AttachMode, Datapath},
+    loader::{AttachMode, Datapath, Program},
     neigh::{NeighOptions, NeighService},
     rules::compile_db,
     worker::{port_info, too_big, Action, Ctx, Side, Transform, Worker, WorkerConfig},
@@ -249,7 +249,9 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         dp.set_socket(q, w.rx_fds()[0])?;
         workers.push(w);
     }
-    dp.attach_classifier(&opts.inside, opts.mode)?;
+    // Netlink mode: the program outlives a killed daemon and then drops what it would
+    // protect (fail closed); a restart swaps it atomically. See loader.rs.
+    dp.attach_persistent(Program::Inside, &opts.inside, opts.mode)?;
     let in_rules = inbound_rules(&gw.db)?;
     let mut dp_out = None;
     if inside.ifindex == outside.ifindex {
@@ -260,7 +262,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         for (q, w) in workers.iter().enumerate() {
             d.set_socket(q as u32, w.rx_fds()[1])?;
         }
-        d.attach_classifier(&opts.outside, opts.mode)?;
+        d.attach_persistent(Program::Inside, &opts.outside, opts.mode)?;
         dp_out = Some(d);
     }
     let wstats: Vec<_> = workers.iter().map(|w| w.stats()).collect();
@@ -357,6 +359,12 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             None => Ok(()),
         }
     })?;
+    // Orderly stop (the stop flag or the duration; a failure returned above and leaves the
+    // programs attached, fail closed): take our programs off the interfaces.
+    if let Some(d) = dp_out.as_mut() {
+        d.detach_persistent()?;
+    }
+    dp.detach_persistent()?;
     drop(dp_out);
     drop(dp);
     Ok(())

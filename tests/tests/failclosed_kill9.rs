@@ -1,0 +1,295 @@
+//! `kill -9` of `xfrm-user run` must fail closed (issue 5):
+//!
+//!   ns "h1" [a] ──veth 1── [b] ns "gw" (ip_forward=1) [a] ──veth 2── [b] ns "h2"
+//!
+//! UDP 10.1.0.0/24 → 10.2.0.0/24 is protected (ESP tunnel to h2, which has no IPsec: a raw
+//! socket takes the ESP); ICMP is not. With forwarding on and no program, the UDP reaches h2
+//! in clear (the control: this test can see a leak). With the daemon running it arrives as
+//! ESP only. After `kill -9` the inside program is still attached (netlink mode), the UDP
+//! reaches h2 neither in clear nor as ESP, the dead program's drop_no_socket counter rises,
+//! ping still passes. A second daemon takes over (another program id) and ESP flows again;
+//! SIGTERM to it detaches (orderly stop).
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Map, MapData, MapInfo, PerCpuArray};
+use xfrm_common::{Counter, MAP_COUNTERS};
+use xfrm_tests::{
+    bpf_object, init_logging, root_or_skip,
+    topology::{Netns, Topology, VethOpts},
+};
+
+const CONFIG: &str = "\
+ip xfrm state add src 10.2.0.1 dst 10.2.0.2 proto esp spi 0x2001 reqid 3 mode tunnel \
+aead 'rfc4106(gcm(aes))' 0x2122232425262728292a2b2c2d2e2f30deadbeef 128
+ip xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 proto udp dir out \
+tmpl src 10.2.0.1 dst 10.2.0.2 proto esp reqid 3 mode tunnel
+ip xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 proto udp dir in \
+tmpl src 10.2.0.1 dst 10.2.0.2 proto esp reqid 3 mode tunnel
+";
+
+/// The daemon as a child process, killed (by pid) and reaped on drop.
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn pid(&self) -> i32 {
+        self.0.as_ref().map_or(0, |c| c.id() as i32)
+    }
+    /// Send `sig` and wait for the exit; the exit status as the shell shows it.
+    fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
+        let mut c = self.0.take().expect("daemon running");
+        // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(c.id() as i32, sig) }, 0);
+        c.wait().expect("wait daemon")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The xfrm-user binary of this target dir, built if needed.
+fn xfrm_user_bin() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = std::process::Command::new(cargo)
+        .args(["build", "-q", "-p", "xfrm-user", "--bin", "xfrm-user"])
+        .status()
+        .expect("cargo build");
+    assert!(st.success(), "cargo build -p xfrm-user");
+    // target/debug/deps/<test> -> target/debug/xfrm-user
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("xfrm-user");
+    assert!(bin.is_file(), "{}", bin.display());
+    bin
+}
+
+fn start(ns: &Netns, bin: &Path, conf: &Path, inside: &str, outside: &str) -> Daemon {
+    let child = ns
+        .command(bin.to_str().unwrap())
+        .args(["run", "--config", conf.to_str().unwrap()])
+        .args(["--inside", inside, "--outside", outside, "--interval", "1"])
+        .arg("--bpf")
+        .arg(bpf_object())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn xfrm-user run");
+    Daemon(Some(child))
+}
+
+/// The XDP program id on `ifname` as `ip -d link show` reports it ("prog/xdp id N").
+fn xdp_prog_id(ns: &Netns, ifname: &str) -> Option<u32> {
+    let o = ns.ip(&["-d", "link", "show", "dev", ifname]).unwrap();
+    let s = String::from_utf8_lossy(&o.stdout);
+    let i = s.find("prog/xdp id ")?;
+    s[i + 12..].split_whitespace().next()?.parse().ok()
+}
+
+/// drop_no_socket of the program `id`, summed over CPUs, read from its COUNTERS map (the
+/// program may belong to a dead process: ids are global).
+fn no_socket_drops(id: u32) -> u64 {
+    let prog = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .unwrap_or_else(|| panic!("program {id} not loaded"));
+    for m in prog.map_ids().unwrap().unwrap_or_default() {
+        let info = MapInfo::from_id(m).unwrap();
+        if info.name_as_str() != Some(MAP_COUNTERS) {
+            continue;
+        }
+        let map = Map::PerCpuArray(MapData::from_id(m).unwrap());
+        let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map).unwrap();
+        return arr
+            .get(&(Counter::DropNoSocket as u32), 0)
+            .unwrap()
+            .iter()
+            .sum();
+    }
+    panic!("program {id}: no map {MAP_COUNTERS}");
+}
+
+fn with_timeout(fd: i32, ms: i64) {
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: (ms * 1000) as libc::suseconds_t,
+    };
+    // SAFETY: valid fd and a timeval option.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+}
+
+/// What h2 sees: UDP in clear on port 5001, and ESP.
+struct Receiver {
+    clear: UdpSocket,
+    esp: OwnedFd,
+}
+
+impl Receiver {
+    /// Send `n` datagrams from h1 and count what arrives at h2 (clear, ESP).
+    fn probe(&self, sender: &UdpSocket, to: SocketAddr, n: usize) -> (usize, usize) {
+        let mut buf = [0u8; 4096];
+        let (mut clear, mut esp) = (0, 0);
+        for i in 0..n {
+            sender
+                .send_to(format!("secret {i}").as_bytes(), to)
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let end = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < end {
+            if let Ok(k) = self.clear.recv(&mut buf) {
+                assert!(buf[..k].starts_with(b"secret "));
+                clear += 1;
+            }
+            // SAFETY: valid fd; writes at most buf.len() bytes.
+            let k = unsafe {
+                libc::recv(
+                    self.esp.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if k > 0 {
+                esp += 1;
+            }
+        }
+        (clear, esp)
+    }
+}
+
+fn ping(ns: &Netns, dst: &str) -> bool {
+    ns.exec("ping", &["-c", "1", "-W", "1", dst]).is_ok()
+}
+
+/// Until the daemon protects (ESP at h2), at most 15 s. Until its program is attached the
+/// gateway forwards in clear (as with no daemon at all): the callers check afterwards.
+fn wait_protected(rx: &Receiver, sender: &UdpSocket, to: SocketAddr, d: &mut Daemon) {
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        let (_, esp) = rx.probe(sender, to, 3);
+        if esp > 0 {
+            return;
+        }
+        if let Some(st) = d.0.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            panic!("xfrm-user run exited: {st}");
+        }
+    }
+    panic!("no ESP at h2 within 15 s");
+}
+
+#[test]
+fn kill9_keeps_the_program_and_drops_protected_flows() {
+    if !root_or_skip("kill9_keeps_the_program_and_drops_protected_flows") {
+        return;
+    }
+    init_logging();
+    let bin = xfrm_user_bin();
+    let mut t = Topology::new().unwrap();
+    let h1 = t.add_netns("h1").unwrap();
+    let gw = t.add_netns("gw").unwrap();
+    let h2 = t.add_netns("h2").unwrap();
+    let l1 = t.add_veth(h1, gw, VethOpts::default()).unwrap();
+    let l2 = t.add_veth(gw, h2, VethOpts::default()).unwrap();
+    t.ns(h1)
+        .ip(&["route", "add", "10.2.0.0/24", "via", &l1.b.ipv4.to_string()])
+        .unwrap();
+    t.ns(h2)
+        .ip(&["route", "add", "10.1.0.0/24", "via", &l2.a.ipv4.to_string()])
+        .unwrap();
+    t.ns(gw)
+        .exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("gw.conf");
+    std::fs::write(&conf, CONFIG).unwrap();
+    let (inside, outside) = (l1.b.ifname.clone(), l2.a.ifname.clone());
+    let h2_addr = l2.b.ipv4.to_string();
+    let to = SocketAddr::new(IpAddr::V4(l2.b.ipv4), 5001);
+
+    let sender = t
+        .ns(h1)
+        .run(|| Ok(UdpSocket::bind(SocketAddr::new(l1.a.ipv4.into(), 4001))?))
+        .unwrap();
+    let rx = t
+        .ns(h2)
+        .run(|| {
+            let clear = UdpSocket::bind(to)?;
+            clear.set_read_timeout(Some(Duration::from_millis(20)))?;
+            // SAFETY: plain socket(2); owned at once.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, 50) };
+            anyhow::ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            // SAFETY: a fresh fd nobody else owns.
+            let esp = unsafe { OwnedFd::from_raw_fd(fd) };
+            with_timeout(esp.as_raw_fd(), 20);
+            Ok(Receiver { clear, esp })
+        })
+        .unwrap();
+
+    // Control: forwarding on, no program: the flow crosses in clear.
+    let (clear, esp) = rx.probe(&sender, to, 5);
+    assert!(
+        clear > 0,
+        "control: plain forwarding delivers the UDP in clear"
+    );
+    assert_eq!(esp, 0);
+    assert!(ping(t.ns(h1), &h2_addr), "control ping");
+
+    let mut d1 = start(t.ns(gw), &bin, &conf, &inside, &outside);
+    eprintln!("xfrm-user run: pid {}", d1.pid());
+    wait_protected(&rx, &sender, to, &mut d1);
+    let id1 = xdp_prog_id(t.ns(gw), &inside).expect("XDP program on the inside");
+    let (clear, esp) = rx.probe(&sender, to, 10);
+    assert_eq!((clear, esp), (0, 10), "daemon 1: all protected");
+
+    let st = d1.signal_and_wait(libc::SIGKILL);
+    eprintln!("daemon 1: {st}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        xdp_prog_id(t.ns(gw), &inside),
+        Some(id1),
+        "the inside program stays attached after kill -9"
+    );
+    let before = no_socket_drops(id1);
+    let (clear, esp) = rx.probe(&sender, to, 20);
+    let after = no_socket_drops(id1);
+    eprintln!("after kill -9: clear {clear}, esp {esp}, drop_no_socket {before} -> {after}");
+    assert_eq!(
+        clear, 0,
+        "protected datagrams forwarded in clear after kill -9"
+    );
+    assert_eq!(esp, 0);
+    assert!(after >= before + 20, "drop_no_socket {before} -> {after}");
+    assert!(ping(t.ns(h1), &h2_addr), "unprotected traffic passes");
+
+    let mut d2 = start(t.ns(gw), &bin, &conf, &inside, &outside);
+    wait_protected(&rx, &sender, to, &mut d2);
+    let id2 = xdp_prog_id(t.ns(gw), &inside).expect("XDP program after restart");
+    assert_ne!(id2, id1, "the restarted daemon's program took over");
+    let (clear, esp) = rx.probe(&sender, to, 10);
+    assert_eq!((clear, esp), (0, 10), "after restart: all protected");
+    assert!(ping(t.ns(h1), &h2_addr));
+
+    // Orderly stop: the daemon detaches its programs and exits 0.
+    let st = d2.signal_and_wait(libc::SIGTERM);
+    assert!(st.success(), "SIGTERM: {st}");
+    assert_eq!(xdp_prog_id(t.ns(gw), &inside), None, "SIGTERM detaches");
+    assert_eq!(xdp_prog_id(t.ns(gw), &outside), None);
+}
