@@ -2,8 +2,12 @@
 //! ip-xfrm configuration language, and the AF_XDP datapath that runs them.
 
 pub mod config;
+pub mod crypto;
 pub mod frame;
+pub mod pcap;
 pub mod policy;
 pub mod sa;
 pub mod selector;
 pub mod stats;
+pub mod wire;
+pub mod xfrm;

@@ -1,0 +1,424 @@
+//! The SPD and SAD: out-policy lookup in the kernel's order, template resolution
+//! (xfrm_tmpl_resolve / xfrm_state_find), and SA lookup by (daddr, spi, proto) for input.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::policy::{Policy, PolicyDir, Template, TmplLevel};
+use crate::sa::{SaConfig, XfrmId, XfrmMode, XfrmProto};
+use crate::selector::FlowKey;
+use crate::stats::XfrmStat;
+
+use super::state::{Clock, SaError, SaRef, SecurityAssociation, SystemClock};
+
+/// XFRM_MAX_DEPTH: the most transforms one bundle can hold.
+pub const XFRM_MAX_DEPTH: usize = 6;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum DbError {
+    #[error(transparent)]
+    Sa(#[from] SaError),
+    /// xfrm_state_add: -EEXIST for a second state with the same (daddr, spi, proto).
+    #[error("state {0}: an SA with the same dst, spi and proto exists already")]
+    DuplicateState(usize),
+    /// xfrm_policy_insert_list with excl (ip xfrm policy add): -EEXIST for a second policy
+    /// with the same selector and direction.
+    #[error("policy {0}: a policy with the same selector and direction exists already")]
+    DuplicatePolicy(usize),
+    #[error("policy {0}: more than {XFRM_MAX_DEPTH} templates")]
+    TooManyTemplates(usize),
+}
+
+/// The databases one datapath runs on: every SA and every policy of a config.
+pub struct XfrmDb {
+    states: Vec<SaRef>,
+    /// Per direction, in lookup order (see `sort_like_the_kernel`).
+    out: Vec<Policy>,
+    inp: Vec<Policy>,
+    fwd: Vec<Policy>,
+    by_id: HashMap<XfrmId, usize>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for XfrmDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XfrmDb")
+            .field("states", &self.states.len())
+            .field("out", &self.out.len())
+            .field("in", &self.inp.len())
+            .field("fwd", &self.fwd.len())
+            .finish()
+    }
+}
+
+/// The order in which the kernel's lookup meets the policies of one direction.
+///
+/// Lower priority value first. For equal priority the policy added first wins:
+/// xfrm_policy_insert -> xfrm_policy_insert_list walks the bydst chain and inserts the new
+/// policy *behind* every policy whose priority is <= its own (`if (policy->priority >=
+/// pol->priority) newpos = pol;` then hlist_add_behind_rcu), and the inexact lists keep the
+/// same rule through `pos`: __xfrm_policy_eval_candidates prefers, among equal priorities,
+/// the candidate with the lower insertion position ("matches. Is it older than *prefer?").
+/// So a stable sort by priority over the config order gives the kernel's order.
+fn sort_like_the_kernel(p: &mut [Policy]) {
+    p.sort_by_key(|p| (p.priority, p.index));
+}
+
+impl XfrmDb {
+    /// Builds the databases with the wall clock.
+    pub fn new(states: Vec<SaConfig>, policies: Vec<Policy>) -> Result<Self, DbError> {
+        Self::with_clock(states, policies, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(
+        states: Vec<SaConfig>,
+        policies: Vec<Policy>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, DbError> {
+        let now = clock.now();
+        let mut by_id = HashMap::new();
+        let mut sas = Vec::with_capacity(states.len());
+        for (i, cfg) in states.into_iter().enumerate() {
+            if by_id.insert(cfg.id, i).is_some() {
+                return Err(DbError::DuplicateState(i));
+            }
+            sas.push(Arc::new(SecurityAssociation::new(cfg, i, now)?));
+        }
+        let (mut out, mut inp, mut fwd) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, p) in policies.into_iter().enumerate() {
+            if p.templates.len() > XFRM_MAX_DEPTH {
+                return Err(DbError::TooManyTemplates(i));
+            }
+            let list = match p.dir {
+                PolicyDir::Out => &mut out,
+                PolicyDir::In => &mut inp,
+                PolicyDir::Fwd => &mut fwd,
+            };
+            if list.iter().any(|q: &Policy| q.selector == p.selector) {
+                return Err(DbError::DuplicatePolicy(i));
+            }
+            list.push(p);
+        }
+        sort_like_the_kernel(&mut out);
+        sort_like_the_kernel(&mut inp);
+        sort_like_the_kernel(&mut fwd);
+        Ok(Self {
+            states: sas,
+            out,
+            inp,
+            fwd,
+            by_id,
+            clock,
+        })
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+    pub fn states(&self) -> &[SaRef] {
+        &self.states
+    }
+    pub fn state(&self, index: usize) -> Option<&SaRef> {
+        self.states.get(index)
+    }
+    /// The policies of one direction in lookup order.
+    pub fn policies(&self, dir: PolicyDir) -> &[Policy] {
+        match dir {
+            PolicyDir::Out => &self.out,
+            PolicyDir::In => &self.inp,
+            PolicyDir::Fwd => &self.fwd,
+        }
+    }
+
+    /// xfrm_policy_lookup: the first policy of `dir` whose selector matches the flow.
+    pub fn policy_lookup(&self, dir: PolicyDir, flow: &FlowKey) -> Option<&Policy> {
+        self.policies(dir).iter().find(|p| p.selector.matches(flow))
+    }
+
+    /// xfrm_state_lookup: the SA an inbound ESP/AH packet names (any km state; the caller
+    /// checks it is valid).
+    pub fn state_lookup(&self, daddr: IpAddr, spi: u32, proto: XfrmProto) -> Option<&SaRef> {
+        self.by_id
+            .get(&XfrmId { daddr, spi, proto })
+            .and_then(|&i| self.states.get(i))
+    }
+
+    /// xfrm_state_find for one template: a VALID SA with the template's dst, proto, mode,
+    /// reqid, spi (when given) and src (when given; in transport mode the flow's source),
+    /// usable for the flow's family and matched by the SA's selector when it has one.
+    /// Among several, xfrm_state_look_at prefers one that is not dying, then the newest.
+    pub fn state_find(&self, t: &Template, flow: &FlowKey) -> Option<&SaRef> {
+        let src = match (t.src, t.mode) {
+            (Some(s), _) => Some(s),
+            (None, XfrmMode::Transport) => Some(flow.src),
+            (None, XfrmMode::Tunnel) => None,
+        };
+        let mut best: Option<&SaRef> = None;
+        for x in &self.states {
+            let c = &x.cfg;
+            if c.id.daddr != t.dst
+                || c.id.proto != t.proto
+                || c.mode != t.mode
+                || c.reqid != t.reqid
+                || t.spi.is_some_and(|s| s != c.id.spi)
+                || src.is_some_and(|s| s != c.saddr)
+                || !x.is_valid()
+                || !sa_covers_flow(c, flow)
+            {
+                continue;
+            }
+            best = match best {
+                Some(b) if !b.is_dying() && x.is_dying() => Some(b),
+                Some(b) if b.is_dying() == x.is_dying() && b.index > x.index => Some(b),
+                _ => Some(x),
+            };
+        }
+        best
+    }
+
+    /// xfrm_tmpl_resolve: one SA per template, in template order (the first template is
+    /// applied first, i.e. innermost, as xfrm_bundle_create chains them). A `level use`
+    /// template without an SA is skipped; a `required` one fails the lookup with
+    /// XfrmOutNoStates (the kernel would ask the key manager and queue or drop).
+    pub fn tmpl_resolve<'a>(
+        &'a self,
+        pol: &Policy,
+        flow: &FlowKey,
+        out: &mut [Option<&'a SaRef>; XFRM_MAX_DEPTH],
+    ) -> Result<usize, XfrmStat> {
+        let mut n = 0;
+        for t in &pol.templates {
+            match self.state_find(t, flow) {
+                Some(x) => {
+                    let slot = out.get_mut(n).ok_or(XfrmStat::XfrmOutBundleGenError)?;
+                    *slot = Some(x);
+                    n += 1;
+                }
+                None if t.level == TmplLevel::Use => continue,
+                None => return Err(XfrmStat::XfrmOutNoStates),
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Can this SA carry a packet of the flow's family, and does its selector (when it has
+/// one) match? xfrm_state_look_at skips a state whose sel.family is set and differs from
+/// the flow's, or whose selector does not match. Without `sel`, the kernel sets sel.family
+/// to the SA's own family unless `flag af-unspec` is given (copy_from_user_state), which is
+/// why a 4-in-6 or 6-in-4 tunnel needs af-unspec or an explicit selector of the inner family.
+pub fn sa_covers_flow(c: &SaConfig, flow: &FlowKey) -> bool {
+    match &c.selector {
+        Some(sel) => sel.src.addr.is_ipv4() == flow.src.is_ipv4() && sel.matches(flow),
+        None => c.flags.af_unspec || c.id.daddr.is_ipv4() == flow.src.is_ipv4(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicyAction;
+    use crate::sa::AuthAlgo;
+    use crate::selector::{PortMatch, Prefix, Selector};
+    use crate::xfrm::state::tests::{ah_cfg, esp_cfg};
+
+    fn sel(src: &str, dst: &str) -> Selector {
+        let p = |s: &str| {
+            let (a, l) = s.split_once('/').unwrap();
+            Prefix {
+                addr: a.parse().unwrap(),
+                len: l.parse().unwrap(),
+            }
+        };
+        Selector {
+            src: p(src),
+            dst: p(dst),
+            proto: 0,
+            sport: PortMatch::ANY,
+            dport: PortMatch::ANY,
+        }
+    }
+
+    pub(crate) fn tmpl(dst: &str, proto: XfrmProto, mode: XfrmMode, reqid: u32) -> Template {
+        Template {
+            src: None,
+            dst: dst.parse().unwrap(),
+            proto,
+            spi: None,
+            reqid,
+            mode,
+            level: TmplLevel::Required,
+        }
+    }
+
+    fn pol(s: Selector, prio: u32, index: u32, action: PolicyAction, t: Vec<Template>) -> Policy {
+        Policy {
+            selector: s,
+            dir: PolicyDir::Out,
+            priority: prio,
+            action,
+            templates: t,
+            index,
+        }
+    }
+
+    fn flow(src: &str, dst: &str) -> FlowKey {
+        FlowKey {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto: 17,
+            sport: 1,
+            dport: 2,
+        }
+    }
+
+    #[test]
+    fn lower_priority_value_wins_then_first_added() {
+        let pols = vec![
+            pol(
+                sel("10.0.0.0/8", "10.0.0.0/8"),
+                200,
+                0,
+                PolicyAction::Allow,
+                vec![],
+            ),
+            pol(
+                sel("10.1.0.0/16", "0.0.0.0/0"),
+                100,
+                1,
+                PolicyAction::Block,
+                vec![],
+            ),
+            pol(
+                sel("0.0.0.0/0", "10.2.0.0/16"),
+                100,
+                2,
+                PolicyAction::Allow,
+                vec![],
+            ),
+        ];
+        let db = XfrmDb::new(vec![], pols).unwrap();
+        // Matches all three: priority 100 beats 200; of the two at 100, the first added.
+        let p = db
+            .policy_lookup(PolicyDir::Out, &flow("10.1.0.1", "10.2.0.1"))
+            .unwrap();
+        assert_eq!(p.index, 1);
+        let p = db
+            .policy_lookup(PolicyDir::Out, &flow("10.3.0.1", "10.2.0.1"))
+            .unwrap();
+        assert_eq!(p.index, 2);
+        let p = db
+            .policy_lookup(PolicyDir::Out, &flow("10.3.0.1", "10.4.0.1"))
+            .unwrap();
+        assert_eq!(p.index, 0);
+        assert!(db
+            .policy_lookup(PolicyDir::Out, &flow("fd00::1", "fd00::2"))
+            .is_none());
+        assert!(db
+            .policy_lookup(PolicyDir::In, &flow("10.1.0.1", "10.2.0.1"))
+            .is_none());
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let s = esp_cfg(5, "192.0.2.1", "192.0.2.2", XfrmMode::Tunnel);
+        assert_eq!(
+            XfrmDb::new(vec![s.clone(), s], vec![]).unwrap_err(),
+            DbError::DuplicateState(1)
+        );
+        let p = pol(
+            sel("10.0.0.0/8", "10.0.0.0/8"),
+            1,
+            0,
+            PolicyAction::Allow,
+            vec![],
+        );
+        let mut q = p.clone();
+        q.priority = 7;
+        q.index = 1;
+        assert_eq!(
+            XfrmDb::new(vec![], vec![p.clone(), q.clone()]).unwrap_err(),
+            DbError::DuplicatePolicy(1)
+        );
+        q.dir = PolicyDir::In;
+        assert!(XfrmDb::new(vec![], vec![p, q]).is_ok());
+    }
+
+    #[test]
+    fn template_resolution() {
+        let mut a = esp_cfg(0x10, "192.0.2.1", "192.0.2.2", XfrmMode::Tunnel);
+        a.reqid = 1;
+        let mut b = esp_cfg(0x11, "192.0.2.1", "192.0.2.2", XfrmMode::Tunnel);
+        b.reqid = 1; // newer: preferred over a
+        let mut c = ah_cfg(
+            0x20,
+            "10.1.0.1",
+            "10.2.0.1",
+            XfrmMode::Transport,
+            AuthAlgo::HmacSha1,
+        );
+        c.reqid = 2;
+        let db = XfrmDb::new(vec![a, b, c], vec![]).unwrap();
+        let f = flow("10.1.0.1", "10.2.0.1");
+        let t = tmpl("192.0.2.2", XfrmProto::Esp, XfrmMode::Tunnel, 1);
+        assert_eq!(db.state_find(&t, &f).unwrap().spi(), 0x11);
+        // A dying SA loses against a fresh one.
+        db.state(1).unwrap().set_dying();
+        assert_eq!(db.state_find(&t, &f).unwrap().spi(), 0x10);
+        // spi pinned by the template.
+        let mut t2 = t;
+        t2.spi = Some(0x11);
+        assert_eq!(db.state_find(&t2, &f).unwrap().spi(), 0x11);
+        // reqid, mode, proto must match.
+        assert!(db
+            .state_find(&tmpl("192.0.2.2", XfrmProto::Esp, XfrmMode::Tunnel, 9), &f)
+            .is_none());
+        assert!(db
+            .state_find(&tmpl("192.0.2.2", XfrmProto::Ah, XfrmMode::Tunnel, 1), &f)
+            .is_none());
+        // Transport: the SA's source must be the flow's source.
+        let tt = tmpl("10.2.0.1", XfrmProto::Ah, XfrmMode::Transport, 2);
+        assert_eq!(db.state_find(&tt, &f).unwrap().spi(), 0x20);
+        assert!(db.state_find(&tt, &flow("10.1.0.9", "10.2.0.1")).is_none());
+        // An expired SA is not found.
+        db.state(2)
+            .unwrap()
+            .set_km_state(super::super::state::KmState::Expired);
+        assert!(db.state_find(&tt, &f).is_none());
+
+        let p = pol(
+            sel("10.0.0.0/8", "10.0.0.0/8"),
+            1,
+            0,
+            PolicyAction::Allow,
+            vec![t, tt],
+        );
+        let mut out = [None; XFRM_MAX_DEPTH];
+        assert_eq!(
+            db.tmpl_resolve(&p, &f, &mut out),
+            Err(XfrmStat::XfrmOutNoStates)
+        );
+        let mut p2 = p.clone();
+        p2.templates[1].level = TmplLevel::Use;
+        assert_eq!(db.tmpl_resolve(&p2, &f, &mut out), Ok(1));
+        assert_eq!(out[0].unwrap().spi(), 0x10);
+    }
+
+    #[test]
+    fn cross_family_tunnel_needs_af_unspec_or_a_selector() {
+        let mut s = esp_cfg(0x10, "fd00::1", "fd00::2", XfrmMode::Tunnel);
+        let f4 = flow("10.1.0.1", "10.2.0.1");
+        let t = tmpl("fd00::2", XfrmProto::Esp, XfrmMode::Tunnel, 1);
+        let db = XfrmDb::new(vec![s.clone()], vec![]).unwrap();
+        assert!(db.state_find(&t, &f4).is_none());
+        s.flags.af_unspec = true;
+        let db = XfrmDb::new(vec![s.clone()], vec![]).unwrap();
+        assert!(db.state_find(&t, &f4).is_some());
+        s.flags.af_unspec = false;
+        s.selector = Some(sel("10.1.0.0/16", "10.2.0.0/16"));
+        let db = XfrmDb::new(vec![s], vec![]).unwrap();
+        assert!(db.state_find(&t, &f4).is_some());
+        assert!(db.state_find(&t, &flow("10.9.0.1", "10.2.0.1")).is_none());
+    }
+}
