@@ -551,6 +551,32 @@ mod tests {
         eprintln!("wycheproof aes_gmac: {valid} valid, {invalid} invalid vectors checked");
     }
 
+    /// Lengths around the 8-block (128-byte) chunks of the portable path, up to the
+    /// largest IPv4 packet: ring and portable agree and open each other's output.
+    #[test]
+    fn chunk_boundaries_and_large() {
+        let k = GcmKey::new(&[0x3c; 32], [9, 8, 7, 6]).unwrap();
+        let iv = [0x11; 8];
+        let aad = [0x22u8; 12];
+        for len in [
+            0, 1, 15, 16, 17, 127, 128, 129, 255, 256, 257, 1400, 9000, 65535,
+        ] {
+            let pt: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let (mut a, mut b) = (pt.clone(), pt.clone());
+            let (mut ta, mut tb) = ([0u8; 16], [0u8; 16]);
+            k.seal_in_place(&iv, &aad, &mut a, &mut ta).unwrap();
+            k.portable()
+                .seal_in_place(&iv, &aad, &mut b, &mut tb)
+                .unwrap();
+            assert_eq!((&a, ta), (&b, tb), "len {len}");
+            assert!(len == 0 || a != pt, "len {len}: not encrypted");
+            k.portable().open_in_place(&iv, &aad, &mut a, &ta).unwrap();
+            assert_eq!(a, pt, "len {len}");
+            k.open_in_place(&iv, &aad, &mut b, &tb[..12]).unwrap();
+            assert_eq!(b, pt, "len {len}");
+        }
+    }
+
     #[test]
     fn bad_lengths() {
         assert_eq!(
