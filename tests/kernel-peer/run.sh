@@ -10,7 +10,7 @@
 #       3 when the guest ran them all but some have an error status, 1 when the guest failed.
 #
 # Options: --timeout SECONDS (whole boot; default 60 + 15 per case), --quiet-ms N (how long
-# the guest waits for stragglers after the last packet, default 400).
+# the guest waits for stragglers after the last packet, default 300).
 # Builds the guest first if needed (build.sh). Needs root (apt-get on first use).
 set -euo pipefail
 
@@ -21,7 +21,7 @@ OUT="$ROOT/.tools/kernel-peer"
 die() { echo "kernel-peer: $*" >&2; exit 1; }
 usage() { sed -n '2,16s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
-CONFIG="" MODE="" IN="" OUTPCAP="" SETUP="" KEEP="" BATCH="" TIMEOUT="" QUIET_MS=400
+CONFIG="" MODE="" IN="" OUTPCAP="" SETUP="" KEEP="" BATCH="" TIMEOUT="" QUIET_MS=300
 while (($#)); do
     case "$1" in
     --config) CONFIG="$2"; shift 2 ;;

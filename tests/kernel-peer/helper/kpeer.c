@@ -36,6 +36,7 @@
 #include <linux/netfilter/nfnetlink_log.h>
 #include <linux/netlink.h>
 #include <linux/udp.h>
+#include <linux/xfrm.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -476,6 +477,22 @@ static void encap_open(const char *spec)
 		die("--encap %s: bind: %s", spec, strerror(errno));
 	if (setsockopt(fd, IPPROTO_UDP, UDP_ENCAP, &t, sizeof(t)) < 0)
 		die("--encap %s: UDP_ENCAP: %s", spec, strerror(errno));
+	/* The UDP datagrams carrying ESP are checked against the in policies before the encap
+	 * handler sees them (udp_queue_rcv_one_skb); a transport-mode policy between the two
+	 * hosts would drop them as plaintext (XfrmInTmplMismatch). IKE daemons give their NAT-T
+	 * socket a bypass policy, in and out; so does this. */
+	for (int dir = XFRM_POLICY_IN; dir <= XFRM_POLICY_OUT; dir++) {
+		struct xfrm_userpolicy_info pol;
+		memset(&pol, 0, sizeof(pol));
+		pol.action = XFRM_POLICY_ALLOW;
+		pol.dir = (uint8_t)dir;
+		pol.sel.family = (uint16_t)af;
+		pol.lft.soft_byte_limit = pol.lft.hard_byte_limit = XFRM_INF;
+		pol.lft.soft_packet_limit = pol.lft.hard_packet_limit = XFRM_INF;
+		if (setsockopt(fd, af == AF_INET ? IPPROTO_IP : IPPROTO_IPV6,
+			       af == AF_INET ? IP_XFRM_POLICY : IPV6_XFRM_POLICY, &pol, sizeof(pol)) < 0)
+			die("--encap %s: bypass policy: %s", spec, strerror(errno));
+	}
 	encap_fds[nencap++] = fd;
 }
 
