@@ -15,6 +15,7 @@
 //!     subset of the variants);
 //!   - `drop_counters_match_linux`: where packets must be dropped, the same xfrm_stat
 //!     counters move on both sides.
+//!
 //! Linux runs in a qemu guest (tests/kernel-peer/): one boot runs all the Linux-encrypts and
 //! Linux-decrypts-ours cases, a second one the self-check. Root only (apt-get on first use).
 
@@ -481,6 +482,9 @@ fn plaintext(v: &Variant) -> Vec<Vec<u8>> {
     p
 }
 
+/// Packets out of `xfrm-user pcap`, and the counters it printed.
+type PcapRun = Result<(Vec<Vec<u8>>, BTreeMap<String, u64>), String>;
+
 // ---- our side: xfrm-user pcap ------------------------------------------------------------------
 
 fn work_dir() -> PathBuf {
@@ -491,12 +495,7 @@ fn work_dir() -> PathBuf {
 
 /// `xfrm-user pcap --config CONFIG --dir DIR --in … --out …` through the library entry the
 /// command line calls. Returns the output packets and the counters it printed.
-fn ours(
-    tag: &str,
-    config: &str,
-    dir: xfrm_user::pcap::Direction,
-    input: &[Vec<u8>],
-) -> Result<(Vec<Vec<u8>>, BTreeMap<String, u64>), String> {
+fn ours(tag: &str, config: &str, dir: xfrm_user::pcap::Direction, input: &[Vec<u8>]) -> PcapRun {
     let base = work_dir().join(tag);
     let cfg = base.with_extension("conf");
     let inp = base.with_extension("in.pcap");
@@ -518,7 +517,7 @@ struct Run {
     v: Variant,
     plain: Vec<Vec<u8>>,
     /// Our --dir out over the plaintext (or why it failed).
-    ours_out: Result<(Vec<Vec<u8>>, BTreeMap<String, u64>), String>,
+    ours_out: PcapRun,
     linux_enc: CaseResult,
     /// Linux decrypting ours_out (None when ours failed).
     linux_dec_ours: Option<CaseResult>,
