@@ -14,7 +14,10 @@
 //!   - `linux_roundtrip_selfcheck`: Linux encrypts, Linux decrypts (the harness itself, on a
 //!     subset of the variants);
 //!   - `drop_counters_match_linux`: where packets must be dropped, the same xfrm_stat
-//!     counters move on both sides.
+//!     counters move on both sides;
+//!   - `scapy_peer_decrypts_linux`: the independent peer of tests/interop (Scapy and
+//!     `cryptography`) decrypts and checks what Linux sent: the harness captures real ESP/AH,
+//!     and the peer's model of Linux's layout is held against Linux itself.
 //!
 //! Linux runs in a qemu guest (tests/kernel-peer/): one boot runs all the Linux-encrypts and
 //! Linux-decrypts-ours cases, a second one the self-check. Root only (apt-get on first use).
@@ -948,4 +951,156 @@ fn linux_roundtrip_selfcheck() {
         }
     }
     finish("linux_roundtrip_selfcheck", failures);
+}
+
+/// The SAs of a variant as tests/interop/ipsec_peer.py describes them (template order).
+fn peer_sa_json(v: &Variant) -> String {
+    let (a, b) = gateways(v.outer);
+    let mut sas = Vec::new();
+    for (i, x) in v.xforms.iter().enumerate() {
+        let seed = i as u8 + 1;
+        let mode = if v.tunnel && i == 0 {
+            "tunnel"
+        } else {
+            "transport"
+        };
+        let (proto, alg) = match *x {
+            Xf::Gcm { key_bits, icv_bits } => (
+                "esp",
+                format!(
+                    r#""aead": {{"name": "rfc4106(gcm(aes))", "key": "{}", "icv_bits": {icv_bits}}}"#,
+                    hex(&key_bytes(key_bits / 8 + 4, seed))
+                ),
+            ),
+            Xf::Gmac { key_bits } => (
+                "esp",
+                format!(
+                    r#""aead": {{"name": "rfc4543(gcm(aes))", "key": "{}", "icv_bits": 128}}"#,
+                    hex(&key_bytes(key_bits / 8 + 4, seed))
+                ),
+            ),
+            Xf::AhSha256 => (
+                "ah",
+                format!(
+                    r#""auth": {{"name": "hmac(sha256)", "key": "{}", "trunc_bits": 128}}"#,
+                    hex(&key_bytes(32, seed))
+                ),
+            ),
+            Xf::AhSha1 => (
+                "ah",
+                format!(
+                    r#""auth": {{"name": "hmac(sha1)", "key": "{}", "trunc_bits": 96}}"#,
+                    hex(&key_bytes(20, seed))
+                ),
+            ),
+        };
+        let mut flags: Vec<String> = Vec::new();
+        if v.esn {
+            flags.push("esn".into());
+        }
+        if v.tunnel && v.inner != v.outer {
+            flags.push("af-unspec".into());
+        }
+        if v.align4 && proto == "ah" {
+            flags.push("align4".into());
+        }
+        flags.extend(v.flags.iter().map(|f| f.to_string()));
+        let mut extra_flags = Vec::new();
+        let mut tfcpad = 0;
+        let words: Vec<&str> = v.extra.split_whitespace().collect();
+        for w in words.windows(2) {
+            match w {
+                ["extra-flag", f] => extra_flags.push(format!("{f:?}")),
+                ["tfcpad", n] => tfcpad = n.parse().unwrap(),
+                _ => {}
+            }
+        }
+        let encap = match (v.encap, proto) {
+            (Some(e), "esp") => {
+                format!(r#", "encap": {{"type": "{e}", "sport": 4500, "dport": 4500}}"#)
+            }
+            _ => String::new(),
+        };
+        sas.push(format!(
+            r#"{{"proto": "{proto}", "spi": {}, "mode": "{mode}", "src": "{a}", "dst": "{b}", {alg}, "flags": {:?}, "extra_flags": [{}], "tfcpad": {tfcpad}, "replay_window": 64, "seq": {}{encap}}}"#,
+            spi(i),
+            flags,
+            extra_flags.join(", "),
+            v.start + 1,
+        ));
+    }
+    format!(r#"{{"sas": [{}]}}"#, sas.join(", "))
+}
+
+/// The interop peer's python (tests/interop/setup.sh makes the venv; run here when missing).
+fn peer_python() -> PathBuf {
+    let root = kernel_peer::repo_root();
+    let py = root.join(".tools/venv/bin/python");
+    if !py.exists() {
+        let st = std::process::Command::new(root.join("tests/interop/setup.sh"))
+            .arg("--no-tshark")
+            .status()
+            .expect("run tests/interop/setup.sh");
+        assert!(st.success(), "tests/interop/setup.sh --no-tshark failed");
+    }
+    py
+}
+
+#[test]
+fn scapy_peer_decrypts_linux() {
+    let Some(runs) = boot() else { return };
+    let py = peer_python();
+    let dir = work_dir().join("scapy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut jobs = Vec::new();
+    for r in runs {
+        let sa = dir.join(format!("{}.sa.json", r.v.name));
+        std::fs::write(&sa, peer_sa_json(&r.v)).unwrap();
+        jobs.push(format!(
+            r#"{{"cmd": "decrypt", "name": "{}", "sa": "{}", "in": "{}", "out": "{}", "report": "{}"}}"#,
+            r.v.name,
+            sa.display(),
+            r.linux_enc.dir.join("out.pcap").display(),
+            dir.join(format!("{}.plain.pcap", r.v.name)).display(),
+            dir.join(format!("{}.report.jsonl", r.v.name)).display(),
+        ));
+    }
+    let jobs_file = dir.join("jobs.json");
+    std::fs::write(&jobs_file, format!("[{}]", jobs.join(",\n"))).unwrap();
+    let out = std::process::Command::new(&py)
+        .arg(kernel_peer::repo_root().join("tests/interop/ipsec_peer.py"))
+        .arg("batch")
+        .arg(&jobs_file)
+        .output()
+        .expect("run tests/interop/ipsec_peer.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<&str> = stdout.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(
+        answers.len(),
+        runs.len(),
+        "the peer answered {} of {} jobs: {}",
+        answers.len(),
+        runs.len(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut failures = Vec::new();
+    for (r, answer) in runs.iter().zip(answers) {
+        if !answer.contains(r#""ok": true"#) {
+            failures.push(format!(
+                "{}: the peer rejects Linux's packets: {answer}",
+                r.v.name
+            ));
+            continue;
+        }
+        let plain = kernel_peer::read_pcap(&dir.join(format!("{}.plain.pcap", r.v.name)));
+        failures.extend(compare_packets(
+            &format!(
+                "{}: the peer's decryption of Linux's output vs the plaintext",
+                r.v.name
+            ),
+            &plain,
+            expected_plain(r),
+        ));
+    }
+    finish("scapy_peer_decrypts_linux", failures);
 }
