@@ -526,9 +526,29 @@ struct Run {
     linux_dec_ours: Option<CaseResult>,
 }
 
-/// One boot for all variants: Linux encrypts the plaintext; Linux decrypts our output.
-fn boot() -> Option<&'static [Run]> {
-    static BOOT: OnceLock<Vec<Run>> = OnceLock::new();
+/// A decrypt case built to be (partly) rejected: the same input goes to Linux and to ours.
+struct Hostile {
+    name: &'static str,
+    config: String,
+    input: Vec<Vec<u8>>,
+    /// What Linux must decapsulate (its output is taken before the policy check).
+    linux_decap: Vec<Vec<u8>>,
+    /// What `xfrm-user pcap --dir in` must write (after the policy check; non-ESP packets it
+    /// passes to the host are copied).
+    ours_out: Vec<Vec<u8>>,
+    /// Datagrams Linux's NAT-T socket must receive (IKE), when checked.
+    encap_datagrams: Option<u32>,
+}
+
+struct Boot {
+    runs: Vec<Run>,
+    hostile: Result<Vec<(Hostile, CaseResult)>, String>,
+}
+
+/// One boot for everything: Linux encrypts the plaintext of every variant, decrypts our
+/// output of every variant, and decrypts the hostile inputs.
+fn boot() -> Option<&'static Boot> {
+    static BOOT: OnceLock<Boot> = OnceLock::new();
     if !root_or_skip("interop_linux") {
         return None;
     }
@@ -560,8 +580,20 @@ fn boot() -> Option<&'static [Run]> {
             }
             pre.push((v.clone(), plain, ours_out));
         }
+        let hostile = hostile_cases(&pre);
+        if let Ok(hs) = &hostile {
+            for h in hs {
+                cases.push(Case {
+                    name: format!("hostile-{}", h.name),
+                    mode: Mode::Decrypt,
+                    config: h.config.clone(),
+                    input: h.input.clone(),
+                });
+            }
+        }
         let mut results = run_batch("linux-peer", &cases).into_iter();
-        pre.into_iter()
+        let runs = pre
+            .into_iter()
             .map(|(v, plain, ours_out)| {
                 let linux_enc = results.next().unwrap();
                 let linux_dec_ours = ours_out.is_ok().then(|| results.next().unwrap());
@@ -573,8 +605,208 @@ fn boot() -> Option<&'static [Run]> {
                     linux_dec_ours,
                 }
             })
-            .collect()
+            .collect();
+        let hostile = hostile.map(|hs| {
+            hs.into_iter()
+                .map(|h| (h, results.next().unwrap()))
+                .collect()
+        });
+        Boot { runs, hostile }
     }))
+}
+
+fn runs() -> Option<&'static [Run]> {
+    boot().map(|b| &b.runs[..])
+}
+
+/// Recomputes the IPv4 total length and header checksum, or the IPv6 payload length.
+fn fix_len(mut p: Vec<u8>) -> Vec<u8> {
+    let n = p.len();
+    if p[0] >> 4 == 4 {
+        let ihl = usize::from(p[0] & 15) * 4;
+        p[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+        p[10..12].copy_from_slice(&[0, 0]);
+        let c = craft::checksum(&p[..ihl]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        p[4..6].copy_from_slice(&((n - 40) as u16).to_be_bytes());
+    }
+    p
+}
+
+fn flip(p: &[u8], at: usize) -> Vec<u8> {
+    let mut q = p.to_vec();
+    q[at] ^= 0x01;
+    q
+}
+
+/// The hostile inputs, from our (correct) output for a few variants: replays, the edge of the
+/// window, ESN across 2^32 out of order, tampered ICV and ciphertext, an unknown SPI,
+/// truncated ESP, tampered AH, NAT-T keepalive and IKE on the encap port, an inner packet no
+/// policy accepts.
+fn hostile_cases(pre: &[(Variant, Vec<Vec<u8>>, PcapRun)]) -> Result<Vec<Hostile>, String> {
+    type Packets = Vec<Vec<u8>>;
+    let get = |name: &str| -> Result<(&Variant, &Packets, &Packets), String> {
+        let (v, plain, out) = pre
+            .iter()
+            .find(|(v, _, _)| v.name == name)
+            .ok_or(format!("no variant {name}"))?;
+        let (wire, _) = out.as_ref().map_err(|e| e.clone())?;
+        if wire.len() != plain.len() {
+            return Err(format!(
+                "{name}: we sent {} of {} packets",
+                wire.len(),
+                plain.len()
+            ));
+        }
+        Ok((v, plain, wire))
+    };
+    let mut hs = Vec::new();
+
+    let (v, p, w) = get("t44-gcm128")?;
+    let cfg = config_receiver(v);
+    let pick = |src: &[Vec<u8>], idx: &[usize]| idx.iter().map(|&i| src[i].clone()).collect();
+    let h = |name, config: &String, input, decap: Vec<Vec<u8>>| Hostile {
+        name,
+        config: config.clone(),
+        input,
+        ours_out: decap.clone(),
+        linux_decap: decap,
+        encap_datagrams: None,
+    };
+    hs.push(h(
+        "replay",
+        &cfg,
+        pick(w, &[0, 2, 1, 1, 0, 3]),
+        pick(p, &[0, 2, 1, 3]),
+    ));
+    let n = w[1].len();
+    hs.push(h(
+        "tamper-esp",
+        &cfg,
+        vec![
+            w[0].clone(),
+            flip(&w[1], n - 1),
+            flip(&w[2], 40),
+            w[3].clone(),
+        ],
+        pick(p, &[0, 3]),
+    ));
+    let mut bad_spi = w[0].clone();
+    bad_spi[20..24].copy_from_slice(&0xdead_0000u32.to_be_bytes());
+    hs.push(h(
+        "unknown-spi",
+        &cfg,
+        vec![bad_spi, w[1].clone()],
+        pick(p, &[1]),
+    ));
+    hs.push(h(
+        "truncated-esp",
+        &cfg,
+        vec![
+            fix_len(w[0][..30].to_vec()),
+            fix_len(w[1][..44].to_vec()),
+            w[2].clone(),
+        ],
+        pick(p, &[2]),
+    ));
+    // An inner packet that no fwd policy accepts (XfrmInNoPols), encrypted with the right SA.
+    let (a, b) = gateways(V4);
+    let stray = craft::packet(
+        addr("10.3.0.7"),
+        addr("10.2.0.9"),
+        UDP,
+        5000,
+        9,
+        &craft::payload(20, 3),
+        IpOpts::default(),
+    );
+    let stray_cfg = format!(
+        "{}policy add src 10.3.0.0/24 dst 10.2.0.0/24 dir out priority 100 tmpl src {a} dst {b} proto esp reqid 1 mode tunnel\n",
+        state_lines(v, false)
+    );
+    let (stray_wire, _) = ours(
+        "hostile-stray-out",
+        &stray_cfg,
+        xfrm_user::pcap::Direction::Out,
+        std::slice::from_ref(&stray),
+    )?;
+    hs.push(Hostile {
+        name: "no-policy",
+        config: cfg.clone(),
+        input: stray_wire,
+        linux_decap: vec![stray],
+        ours_out: vec![],
+        encap_datagrams: None,
+    });
+    // 70 packets: the window (64) is left behind.
+    let many: Vec<Vec<u8>> = (0..70u16)
+        .map(|i| {
+            let (_, _, s, d) = nets(V4);
+            let o = IpOpts {
+                id: 1000 + i,
+                ..IpOpts::default()
+            };
+            craft::packet(s, d, UDP, 6000 + i, 9, &craft::payload(10, i as u8), o)
+        })
+        .collect();
+    let (mw, _) = ours(
+        "hostile-window-out",
+        &config_sender(v),
+        xfrm_user::pcap::Direction::Out,
+        &many,
+    )?;
+    if mw.len() != many.len() {
+        return Err(format!(
+            "window: we sent {} of {} packets",
+            mw.len(),
+            many.len()
+        ));
+    }
+    // seq 70 first; then seq 1 and seq 6 are 64 or more behind it (rejected), seq 7 is the
+    // oldest the window accepts, and seq 70 again is a replay.
+    hs.push(h(
+        "window-edge",
+        &cfg,
+        pick(&mw, &[69, 0, 5, 6, 69]),
+        pick(&many, &[69, 6]),
+    ));
+
+    // ESN, the window straddling 2^32: the receiver's last seen is 0xfffffffc.
+    let (v, p, w) = get("t44-gcm128-esn")?;
+    hs.push(h(
+        "esn-wrap-reorder",
+        &config_receiver(v),
+        pick(w, &[4, 0, 3, 3, 1]),
+        pick(p, &[4, 0, 3, 1]),
+    ));
+
+    let (v, p, w) = get("tr6-ah-sha256")?;
+    let n = w[1].len();
+    hs.push(h(
+        "tamper-ah",
+        &config_receiver(v),
+        vec![w[0].clone(), flip(&w[1], n - 1), w[2].clone()],
+        pick(p, &[0, 2]),
+    ));
+
+    // RFC 3948: a keepalive (one 0xff byte) is dropped, IKE (non-ESP marker) goes to the
+    // socket, and ESP around them is decapsulated.
+    let (v, p, w) = get("t44-gcm128-natt")?;
+    let (a, b) = gateways(V4);
+    let keepalive = craft::packet(a, b, UDP, 4500, 4500, &[0xff], IpOpts::default());
+    let mut ike_payload = vec![0u8; 4];
+    ike_payload.extend(craft::payload(28, 1));
+    let ike = craft::packet(a, b, UDP, 4500, 4500, &ike_payload, IpOpts::default());
+    hs.push(Hostile {
+        name: "natt-keepalive-ike",
+        config: config_receiver(v),
+        input: vec![w[0].clone(), keepalive, ike.clone(), w[1].clone()],
+        linux_decap: pick(p, &[0, 1]),
+        ours_out: vec![p[0].clone(), ike, p[1].clone()],
+        encap_datagrams: Some(1),
+    });
+    Ok(hs)
 }
 
 fn expected_plain(r: &Run) -> &[Vec<u8>] {
@@ -635,7 +867,7 @@ fn finish(test: &str, failures: Vec<String>) {
 
 #[test]
 fn linux_decrypts_ours() {
-    let Some(runs) = boot() else { return };
+    let Some(runs) = runs() else { return };
     let mut failures = Vec::new();
     for r in runs {
         let name = &r.v.name;
@@ -668,7 +900,7 @@ fn linux_decrypts_ours() {
 
 #[test]
 fn ours_decrypts_linux() {
-    let Some(runs) = boot() else { return };
+    let Some(runs) = runs() else { return };
     let mut failures = Vec::new();
     for r in runs {
         let name = &r.v.name;
@@ -746,7 +978,7 @@ fn allowed_difference(
 
 #[test]
 fn wire_layout_matches_linux() {
-    let Some(runs) = boot() else { return };
+    let Some(runs) = runs() else { return };
     let mut failures = Vec::new();
     let mut report = String::new();
     for r in runs {
@@ -861,7 +1093,7 @@ fn wire_layout_matches_linux() {
 
 #[test]
 fn drop_counters_match_linux() {
-    let Some(runs) = boot() else { return };
+    let Some(runs) = runs() else { return };
     let mut failures = Vec::new();
     for r in runs {
         let Ok((_, ours_stats)) = &r.ours_out else {
@@ -899,7 +1131,7 @@ fn drop_counters_match_linux() {
 
 #[test]
 fn linux_roundtrip_selfcheck() {
-    let Some(runs) = boot() else { return };
+    let Some(runs) = runs() else { return };
     // One variant per family, mode, protocol, NAT-T and ESN: enough to show that what the
     // harness captures on encryption is what the kernel accepts on decryption.
     const SUBSET: &[&str] = &[
@@ -1048,7 +1280,7 @@ fn peer_python() -> PathBuf {
 
 #[test]
 fn scapy_peer_decrypts_linux() {
-    let Some(runs) = boot() else { return };
+    let Some(runs) = runs() else { return };
     let py = peer_python();
     let dir = work_dir().join("scapy");
     std::fs::create_dir_all(&dir).unwrap();
@@ -1103,4 +1335,67 @@ fn scapy_peer_decrypts_linux() {
         ));
     }
     finish("scapy_peer_decrypts_linux", failures);
+}
+
+#[test]
+fn input_drops_match_linux() {
+    let Some(b) = boot() else { return };
+    let hs = match &b.hostile {
+        Ok(hs) => hs,
+        Err(e) => panic!("building the hostile inputs failed: {e}"),
+    };
+    let mut failures = Vec::new();
+    for (h, linux) in hs {
+        let name = h.name;
+        if !linux.ok() {
+            failures.push(format!("{name}: {}", linux.describe()));
+            continue;
+        }
+        let mut bad = compare_packets(
+            &format!("{name}: Linux's decapsulated packets"),
+            &linux.output,
+            &h.linux_decap,
+        );
+        let (got, ours_stats) = match ours(
+            &format!("hostile-{name}-in"),
+            &h.config,
+            xfrm_user::pcap::Direction::In,
+            &h.input,
+        ) {
+            Ok(x) => x,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        bad.extend(compare_packets(
+            &format!("{name}: our output"),
+            &got,
+            &h.ours_out,
+        ));
+        let only_in = |m: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
+            m.iter()
+                .filter(|(k, _)| k.starts_with("XfrmIn"))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect()
+        };
+        let (l, o) = (only_in(&linux.stats), only_in(&ours_stats));
+        if l != o {
+            bad.push(format!("{name}: input counters: Linux {l:?}, ours {o:?}"));
+        }
+        if let Some(n) = h.encap_datagrams {
+            let report = std::fs::read_to_string(linux.dir.join("report")).unwrap_or_default();
+            if !report.contains(&format!("encap_datagrams {n}\n")) {
+                bad.push(format!(
+                    "{name}: Linux's NAT-T socket did not get {n} datagram(s)"
+                ));
+            }
+        }
+        if !bad.is_empty() {
+            failures.push(format!("{}\n{}", bad.join("\n"), linux.describe()));
+        } else {
+            note(&format!("{name}: Linux and ours agree: {l:?}"));
+        }
+    }
+    finish("input_drops_match_linux", failures);
 }
