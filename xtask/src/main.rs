@@ -1,1 +1,202 @@
-fn main() {}
+//! `cargo xtask setup | build-ebpf | run | test | bench`: every command a developer or CI needs,
+//! with the toolchain bootstrap inside (nothing is installed by hand).
+
+mod ebpf;
+mod run;
+mod setup;
+mod util;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "xfrm-ebpf developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need (idempotent, fast when done).
+    Setup {
+        /// Only these steps (by name, see `cargo xtask setup --list`).
+        #[arg(long = "only")]
+        only: Vec<String>,
+        /// Print the step names and exit.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Build the XDP object with nightly for bpfel-unknown-none.
+    BuildEbpf {
+        /// Build the eBPF crate in debug mode (the default is release, as the verifier needs).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// The demo: build everything, bring up a veth topology in namespaces, load and attach the
+    /// classifier, show its counters; Ctrl-C tears everything down.
+    Run {
+        /// Seconds to run before tearing down (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// XDP attach mode.
+        #[arg(long, default_value = "native")]
+        xdp_mode: String,
+    },
+    /// setup, build-ebpf, fmt --check, clippy -D warnings, cargo test for the workspace
+    /// (root-only integration tests included when run as root).
+    Test {
+        /// Skip the setup step (for quick local iterations).
+        #[arg(long)]
+        no_setup: bool,
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Benchmarks (`cargo bench -p xfrm-user`).
+    Bench {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    // The error chain, without the backtrace a RUST_BACKTRACE in the environment would add.
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup { only, list } => {
+            if list {
+                for step in setup::STEPS {
+                    println!("{:<12} {}", step.name, step.about);
+                }
+                return Ok(());
+            }
+            setup::run(&only)
+        }
+        Cmd::BuildEbpf { debug } => ebpf::build(!debug).map(|p| {
+            println!("eBPF object: {}", p.display());
+        }),
+        Cmd::Run { duration, xdp_mode } => run::demo(duration, &xdp_mode),
+        Cmd::Test {
+            no_setup,
+            cargo_test_args,
+        } => test(no_setup, &cargo_test_args),
+        Cmd::Bench { args } => {
+            let mut cmd = util::cargo();
+            cmd.args(["bench", "-p", "xfrm-user"]).args(args);
+            util::run(&mut cmd)
+        }
+    }
+}
+
+/// The CI gate. Every step must pass; the first failure stops it with a non-zero exit.
+fn test(no_setup: bool, extra: &[String]) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    if !no_setup {
+        setup::run(&[])?;
+    }
+    let obj = ebpf::build(true)?;
+
+    util::section("cargo fmt --check");
+    util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
+    // The eBPF crate is its own workspace: check its formatting too.
+    util::run(
+        util::cargo()
+            .current_dir(util::repo_root().join("xfrm-ebpf"))
+            .args(["fmt", "--all", "--check"]),
+    )?;
+
+    util::section("cargo clippy (user-side crates) -D warnings");
+    util::run(util::cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+
+    util::section("cargo test --workspace");
+    if !util::is_root() {
+        println!(
+            "note: not root: the integration tests that need CAP_NET_ADMIN/CAP_BPF will print \
+             SKIP and pass; run as root (CI does) to run them"
+        );
+    }
+    let totals = run_tests_counted(
+        util::cargo()
+            .args(["test", "--workspace"])
+            .args(extra)
+            .env("XFRM_BPF_OBJ", &obj),
+    )?;
+    println!("xtask test: all steps passed in {:.0?}", t0.elapsed());
+    // The closing line CI readers look for: the sum over every test binary (the last
+    // binary cargo runs is a doc-test one with 0 tests, which alone would read as "no test").
+    println!(
+        "xtask-test: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    Ok(())
+}
+
+#[derive(Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its `test result:` lines.
+fn run_tests_counted(cmd: &mut std::process::Command) -> Result<TestTotals> {
+    use std::io::{BufRead, BufReader};
+    println!("$ {}", util::show(cmd));
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let mut totals = TestTotals::default();
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            totals.passed += count("passed");
+            totals.failed += count("failed");
+            totals.ignored += count("ignored");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        println!(
+            "xtask-test: {} passed, {} failed, {} skipped",
+            totals.passed,
+            totals.failed.max(1),
+            totals.ignored
+        );
+        bail!("cargo test failed ({status})");
+    }
+    Ok(totals)
+}

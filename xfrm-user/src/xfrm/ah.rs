@@ -164,14 +164,10 @@ fn ipv6_rearrange_rthdr(hdr: &mut [u8], at: usize, len: usize) -> Result<(), AhE
     Ok(())
 }
 
-/// ipv6_clear_mutable_options (output direction) over the extension headers in `hdr`.
-pub fn ipv6_clear_mutable_options(hdr: &mut [u8]) -> Result<(), AhError> {
-    ipv6_clear_mutable_options_dir(hdr, true)
-}
-
-/// ipv6_clear_mutable_options with its `dir`: the Home Address swap is done on output only
-/// (on input the mobility code has swapped it back before AH sees the packet).
-pub fn ipv6_clear_mutable_options_dir(hdr: &mut [u8], out: bool) -> Result<(), AhError> {
+/// ipv6_clear_mutable_options over the extension headers in `hdr`. `out`: the packet is
+/// being sent, so a Home Address option still has to be swapped into its final place
+/// (the kernel does that only for XFRM_POLICY_OUT; a received packet has it there already).
+pub fn ipv6_clear_mutable_options(hdr: &mut [u8], out: bool) -> Result<(), AhError> {
     let mut nexthdr = hdr[ipv6::NEXT_HEADER_OFFSET];
     let mut off = ipv6::HEADER_LEN;
     while off < hdr.len() {
@@ -202,17 +198,9 @@ pub fn ipv6_clear_mutable_options_dir(hdr: &mut [u8], out: bool) -> Result<(), A
 /// Copies the IP header (and the extension headers in front of AH) into `buf` with the
 /// mutable fields zeroed as the ICV wants them: IPv4 TOS, flags/fragment offset, TTL,
 /// checksum and the mutable options; IPv6 traffic class, flow label, hop limit and the
-/// mutable option data / routing addresses. Returns the copy.
+/// mutable option data / routing addresses. `out` as in `ipv6_clear_mutable_options` and
+/// `ip_clear_mutable_options_dir` (ah_input passes false). Returns the copy.
 pub fn ah_icv_header<'b>(
-    hdr: &[u8],
-    v6: bool,
-    buf: &'b mut [u8; MAX_ICV_HEADER],
-) -> Result<&'b [u8], AhError> {
-    ah_icv_header_dir(hdr, v6, true, buf)
-}
-
-/// `ah_icv_header` for output (`out`) or input (see the `_dir` option clearers).
-pub fn ah_icv_header_dir<'b>(
     hdr: &[u8],
     v6: bool,
     out: bool,
@@ -230,7 +218,7 @@ pub fn ah_icv_header_dir<'b>(
         c[2] = 0;
         c[3] = 0;
         c[7] = 0;
-        ipv6_clear_mutable_options_dir(c, out)?;
+        ipv6_clear_mutable_options(c, out)?;
     } else {
         c[1] = 0; // tos
         c[6] = 0; // frag_off
@@ -284,7 +272,7 @@ pub fn ah_output(
         a.icv_mut().fill(0);
     }
     let mut hbuf = [0u8; MAX_ICV_HEADER];
-    let hdr = ah_icv_header(&data[..l.xfrm_off], l.v6, &mut hbuf)?;
+    let hdr = ah_icv_header(&data[..l.xfrm_off], l.v6, true, &mut hbuf)?;
     let mut seqhi = [0u8; 4];
     put32(&mut seqhi, 0, (seq >> 32) as u32);
     let parts_esn: [&[u8]; 3] = [hdr, &data[l.xfrm_off..], &seqhi];
@@ -351,7 +339,7 @@ pub fn ah_input(
         return Err(AhInputError::Truncated);
     }
     let mut hbuf = [0u8; MAX_ICV_HEADER];
-    let hdr = ah_icv_header_dir(&data[..ah_off], v6, false, &mut hbuf)?;
+    let hdr = ah_icv_header(&data[..ah_off], v6, false, &mut hbuf)?;
     let icv_at = ah_off + ah::HEADER_LEN;
     // As ah_input: only the ICV itself is zeroed; padding after it counts as received.
     let zeros = [0u8; 64];
@@ -441,7 +429,7 @@ mod tests {
         h.extend_from_slice(&[0x33; 16]);
         h.extend_from_slice(&[0x44; 16]);
         let mut buf = [0u8; MAX_ICV_HEADER];
-        let c = ah_icv_header(&h, true, &mut buf).unwrap().to_vec();
+        let c = ah_icv_header(&h, true, true, &mut buf).unwrap().to_vec();
         assert_eq!(
             &c[0..4],
             &[0x60, 0, 0, 0],
@@ -456,6 +444,6 @@ mod tests {
         // Broken chain.
         let mut bad = h.clone();
         bad[41] = 9;
-        assert!(ah_icv_header(&bad, true, &mut buf).is_err());
+        assert!(ah_icv_header(&bad, true, true, &mut buf).is_err());
     }
 }

@@ -1,0 +1,426 @@
+//! Loading the XDP object (aya), attaching it, filling its maps, reading its counters, and
+//! forwarding its aya-log records to the `log` crate.
+//!
+//! The object is found at run time, not embedded: `cargo build`/`clippy` of the user-space crates
+//! then works on a machine without nightly or bpf-linker. Order: `--bpf PATH`, then
+//! `$XFRM_BPF_OBJ`, then `xfrm-ebpf.o` beside the executable (deployments), then the output of
+//! `cargo xtask build-ebpf` in this source tree.
+
+use std::{
+    os::fd::{AsFd, AsRawFd, RawFd},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    maps::{Array, MapData, PerCpuArray, XskMap},
+    programs::{
+        xdp::{XdpLinkId, XdpMode},
+        TestRun, TestRunOptions, Xdp,
+    },
+    Ebpf, EbpfLoader,
+};
+use aya_log::EbpfLogger;
+use xfrm_common::{
+    Config, PolicyRule, TableRef, XdpMeta, COUNTER_COUNT, COUNTER_NAMES, MAP_CONFIG, MAP_COUNTERS,
+    MAP_POLICY_OUT, MAP_XSKS, MAX_POLICIES, PROG_CLASSIFY, PROG_PASS, XDP_META_LEN,
+};
+
+pub const ENV_BPF_OBJ: &str = "XFRM_BPF_OBJ";
+
+/// Where `cargo xtask build-ebpf` leaves the object in this source tree.
+pub fn default_object_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../xfrm-ebpf/target/bpfel-unknown-none/release/xfrm-ebpf")
+}
+
+/// The object to load: the first of `explicit`, `$XFRM_BPF_OBJ`, `xfrm-ebpf.o` next to the
+/// executable, the build output; an error lists what was tried.
+pub fn resolve_object(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        bail!("--bpf {}: no such file", p.display());
+    }
+    let mut tried = Vec::new();
+    if let Some(p) = std::env::var_os(ENV_BPF_OBJ) {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        bail!("${ENV_BPF_OBJ}={}: no such file", p.display());
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        tried.push(dir.join("xfrm-ebpf.o"));
+    }
+    tried.push(default_object_path());
+    for p in &tried {
+        if p.is_file() {
+            return Ok(p.clone());
+        }
+    }
+    bail!(
+        "no XDP object: build it with `cargo xtask build-ebpf`, or give --bpf PATH / ${ENV_BPF_OBJ} \
+         (tried {})",
+        tried
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// How the program is attached: `native` runs in the driver (veth supports it), `skb` is generic
+/// XDP after the skb is built (works everywhere, slower).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    Skb,
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "native" | "drv" | "driver" => Ok(Self::Native),
+            "skb" | "generic" => Ok(Self::Skb),
+            _ => bail!("xdp mode `{s}`: expected native or skb"),
+        }
+    }
+}
+
+impl AttachMode {
+    fn aya(self) -> XdpMode {
+        match self {
+            Self::Native => XdpMode::Driver,
+            Self::Skb => XdpMode::Skb,
+        }
+    }
+}
+
+/// Sum over CPUs of each verdict counter, named as in `xfrm_common::COUNTER_NAMES`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; COUNTER_COUNT]);
+
+impl Counters {
+    pub fn get(&self, c: xfrm_common::Counter) -> u64 {
+        self.0[c as usize]
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        COUNTER_NAMES.iter().copied().zip(self.0.iter().copied())
+    }
+}
+
+impl std::fmt::Display for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (name, v) in self.iter().filter(|(_, v)| *v != 0) {
+            if !first {
+                f.write_str(" ")?;
+            }
+            first = false;
+            write!(f, "{name}={v}")?;
+        }
+        if first {
+            f.write_str("(all zero)")?;
+        }
+        Ok(())
+    }
+}
+
+/// One BPF_PROG_TEST_RUN of the classifier.
+#[derive(Debug)]
+pub struct TestRunOutcome {
+    /// The XDP action (xdp_action::XDP_*).
+    pub action: u32,
+    /// The metadata the program wrote in front of the packet, if any.
+    pub meta: Option<XdpMeta>,
+    /// The packet as the program left it.
+    pub packet: Vec<u8>,
+}
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// The loaded XDP object: programs verified and in the kernel, maps reachable.
+pub struct Datapath {
+    ebpf: Ebpf,
+    /// Which POLICY_OUT slot is live (the other one is written on the next update).
+    live_slot: u32,
+    logs: Option<LogPump>,
+}
+
+impl Datapath {
+    /// Load and verify both programs; start forwarding the program's aya-log records to `log`.
+    /// The program's log level follows `log::max_level()` (RUST_LOG), so disabled levels cost
+    /// nothing in the kernel (the verifier prunes them).
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        let level = log::max_level() as u8;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, false)
+            .load(&bytes)
+            .with_context(|| format!("load {}", path.display()))?;
+        let logs = match EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(LogPump::start(logger)?),
+            Err(e) => {
+                log::warn!("eBPF logs unavailable: {e}");
+                None
+            }
+        };
+        for name in [PROG_CLASSIFY, PROG_PASS] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("{}: no program {name}", path.display()))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the verifier rejected {name}"))?;
+        }
+        let mut dp = Self {
+            ebpf,
+            live_slot: 0,
+            logs,
+        };
+        dp.set_out_policies(&[])?;
+        Ok(dp)
+    }
+
+    /// Load the object found by [`resolve_object`].
+    pub fn load_default(explicit: Option<&Path>) -> Result<Self> {
+        let path = resolve_object(explicit)?;
+        log::debug!("loading XDP object {}", path.display());
+        Self::load(&path)
+    }
+
+    fn prog(&mut self, name: &str) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()?)
+    }
+
+    /// Attach the classifier to `iface` (in the calling thread's network namespace). Detached
+    /// when the Datapath is dropped (a bpf_link).
+    pub fn attach_classifier(&mut self, iface: &str, mode: AttachMode) -> Result<XdpLinkId> {
+        self.prog(PROG_CLASSIFY)?
+            .attach(iface, mode.aya())
+            .with_context(|| format!("attach {PROG_CLASSIFY} to {iface} ({mode:?})"))
+    }
+
+    /// Attach the pass-everything program, e.g. to a veth peer that must accept XDP_TX and
+    /// redirected frames.
+    pub fn attach_pass(&mut self, iface: &str, mode: AttachMode) -> Result<XdpLinkId> {
+        self.prog(PROG_PASS)?
+            .attach(iface, mode.aya())
+            .with_context(|| format!("attach {PROG_PASS} to {iface} ({mode:?})"))
+    }
+
+    /// Replace the outbound rule table. The rules go to the idle slot, then one store to
+    /// CONFIG makes them live: a packet sees the old table or the new one, never a mix.
+    pub fn set_out_policies(&mut self, rules: &[PolicyRule]) -> Result<()> {
+        if rules.len() > MAX_POLICIES as usize {
+            bail!(
+                "{} outbound policies: the XDP table holds {MAX_POLICIES}",
+                rules.len()
+            );
+        }
+        let slot = self.live_slot ^ 1;
+        let table = TableRef::new(slot, rules.len() as u32);
+        {
+            let mut arr: Array<&mut MapData, PolicyRule> = Array::try_from(
+                self.ebpf
+                    .map_mut(MAP_POLICY_OUT)
+                    .ok_or_else(|| anyhow!("no map {MAP_POLICY_OUT}"))?,
+            )?;
+            for (i, r) in rules.iter().enumerate() {
+                arr.set(table.index(i as u32), r, 0)?;
+            }
+        }
+        let mut cfg: Array<&mut MapData, Config> = Array::try_from(
+            self.ebpf
+                .map_mut(MAP_CONFIG)
+                .ok_or_else(|| anyhow!("no map {MAP_CONFIG}"))?,
+        )?;
+        cfg.set(
+            0,
+            Config {
+                out: table,
+                flags: 0,
+            },
+            0,
+        )?;
+        self.live_slot = slot;
+        Ok(())
+    }
+
+    /// Put the AF_XDP socket `fd` in charge of receive queue `queue`.
+    pub fn set_socket(&mut self, queue: u32, fd: RawFd) -> Result<()> {
+        let mut map: XskMap<&mut MapData> = XskMap::try_from(
+            self.ebpf
+                .map_mut(MAP_XSKS)
+                .ok_or_else(|| anyhow!("no map {MAP_XSKS}"))?,
+        )?;
+        map.set(queue, fd, 0)
+            .with_context(|| format!("XSKS[{queue}] = fd {fd}"))?;
+        Ok(())
+    }
+
+    /// Remove the socket of `queue` (what a dead worker amounts to: the program then drops).
+    pub fn clear_socket(&mut self, queue: u32) -> Result<()> {
+        let mut map: XskMap<&mut MapData> = XskMap::try_from(
+            self.ebpf
+                .map_mut(MAP_XSKS)
+                .ok_or_else(|| anyhow!("no map {MAP_XSKS}"))?,
+        )?;
+        match map.unset(queue) {
+            Ok(()) => Ok(()),
+            // Already empty.
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The verdict counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(MAP_COUNTERS)
+                .ok_or_else(|| anyhow!("no map {MAP_COUNTERS}"))?,
+        )?;
+        let mut out = [0u64; COUNTER_COUNT];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = map.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(Counters(out))
+    }
+
+    /// Run the classifier once on `packet` through BPF_PROG_TEST_RUN (no network, no attach).
+    /// The kernel does not perform a redirect in this mode; it reports XDP_REDIRECT.
+    pub fn test_run(&mut self, packet: &[u8]) -> Result<TestRunOutcome> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex. In: no metadata (data = 0), data_end = the packet length; ifindex 0
+        // means the loopback device's queue 0.
+        let mut ctx_in = [0u32; 6];
+        ctx_in[1] = packet.len() as u32;
+        let ctx_in: Vec<u8> = ctx_in.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut ctx_out = [0u8; 24];
+        // Headroom the program may take for metadata comes back in front of the packet.
+        let mut data_out = vec![0u8; packet.len() + 256];
+        let res = self
+            .prog(PROG_CLASSIFY)?
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut data_out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                ..TestRunOptions::new()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        data_out.truncate(res.data_size_out as usize);
+        // ctx_out.data - ctx_out.data_meta = the metadata length; data_out starts at data_meta.
+        let word = |i: usize| u32::from_ne_bytes(ctx_out[4 * i..4 * i + 4].try_into().unwrap());
+        let meta_len = word(0).saturating_sub(word(2)) as usize;
+        if meta_len > data_out.len() {
+            bail!(
+                "test run: metadata length {meta_len} > output {}",
+                data_out.len()
+            );
+        }
+        let meta = (meta_len == XDP_META_LEN).then(|| {
+            // SAFETY: XdpMeta is plain integers; the slice has exactly its size.
+            unsafe { std::ptr::read_unaligned(data_out.as_ptr() as *const XdpMeta) }
+        });
+        if meta_len != 0 && meta.is_none() {
+            bail!("test run: metadata of {meta_len} bytes, expected 0 or {XDP_META_LEN}");
+        }
+        Ok(TestRunOutcome {
+            action: res.return_value,
+            meta,
+            packet: data_out[meta_len..].to_vec(),
+        })
+    }
+
+    /// Drain pending eBPF log records now (they are also drained every 100 ms).
+    pub fn flush_logs(&mut self) {
+        if let Some(p) = &self.logs {
+            p.flush_now();
+        }
+    }
+}
+
+/// A thread that waits on the aya-log ring buffer and forwards records to `log`.
+struct LogPump {
+    stop: Arc<AtomicBool>,
+    wake: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LogPump {
+    fn start(mut logger: EbpfLogger<&'static dyn log::Log>) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let (s, w) = (stop.clone(), wake.clone());
+        let thread = std::thread::Builder::new()
+            .name("ebpf-log".into())
+            .spawn(move || {
+                let fd = logger.as_fd().as_raw_fd();
+                while !s.load(Ordering::Relaxed) {
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd; the fd lives as long as `logger`.
+                    unsafe { libc::poll(&mut pfd, 1, 100) };
+                    logger.flush();
+                    let (m, c) = &*w;
+                    let mut flag = m.lock().unwrap_or_else(|e| e.into_inner());
+                    if *flag {
+                        *flag = false;
+                        c.notify_all();
+                    }
+                }
+                logger.flush();
+            })?;
+        Ok(Self {
+            stop,
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    /// Wait (≤ 300 ms) until the pump has done one more pass.
+    fn flush_now(&self) {
+        let (m, c) = &*self.wake;
+        let mut flag = m.lock().unwrap_or_else(|e| e.into_inner());
+        *flag = true;
+        let _ = c.wait_timeout_while(flag, std::time::Duration::from_millis(300), |f| *f);
+    }
+}
+
+impl Drop for LogPump {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The live datapath around the pure transforms: the XDP classifier's loader (aya), its rule
+//! table, and AF_XDP sockets (xdpilone).
+
+pub mod attach;
+pub mod loader;
+pub mod rules;
+pub mod xsk;
+
+pub use loader::{AttachMode, Counters, Datapath, TestRunOutcome};
