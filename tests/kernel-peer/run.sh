@@ -10,7 +10,8 @@
 #       3 when the guest ran them all but some have an error status, 1 when the guest failed.
 #
 # Options: --timeout SECONDS (whole boot; default 60 + 15 per case), --quiet-ms N (how long
-# the guest waits for stragglers after the last packet, default 300).
+# the guest waits for stragglers after the last packet, default 300), --cpus N (guest CPUs,
+# one worker each; default: the host's CPUs, at most 4; KPEER_CPUS in the environment too).
 # Builds the guest first if needed (build.sh). Needs root (apt-get on first use).
 set -euo pipefail
 
@@ -22,6 +23,7 @@ die() { echo "kernel-peer: $*" >&2; exit 1; }
 usage() { sed -n '2,16s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
 CONFIG="" MODE="" IN="" OUTPCAP="" SETUP="" KEEP="" BATCH="" TIMEOUT="" QUIET_MS=300
+CPUS="${KPEER_CPUS:-}"
 while (($#)); do
     case "$1" in
     --config) CONFIG="$2"; shift 2 ;;
@@ -34,6 +36,7 @@ while (($#)); do
     --batch) BATCH="$2"; shift 2 ;;
     --timeout) TIMEOUT="$2"; shift 2 ;;
     --quiet-ms) QUIET_MS="$2"; shift 2 ;;
+    --cpus) CPUS="$2"; shift 2 ;;
     -h | --help) usage ;;
     *) echo "kernel-peer: unknown argument $1" >&2; usage ;;
     esac
@@ -69,6 +72,12 @@ for d in "$BATCH"/*/; do
 done
 ((${#cases[@]} > 0)) || die "$BATCH: no case directory (one with a mode file)"
 TIMEOUT="${TIMEOUT:-$((60 + 15 * ${#cases[@]}))}"
+if [[ -z "$CPUS" ]]; then
+    CPUS="$(nproc)"
+    ((CPUS <= 4)) || CPUS=4
+fi
+# No more workers than cases.
+((CPUS <= ${#cases[@]})) || CPUS=${#cases[@]}
 
 STATE="$BATCH/.kpeer"
 rm -rf "$STATE"
@@ -76,10 +85,11 @@ mkdir -p "$STATE"
 for c in "${cases[@]}"; do rm -f "$BATCH/$c/status"; done
 
 # One boot, bounded: qemu runs in the background and is killed by its pid on expiry.
-qemu-system-x86_64 -accel tcg -m 512 -smp 1 -display none -no-reboot -nic none \
+# Multi-threaded TCG: one host thread per guest CPU.
+qemu-system-x86_64 -accel tcg,thread=multi -m 512 -smp "$CPUS" -display none -no-reboot -nic none \
     -monitor none -parallel none -serial "file:$STATE/console.log" \
     -kernel "$OUT/vmlinuz" -initrd "$OUT/initramfs.cpio.gz" \
-    -append "console=ttyS0 panic=-1 quiet kpeer.quiet_ms=$QUIET_MS kpeer.max_ms=$((TIMEOUT * 1000))" \
+    -append "console=ttyS0 panic=-1 quiet kpeer.quiet_ms=$QUIET_MS kpeer.max_ms=$((TIMEOUT * 1000)) kpeer.workers=$CPUS" \
     -virtfs "local,path=$BATCH,mount_tag=kpeer,security_model=none,id=kpeer" \
     > "$STATE/qemu.log" 2>&1 &
 QPID=$!
@@ -106,7 +116,7 @@ done
 wait "$QPID" 2> /dev/null || true
 ELAPSED=$((SECONDS - START))
 
-if [[ ! -f "$STATE/done" ]]; then
+if [[ ! -f "$STATE/done" || -f "$STATE/fatal" ]]; then
     echo "kernel-peer: the guest did not finish (${ELAPSED}s). Console:" >&2
     tail -n 40 "$STATE/console.log" >&2 2> /dev/null || true
     cat "$STATE/qemu.log" >&2 2> /dev/null || true
@@ -120,7 +130,7 @@ for c in "${cases[@]}"; do
     [[ "$st" == ok* ]] || rc=3
     ((SINGLE)) || echo "$c: $st"
 done
-echo "kernel-peer: ${#cases[@]} case(s) in ${ELAPSED}s ($(sed -n 's/^kernel //p' "$STATE/guest"))" >&2
+echo "kernel-peer: ${#cases[@]} case(s) in ${ELAPSED}s, $CPUS guest CPU(s) ($(sed -n 's/^kernel //p' "$STATE/guest"))" >&2
 
 if ((SINGLE)); then
     st="$(cat "$BATCH/case/status")"

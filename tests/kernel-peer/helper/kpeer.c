@@ -235,6 +235,28 @@ static int tun_attach(const char *name)
 	return fd;
 }
 
+/* A TUN device gets carrier when its fd is attached, but the kernel only activates its qdisc
+ * (dev_activate, from linkwatch, a work item) some time later; until then the device's qdisc
+ * is noop and every packet sent to it is dropped without a trace. operstate turns "up" in the
+ * same linkwatch pass, so wait for that before injecting anything. */
+static void tun_wait_up(const char *name)
+{
+	char path[64], state[16];
+	snprintf(path, sizeof(path), "/sys/class/net/%s/operstate", name);
+	for (int waited = 0; waited < 10000; waited += 5) {
+		FILE *f = fopen(path, "r");
+		if (!f)
+			die("%s: %s", path, strerror(errno));
+		size_t n = fread(state, 1, sizeof(state) - 1, f);
+		fclose(f);
+		state[n] = 0;
+		if (!strncmp(state, "up", 2))
+			return;
+		usleep(5000);
+	}
+	die("%s: operstate not up after 10 s", name);
+}
+
 /* ---- nfnetlink_log --------------------------------------------------------------------- */
 
 static void nl_attr(struct nlmsghdr *nh, size_t cap, uint16_t type, const void *data, size_t len)
@@ -563,6 +585,8 @@ static int cmd_run(int argc, char **argv)
 	}
 	if (nlogs && group < 0)
 		die("--out-log needs --nflog GROUP");
+	for (int i = 0; i < ndevs; i++)
+		tun_wait_up(devs[i].key);
 	if (group >= 0)
 		nflog_fd = nflog_open((uint16_t)group);
 

@@ -1,11 +1,16 @@
-//! Plaintext packets with correct checksums (the guest's kernel checks them when forwarding).
+//! Plaintext packets with correct checksums (the guest's kernel checks them when forwarding)
+//! and the IP header fields the interop tests vary; the transport part is
+//! `xfrm_tests::packet::l4`.
 
 use std::net::IpAddr;
 
-pub const UDP: u8 = 17;
-pub const TCP: u8 = 6;
-pub const ICMP: u8 = 1;
-pub const ICMPV6: u8 = 58;
+pub use xfrm_tests::packet::checksum;
+use xfrm_tests::packet::{l4, IPPROTO_ICMP, IPPROTO_ICMPV6};
+
+pub const UDP: u8 = xfrm_tests::packet::IPPROTO_UDP;
+pub const TCP: u8 = xfrm_tests::packet::IPPROTO_TCP;
+/// ICMP echo request (ICMPv6 over IPv6).
+pub const ICMP: u8 = IPPROTO_ICMP;
 
 /// The IP header fields a test varies.
 #[derive(Clone, Copy, Debug)]
@@ -32,91 +37,6 @@ impl Default for IpOpts {
             flow: 0,
         }
     }
-}
-
-fn sum16(data: &[u8], mut acc: u32) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [b] = chunks.remainder() {
-        acc += u32::from(*b) << 8;
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
-
-pub fn checksum(data: &[u8]) -> u16 {
-    fold(sum16(data, 0))
-}
-
-fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
-    let mut acc = 0;
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            acc = sum16(&s.octets(), acc);
-            acc = sum16(&d.octets(), acc);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            acc = sum16(&s.octets(), acc);
-            acc = sum16(&d.octets(), acc);
-        }
-        _ => panic!("mixed address families"),
-    }
-    acc + u32::from(proto) + len as u32
-}
-
-/// An L4 segment with its checksum: UDP/TCP (ports), ICMP/ICMPv6 echo request (id, seq).
-pub fn l4(src: IpAddr, dst: IpAddr, proto: u8, a: u16, b: u16, payload: &[u8]) -> Vec<u8> {
-    let mut s = match proto {
-        UDP => {
-            let mut h = Vec::with_capacity(8 + payload.len());
-            h.extend_from_slice(&a.to_be_bytes());
-            h.extend_from_slice(&b.to_be_bytes());
-            h.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-            h.extend_from_slice(&[0, 0]);
-            h
-        }
-        TCP => {
-            let mut h = Vec::with_capacity(20 + payload.len());
-            h.extend_from_slice(&a.to_be_bytes());
-            h.extend_from_slice(&b.to_be_bytes());
-            h.extend_from_slice(&0x1000_0000u32.to_be_bytes()); // seq
-            h.extend_from_slice(&0u32.to_be_bytes()); // ack
-            h.extend_from_slice(&[0x50, 0x18]); // data offset 5, PSH|ACK
-            h.extend_from_slice(&0xffffu16.to_be_bytes()); // window
-            h.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
-            h
-        }
-        ICMP | ICMPV6 => {
-            let t = if proto == ICMP { 8 } else { 128 };
-            let mut h = vec![t, 0, 0, 0];
-            h.extend_from_slice(&a.to_be_bytes());
-            h.extend_from_slice(&b.to_be_bytes());
-            h
-        }
-        p => panic!("l4: protocol {p}"),
-    };
-    s.extend_from_slice(payload);
-    let c = match proto {
-        ICMP => checksum(&s),
-        _ => fold(sum16(&s, pseudo(src, dst, proto, s.len()))),
-    };
-    // UDP: a computed 0 is sent as 0xffff (RFC 768)
-    let c = if proto == UDP && c == 0 { 0xffff } else { c };
-    let at = match proto {
-        UDP => 6,
-        TCP => 16,
-        _ => 2,
-    };
-    s[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    s
 }
 
 /// An IPv4 or IPv6 packet around `l4` (no options, no extension headers).
@@ -149,7 +69,7 @@ pub fn ip(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8], o: IpOpts) -> Vec<u8> 
     }
 }
 
-/// A whole packet: `ip(…, l4(…), …)`.
+/// A whole packet. UDP/TCP: `a`, `b` are the ports; ICMP: an echo request (ICMPv6 over IPv6).
 pub fn packet(
     src: IpAddr,
     dst: IpAddr,
@@ -159,10 +79,10 @@ pub fn packet(
     payload: &[u8],
     o: IpOpts,
 ) -> Vec<u8> {
-    let proto = if proto == ICMP && src.is_ipv6() {
-        ICMPV6
-    } else {
-        proto
+    let (proto, a, b) = match (proto, src.is_ipv6()) {
+        (IPPROTO_ICMP, false) => (IPPROTO_ICMP, 8, 0),
+        (IPPROTO_ICMP, true) => (IPPROTO_ICMPV6, 128, 0),
+        _ => (proto, a, b),
     };
     ip(src, dst, proto, &l4(src, dst, proto, a, b, payload), o)
 }
