@@ -491,9 +491,7 @@ type PcapRun = Result<(Vec<Vec<u8>>, BTreeMap<String, u64>), String>;
 // ---- our side: xfrm-user pcap ------------------------------------------------------------------
 
 fn work_dir() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("interop-linux");
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    kernel_peer::tmp_dir("interop-linux")
 }
 
 /// `xfrm-user pcap --config CONFIG --dir DIR --in … --out …` through the library entry the

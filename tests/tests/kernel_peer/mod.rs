@@ -114,12 +114,22 @@ pub fn note(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
 }
 
+/// A directory for this checkout's test files under `$CARGO_TARGET_TMPDIR`: checkouts that
+/// share a target directory (worktrees) do not overwrite each other's runs.
+pub fn tmp_dir(name: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    env!("CARGO_MANIFEST_DIR").hash(&mut h);
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{:08x}", h.finish() as u32));
+    fs::create_dir_all(&d).expect("create the test directory");
+    d
+}
+
 /// Runs `cases` in one boot of the guest; the batch directory is
-/// `$CARGO_TARGET_TMPDIR/kernel-peer/<label>` and is kept for inspection.
+/// `tmp_dir("kernel-peer")/<label>` and is kept for inspection.
 pub fn run_batch(label: &str, cases: &[Case]) -> Vec<CaseResult> {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("kernel-peer")
-        .join(label);
+    let dir = tmp_dir("kernel-peer").join(label);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("create the batch directory");
     let mut dirs = Vec::new();
