@@ -21,7 +21,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 OUT="$ROOT/.tools/kernel-peer"
 
 die() { echo "kernel-peer: $*" >&2; exit 1; }
-usage() { sed -n '2,16s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+usage() { sed -n '2,16s/^# \{0,1\}//p' "$0" >&2; exit "${1:-2}"; }
 
 CONFIG="" MODE="" IN="" OUTPCAP="" SETUP="" KEEP="" BATCH="" TIMEOUT="" QUIET_MS=300
 CPUS="${KPEER_CPUS:-}"
@@ -38,7 +38,7 @@ while (($#)); do
     --timeout) TIMEOUT="$2"; shift 2 ;;
     --quiet-ms) QUIET_MS="$2"; shift 2 ;;
     --cpus) CPUS="$2"; shift 2 ;;
-    -h | --help) usage ;;
+    -h | --help) usage 0 ;;
     *) echo "kernel-peer: unknown argument $1" >&2; usage ;;
     esac
 done
