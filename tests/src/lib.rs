@@ -4,6 +4,7 @@
 //! Integration tests live in `tests/tests/`; `cargo xtask test` runs them (as root in CI).
 
 pub mod packet;
+pub mod sa;
 pub mod topology;
 
 use std::path::PathBuf;
