@@ -434,10 +434,10 @@ def expected_outer_df(sa, inner):
         return False
     if inner[0] >> 4 == 4:
         return bool(inner[6] & 0x40)
-    # xfrm6_extract_header: frag_off = IP_DF for an IPv6 inner packet, except (since Linux 5.19,
-    # "xfrm: do not set IPv4 DF flag when encapsulating IPv6 frames <= 1280 bytes") the
-    # small_ipv6 rule of xfrm4_tunnel_encap_add: an inner packet of at most IPV6_MIN_MTU.
-    return len(inner) > 1280
+    # xfrm6_extract_header: frag_off = IP_DF for an IPv6 inner packet. The small_ipv6 rule of
+    # xfrm4_tunnel_encap_add never fires (skb->protocol is already IPv4 there): Linux, run as
+    # the kernel peer, sets DF on small IPv6 inner packets too.
+    return True
 
 
 _ip_id = [0x1000]

@@ -195,9 +195,6 @@ fn outer_dsfield(x: &SecurityAssociation, inner_tos: u8) -> u8 {
     }
 }
 
-/// IPV6_MIN_MTU.
-const IPV6_MIN_MTU: usize = 1280;
-
 /// xfrm4_prepare_output + xfrm4_tunnel_encap_add: a new outer IPv4 header (RFC 4301
 /// section 5.1.2.1) in front of the whole inner packet.
 #[inline]
@@ -214,10 +211,11 @@ pub fn xfrm4_prepare_output(
     let mut top = Ipv4Packet::new_unchecked(&mut d[..ipv4::HEADER_LEN]);
     top.set_version_ihl(ipv4::HEADER_LEN);
     top.set_tos(outer_dsfield(x, inner.tos));
-    // DF copied unless nopmtudisc; an IPv6 packet of at most 1280 bytes is never sent with
-    // DF in an IPv4 tunnel (the kernel's small_ipv6 rule in xfrm4_tunnel_encap_add).
-    let small_ipv6 = inner.v6 && inner.len <= IPV6_MIN_MTU;
-    let df = !x.cfg.flags.nopmtudisc && !small_ipv6 && inner.df;
+    // DF copied unless nopmtudisc (xfrm6_extract_header gives an IPv6 inner packet DF).
+    // xfrm4_tunnel_encap_add has a small_ipv6 exception, but xfrm4_prepare_output has set
+    // skb->protocol to IPv4 before it runs, so it never fires: Linux (6.1, seen through the
+    // kernel peer in tests/kernel-peer) sends small IPv6 inner packets with DF too.
+    let df = !x.cfg.flags.nopmtudisc && inner.df;
     top.set_frag_field(if df { ipv4::FLAG_DF } else { 0 });
     top.set_ttl(x.outer_hop_limit());
     top.set_protocol(if inner.v6 { proto::IPV6 } else { proto::IPIP });
@@ -584,9 +582,9 @@ pub(crate) mod tests {
         assert_eq!(top.protocol(), proto::IPV6);
         assert_eq!(top.tos(), 0x28);
         assert!(top.dont_frag(), "IPv6 inner: DF set");
-        // small_ipv6: an inner IPv6 packet of <= 1280 bytes goes without DF.
+        // Small IPv6 inner packets get DF as well, as Linux really sends them.
         let (out, _) = run(&sa(c), &udp6(0, 0, &[1; 100]));
-        assert!(!Ipv4Packet::new_unchecked(&out[..20]).dont_frag());
+        assert!(Ipv4Packet::new_unchecked(&out[..20]).dont_frag());
 
         let mut c6 = esp_cfg(1, "fd00::a", "fd00::b", XfrmMode::Tunnel);
         c6.flags.af_unspec = true;
