@@ -6,12 +6,14 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::crypto::{CryptoError, SaCrypto};
 use crate::sa::{EncapType, SaConfig, XfrmMode, XfrmProto};
 use crate::stats::{XfrmStat, XfrmStats};
 use crate::wire::{ah, esp, ipv4, ipv6, udp};
+
+use super::replay::{ReplayState, SaInput};
 
 /// Seconds since the epoch (ktime_get_real_seconds), injectable for tests and replays.
 pub trait Clock: Send + Sync {
@@ -160,6 +162,9 @@ pub struct SecurityAssociation {
     /// curlft.packets = oseq - oseq_base and needs no counter of its own (one atomic less
     /// per packet; nothing can fail between xfrm_replay_overflow and the curlft update).
     oseq_base: u64,
+    /// Packets taken in by the input path (an inbound SA hands out no sequence numbers, so
+    /// its curlft.packets is counted here; only input touches it).
+    curlft_in_packets: AtomicU64,
     curlft_bytes: AtomicU64,
     add_time: u64,
     /// 0 until the first packet.
@@ -173,6 +178,9 @@ pub struct SecurityAssociation {
     /// Counters of this SA alone (same names as the global ones).
     pub stats: XfrmStats,
     soft_expiries: AtomicU64,
+    /// The inbound replay window and x->stats, under the SA's lock (x->lock): checked
+    /// before the ICV, advanced after it (see replay.rs).
+    input: Mutex<SaInput>,
 }
 
 impl std::fmt::Debug for SecurityAssociation {
@@ -231,6 +239,10 @@ impl SecurityAssociation {
             });
         }
         let props = SaProps::new(&cfg, crypto.icv_len());
+        let replay = ReplayState::from_config(&cfg).map_err(|_| SaError::Invalid {
+            spi,
+            what: "replay-window larger than 4096",
+        })?;
         let oseq = if cfg.flags.esn {
             cfg.initial_oseq()
         } else {
@@ -245,6 +257,7 @@ impl SecurityAssociation {
             oseq: AtomicU64::new(oseq),
             curlft_bytes: AtomicU64::new(0),
             oseq_base: oseq,
+            curlft_in_packets: AtomicU64::new(0),
             add_time: now,
             use_time: AtomicU64::new(0),
             ip_id_base: random_u32() as u16,
@@ -252,6 +265,7 @@ impl SecurityAssociation {
             hop_limit: AtomicU8::new(DEFAULT_HOP_LIMIT),
             stats: XfrmStats::new(),
             soft_expiries: AtomicU64::new(0),
+            input: Mutex::new(SaInput::new(replay)),
             cfg,
         })
     }
@@ -298,6 +312,7 @@ impl SecurityAssociation {
         self.oseq
             .load(Ordering::Relaxed)
             .saturating_sub(self.oseq_base)
+            + self.curlft_in_packets.load(Ordering::Relaxed)
     }
     pub fn add_time(&self) -> u64 {
         self.add_time
@@ -309,6 +324,12 @@ impl SecurityAssociation {
     /// 32 under ESN). Saturates at the limit: a refused number is never counted.
     pub fn oseq(&self) -> u64 {
         self.oseq.load(Ordering::Relaxed)
+    }
+    /// The input state (replay window, x->stats), locked. A panic elsewhere while it was
+    /// held leaves a state that is still consistent (every update is a plain store), so a
+    /// poisoned lock is taken over rather than propagated.
+    pub fn input(&self) -> MutexGuard<'_, SaInput> {
+        self.input.lock().unwrap_or_else(|e| e.into_inner())
     }
     /// Path MTU towards the peer (the kernel's dst->child_mtu_cached), for TFC padding.
     pub fn set_mtu(&self, mtu: u32) {
@@ -464,6 +485,13 @@ impl SecurityAssociation {
     /// packet took, see `oseq_base`).
     pub fn add_curlft(&self, bytes: usize) {
         self.curlft_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The input path's x->curlft.bytes += len; x->curlft.packets++ (xfrm_input, after the
+    /// replay advance).
+    pub fn add_curlft_input(&self, bytes: usize) {
+        self.curlft_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.curlft_in_packets.fetch_add(1, Ordering::Relaxed);
     }
 }
 
