@@ -3,7 +3,9 @@
 
 pub mod attach;
 pub mod loader;
+pub mod neigh;
 pub mod rules;
+pub mod worker;
 pub mod xsk;
 
 pub use loader::{AttachMode, Counters, Datapath, TestRunOutcome};
