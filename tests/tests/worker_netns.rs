@@ -10,27 +10,38 @@
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use xfrm_common::XdpMeta;
 use xfrm_tests::{
     bpf_object, init_logging, root_or_skip,
-    topology::{Topology, VethOpts},
+    topology::{Link, Topology, VethOpts},
 };
 use xfrm_user::{
+    config::parse_config,
     datapath::{
         neigh::{NeighOptions, NeighService},
-        rules::compile_sorted,
-        worker::{port_info, too_big, Action, Ctx, Side, Worker, WorkerConfig, WorkerStats},
+        rules::compile_out,
+        worker::{
+            port_info, too_big, Action, Ctx, Side, Transform, Worker, WorkerConfig, WorkerStats,
+        },
         AttachMode, Datapath,
     },
-    frame::Frame,
+    frame::{Frame, OwnedFrame},
     policy::{Policy, PolicyAction, PolicyDir, Template, TmplLevel},
     sa::{XfrmMode, XfrmProto},
     selector::{PortMatch, Prefix, Selector},
+    stats::XfrmStats,
+    xfrm::{
+        pmtu::{bundle_mtu, SaMtu},
+        xfrm_input, xfrm_output_bundle, InputTables, InputVerdict, Verdict, XfrmDb,
+    },
 };
 
 fn prefix(s: &str) -> Prefix {
@@ -116,12 +127,17 @@ fn recv_all(s: &UdpSocket, n: usize, wait: Duration) -> Vec<Vec<u8>> {
     got
 }
 
-#[test]
-fn worker_moves_frames_between_veths() {
-    if !root_or_skip("worker_moves_frames_between_veths") {
-        return;
-    }
-    init_logging();
+/// The three namespaces, addressed and routed (h2 also has 10.2.0.3).
+struct Env {
+    t: Topology,
+    h1: usize,
+    gw: usize,
+    h2: usize,
+    l1: Link,
+    l2: Link,
+}
+
+fn env() -> Env {
     let mut t = Topology::new().unwrap();
     let h1 = t.add_netns("h1").unwrap();
     let gw = t.add_netns("gw").unwrap();
@@ -149,20 +165,12 @@ fn worker_moves_frames_between_veths() {
             },
         )
         .unwrap();
-    let (h1v4, gw1v4, h2v4) = (l1.a.ipv4, l1.b.ipv4, l2.b.ipv4);
-    let (h1v6, gw1v6, h2v6) = (l1.a.ipv6, l1.b.ipv6, l2.b.ipv6);
+    let (g1v4, g1v6) = (l1.b.ipv4.to_string(), l1.b.ipv6.to_string());
     t.ns(h1)
-        .ip(&["route", "add", "10.2.0.0/24", "via", &gw1v4.to_string()])
+        .ip(&["route", "add", "10.2.0.0/24", "via", &g1v4])
         .unwrap();
     t.ns(h1)
-        .ip(&[
-            "-6",
-            "route",
-            "add",
-            "fd00:2::/64",
-            "via",
-            &gw1v6.to_string(),
-        ])
+        .ip(&["-6", "route", "add", "fd00:2::/64", "via", &g1v6])
         .unwrap();
     t.ns(h2)
         .ip(&["route", "add", "10.1.0.0/24", "via", &l2.a.ipv4.to_string()])
@@ -170,39 +178,34 @@ fn worker_moves_frames_between_veths() {
     t.ns(h2)
         .ip(&["addr", "add", "10.2.0.3/24", "dev", &l2.b.ifname])
         .unwrap();
+    Env {
+        t,
+        h1,
+        gw,
+        h2,
+        l1,
+        l2,
+    }
+}
 
-    let mut policies = vec![
-        protect("10.1.0.0/24", "10.2.0.0/24", 0),
-        protect("fd00:1::/64", "fd00:2::/64", 1),
-    ];
-    policies[1].templates[0].dst = IpAddr::V6(h2v6);
-    let rules = compile_sorted(&policies, |p| Some(p.index)).unwrap();
-
-    let h2_sock = t
-        .ns(h2)
-        .run(|| {
-            let s = UdpSocket::bind("0.0.0.0:5000")?;
-            s.set_read_timeout(Some(Duration::from_millis(200)))?;
-            Ok(s)
-        })
-        .unwrap();
-    let h2_sock6 = t
-        .ns(h2)
-        .run(|| {
-            let s = UdpSocket::bind(SocketAddr::new(h2v6.into(), 5000))?;
-            s.set_read_timeout(Some(Duration::from_millis(200)))?;
-            Ok(s)
-        })
-        .unwrap();
-
-    let topo = &t;
-    topo.ns(gw)
+/// In gw: the neighbour cache (primed with the hosts), one worker per inside receive
+/// queue with the transform `make()` gives, the classifier with `rules`; runs `exercise`
+/// while the workers run, then stops them and returns their counters (printed).
+fn run_gateway<T: Transform>(
+    e: &Env,
+    rules: &[xfrm_common::PolicyRule],
+    make: impl Fn() -> T + Sync,
+    exercise: impl FnOnce() + Send,
+) -> Vec<Arc<WorkerStats>> {
+    let (l1, l2) = (&e.l1, &e.l2);
+    let topo = &e.t;
+    topo.ns(e.gw)
         .run(|| {
             let addrs: Vec<IpAddr> = vec![
-                h2v4.into(),
-                h2v6.into(),
-                h1v4.into(),
-                h1v6.into(),
+                l2.b.ipv4.into(),
+                l2.b.ipv6.into(),
+                l1.a.ipv4.into(),
+                l1.a.ipv6.into(),
                 IpAddr::from([10, 2, 0, 3]),
             ];
             let neigh = NeighService::start(&addrs, NeighOptions::default())?;
@@ -216,15 +219,15 @@ fn worker_moves_frames_between_veths() {
             let outside = port_info(&l2.a.ifname)?;
             // One worker per receive queue in use (veth: 1 unless `ethtool -L` raised it); a
             // flow on a queue without a socket would be dropped (fail closed).
-            let queues = rx_queues(topo, gw, &l1.b.ifname);
+            let queues = rx_queues(topo, e.gw, &l1.b.ifname);
             let mut dp = Datapath::load(&bpf_object())?;
-            dp.set_out_policies(&rules)?;
+            dp.set_out_policies(rules)?;
             let mut workers = Vec::new();
             for q in 0..queues {
                 let mut cfg = WorkerConfig::new(inside.clone(), outside.clone(), q);
                 cfg.frames = 2048;
                 cfg.ring_size = 512;
-                let w = Worker::new(cfg, forward, neigh.reader())?;
+                let w = Worker::new(cfg, make(), neigh.reader())?;
                 dp.set_socket(q, w.rx_fds()[0])?;
                 workers.push(w);
             }
@@ -239,15 +242,7 @@ fn worker_moves_frames_between_veths() {
                         s.spawn(move || w.run(stop))
                     })
                     .collect();
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    exercise(
-                        topo,
-                        h1,
-                        h2_sock.try_clone().unwrap(),
-                        &h2_sock6,
-                        (h2v4, h2v6),
-                    )
-                }));
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(exercise));
                 stop.store(true, Ordering::Relaxed);
                 for h in handles {
                     h.join().unwrap().unwrap();
@@ -267,22 +262,63 @@ fn worker_moves_frames_between_veths() {
                     sum(&|s| &s.dropped),
                     sum(&|s| &s.too_big),
                 );
-                if r.is_err() {
+                if let Err(p) = r {
                     eprintln!(
                         "classifier: {:?}",
                         dp.counters().map(|c| c.iter().collect::<Vec<_>>())
                     );
-                }
-                if let Err(p) = r {
                     std::panic::resume_unwind(p);
                 }
-                assert!(sum(&|s| &s.replies) >= 2, "two ICMP errors sent");
-                assert!(sum(&|s| &s.fragments) >= 1, "outer fragments sent");
             });
             drop(dp);
-            Ok(())
+            Ok(stats)
         })
-        .unwrap();
+        .unwrap()
+}
+
+fn udp_in(t: &Topology, ns: usize, at: SocketAddr) -> UdpSocket {
+    t.ns(ns)
+        .run(|| {
+            let s = UdpSocket::bind(at)?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            Ok(s)
+        })
+        .unwrap()
+}
+
+fn total(stats: &[Arc<WorkerStats>], f: impl Fn(&WorkerStats) -> &AtomicU64) -> u64 {
+    stats.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
+}
+
+#[test]
+fn worker_moves_frames_between_veths() {
+    if !root_or_skip("worker_moves_frames_between_veths") {
+        return;
+    }
+    init_logging();
+    let e = env();
+    let (h2v4, h2v6) = (e.l2.b.ipv4, e.l2.b.ipv6);
+    let mut policies = vec![
+        protect("10.1.0.0/24", "10.2.0.0/24", 0),
+        protect("fd00:1::/64", "fd00:2::/64", 1),
+    ];
+    policies[1].templates[0].dst = IpAddr::V6(h2v6);
+    let rules = compile_out(&policies, |p| Some(p.index)).unwrap();
+    let h2_sock = udp_in(&e.t, e.h2, "0.0.0.0:5000".parse().unwrap());
+    let h2_sock6 = udp_in(&e.t, e.h2, SocketAddr::new(h2v6.into(), 5000));
+    let stats = run_gateway(
+        &e,
+        &rules,
+        || forward,
+        || exercise(&e.t, e.h1, h2_sock, &h2_sock6, (h2v4, h2v6)),
+    );
+    assert_eq!(
+        total(&stats, |s| &s.rx[0]),
+        45,
+        "every frame the classifier redirected"
+    );
+    assert!(total(&stats, |s| &s.replies) >= 2, "two ICMP errors sent");
+    assert!(total(&stats, |s| &s.fragments) >= 1, "outer fragments sent");
 }
 
 fn exercise(
@@ -396,4 +432,172 @@ fn rx_queues(t: &Topology, ns: usize, ifname: &str) -> u32 {
         .find_map(|l| l.strip_prefix("RX:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("current RX channels")
+}
+
+const ESP_CONFIG: &str = "\
+ip xfrm state add src 10.2.0.1 dst 10.2.0.2 proto esp spi 0x1234 reqid 7 mode tunnel \
+aead 'rfc4106(gcm(aes))' 0x0102030405060708090a0b0c0d0e0f10cafebabe 128
+ip xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 dir out \
+tmpl src 10.2.0.1 dst 10.2.0.2 proto esp reqid 7 mode tunnel
+ip xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 dir in \
+tmpl src 10.2.0.1 dst 10.2.0.2 proto esp reqid 7 mode tunnel
+";
+
+/// A raw IPPROTO_ESP socket in namespace `ns`: every ESP packet h2 receives (IP header
+/// included).
+fn esp_socket(t: &Topology, ns: usize) -> OwnedFd {
+    t.ns(ns)
+        .run(|| {
+            // SAFETY: plain socket(2); owned at once.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, 50) };
+            anyhow::ensure!(
+                fd >= 0,
+                "raw ESP socket: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: a fresh fd nobody else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 200_000,
+            };
+            // SAFETY: valid fd and a timeval option.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as u32,
+                )
+            };
+            Ok(fd)
+        })
+        .unwrap()
+}
+
+fn recv_esp(fd: &OwnedFd, n: usize, wait: Duration) -> Vec<Vec<u8>> {
+    let end = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while got.len() < n && Instant::now() < end {
+        // SAFETY: valid fd, writes at most buf.len() bytes.
+        let k = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if k > 0 {
+            got.push(buf[..k as usize].to_vec());
+        }
+    }
+    got
+}
+
+/// The real output path in the worker: xfrm_output_bundle on the SA the classifier's
+/// metadata names, after the size check against the bundle's MTU.
+#[test]
+fn worker_runs_esp_output_in_place() {
+    if !root_or_skip("worker_runs_esp_output_in_place") {
+        return;
+    }
+    init_logging();
+    let e = env();
+    let cfg = parse_config(ESP_CONFIG, "esp.conf").unwrap();
+    let sa_mtu = SaMtu::from_sa(&cfg.states[0]);
+    let out_db = Arc::new(XfrmDb::new(cfg.states.clone(), cfg.policies.clone()).unwrap());
+    let in_db = XfrmDb::new(cfg.states.clone(), cfg.policies.clone()).unwrap();
+    let rules = compile_out(&cfg.policies, |_| Some(0)).unwrap();
+    let xstats = Arc::new(XfrmStats::new());
+
+    let make = || {
+        let db = out_db.clone();
+        let xstats = xstats.clone();
+        move |from: Side, meta: Option<&XdpMeta>, frame: &mut Frame<'_>, ctx: &Ctx<'_>| {
+            let (Side::Inside, Some(m)) = (from, meta) else {
+                return Action::Drop;
+            };
+            let Some(x) = db.state(m.sa_id as usize) else {
+                return Action::Drop;
+            };
+            let Some(l2) = ctx.l2(x.daddr()) else {
+                return Action::Drop;
+            };
+            let mtu = bundle_mtu(&[SaMtu::from_sa(&x.cfg)], l2.mtu);
+            if let Some(a) = too_big(frame, mtu, ctx) {
+                return a;
+            }
+            match xfrm_output_bundle(&[&**x], &xstats, frame, false, db.now()) {
+                Verdict::Transformed => Action::Tx(Side::Outside),
+                _ => Action::Drop,
+            }
+        }
+    };
+
+    let esp = esp_socket(&e.t, e.h2);
+    let h2v4 = e.l2.b.ipv4;
+    let stats = run_gateway(&e, &rules, make, || {
+        let s4 =
+            e.t.ns(e.h1)
+                .run(|| Ok(UdpSocket::bind("0.0.0.0:4000")?))
+                .unwrap();
+        for i in 0..20u32 {
+            s4.send_to(
+                format!("esp {i}").as_bytes(),
+                SocketAddr::new(h2v4.into(), 5000),
+            )
+            .unwrap();
+        }
+        let got = recv_esp(&esp, 20, Duration::from_secs(3));
+        assert_eq!(got.len(), 20, "20 ESP packets at h2");
+        let tables = InputTables::new(&in_db);
+        let in_stats = XfrmStats::new();
+        for (i, p) in got.iter().enumerate() {
+            // Outer header: gw -> h2, ESP, SPI 0x1234, sequence numbers 1, 2, 3… in order.
+            assert_eq!(&p[12..20], &[10, 2, 0, 1, 10, 2, 0, 2]);
+            assert_eq!(p[9], 50);
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            assert_eq!(&p[ihl..ihl + 4], &0x1234u32.to_be_bytes());
+            let seq = u32::from_be_bytes(p[ihl + 4..ihl + 8].try_into().unwrap());
+            assert_eq!(seq, i as u32 + 1, "sequence numbers in order");
+            // Our own input path opens it: the ICV verifies and the inner datagram is h1's.
+            let mut f = OwnedFrame::from_packet(p);
+            let v = f.with_frame(|fr| xfrm_input(&in_db, &tables, &in_stats, fr));
+            assert_eq!(
+                v,
+                InputVerdict::Decapsulated,
+                "packet {i}: {}",
+                in_stats.render_nonzero()
+            );
+            let inner = f.data();
+            assert_eq!(&inner[12..20], &[10, 1, 0, 1, 10, 2, 0, 2]);
+            assert_eq!(&inner[28..], format!("esp {i}").as_bytes());
+        }
+
+        // DF over what the bundle leaves of the 1400-byte link: h1 is told that MTU.
+        let want = sa_mtu.state_mtu(1400);
+        set_int(
+            &s4,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        );
+        s4.send_to(&[0x77; 1372], SocketAddr::new(h2v4.into(), 5000))
+            .unwrap();
+        assert!(
+            wait_route_mtu(&e.t, e.h1, &h2v4.to_string(), want),
+            "h1 learned the bundle MTU {want}"
+        );
+        // A datagram of exactly that size fits after ESP: one packet, within the link MTU.
+        s4.send_to(
+            &vec![0x78; want as usize - 28],
+            SocketAddr::new(h2v4.into(), 5000),
+        )
+        .unwrap();
+        let got = recv_esp(&esp, 1, Duration::from_secs(3));
+        assert_eq!(got.len(), 1, "the largest datagram that fits went through");
+        assert!(
+            got[0].len() <= 1400 && got[0].len() > 1400 - 4,
+            "{} bytes",
+            got[0].len()
+        );
+    });
+    assert_eq!(total(&stats, |s| &s.replies), 1);
+    assert_eq!(total(&stats, |s| &s.tx[1]), 21);
 }

@@ -27,15 +27,37 @@ enum Command {
     /// Parse and validate a configuration file (ip xfrm state/policy add lines); exit 0 when
     /// it is valid, 2 (after printing every error) when it is not.
     Check(CheckArgs),
+    /// Run the transforms over a capture: --dir out turns plaintext into what the wire
+    /// carries (ESP/AH), copies packets without a policy, drops blocked ones; a summary and
+    /// the non-zero /proc/net/xfrm_stat counters go to stderr.
+    Pcap(PcapArgs),
     /// Load the XDP classifier on an interface with the config's `dir out` policies and print
     /// its verdict counters until Ctrl-C (the workers of `run` come later: with --xsk,
     /// protected packets are received on AF_XDP sockets, sampled and dropped; without it the
     /// XDP program drops them, fail closed).
     Attach(AttachArgs),
-    /// Run the transforms over a capture: --dir out turns plaintext into what the wire
-    /// carries (ESP/AH), copies packets without a policy, drops blocked ones; a summary and
-    /// the non-zero /proc/net/xfrm_stat counters go to stderr.
-    Pcap(PcapArgs),
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Dir {
+    Out,
+    In,
+}
+
+#[derive(Args, Debug)]
+struct PcapArgs {
+    /// The configuration file.
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+    /// out: protect (xfrm_output); in: unprotect (xfrm_input).
+    #[arg(long, value_enum)]
+    dir: Dir,
+    /// Capture to read (Ethernet or raw IP link type).
+    #[arg(long = "in", value_name = "X.pcap")]
+    input: PathBuf,
+    /// Capture to write (same link type).
+    #[arg(long = "out", value_name = "Y.pcap")]
+    output: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -81,28 +103,6 @@ fn stop_on_signals() {
     }
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum Dir {
-    Out,
-    In,
-}
-
-#[derive(Args, Debug)]
-struct PcapArgs {
-    /// The configuration file.
-    #[arg(short, long, value_name = "FILE")]
-    config: PathBuf,
-    /// out: protect (xfrm_output); in: unprotect (xfrm_input).
-    #[arg(long, value_enum)]
-    dir: Dir,
-    /// Capture to read (Ethernet or raw IP link type).
-    #[arg(long = "in", value_name = "X.pcap")]
-    input: PathBuf,
-    /// Capture to write (same link type).
-    #[arg(long = "out", value_name = "Y.pcap")]
-    output: PathBuf,
-}
-
 #[derive(Args, Debug)]
 struct CheckArgs {
     /// The configuration file.
@@ -137,6 +137,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Pcap(a) => {
+            let dir = match a.dir {
+                Dir::Out => xfrm_user::pcap::Direction::Out,
+                Dir::In => xfrm_user::pcap::Direction::In,
+            };
+            let mut err = std::io::stderr().lock();
+            ExitCode::from(xfrm_user::pcap::pcap_main(
+                &a.config, dir, &a.input, &a.output, &mut err,
+            ))
+        }
         Command::Attach(a) => {
             stop_on_signals();
             let opts = xfrm_user::datapath::attach::AttachOptions {
@@ -159,16 +169,6 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
-        }
-        Command::Pcap(a) => {
-            let dir = match a.dir {
-                Dir::Out => xfrm_user::pcap::Direction::Out,
-                Dir::In => xfrm_user::pcap::Direction::In,
-            };
-            let mut err = std::io::stderr().lock();
-            ExitCode::from(xfrm_user::pcap::pcap_main(
-                &a.config, dir, &a.input, &a.output, &mut err,
-            ))
         }
     }
 }

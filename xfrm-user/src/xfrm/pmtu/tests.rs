@@ -565,3 +565,38 @@ mod no_panic {
         }
     }
 }
+
+#[test]
+fn agrees_with_the_output_path_state_mtu() {
+    // Output's SecurityAssociation::xfrm_state_mtu computes the same from its own props.
+    let hmac = |bits| SaAlgorithm::Auth {
+        algo: AuthAlgo::HmacSha256,
+        key: vec![1; 32].into(),
+        trunc_bits: bits,
+    };
+    let mut cfgs = vec![];
+    for d in ["10.0.0.2", "fd00::2"] {
+        for mode in [XfrmMode::Tunnel, XfrmMode::Transport] {
+            for icv in [64, 96, 128] {
+                cfgs.push(sa(d, XfrmProto::Esp, mode, gcm(icv)));
+            }
+            cfgs.push(sa(d, XfrmProto::Ah, mode, hmac(96)));
+            cfgs.push(sa(d, XfrmProto::Ah, mode, hmac(128)));
+        }
+    }
+    let mut natt = sa("10.0.0.2", XfrmProto::Esp, XfrmMode::Tunnel, gcm(128));
+    natt.encap = Some(Encap {
+        kind: EncapType::EspInUdp,
+        sport: 4500,
+        dport: 4500,
+        oaddr: "10.0.0.9".parse().unwrap(),
+    });
+    cfgs.push(natt);
+    for c in cfgs {
+        let x = crate::xfrm::SecurityAssociation::new(c.clone(), 0, 0).unwrap();
+        let ours = SaMtu::from_sa(&c);
+        for mtu in [576, 1280, 1400, 1500, 9000] {
+            assert_eq!(ours.state_mtu(mtu), x.xfrm_state_mtu(mtu), "{c:?} {mtu}");
+        }
+    }
+}
