@@ -27,7 +27,7 @@ use xfrm_user::{
     config::parse_config,
     datapath::{
         neigh::{NeighOptions, NeighService},
-        rules::compile_out,
+        rules::{compile_db, compile_sorted},
         worker::{
             port_info, too_big, Action, Ctx, Side, Transform, Worker, WorkerConfig, WorkerStats,
         },
@@ -303,7 +303,7 @@ fn worker_moves_frames_between_veths() {
         protect("fd00:1::/64", "fd00:2::/64", 1),
     ];
     policies[1].templates[0].dst = IpAddr::V6(h2v6);
-    let rules = compile_out(&policies, |p| Some(p.index)).unwrap();
+    let rules = compile_sorted(&policies, |p| Some(p.index)).unwrap();
     let h2_sock = udp_in(&e.t, e.h2, "0.0.0.0:5000".parse().unwrap());
     let h2_sock6 = udp_in(&e.t, e.h2, SocketAddr::new(h2v6.into(), 5000));
     let stats = run_gateway(
@@ -503,7 +503,7 @@ fn worker_runs_esp_output_in_place() {
     let sa_mtu = SaMtu::from_sa(&cfg.states[0]);
     let out_db = Arc::new(XfrmDb::new(cfg.states.clone(), cfg.policies.clone()).unwrap());
     let in_db = XfrmDb::new(cfg.states.clone(), cfg.policies.clone()).unwrap();
-    let rules = compile_out(&cfg.policies, |_| Some(0)).unwrap();
+    let rules = compile_db(&out_db).unwrap();
     let xstats = Arc::new(XfrmStats::new());
 
     let make = || {
