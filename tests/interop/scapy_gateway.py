@@ -61,7 +61,8 @@ def packet_socket(ifname):
 
 
 def silence_kernel(natt_ports):
-    """Sockets whose mere existence stops the kernel's ICMP unreachables for our traffic."""
+    """Sockets that stop the kernel's ICMP unreachables for our traffic. They must be read:
+    the kernel passes over a raw socket whose queue is full and answers with ICMP."""
     keep = []
     for fam in (socket.AF_INET, socket.AF_INET6):
         for proto in (50, 51):
@@ -75,7 +76,16 @@ def silence_kernel(natt_ports):
                 u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             u.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
             keep.append(u)
+    for k in keep:
+        k.setblocking(False)
     return keep
+
+
+def unknown_protos():
+    """Ip InUnknownProtos of this namespace: ESP/AH the kernel had no socket for."""
+    with open("/proc/net/snmp") as f:
+        lines = [l.split() for l in f if l.startswith("Ip:")]
+    return int(lines[1][lines[0].index("InUnknownProtos")])
 
 
 def ip_of_frame(frame):
@@ -116,7 +126,7 @@ def main():
     dst_net = ipaddress.ip_network(a.protect_dst)
     out_mac, in_mac = if_mac(a.outside), if_mac(a.inside)
     next_hop, host = mac_bytes(a.outside_mac), mac_bytes(a.inside_mac)
-    keep = silence_kernel(natt)  # noqa: F841 (held open)
+    sinks = silence_kernel(natt)
     so, si = packet_socket(a.outside), packet_socket(a.inside)
     seqs = [sa.seq for sa in sas_out]
     st = {"decrypted": 0, "encrypted": 0, "errors": 0, "first_errors": [], "ignored": 0}
@@ -178,10 +188,17 @@ def main():
     print("ready", flush=True)
     while not stop:
         try:
-            r, _, _ = select.select([so, si], [], [], 0.2)
+            r, _, _ = select.select([so, si] + sinks, [], [], 0.2)
         except InterruptedError:
             continue
         for s in r:
+            if s is not so and s is not si:
+                try:
+                    while True:
+                        s.recv(65536)  # the copy the packet socket also saw: discard
+                except (BlockingIOError, InterruptedError):
+                    pass
+                continue
             try:
                 frame, addr = s.recvfrom(65536)
             except (BlockingIOError, InterruptedError):
@@ -193,6 +210,7 @@ def main():
                 continue
             (from_outside if s is so else from_inside)(pkt)
 
+    st["kernel_unknown_protos"] = unknown_protos()
     with open(a.report, "w") as f:
         json.dump(st, f)
     return 0

@@ -214,6 +214,8 @@ pub struct CaptureReport {
     pub samples: Vec<Frame>,
     /// Other protocols seen (ethertype or IP protocol), for the report.
     pub other: BTreeMap<String, u64>,
+    /// The first frames that were not IPsec (for diagnostics).
+    pub other_samples: Vec<Frame>,
     /// Frames the kernel dropped before we read them (PACKET_STATISTICS).
     pub kernel_drops: u64,
 }
@@ -554,6 +556,12 @@ fn capture_loop(
                         unreachable!()
                     };
                     *rep.other.entry(format!("ip proto {proto}")).or_default() += 1;
+                    if rep.other_samples.len() < 32 {
+                        rep.other_samples.push(Frame {
+                            time: now,
+                            data: data.to_vec(),
+                        });
+                    }
                     if leak.is_none()
                         && opts
                             .protected

@@ -7,6 +7,7 @@
 
 use std::{
     fmt::Write as _,
+    path::Path,
     sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -17,7 +18,8 @@ use crate::{
     capture::{Capture, CaptureOpts, CaptureReport},
     daemon::{Daemon, RunArgs},
     gateway::{Case, GatewayNet, NetOpts, Side},
-    peer::{check_samples, peer_python, stream_of},
+    peer::{check_samples, peer_python, peer_script, stream_of},
+    topology::Proc,
     traffic::{expected_sha256, ping, tcp_transfer, wait_ping, TransferReport},
 };
 
@@ -104,7 +106,11 @@ pub fn wire_capture(net: &GatewayNet, case: &Case) -> Result<Capture> {
 
 /// Waits until the protected path answers pings both ways (gateways starting up); fails at
 /// once if a gateway exits.
-pub fn wait_path(net: &GatewayNet, case: &Case, gws: &mut [&mut Daemon]) -> Result<Duration> {
+pub fn wait_path(
+    net: &GatewayNet,
+    case: &Case,
+    alive: &mut dyn FnMut() -> Result<()>,
+) -> Result<Duration> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(30);
     for s in [Side::A, Side::B] {
@@ -115,9 +121,7 @@ pub fn wait_path(net: &GatewayNet, case: &Case, gws: &mut [&mut Daemon]) -> Resu
                 case.traffic_addr(net, s.other()),
                 step,
             );
-            for g in gws.iter_mut() {
-                g.check_alive()?;
-            }
+            alive()?;
             match r {
                 Ok(_) => break,
                 Err(e) if Instant::now() >= deadline => {
@@ -253,7 +257,10 @@ fn case_traffic(
     times: &mut Times,
     mut t: Instant,
 ) -> Result<()> {
-    let up = wait_path(net, case, &mut [&mut *a, &mut *b])?;
+    let up = wait_path(net, case, &mut || {
+        a.check_alive()?;
+        b.check_alive()
+    })?;
     eprintln!("  path up after {up:.1?}");
     t = times.add("start", t);
     let p = ping_both_ways(net, case, 3)?;
@@ -283,4 +290,78 @@ fn case_traffic(
         times.add("peer decrypt", t);
     }
     Ok(())
+}
+
+/// tests/interop/scapy_gateway.py as the gateway of side `s` (in its namespace, which stops
+/// forwarding: only the script moves packets). Returns once it listens. `work`: where the SA
+/// files go; `report`: where it writes its summary when stopped ([`stop_scapy`]).
+pub fn start_scapy_gateway(
+    net: &GatewayNet,
+    case: &Case,
+    s: Side,
+    python: &Path,
+    work: &Path,
+    report: &Path,
+) -> Result<Proc> {
+    let tp = &net.topo;
+    let gw = tp.ns(net.gw(s));
+    gw.sysctl("net.ipv4.ip_forward", "0")?;
+    gw.sysctl("net.ipv6.conf.all.forwarding", "0")?;
+    std::fs::create_dir_all(work)?;
+    let sa = |from: Side| -> Result<String> {
+        let p = work.join(format!("scapy-{s:?}-sa-from-{from:?}.json"));
+        std::fs::write(&p, case.peer_json(net, from).to_string())?;
+        Ok(p.display().to_string())
+    };
+    let (sa_in, sa_out) = (sa(s.other())?, sa(s)?);
+    let mac = |m: &[u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let mut p = gw.spawn(
+        &format!("scapy-gateway-{s:?}"),
+        python.to_str().context("python path")?,
+        &[
+            peer_script("scapy_gateway.py")
+                .to_str()
+                .context("script path")?,
+            "--sa-in",
+            &sa_in,
+            "--sa-out",
+            &sa_out,
+            "--outside",
+            &net.outside(s).ifname,
+            "--inside",
+            &net.inside(s).ifname,
+            "--outside-mac",
+            &mac(&net.wire_port(s).mac),
+            "--inside-mac",
+            &mac(&net.host_port(s).mac),
+            "--protect-src",
+            &case.selector(net, s),
+            "--protect-dst",
+            &case.selector(net, s.other()),
+            "--report",
+            report.to_str().context("report path")?,
+        ],
+    )?;
+    let ready = Instant::now() + Duration::from_secs(60);
+    while !p.log().contains("ready") {
+        if let Some(st) = p.try_wait() {
+            bail!("scapy_gateway.py exited ({st}):\n{}", p.log());
+        }
+        if Instant::now() > ready {
+            bail!("scapy_gateway.py not ready after 60 s:\n{}", p.log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(p)
+}
+
+/// SIGTERM to a Scapy gateway; it writes its report and exits 0.
+pub fn stop_scapy(p: &mut Proc) {
+    let st = p.stop(libc::SIGTERM, Duration::from_secs(10));
+    assert!(st.success(), "scapy_gateway.py: {st}\n{}", p.log());
 }

@@ -11,6 +11,10 @@ use xfrm_tests::{
     init_logging,
     peer::stream_of,
     root_or_skip,
+    scenario::{
+        check_capture, ping_both_ways, start_scapy_gateway, stop_scapy, transfers_both_ways,
+        wait_path, wire_capture,
+    },
     traffic::{expected_sha256, ping, tcp_transfer},
 };
 
@@ -78,4 +82,65 @@ fn harness_finds_plaintext_without_gateways() {
     );
     assert_eq!(rep.ipsec, 0);
     eprintln!("harness control: {:.1?}", t0.elapsed());
+}
+
+/// The Scapy gateway (tests/interop/scapy_gateway.py) against itself on both sides: the far
+/// end of gateway_scapy.rs works before it judges ours.
+#[test]
+fn harness_scapy_gateway_against_itself() {
+    if !root_or_skip("harness_scapy_gateway_against_itself") {
+        return;
+    }
+    init_logging();
+    let Some(py) = xfrm_tests::peer::peer_python() else {
+        return;
+    };
+    let t0 = Instant::now();
+    let net = GatewayNet::new(NetOpts::default()).unwrap();
+    for (ns, p) in [
+        (net.host_a, net.host_port(Side::A)),
+        (net.gw_a, net.inside(Side::A)),
+        (net.gw_b, net.inside(Side::B)),
+        (net.host_b, net.host_port(Side::B)),
+    ] {
+        net.topo
+            .ns(ns)
+            .ip(&["link", "set", "dev", &p.ifname, "mtu", "1400"])
+            .unwrap();
+    }
+    let case = Case::new("scapy-pair", Endpoints::Hosts, Family::V4, Family::V4)
+        .sa(SaSpec::new(Mode::Tunnel, GCM128));
+    let work = std::env::temp_dir().join(format!("xfrm-gw-{}-scapy-pair", net.topo.id()));
+    let cap = wire_capture(&net, &case).unwrap();
+    let reports = [work.join("a.json"), work.join("b.json")];
+    let mut gws: Vec<_> = [Side::A, Side::B]
+        .iter()
+        .zip(&reports)
+        .map(|(&s, r)| start_scapy_gateway(&net, &case, s, &py, &work, r).unwrap())
+        .collect();
+    wait_path(&net, &case, &mut || Ok(())).unwrap();
+    eprintln!("ping: {}", ping_both_ways(&net, &case, 2).unwrap());
+    let [ra, rb] = transfers_both_ways(&net, &case, 256 << 10, 5001).unwrap();
+    eprintln!("A->B {ra}\nB->A {rb}");
+    for g in &mut gws {
+        stop_scapy(g);
+    }
+    for r in &reports {
+        let st: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(r).unwrap()).unwrap();
+        eprintln!("{}: {st}", r.display());
+        assert_eq!(st["errors"], 0, "{st}");
+        assert!(st["decrypted"].as_u64().unwrap() > 100, "{st}");
+        assert_eq!(st["kernel_unknown_protos"], 0, "the kernel saw ESP: {st}");
+    }
+    let rep = cap.stop().unwrap();
+    eprintln!("wire: {}", rep.summary());
+    check_capture(&net, &case, &rep).unwrap();
+    let c = xfrm_tests::peer::check_samples(&py, &case, &net, &rep, &work).unwrap();
+    eprintln!("peer: {c}");
+    let _ = std::fs::remove_dir_all(&work);
+    eprintln!(
+        "TIME harness_scapy_gateway_against_itself: {:.1?}",
+        t0.elapsed()
+    );
 }
