@@ -10,7 +10,11 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -140,6 +144,30 @@ pub fn tcp_transfer(
     size: u64,
     deadline: Instant,
 ) -> Result<TransferReport> {
+    tcp_transfer_progress(
+        from,
+        to,
+        dst,
+        port,
+        stream,
+        size,
+        deadline,
+        Default::default(),
+    )
+}
+
+/// [`tcp_transfer`], with the bytes received so far in `progress`.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_transfer_progress(
+    from: &Netns,
+    to: &Netns,
+    dst: IpAddr,
+    port: u16,
+    stream: u8,
+    size: u64,
+    deadline: Instant,
+    progress: Arc<AtomicU64>,
+) -> Result<TransferReport> {
     let bind = SocketAddr::new(
         match dst {
             IpAddr::V4(_) => IpAddr::from([0u8; 4]),
@@ -150,7 +178,7 @@ pub fn tcp_transfer(
     let listener = to.run(|| Ok(TcpListener::bind(bind)?))?;
     listener.set_nonblocking(true)?;
     let start = Instant::now();
-    let receiver = std::thread::spawn(move || receive(listener, deadline));
+    let receiver = std::thread::spawn(move || receive(listener, deadline, &progress));
     let conn = from.run(|| connect(SocketAddr::new(dst, port), deadline));
     let sent = conn.and_then(|s| send(s, stream, size, deadline));
     let received = receiver
@@ -240,7 +268,7 @@ fn send(mut s: TcpStream, stream: u8, size: u64, deadline: Instant) -> Result<En
     })
 }
 
-fn receive(listener: TcpListener, deadline: Instant) -> Result<End> {
+fn receive(listener: TcpListener, deadline: Instant, progress: &AtomicU64) -> Result<End> {
     let mut s = loop {
         match listener.accept() {
             Ok((s, _)) => break s,
@@ -267,6 +295,7 @@ fn receive(listener: TcpListener, deadline: Instant) -> Result<End> {
             Ok(n) => {
                 h.update(&buf[..n]);
                 total += n as u64;
+                progress.store(total, Ordering::Relaxed);
             }
             Err(e)
                 if matches!(
@@ -361,6 +390,37 @@ pub fn wait_ping(ns: &Netns, dst: IpAddr, deadline: Instant) -> Result<Duration>
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// UDP datagrams of stream `stream` (1024 bytes of it each, in order) from `from` to `to`
+/// every `interval` until `stop`; returns how many were sent. For traffic that keeps coming
+/// while a gateway is down.
+pub fn udp_stream(
+    from: &Netns,
+    to: SocketAddr,
+    stream: u8,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<u64>> {
+    from.thread(move || {
+        let any: IpAddr = match to {
+            SocketAddr::V4(_) => [0u8; 4].into(),
+            SocketAddr::V6(_) => [0u8; 16].into(),
+        };
+        let s = UdpSocket::bind(SocketAddr::new(any, 0))?;
+        let mut buf = [0u8; 1024];
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            fill(stream, n * buf.len() as u64, &mut buf);
+            // Errors (ICMP unreachable reported on the socket) are expected while the path
+            // is down.
+            if s.send_to(&buf, to).is_ok() {
+                n += 1;
+            }
+            std::thread::sleep(interval);
+        }
+        Ok(n)
+    })
 }
 
 #[cfg(test)]

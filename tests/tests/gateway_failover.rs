@@ -1,0 +1,184 @@
+//! `kill -9` of gw-a's `xfrm-user run` under load (issue 5): a TCP transfer and a UDP stream
+//! from host-a to host-b are running when the daemon dies. From then on, nothing of the
+//! protected flows may cross the wire in clear (fail closed: the capture covers the whole
+//! test, before, during and after the outage). Then `xfrm-user run` again, with the same
+//! configuration, must restore the traffic: pings pass again and the interrupted TCP transfer
+//! completes with equal SHA-256 at both ends.
+//!
+//! What happens to the XDP programs when the process dies (still attached, or detached with
+//! their links) is printed: the capture's verdict is what counts.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use xfrm_tests::{
+    gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
+    init_logging,
+    peer::stream_of,
+    root_or_skip,
+    scenario::{
+        check_capture, daemon_logs, heavy, start_gateway, transfer_deadline, transfer_size,
+        wait_path, wire_capture, Times,
+    },
+    traffic::{expected_sha256, tcp_transfer_progress, udp_stream},
+};
+
+/// `ip -d link show` of an interface, the line that says which XDP program is attached.
+fn xdp_state(net: &GatewayNet, ns: usize, ifname: &str) -> String {
+    let out = net
+        .topo
+        .ns(ns)
+        .ip(&["-d", "link", "show", "dev", ifname])
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_else(|e| format!("{e:#}"));
+    let xdp: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("prog/xdp") || l.contains(" xdp"))
+        .collect();
+    if xdp.is_empty() {
+        "no XDP program".into()
+    } else {
+        xdp.join(" | ")
+    }
+}
+
+#[test]
+fn gateway_kill9_fails_closed_and_restarts() {
+    if !root_or_skip("gateway_kill9_fails_closed_and_restarts") {
+        return;
+    }
+    init_logging();
+    let _one_at_a_time = heavy();
+    let mut times = Times::default();
+    let t = Instant::now();
+    let case = Case::new("kill9", Endpoints::Hosts, Family::V4, Family::V4)
+        .sa(SaSpec::new(Mode::Tunnel, GCM128));
+    eprintln!("case {} (key seed {:#x})", case.name, case.seed);
+    let net = GatewayNet::new(NetOpts::default()).unwrap();
+    let cap = wire_capture(&net, &case).unwrap();
+    let mut a = start_gateway(&net, &case, Side::A).unwrap();
+    let mut b = start_gateway(&net, &case, Side::B).unwrap();
+    let r = wait_path(&net, &case, &mut || {
+        a.check_alive()?;
+        b.check_alive()
+    });
+    if let Err(e) = r {
+        panic!("{e:#}\n{}", daemon_logs(&[&a, &b]));
+    }
+    let t = times.add("start", t);
+    let inside = net.inside(Side::A).ifname.clone();
+    eprintln!(
+        "  gw-a inside while running: {}",
+        xdp_state(&net, net.gw_a, &inside)
+    );
+
+    // Load: a TCP transfer and a UDP stream (1 datagram / ms), both host-a -> host-b.
+    let size = transfer_size(64);
+    let progress = Arc::new(AtomicU64::new(0));
+    let dst = case.traffic_addr(&net, Side::B);
+    let stop_udp = Arc::new(AtomicBool::new(false));
+    let udp = udp_stream(
+        net.topo.ns(net.host_a),
+        SocketAddr::new(dst, 7000),
+        b'u',
+        Duration::from_millis(1),
+        stop_udp.clone(),
+    );
+    let (report, kill_at, outage) = std::thread::scope(|s| {
+        let p = progress.clone();
+        let net = &net;
+        let tcp = s.spawn(move || {
+            tcp_transfer_progress(
+                net.topo.ns(net.host_a),
+                net.topo.ns(net.host_b),
+                dst,
+                5001,
+                stream_of(Side::A),
+                size,
+                transfer_deadline(size),
+                p,
+            )
+        });
+        // Under load: an eighth of the transfer through.
+        let until = Instant::now() + Duration::from_secs(60);
+        while progress.load(Ordering::Relaxed) < size / 8 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let kill_at = progress.load(Ordering::Relaxed);
+        let status = a.proc().kill9();
+        eprintln!("  kill -9 at {kill_at} of {size} bytes: {status}");
+        let down = Instant::now();
+        // The outage: traffic keeps coming from host-a.
+        std::thread::sleep(Duration::from_millis(500));
+        eprintln!(
+            "  gw-a inside after kill -9: {}",
+            xdp_state(net, net.gw_a, &inside)
+        );
+        eprintln!(
+            "  gw-a outside after kill -9: {}",
+            xdp_state(net, net.gw_a, &net.outside(Side::A).ifname)
+        );
+        let stalled = progress.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(2500));
+        let during = progress.load(Ordering::Relaxed) - stalled;
+        eprintln!("  received during the outage (after 0.5 s): {during} bytes");
+        // Restart with the same configuration.
+        a = start_gateway(net, &case, Side::A).unwrap();
+        let r = wait_path(net, &case, &mut || {
+            a.check_alive()?;
+            b.check_alive()
+        });
+        let outage = down.elapsed();
+        if let Err(e) = r {
+            stop_udp.store(true, Ordering::Relaxed);
+            panic!(
+                "traffic not restored after `xfrm-user run` again: {e:#}\n{}",
+                daemon_logs(&[&a, &b])
+            );
+        }
+        eprintln!("  traffic restored {outage:.1?} after the kill");
+        let report = tcp.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (report, kill_at, outage)
+    });
+    stop_udp.store(true, Ordering::Relaxed);
+    let sent_udp = udp.join().unwrap().unwrap();
+    let t = times.add("load, kill -9, restart", t);
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => panic!(
+            "the TCP transfer did not survive the restart: {e:#}\n{}",
+            daemon_logs(&[&a, &b])
+        ),
+    };
+    eprintln!(
+        "  A->B {report} (killed at {kill_at}, outage {outage:.1?}); {sent_udp} UDP datagrams sent"
+    );
+    assert_eq!(report.sent, report.received);
+    assert_eq!(
+        report.received.sha256,
+        expected_sha256(stream_of(Side::A), size)
+    );
+    a.check_alive().unwrap();
+    b.check_alive().unwrap();
+    let rep = cap.stop().unwrap();
+    eprintln!("  wire: {}", rep.summary());
+    // Before, during and after the outage: nothing in clear.
+    check_capture(&net, &case, &rep).unwrap();
+    times.add("checks", t);
+    for d in [a, b] {
+        let st = d.stop();
+        assert!(st.success(), "xfrm-user run on SIGINT: {st}");
+    }
+    eprintln!(
+        "TIME gateway_kill9_fails_closed_and_restarts: {:.1?} ({} MiB; {times})",
+        times.total(),
+        size >> 20
+    );
+}
