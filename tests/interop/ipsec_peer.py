@@ -28,7 +28,7 @@ of `tmpl` in `ip xfrm policy`: the first is innermost), each SA:
      "flags": ["esn", "align4", "noecn", "nopmtudisc", "decap-dscp", "af-unspec"],
      "extra_flags": ["dont-encap-dscp"],
      "encap": {"type": "espinudp"|"espinudp-nonike", "sport": 4500, "dport": 4500},
-     "tfcpad": 0, "replay_window": 64,
+     "tfcpad": 0, "replay_window": 64, "outer_tos": null (encrypt: force the outer DS field),
      "seq": 1}        # first 64-bit sequence number sent / expected (ESN inference start)
 The key is written as `ip xfrm` takes it (for AEAD: the AES key followed by the 4-byte salt).
 
@@ -325,6 +325,7 @@ class SA:
         self.tfcpad = int(d.get("tfcpad", 0))
         self.replay_window = int(d.get("replay_window", 64)) or 64
         self.seq = int(d.get("seq", 1))
+        self.outer_tos = d.get("outer_tos")
         enc = d.get("encap")
         self.encap = None
         if enc:
@@ -443,8 +444,10 @@ _ip_id = [0x1000]
 
 
 def build_outer(sa, inner, proto):
-    """A tunnel-mode outer header as Linux builds it; lengths and checksum are fixed later."""
-    tos = expected_outer_tos(sa, inner)
+    """A tunnel-mode outer header as Linux builds it; lengths and checksum are fixed later.
+    With "outer_tos" in the SA description (encrypt only) the outer DS field is that value
+    instead, to exercise the receiver's ECN/DSCP decapsulation."""
+    tos = sa.outer_tos if sa.outer_tos is not None else expected_outer_tos(sa, inner)
     if sa.dst.version == 4:
         _ip_id[0] = (_ip_id[0] + 1) & 0xFFFF
         df = 0x4000 if expected_outer_df(sa, inner) else 0

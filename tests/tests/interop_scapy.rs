@@ -202,6 +202,34 @@ fn ip_packet(
     p
 }
 
+/// The packet with IPv4 options or an IPv6 hop-by-hop header (`opts`: its option bytes, 6 of
+/// them for IPv6) inserted after the fixed header; the L4 checksum stays valid.
+fn with_options(p: &[u8], opts: &[u8]) -> Vec<u8> {
+    let mut q = Vec::with_capacity(p.len() + 8);
+    if p[0] >> 4 == 4 {
+        assert_eq!(opts.len() % 4, 0);
+        q.extend_from_slice(&p[..20]);
+        q.extend_from_slice(opts);
+        q.extend_from_slice(&p[20..]);
+        q[0] = 0x40 | ((20 + opts.len()) / 4) as u8;
+        let len = q.len() as u16;
+        q[2..4].copy_from_slice(&len.to_be_bytes());
+        q[10..12].copy_from_slice(&[0, 0]);
+        let c = csum_fold(csum_add(0, &q[..20 + opts.len()]));
+        q[10..12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        assert_eq!(opts.len(), 6);
+        q.extend_from_slice(&p[..40]);
+        q.extend_from_slice(&[p[6], 0]); // hop-by-hop: next header, length 0 (8 bytes)
+        q.extend_from_slice(opts);
+        q.extend_from_slice(&p[40..]);
+        q[6] = 0; // next header: hop-by-hop options
+        let plen = (q.len() - 40) as u16;
+        q[4..6].copy_from_slice(&plen.to_be_bytes());
+    }
+    q
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
@@ -245,8 +273,28 @@ fn echo(v6: bool, request: bool, payload: &[u8]) -> Vec<u8> {
 }
 
 /// TCP, UDP, ICMP; 0-byte payloads, odd sizes, and whole packets of 1400 bytes; DSCP and every
-/// ECN codepoint; DF set and clear.
+/// ECN codepoint; DF set and clear; IPv4 options and IPv6 hop-by-hop options, immutable (router
+/// alert) and mutable (record route; an option type with the may-change bit), which AH's ICV
+/// must see zeroed (RFC 4302 3.3.3.1, ip_clear_mutable_options, ah6's zero_out_mutable_opts).
 fn plaintexts(src: IpAddr, dst: IpAddr) -> Vec<Vec<u8>> {
+    let mut v = plaintexts_plain(src, dst);
+    let (ra, mutable): (&[u8], &[u8]) = if src.is_ipv6() {
+        (
+            &[0x05, 0x02, 0x00, 0x00, 0x01, 0x00],
+            &[0x3e, 0x04, 0xde, 0xad, 0xbe, 0xef],
+        )
+    } else {
+        (
+            &[0x94, 0x04, 0x00, 0x00],
+            &[0x07, 0x07, 0x04, 0, 0, 0, 0, 0x00],
+        )
+    };
+    v.push(with_options(&v[4], ra));
+    v.push(with_options(&v[1], mutable));
+    v
+}
+
+fn plaintexts_plain(src: IpAddr, dst: IpAddr) -> Vec<Vec<u8>> {
     let v6 = src.is_ipv6();
     let ip_hdr = if v6 { 40 } else { 20 };
     let icmp = if v6 { 58 } else { 1 };
@@ -354,16 +402,20 @@ const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 
 fn write_pcap(path: &Path, link: DataLink, packets: &[Vec<u8>]) {
+    let frames: Vec<Vec<u8>> = packets.iter().map(|p| frame_of(link, p)).collect();
+    write_frames(path, link, &frames);
+}
+
+fn write_frames(path: &Path, link: DataLink, frames: &[Vec<u8>]) {
     let f = fs::File::create(path).unwrap();
     let hdr = PcapHeader {
         datalink: link,
         ..Default::default()
     };
     let mut w = PcapWriter::with_header(f, hdr).unwrap();
-    for (i, p) in packets.iter().enumerate() {
-        let frame = frame_of(link, p);
+    for (i, frame) in frames.iter().enumerate() {
         let ts = Duration::from_millis(1_700_000_000_000 + i as u64);
-        w.write_packet(&PcapPacket::new(ts, frame.len() as u32, &frame))
+        w.write_packet(&PcapPacket::new(ts, frame.len() as u32, frame))
             .unwrap();
     }
 }
@@ -448,6 +500,9 @@ struct SaSpec {
     tfcpad: u32,
     /// First sequence number, 64 bits (the high half matters with esn).
     first_seq: u64,
+    /// The outer DS field the peer writes when it encrypts (instead of copying the inner
+    /// one), to exercise our ECN/DSCP decapsulation.
+    peer_outer_tos: Option<u8>,
 }
 
 impl SaSpec {
@@ -460,6 +515,7 @@ impl SaSpec {
             encap: None,
             tfcpad: 0,
             first_seq: 1,
+            peer_outer_tos: None,
         }
     }
     fn flag(mut self, f: &'static str) -> Self {
@@ -480,6 +536,10 @@ impl SaSpec {
     }
     fn seq(mut self, s: u64) -> Self {
         self.first_seq = s;
+        self
+    }
+    fn peer_outer_tos(mut self, tos: u8) -> Self {
+        self.peer_outer_tos = Some(tos);
         self
     }
 }
@@ -582,6 +642,59 @@ impl Case {
             Dir::In => plaintexts(r, l),
         }
     }
+    /// What our input makes of a plaintext the peer tunnelled with `peer_outer_tos`: the
+    /// inner DS field after decapsulation, RFC 6040 section 4.2 for ECN (the rule; Linux's
+    /// xfrm ipip_ecn_decapsulate only copies CE into an ECT inner header and never drops) unless
+    /// noecn, the outer DSCP with decap-dscp (ipv4_copy_dscp / ipv6_copy_dscp). None: dropped
+    /// (outer CE over a not-ECT inner packet).
+    fn expected_decap(&self, p: &[u8]) -> Option<Vec<u8>> {
+        let [s] = &self.sas[..] else {
+            return Some(p.to_vec());
+        };
+        let Some(outer) = s.peer_outer_tos else {
+            return Some(p.to_vec());
+        };
+        let v4 = p[0] >> 4 == 4;
+        let inner = if v4 { p[1] } else { (p[0] << 4) | (p[1] >> 4) };
+        let mut ds = inner;
+        if s.flags.contains(&"decap-dscp") {
+            ds = (outer & 0xfc) | (inner & 3);
+        }
+        if !s.flags.contains(&"noecn") {
+            let ecn = match (inner & 3, outer & 3) {
+                (0, 3) => return None,
+                (_, 3) => 3,
+                (2, 1) => 1,
+                (i, _) => i,
+            };
+            ds = (ds & 0xfc) | ecn;
+        }
+        let mut q = p.to_vec();
+        if v4 {
+            q[1] = ds;
+            q[10..12].copy_from_slice(&[0, 0]);
+            let ihl = usize::from(q[0] & 0xf) * 4;
+            let c = csum_fold(csum_add(0, &q[..ihl]));
+            q[10..12].copy_from_slice(&c.to_be_bytes());
+        } else {
+            q[0] = 0x60 | (ds >> 4);
+            q[1] = (ds << 4) | (q[1] & 0x0f);
+        }
+        Some(q)
+    }
+
+    /// A UDP packet that no policy selects (between two other hosts of the outer family).
+    fn bypass(&self) -> Vec<u8> {
+        let (s, d): (IpAddr, IpAddr) = match self.outer {
+            Fam::V4 => ("192.0.2.77".parse().unwrap(), "192.0.2.78".parse().unwrap()),
+            Fam::V6 => (
+                "2001:db8::77".parse().unwrap(),
+                "2001:db8::78".parse().unwrap(),
+            ),
+        };
+        ip_packet(s, d, 0x10, false, 9, 0x4242, 17, &udp(7, 9, b"no policy"))
+    }
+
     fn spi(&self, idx: usize, dir: Dir) -> u32 {
         0x1000 + idx as u32 + if dir == Dir::In { 0x100 } else { 0 }
     }
@@ -740,6 +853,9 @@ impl Case {
                     "flags": s.flags, "extra_flags": s.extra_flags,
                     "tfcpad": s.tfcpad, "replay_window": 128, "seq": s.first_seq,
                 });
+                if let (Some(tos), Dir::In) = (s.peer_outer_tos, dir) {
+                    v["outer_tos"] = json!(tos);
+                }
                 v[if s.alg.is_esp() { "aead" } else { "auth" }] = match s.alg {
                     Alg::Gcm { icv_bits, .. } => {
                         json!({"name": "rfc4106(gcm(aes))", "key": key, "icv_bits": icv_bits})
@@ -890,7 +1006,11 @@ fn run_matrix(title: &str, cases: &[Case]) -> Option<Vec<Outcome>> {
             let sa = d.join(format!("{ci}-{tag}.json"));
             fs::write(&sa, serde_json::to_vec_pretty(&c.peer_sas(dir)).unwrap()).unwrap();
             let plain = d.join(format!("{ci}-{tag}-plain.pcap"));
-            write_pcap(&plain, c.link, &c.plaintexts(dir));
+            let mut pkts = c.plaintexts(dir);
+            if dir == Dir::Out {
+                pkts.push(c.bypass()); // no policy: copied unchanged
+            }
+            write_pcap(&plain, c.link, &pkts);
         }
         let plain = d.join(format!("{ci}-out-plain.pcap"));
         let wire = d.join(format!("{ci}-out-wire.pcap"));
@@ -952,7 +1072,8 @@ fn run_matrix(title: &str, cases: &[Case]) -> Option<Vec<Outcome>> {
 
 /// Our output, decrypted by the peer.
 fn check_out(c: &Case, d: &Path, ci: usize, res: &Value) -> Result<String, String> {
-    let want = c.plaintexts(Dir::Out);
+    let mut want = c.plaintexts(Dir::Out);
+    want.push(c.bypass());
     let report = fs::read_to_string(d.join(format!("{ci}-out-report.jsonl")))
         .map_err(|e| format!("no peer report: {e}"))?;
     let reports: Vec<Value> = report
@@ -974,6 +1095,13 @@ fn check_out(c: &Case, d: &Path, ci: usize, res: &Value) -> Result<String, Strin
     }
     let mut engines = std::collections::BTreeSet::new();
     for (i, r) in reports.iter().enumerate() {
+        if i == want.len() - 1 {
+            // the packet without a policy: on the wire as it was (compared below)
+            if r["status"] != "passthrough" {
+                return Err(format!("packet {i} has no policy but the peer sees {r}"));
+            }
+            continue;
+        }
         if r["status"] != "ok" {
             return Err(format!(
                 "packet {i}: peer status {} (not IPsec?)",
@@ -1037,6 +1165,10 @@ fn check_in(c: &Case, d: &Path, ci: usize, res: &Value) -> Result<String, String
     let cfg = d.join(format!("{ci}.conf"));
     let wire = d.join(format!("{ci}-in-wire.pcap"));
     let back = d.join(format!("{ci}-in-back.pcap"));
+    // a packet without a policy joins the peer's ESP/AH: copied unchanged
+    let (wlink, mut frames) = read_pcap(&wire)?;
+    frames.push(frame_of(wlink, &c.bypass()));
+    write_frames(&wire, wlink, &frames);
     let stderr = run_xfrm_user(&cfg, Dir::In, &wire, &back)?;
     let (link, got) = read_pcap(&back).map_err(|e| format!("{e}; xfrm-user stderr: {stderr}"))?;
     if link != c.link {
@@ -1045,6 +1177,10 @@ fn check_in(c: &Case, d: &Path, ci: usize, res: &Value) -> Result<String, String
     let want: Vec<Vec<u8>> = c
         .plaintexts(Dir::In)
         .iter()
+        .filter_map(|p| c.expected_decap(p))
+        .collect::<Vec<_>>()
+        .iter()
+        .chain([&c.bypass()])
         .map(|p| frame_of(c.link, p))
         .collect();
     compare_packets("our plaintext", &got, &want).map_err(|e| {
@@ -1291,6 +1427,46 @@ fn tunnel_tfc_padding_and_outer_header_flags() {
 }
 
 #[test]
+fn tunnel_decap_ecn_and_dscp() {
+    // The peer marks the outer header; our input decapsulates ECN per RFC 6040 and copies
+    // the DSCP only with decap-dscp (the out direction runs too, as everywhere).
+    let mut cases = Vec::new();
+    for (mode, outer, inner) in LAYOUTS.into_iter().filter(|l| l.0 == Mode::Tunnel) {
+        for tos in [
+            0xab, /* DSCP 42, CE */
+            0x29, /* DSCP 10, ECT(1) */
+            0x60, /* CS3, not-ECT */
+        ] {
+            let base = SaSpec::new(mode, ESP_ALGS[2]).peer_outer_tos(tos);
+            for flags in [
+                &[][..],
+                &["decap-dscp"],
+                &["noecn"],
+                &["decap-dscp", "noecn"],
+            ] {
+                let mut sa = base.clone();
+                for f in flags {
+                    sa = sa.flag(f);
+                }
+                let mut c = case(outer, inner, vec![sa]);
+                let _ = write!(c.name, " peer outer DS {tos:#04x}");
+                cases.push(c);
+            }
+        }
+        let mut c = case(
+            outer,
+            inner,
+            vec![SaSpec::new(mode, AH_ALGS[0])
+                .flag("decap-dscp")
+                .peer_outer_tos(0xab)],
+        );
+        c.name.push_str(" peer outer DS 0xab");
+        cases.push(c);
+    }
+    run("decap-ecn-dscp", cases);
+}
+
+#[test]
 fn bundles_ah_outside_esp() {
     let mut cases = Vec::new();
     for (mode, outer, inner) in LAYOUTS {
@@ -1489,7 +1665,13 @@ fn tshark_case(tshark: &Path, c: &Case, d: &Path) -> Result<String, String> {
             ));
         }
         // The decrypted packet: the innermost IP header and its L4 protocol, as in the plaintext.
-        let l4 = match if p[0] >> 4 == 4 { p[9] } else { p[6] } {
+        // the L4 protocol, past a hop-by-hop header
+        let proto = match p[0] >> 4 {
+            4 => p[9],
+            _ if p[6] == 0 => p[40],
+            _ => p[6],
+        };
+        let l4 = match proto {
             6 => "tcp",
             17 => "udp",
             1 => "icmp",
@@ -1501,7 +1683,11 @@ fn tshark_case(tshark: &Path, c: &Case, d: &Path) -> Result<String, String> {
             .iter()
             .position(|l| *l == "esp")
             .ok_or(format!("frame {i}: no esp in {protos}"))?;
-        let after: Vec<&str> = layers[esp_at + 1..].to_vec();
+        let after: Vec<&str> = layers[esp_at + 1..]
+            .iter()
+            .copied()
+            .filter(|l| !l.starts_with("ipv6."))
+            .collect();
         let want_fam = if p[0] >> 4 == 4 { "ip" } else { "ipv6" };
         let ok = if c.tunnel() {
             after.first() == Some(&want_fam) && after.get(1) == Some(&l4)

@@ -198,8 +198,8 @@ pub fn ipv6_clear_mutable_options(hdr: &mut [u8], out: bool) -> Result<(), AhErr
 /// Copies the IP header (and the extension headers in front of AH) into `buf` with the
 /// mutable fields zeroed as the ICV wants them: IPv4 TOS, flags/fragment offset, TTL,
 /// checksum and the mutable options; IPv6 traffic class, flow label, hop limit and the
-/// mutable option data / routing addresses. `out` as in `ipv6_clear_mutable_options`
-/// (ah_input passes false). Returns the copy.
+/// mutable option data / routing addresses. `out` as in `ipv6_clear_mutable_options` and
+/// `ip_clear_mutable_options_dir` (ah_input passes false). Returns the copy.
 pub fn ah_icv_header<'b>(
     hdr: &[u8],
     v6: bool,

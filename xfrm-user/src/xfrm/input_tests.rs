@@ -1484,6 +1484,44 @@ fn ah_header_sized_for_the_full_digest_is_accepted() {
     );
 }
 
+#[test]
+fn concurrent_workers_accept_each_number_once() {
+    // Four workers get the same 2000 packets in the same order, started together, so they
+    // keep racing for the same number: each number is taken exactly once overall (the
+    // recheck in advance() under the SA lock decides between two that both passed check()).
+    let mut c = sa_cfg(
+        0x1100,
+        Alg::Gcm {
+            key_len: 16,
+            icv_bits: 128,
+        },
+        XfrmMode::Tunnel,
+        false,
+    );
+    c.replay_window = 4096;
+    let link = Link::bundle(vec![c.clone()], false);
+    let p = packet_for(&c, false, proto::UDP, 0, &[0x33; 1000]);
+    let wires: Vec<Vec<u8>> = (0..2000).map(|_| link.send(&p)).collect();
+    let taken = std::sync::atomic::AtomicU64::new(0);
+    let start = std::sync::Barrier::new(4);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let (link, wires, taken, start) = (&link, &wires, &taken, &start);
+            s.spawn(move || {
+                start.wait();
+                for w in wires {
+                    if link.recv(w).0 == InputVerdict::Decapsulated {
+                        taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(taken.into_inner(), 2000);
+    assert_eq!(link.rx_stats.get(XfrmStat::XfrmInStateSeqError), 6000);
+    assert_eq!(link.rx_sa(0).curlft_packets(), 2000);
+}
+
 // ----------------------------------------------------------------------------------------
 // Property tests
 

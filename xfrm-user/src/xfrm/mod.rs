@@ -2,12 +2,12 @@
 //! SA lookup), `mode` (x->outer_mode: transport/tunnel), `esp` and `ah` (x->type), and
 //! `output` (xfrm_output / xfrm_output_resume / xfrm_output_one).
 //!
-//! The input side goes beside each: xfrm_input in input.rs; esp_input next to esp_output
-//! (reusing `esp_aad`, the ESN header shift of the GMAC path, `esp_trailer_len`);
-//! ah_input next to ah_output (`ah_icv_header(.., out = false, ..)` zeroes the same
-//! fields); the tunnel/transport input modes in mode.rs; the replay window in state.rs
-//! next to xfrm_replay_overflow; `XfrmDb::state_lookup` finds the SA by (daddr, spi, proto)
-//! and `spd::sa_covers_flow` is the selector check.
+//! The input side goes beside each: xfrm_input in input.rs (with the NAT-T receive hook
+//! in front and __xfrm_policy_check, policy_check.rs, behind); esp_input next to
+//! esp_output (reusing `esp_aad` and the ESN header shift of the GMAC path); ah_input next
+//! to ah_output (`ah_icv_header(.., out = false, ..)` zeroes the same fields); the
+//! tunnel/transport input modes in mode.rs; the replay window in replay.rs, kept per SA in
+//! state.rs; `XfrmDb::state_lookup` finds the SA by (daddr, spi, proto).
 
 pub mod ah;
 pub mod esp;
