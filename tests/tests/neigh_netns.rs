@@ -144,6 +144,18 @@ fn routes_neighbours_and_changes() {
     assert_eq!(moved.src_mac, l2.a.mac);
     assert_eq!(moved.mtu, 1400);
 
+    // The interface's MTU changes: the on-link destination follows it.
+    g.ip(&["link", "set", "dev", &l2.a.ifname, "mtu", "1300"])
+        .unwrap();
+    let p2v4 = IpAddr::V4(l2.b.ipv4);
+    let smaller = wait_for(|| {
+        reader.refresh();
+        reader.lookup(p2v4).filter(|e| e.mtu == 1300)
+    });
+    assert!(smaller.is_some(), "link MTU change not seen");
+    // Our source address towards a destination comes with its route.
+    assert_eq!(reader.src_towards(p2v4), Some(IpAddr::V4(l2.a.ipv4)));
+
     // The neighbour goes away (p2's address removed, entry flushed): the destination stops
     // resolving instead of using a dead MAC.
     t.ns(p2)

@@ -5,6 +5,7 @@ pub mod attach;
 pub mod loader;
 pub mod neigh;
 pub mod rules;
+pub mod run;
 pub mod worker;
 pub mod xsk;
 

@@ -594,15 +594,21 @@ pub struct L2 {
     pub next_hop: IpAddr,
 }
 
-/// An immutable view: destination → L2 for the destinations that resolved.
+/// An immutable view: destination → L2 for the destinations that resolved, and our source
+/// address towards every destination with a route (known before its neighbour is).
 #[derive(Debug, Default)]
 pub struct Snapshot {
     resolved: HashMap<IpAddr, L2>,
+    prefsrc: HashMap<IpAddr, IpAddr>,
 }
 
 impl Snapshot {
     pub fn get(&self, dst: &IpAddr) -> Option<&L2> {
         self.resolved.get(dst)
+    }
+    /// The route's preferred source towards `dst` (RTA_PREFSRC).
+    pub fn src_towards(&self, dst: &IpAddr) -> Option<IpAddr> {
+        self.prefsrc.get(dst).copied()
     }
     pub fn len(&self) -> usize {
         self.resolved.len()
@@ -672,6 +678,16 @@ impl NeighReader {
 
     pub fn snapshot(&self) -> &Snapshot {
         &self.snap
+    }
+
+    /// Our address towards `dst` (for ICMP errors we send there); needs only the route, not
+    /// the neighbour. A miss asks for resolution like [`NeighReader::lookup`].
+    pub fn src_towards(&self, dst: IpAddr) -> Option<IpAddr> {
+        let r = self.snap.src_towards(&dst);
+        if r.is_none() {
+            let _ = self.requests.try_send(dst);
+        }
+        r
     }
 }
 
@@ -1017,8 +1033,12 @@ impl Control {
 
     fn publish(&self) {
         let mut resolved = HashMap::new();
+        let mut prefsrc = HashMap::new();
         for (&d, st) in &self.dsts {
             let Some(r) = st.route else { continue };
+            if let Some(src) = r.prefsrc {
+                prefsrc.insert(d, src);
+            }
             let Some(link) = self.links.get(&r.oif) else {
                 continue;
             };
@@ -1041,7 +1061,7 @@ impl Control {
                 },
             );
         }
-        self.shared.publish(Snapshot { resolved });
+        self.shared.publish(Snapshot { resolved, prefsrc });
     }
 }
 
@@ -1155,6 +1175,7 @@ mod tests {
         };
         shared.publish(Snapshot {
             resolved: HashMap::from([(d, l2)]),
+            prefsrc: HashMap::new(),
         });
         assert!(r.lookup(d).is_none(), "not before refresh");
         r.refresh();

@@ -22,10 +22,13 @@
 //! Sequence numbers come from the SA's atomic counter (`SecurityAssociation`), so two workers
 //! never send the same number. The wire order between workers is not the counter order: a
 //! worker takes numbers for its batch and transmits the batch at the end of the same loop
-//! iteration, so numbers in flight at once are bounded by (workers × batch size), 64 per
-//! worker by default. The receiver's replay window (32 to 4096 packets) accepts any order
-//! within the window; with a window of at least workers × batch, reordering between workers
-//! never causes a replay drop. That is the "monotonic within the replay window" property.
+//! iteration (and keeps kicking until the kernel has taken every descriptor: copy mode sends
+//! at most 32 per kick), so numbers in flight at once are bounded by about workers × batch
+//! (64 per worker by default), unless a worker thread is preempted mid-batch. The receiver's
+//! replay window (32 to 4096 packets) accepts any order within the window; with a window of
+//! at least 2 × workers × batch, reordering between workers does not cause replay drops.
+//! That is the "monotonic within the replay window" property (tests/worker_netns.rs
+//! `two_workers_share_one_sa` measures the lag).
 
 use std::{
     ffi::CString,
@@ -50,6 +53,11 @@ use crate::frame::Frame;
 use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, HEADER_LEN as ETH_LEN};
 use crate::wire::{ip_version, ipv4::Ipv4Packet, ipv6::Ipv6Packet};
 use crate::xfrm::pmtu::{self, Fragmenter, SizeCheck};
+
+/// Metadata flag for the one-armed gateway, where one socket receives both directions: set
+/// by the program on the outside path (ESP/AH/NAT-T to a local SA). Proposed for
+/// xfrm-common (`META_F_*`); the next free bit after META_F_FRAGMENT.
+pub const META_F_INBOUND: u16 = 1 << 3;
 
 /// UMEM frame size: one page, room for 256 bytes of headroom, a 1500-byte packet and any
 /// trailer (and native XDP's limits on veth).
@@ -90,6 +98,11 @@ impl Ctx<'_> {
     /// asks for resolution).
     pub fn l2(&self, dst: IpAddr) -> Option<L2> {
         self.neigh.lookup(dst)
+    }
+    /// Our address towards `dst` (the route's preferred source), known as soon as the route
+    /// is, before the neighbour.
+    pub fn src_towards(&self, dst: IpAddr) -> Option<IpAddr> {
+        self.neigh.src_towards(dst)
     }
     /// The interface of a side: index, MAC, MTU.
     pub fn port(&self, side: Side) -> &PortInfo {
@@ -135,7 +148,8 @@ pub fn too_big(frame: &mut Frame<'_>, mtu: u32, ctx: &Ctx<'_>) -> Option<Action>
         _ => IpAddr::V6(Ipv6Packet::new_unchecked(frame.data()).src_addr()),
     };
     // Our address towards the sender: the route's preferred source, as icmp_send picks it.
-    let src = ctx.l2(sender).and_then(|l| l.src_addr);
+    // (The reply goes back to the MAC the packet came from: no neighbour needed.)
+    let src = ctx.src_towards(sender);
     let r = match (verdict, src) {
         (SizeCheck::Fits, _) => return None,
         (SizeCheck::FragNeeded { mtu }, Some(IpAddr::V4(s))) => {
@@ -422,8 +436,19 @@ impl<T: Transform> Worker<T> {
         self.reap();
         self.refill();
         self.neigh.refresh();
+        // Descriptors the kernel has not taken yet: copy mode sends at most 32 per kick
+        // (TX_BATCH_SIZE), so kick again until the ring is drained, and do not sleep on it.
+        let mut tx_left = false;
+        for p in &mut self.ports {
+            if p.tx.pending() > 0 {
+                tx_left = true;
+                if p.tx.needs_wakeup() {
+                    p.tx.wake();
+                }
+            }
+        }
         if !self.ports.iter().any(|p| p.rx.available() > 0) {
-            self.poll(wait)?;
+            self.poll(if tx_left { Duration::ZERO } else { wait })?;
         }
         let mut n = 0;
         for pi in 0..self.ports.len() {
@@ -530,27 +555,43 @@ impl<T: Transform> Worker<T> {
             r.release();
         }
         let n = self.rx_batch.len();
+        // One handle on the counters per batch (the loop below borrows self mutably).
+        let stats = self.stats.clone();
+        let one_armed = self.side_port[0] == self.side_port[1];
         for i in 0..n {
             let d = self.rx_batch[i];
-            let from = if pi == self.side_port[0] {
+            let from = if one_armed {
+                // One socket for both directions: the XDP program says which it saw.
+                match self.meta_at(d.addr) {
+                    Some(m) if m.flags & META_F_INBOUND != 0 => Side::Outside,
+                    _ => Side::Inside,
+                }
+            } else if pi == self.side_port[0] {
                 Side::Inside
             } else {
                 Side::Outside
             };
-            inc(&self.stats.rx[from as usize]);
-            self.handle(from, d);
+            inc(&stats.rx[from as usize]);
+            self.handle(from, d, &stats);
         }
         n
     }
 
+    /// The classifier's metadata in front of the packet at `addr`, if valid.
+    fn meta_at(&self, addr: u64) -> Option<XdpMeta> {
+        // SAFETY: a received frame (ours), read only; the slice ends before `handle` makes
+        // its own.
+        let buf = unsafe { self.frame_bytes(addr) }?;
+        read_meta(buf, (addr & (u64::from(FRAME_SIZE) - 1)) as usize)
+    }
+
     /// One received frame: metadata, Ethernet off, transform, Ethernet on, maybe fragments,
     /// onto a TX batch (or back to the free list).
-    fn handle(&mut self, from: Side, d: XdpDesc) {
+    fn handle(&mut self, from: Side, d: XdpDesc, stats: &WorkerStats) {
         let mask = !(u64::from(FRAME_SIZE) - 1);
         let base = d.addr & mask;
         let head = (d.addr - base) as usize;
         let len = d.len as usize;
-        let stats = self.stats.clone();
         // SAFETY: the kernel handed this frame over in the RX ring; it is ours until we put
         // it in a ring or the free list, and this is the only slice of it.
         let Some(buf) = (unsafe { self.frame_bytes(d.addr) }) else {
@@ -562,14 +603,7 @@ impl<T: Transform> Worker<T> {
             self.free.push(base);
             return;
         }
-        let meta = (head >= XDP_META_LEN)
-            .then(|| {
-                // SAFETY: XDP_META_LEN bytes inside the frame, plain integers.
-                unsafe {
-                    std::ptr::read_unaligned(buf[head - XDP_META_LEN..].as_ptr() as *const XdpMeta)
-                }
-            })
-            .filter(|m| m.magic == XDP_META_MAGIC);
+        let meta = read_meta(buf, head);
         let mut eth = [0u8; ETH_LEN];
         eth.copy_from_slice(&buf[head..head + ETH_LEN]);
         // The classifier said where IP starts (VLAN tags); without metadata, plain Ethernet.
@@ -617,7 +651,7 @@ impl<T: Transform> Worker<T> {
                     return;
                 }
                 if frame.len() > l2.mtu as usize {
-                    self.fragment_out(to, frame, base, &l2);
+                    self.fragment_out(to, frame, base, &l2, stats);
                     return;
                 }
                 (to, l2.dst_mac, l2.src_mac)
@@ -643,8 +677,14 @@ impl<T: Transform> Worker<T> {
 
     /// The packet in `frame` exceeds the route MTU: IPv4 without DF and IPv6 are fragmented
     /// (fragments 1.. into free frames, fragment 0 in place), IPv4 with DF is dropped.
-    fn fragment_out(&mut self, to: Side, mut frame: Frame<'_>, base: u64, l2: &L2) {
-        let stats = self.stats.clone();
+    fn fragment_out(
+        &mut self,
+        to: Side,
+        mut frame: Frame<'_>,
+        base: u64,
+        l2: &L2,
+        stats: &WorkerStats,
+    ) {
         let plan = match ip_version(frame.data()) {
             Some(4) => Fragmenter::ipv4(frame.data(), l2.mtu),
             _ => {
@@ -750,6 +790,14 @@ impl<T: Transform> Worker<T> {
     pub fn frames_in_use(&self) -> usize {
         self.umem.len_frames() as usize - self.free.len()
     }
+}
+
+/// The [`XdpMeta`] that ends at `head` in a frame, if it carries the magic.
+fn read_meta(buf: &[u8], head: usize) -> Option<XdpMeta> {
+    let m = buf.get(head.checked_sub(XDP_META_LEN)?..head)?;
+    // SAFETY: XDP_META_LEN bytes of plain integers.
+    let m: XdpMeta = unsafe { std::ptr::read_unaligned(m.as_ptr() as *const XdpMeta) };
+    (m.magic == XDP_META_MAGIC).then_some(m)
 }
 
 fn write_eth(h: &mut [u8], dst: [u8; 6], src: [u8; 6], ethertype: u16) {
@@ -859,6 +907,27 @@ mod tests {
         all.sort_unstable();
         let want: Vec<u32> = (1..=(WORKERS * PACKETS) as u32).collect();
         assert_eq!(all, want);
+    }
+
+    #[test]
+    fn metadata_ends_where_the_packet_starts() {
+        let mut buf = vec![0u8; 4096];
+        let m = XdpMeta {
+            magic: XDP_META_MAGIC,
+            flags: META_F_INBOUND,
+            l3_offset: 14,
+            l4_offset: 34,
+            policy_id: 7,
+            sa_id: 9,
+        };
+        // SAFETY: XDP_META_LEN bytes of plain integers into a large enough buffer.
+        unsafe {
+            std::ptr::write_unaligned(buf[256 - XDP_META_LEN..].as_mut_ptr() as *mut XdpMeta, m)
+        };
+        assert_eq!(read_meta(&buf, 256), Some(m));
+        assert_eq!(read_meta(&buf, 255), None, "not where the magic is");
+        assert_eq!(read_meta(&buf, 4), None, "no room for metadata");
+        assert_eq!(read_meta(&buf, 5000), None, "outside the frame");
     }
 
     #[test]
