@@ -146,6 +146,26 @@ pub struct TestRunOutcome {
     pub meta: Option<XdpMeta>,
     /// The packet as the program left it.
     pub packet: Vec<u8>,
+    /// The kernel's duration of one run in ns (its total over `repeat` runs, divided).
+    pub ns_per_run: u64,
+}
+
+/// The programs of the object, for [`Datapath::test_run_prog`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// `xfrm_classify`: the inside interface (policy lookup).
+    Inside,
+    /// `xfrm_pass`: passes everything; the peer figure of the benchmarks.
+    Pass,
+}
+
+impl Program {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Inside => PROG_CLASSIFY,
+            Self::Pass => PROG_PASS,
+        }
+    }
 }
 
 pub const XDP_ABORTED: u32 = 0;
@@ -315,6 +335,19 @@ impl Datapath {
     /// Run the classifier once on `packet` through BPF_PROG_TEST_RUN (no network, no attach).
     /// The kernel does not perform a redirect in this mode; it reports XDP_REDIRECT.
     pub fn test_run(&mut self, packet: &[u8]) -> Result<TestRunOutcome> {
+        self.test_run_prog(Program::Inside, packet, 1)
+    }
+
+    /// Run `prog` `repeat` times on `packet` through BPF_PROG_TEST_RUN; the outcome is the
+    /// last run's, `ns_per_run` the kernel's own measure (total time / repeat). The kernel
+    /// does not reset the packet between runs, so the program must leave it as it found it
+    /// (ours do: they only write metadata, always exactly [`XDP_META_LEN`] bytes of it).
+    pub fn test_run_prog(
+        &mut self,
+        prog: Program,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutcome> {
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex. In: no metadata (data = 0), data_end = the packet length; ifindex 0
         // means the loopback device's queue 0.
@@ -325,12 +358,13 @@ impl Datapath {
         // Headroom the program may take for metadata comes back in front of the packet.
         let mut data_out = vec![0u8; packet.len() + 256];
         let res = self
-            .prog(PROG_CLASSIFY)?
+            .prog(prog.name())?
             .test_run(TestRunOptions {
                 data_in: Some(packet),
                 data_out: Some(&mut data_out),
                 ctx_in: Some(&ctx_in),
                 ctx_out: Some(&mut ctx_out),
+                repeat: repeat.max(1),
                 ..TestRunOptions::new()
             })
             .context("BPF_PROG_TEST_RUN")?;
@@ -355,6 +389,7 @@ impl Datapath {
             action: res.return_value,
             meta,
             packet: data_out[meta_len..].to_vec(),
+            ns_per_run: res.duration.as_nanos() as u64,
         })
     }
 
