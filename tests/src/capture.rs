@@ -76,6 +76,9 @@ pub struct CaptureOpts {
     pub random: usize,
     /// Leaking frames kept (for the report).
     pub leaks_kept: usize,
+    /// A one-line summary of each of the last `recent` frames, for a live view
+    /// ([`Capture::recent`]); 0 = none.
+    pub recent: usize,
 }
 
 impl Default for CaptureOpts {
@@ -86,6 +89,7 @@ impl Default for CaptureOpts {
             first: 64,
             random: 192,
             leaks_kept: 8,
+            recent: 0,
         }
     }
 }
@@ -330,10 +334,19 @@ pub fn read_pcap(path: &Path) -> Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
+/// Live counters of a running capture.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub frames: AtomicU64,
+    pub ipsec: AtomicU64,
+    pub leaks: AtomicU64,
+    recent: std::sync::Mutex<std::collections::VecDeque<String>>,
+}
+
 /// A running capture; [`Capture::stop`] ends it and returns the report.
 pub struct Capture {
     stop: Arc<AtomicBool>,
-    frames: Arc<AtomicU64>,
+    live: Arc<Live>,
     thread: Option<JoinHandle<Result<CaptureReport>>>,
 }
 
@@ -343,21 +356,27 @@ impl Capture {
     pub fn start(ns: &Netns, ifname: &str, opts: CaptureOpts) -> Result<Self> {
         let fd = ns.run(|| open_packet_socket(ifname))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let frames = Arc::new(AtomicU64::new(0));
-        let (s, n) = (stop.clone(), frames.clone());
+        let live = Arc::new(Live::default());
+        let (s, l) = (stop.clone(), live.clone());
         let thread = std::thread::Builder::new()
             .name(format!("capture {ifname}"))
-            .spawn(move || capture_loop(fd, &opts, &s, &n))?;
+            .spawn(move || capture_loop(fd, &opts, &s, &l))?;
         Ok(Self {
             stop,
-            frames,
+            live,
             thread: Some(thread),
         })
     }
 
-    /// Frames seen so far.
-    pub fn frames(&self) -> u64 {
-        self.frames.load(Ordering::Relaxed)
+    /// Counters so far.
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// Summaries of the last frames (`CaptureOpts::recent`), oldest first, taken out.
+    pub fn recent(&self) -> Vec<String> {
+        let mut r = self.live.recent.lock().unwrap_or_else(|p| p.into_inner());
+        r.drain(..).collect()
     }
 
     pub fn stop(mut self) -> Result<CaptureReport> {
@@ -483,7 +502,7 @@ fn capture_loop(
     fd: OwnedFd,
     opts: &CaptureOpts,
     stop: &AtomicBool,
-    count: &AtomicU64,
+    live: &Live,
 ) -> Result<CaptureReport> {
     let mut rep = CaptureReport::default();
     let mut buf = vec![0u8; 65536 + 256];
@@ -519,16 +538,26 @@ fn capture_loop(
         let data = &buf[..len.min(buf.len())];
         rep.frames += 1;
         rep.bytes += len as u64;
-        count.fetch_add(1, Ordering::Relaxed);
+        live.frames.fetch_add(1, Ordering::Relaxed);
         let now = SystemTime::now();
         let mut leak: Option<String> = None;
         if let Some(at) = finder.find(data) {
             leak = Some(format!("plaintext marker at byte {at}"));
         }
-        match parse(data, &opts.natt_ports) {
+        let parsed = parse(data, &opts.natt_ports);
+        if opts.recent > 0 {
+            let line = describe(data, parsed);
+            let mut r = live.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if r.len() == opts.recent {
+                r.pop_front();
+            }
+            r.push_back(line);
+        }
+        match parsed {
             Some((_, src, dst, kind)) => match kind.spi() {
                 Some(spi) => {
                     rep.ipsec += 1;
+                    live.ipsec.fetch_add(1, Ordering::Relaxed);
                     *rep.per_spi.entry(spi).or_default() += 1;
                     seen_ipsec += 1;
                     let f = || Frame {
@@ -584,6 +613,7 @@ fn capture_loop(
         }
         if let Some(why) = leak {
             rep.leaks += 1;
+            live.leaks.fetch_add(1, Ordering::Relaxed);
             if rep.leak_samples.len() < opts.leaks_kept {
                 rep.leak_samples.push((
                     why,
@@ -598,6 +628,39 @@ fn capture_loop(
     rep.samples.extend(reservoir);
     rep.kernel_drops = packet_drops(&fd).unwrap_or(0);
     Ok(rep)
+}
+
+/// One line for a frame: `10.2.0.1 > 10.3.0.2 ESP spi=0x00001000 seq=17 len=1456`.
+pub fn describe(frame: &[u8], parsed: Option<(usize, IpAddr, IpAddr, Kind)>) -> String {
+    let Some((off, src, dst, kind)) = parsed else {
+        let et = frame
+            .get(12..14)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .unwrap_or(0);
+        let what = match et {
+            0x0806 => "ARP",
+            _ => "non-IP",
+        };
+        return format!("{what} ethertype {et:#06x} len={}", frame.len());
+    };
+    let len = frame.len() - off;
+    match kind {
+        Kind::Esp { spi, seq } => format!("{src} > {dst} ESP spi={spi:#010x} seq={seq} len={len}"),
+        Kind::Ah { spi, seq } => format!("{src} > {dst} AH spi={spi:#010x} seq={seq} len={len}"),
+        Kind::EspInUdp { spi, seq } => {
+            format!("{src} > {dst} UDP-encap ESP spi={spi:#010x} seq={seq} len={len}")
+        }
+        Kind::Other { proto } => {
+            let name = match proto {
+                1 => "ICMP".to_string(),
+                6 => "TCP".to_string(),
+                17 => "UDP".to_string(),
+                58 => "ICMPv6".to_string(),
+                p => format!("proto {p}"),
+            };
+            format!("{src} > {dst} {name} len={len} (clear)")
+        }
+    }
 }
 
 #[cfg(test)]

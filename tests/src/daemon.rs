@@ -85,9 +85,27 @@ impl Daemon {
     /// Writes `config` to a file and starts the daemon in `ns`. Returns at once: the test
     /// waits for traffic to flow (the daemon has no "ready" signal a test could wait on).
     pub fn start(ns: &Netns, label: &str, config: &str, args: &RunArgs) -> Result<Self> {
+        Self::start_with(
+            ns,
+            label,
+            config,
+            args,
+            &xfrm_user_bin(),
+            &crate::bpf_object(),
+        )
+    }
+
+    /// [`Daemon::start`] with an explicit binary and XDP object (the demo builds its own).
+    pub fn start_with(
+        ns: &Netns,
+        label: &str,
+        config: &str,
+        args: &RunArgs,
+        bin: &Path,
+        bpf: &Path,
+    ) -> Result<Self> {
         let path = std::env::temp_dir().join(format!("xfrm-{}-{label}.conf", ns.name()));
         std::fs::write(&path, config).with_context(|| format!("write {}", path.display()))?;
-        let bin = xfrm_user_bin();
         let mut a: Vec<String> = vec![
             "run".into(),
             "--config".into(),
@@ -103,12 +121,45 @@ impl Daemon {
             a.extend(["--queues".into(), q.to_string()]);
         }
         let mut cmd = ns.command(bin.to_str().context("binary path")?);
-        cmd.args(&a).env("XFRM_BPF_OBJ", crate::bpf_object()).env(
+        cmd.args(&a).env("XFRM_BPF_OBJ", bpf).env(
             "RUST_LOG",
             std::env::var("XFRM_GW_LOG").unwrap_or_else(|_| "info".into()),
         );
         let proc = Proc::spawn(label, cmd)?;
         Ok(Self { proc, config: path })
+    }
+
+    /// Waits until an XDP program is attached to each of `ifaces` (in `ns`): from then on the
+    /// gateway, not the kernel's forwarding, decides about the traffic arriving there. Before
+    /// it, the kernel forwards (ip_forward 1) what arrives in clear, as any router would: the
+    /// tests send nothing until then. Fails at once if the daemon exits.
+    pub fn wait_attached(
+        &mut self,
+        ns: &Netns,
+        ifaces: &[&str],
+        timeout: std::time::Duration,
+    ) -> Result<std::time::Duration> {
+        let start = std::time::Instant::now();
+        loop {
+            self.check_alive()?;
+            let mut all = true;
+            for i in ifaces {
+                if !xdp_attached(ns, i)? {
+                    all = false;
+                }
+            }
+            if all {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "{}: no XDP program on {ifaces:?} after {timeout:?}; log:\n{}",
+                    self.proc.label(),
+                    self.proc.log()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     pub fn proc(&mut self) -> &mut Proc {
@@ -146,4 +197,19 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config);
     }
+}
+
+/// Whether `ip -d link show dev IF` in `ns` shows an XDP program (any mode).
+pub fn xdp_attached(ns: &Netns, ifname: &str) -> Result<bool> {
+    let out = ns.ip(&["-d", "link", "show", "dev", ifname])?;
+    Ok(xdp_line(&String::from_utf8_lossy(&out.stdout)).is_some())
+}
+
+/// The `prog/xdp…` line of `ip -d link show`, if any.
+pub fn xdp_line(ip_link: &str) -> Option<String> {
+    ip_link
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("prog/xdp"))
+        .map(str::to_string)
 }

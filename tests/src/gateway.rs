@@ -351,6 +351,9 @@ pub struct Case {
     pub sas: Vec<SaSpec>,
     /// Key material seed (random per run; printed so a failure can be replayed).
     pub seed: u64,
+    /// SPIs: `spi_base + i` from A, `spi_base + 0x1000 + i` from B (and reqids likewise), so
+    /// that several cases can share one configuration.
+    pub spi_base: u32,
 }
 
 /// The SA of `Case::sas[index]` in one direction, as the configurations and the peer see it.
@@ -374,7 +377,13 @@ impl Case {
             outer,
             sas: Vec::new(),
             seed: run_seed(),
+            spi_base: 0x1000,
         }
+    }
+
+    pub fn spi_base(mut self, base: u32) -> Self {
+        self.spi_base = base;
+        self
     }
 
     pub fn sa(mut self, s: SaSpec) -> Self {
@@ -428,12 +437,18 @@ impl Case {
                 let dir = if from == Side::A { 0 } else { 1 };
                 SaInstance {
                     spec: s.clone(),
-                    // 0x1000.. from A, 0x2000.. from B: both in every capture, told apart.
-                    spi: 0x1000 * (dir + 1) + i as u32,
-                    reqid: 10 + dir,
+                    // 0x1000.. from A, 0x2000.. from B (by default): both in every capture,
+                    // told apart.
+                    spi: self.spi_base + 0x1000 * dir + i as u32,
+                    reqid: self.spi_base / 0x100 + dir,
                     src,
                     dst,
-                    key: key_hex(self.seed, dir, i as u32, s.alg.key_len()),
+                    key: key_hex(
+                        self.seed ^ u64::from(self.spi_base),
+                        dir,
+                        i as u32,
+                        s.alg.key_len(),
+                    ),
                 }
             })
             .collect()

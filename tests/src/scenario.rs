@@ -77,7 +77,20 @@ pub struct Gateways {
 }
 
 /// `xfrm-user run` for side `s` of `case` (inside = towards the host, outside = the wire).
+/// Returns once its classifier is attached to the inside interface (see
+/// [`Daemon::wait_attached`]).
 pub fn start_gateway(net: &GatewayNet, case: &Case, s: Side) -> Result<Daemon> {
+    let mut d = spawn_gateway(net, case, s)?;
+    d.wait_attached(
+        net.topo.ns(net.gw(s)),
+        &[&net.inside(s).ifname],
+        Duration::from_secs(30),
+    )?;
+    Ok(d)
+}
+
+/// `xfrm-user run` for side `s` of `case`, without waiting for anything.
+pub fn spawn_gateway(net: &GatewayNet, case: &Case, s: Side) -> Result<Daemon> {
     Daemon::start(
         net.topo.ns(net.gw(s)),
         &format!("xfrm-user-gw-{s:?}").to_lowercase(),

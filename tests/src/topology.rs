@@ -250,6 +250,11 @@ impl Proc {
         self.stop(libc::SIGKILL, std::time::Duration::from_secs(5))
     }
 
+    /// The file its stdout and stderr go to.
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
     /// What the process wrote so far (stdout and stderr interleaved).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

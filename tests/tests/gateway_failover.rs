@@ -18,6 +18,7 @@ use std::{
 };
 
 use xfrm_tests::{
+    daemon::xdp_line,
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
     init_logging,
     peer::stream_of,
@@ -29,23 +30,13 @@ use xfrm_tests::{
     traffic::{expected_sha256, tcp_transfer_progress, udp_stream},
 };
 
-/// `ip -d link show` of an interface, the line that says which XDP program is attached.
+/// The XDP program on an interface, as `ip -d link show` says.
 fn xdp_state(net: &GatewayNet, ns: usize, ifname: &str) -> String {
-    let out = net
-        .topo
-        .ns(ns)
-        .ip(&["-d", "link", "show", "dev", ifname])
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-        .unwrap_or_else(|e| format!("{e:#}"));
-    let xdp: Vec<&str> = out
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("prog/xdp") || l.contains(" xdp"))
-        .collect();
-    if xdp.is_empty() {
-        "no XDP program".into()
-    } else {
-        xdp.join(" | ")
+    match net.topo.ns(ns).ip(&["-d", "link", "show", "dev", ifname]) {
+        Ok(o) => {
+            xdp_line(&String::from_utf8_lossy(&o.stdout)).unwrap_or_else(|| "no XDP program".into())
+        }
+        Err(e) => format!("{e:#}"),
     }
 }
 
