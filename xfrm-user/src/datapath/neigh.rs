@@ -799,6 +799,10 @@ impl Drop for NeighService {
     }
 }
 
+/// Destinations the cache follows at most (each costs a route lookup on every route
+/// change); beyond it new ones stay unresolved and their packets are dropped.
+const MAX_TRACKED: usize = 65536;
+
 /// What the control thread knows about one tracked destination.
 #[derive(Clone, Copy, Debug)]
 struct DstState {
@@ -833,6 +837,12 @@ impl Control {
                 }
             }
             for d in fresh {
+                if self.dsts.len() >= MAX_TRACKED {
+                    log::warn!(
+                        "neighbour cache full ({MAX_TRACKED} destinations): {d} not tracked"
+                    );
+                    break;
+                }
                 self.dsts.insert(
                     d,
                     DstState {

@@ -5,9 +5,14 @@
 //!   `XfrmDb::policies(Out)`), its templates resolved to SAs, the size check against what the
 //!   bundle leaves of the route MTU (ICMP back when too big), the inner checksum finished if
 //!   veth left it partial, then `xfrm_output_bundle`;
-//! - outside → inside: `xfrm_input` (decrypt, replay, decapsulate, policy check). Frames reach
-//!   this direction once the outside interface has a program that redirects ESP/AH/NAT-T by
-//!   SPI to the workers' outside sockets; the workers already listen there.
+//! - outside → inside: `xfrm_input` (decrypt, replay, decapsulate, policy check), then to the
+//!   inner destination on the inside.
+//!
+//! Until the XDP program has its own outside entry point (ESP/AH/NAT-T by SPI), the outside
+//! interface gets a second instance of the classifier (its own maps) whose rules select ESP
+//! and AH from each inbound SA's peer to our address ([`inbound_rules`]) and redirect them
+//! to the workers' outside sockets. NAT-T SAs are left out: a UDP/4500 rule would also take
+//! IKE away from the kernel.
 
 use std::{
     io::Write,
@@ -245,11 +250,19 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         workers.push(w);
     }
     dp.attach_classifier(&opts.inside, opts.mode)?;
-    log::warn!(
-        "inbound: the outside interface {} has no redirect program yet; ESP/AH to us stays \
-         with the kernel",
-        opts.outside
-    );
+    let in_rules = inbound_rules(&gw.db)?;
+    let mut dp_out = None;
+    if inside.ifindex == outside.ifindex {
+        log::warn!("one-armed: inbound ESP/AH needs the program's outside entry point (not yet)");
+    } else if !in_rules.is_empty() {
+        let mut d = Datapath::load_default(opts.bpf.as_deref())?;
+        d.set_out_policies(&in_rules)?;
+        for (q, w) in workers.iter().enumerate() {
+            d.set_socket(q as u32, w.rx_fds()[1])?;
+        }
+        d.attach_classifier(&opts.outside, opts.mode)?;
+        dp_out = Some(d);
+    }
     let wstats: Vec<_> = workers.iter().map(|w| w.stats()).collect();
     writeln!(
         out,
@@ -264,7 +277,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     out.flush()?;
     let workers_stop = AtomicBool::new(false);
     std::thread::scope(|s| -> Result<()> {
-        let handles: Vec<_> = workers
+        let mut handles: Vec<Option<_>> = workers
             .iter_mut()
             .enumerate()
             .map(|(q, w)| {
@@ -272,20 +285,48 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                 std::thread::Builder::new()
                     .name(format!("xfrm-worker-{q}"))
                     .spawn_scoped(s, move || w.run(stop))
+                    .map(Some)
             })
             .collect::<std::io::Result<_>>()?;
         let start = Instant::now();
         let mut next = start + opts.interval;
-        while !stop.load(Ordering::Relaxed)
-            && opts.duration.is_none_or(|d| start.elapsed() < d)
-            && !handles.iter().any(|h| h.is_finished())
-        {
+        let mut failed = None;
+        while !stop.load(Ordering::Relaxed) && opts.duration.is_none_or(|d| start.elapsed() < d) {
             std::thread::sleep(Duration::from_millis(50));
+            // A worker that stopped on its own: take its sockets out of the XSKS maps, so
+            // the classifier drops (and counts) what it would have protected instead of
+            // redirecting into a socket nobody reads; the others go on.
+            for (q, slot) in handles.iter_mut().enumerate() {
+                if !slot.as_ref().is_some_and(|h| h.is_finished()) {
+                    continue;
+                }
+                let r = match slot.take().map(|h| h.join()) {
+                    Some(Ok(r)) => r.err().map(|e| format!("{e:#}")),
+                    _ => Some("panicked".to_string()),
+                };
+                let why = r.unwrap_or_else(|| "stopped".to_string());
+                log::error!("worker {q}: {why}; its queue now drops (fail closed)");
+                dp.clear_socket(q as u32)?;
+                if let Some(d) = dp_out.as_mut() {
+                    d.clear_socket(q as u32)?;
+                }
+                failed.get_or_insert(format!("worker {q}: {why}"));
+            }
+            if handles.iter().all(|h| h.is_none()) {
+                break;
+            }
             if Instant::now() >= next {
                 next += opts.interval;
                 let sum = |f: fn(&super::worker::WorkerStats) -> u64| -> u64 {
                     wstats.iter().map(|w| f(w)).sum()
                 };
+                let xdp_in = dp.counters().map(|c| c.to_string()).unwrap_or_default();
+                let xdp_out = dp_out
+                    .as_ref()
+                    .and_then(|d| d.counters().ok())
+                    .map(|c| c.to_string())
+                    .unwrap_or_default();
+                writeln!(out, "xdp inside: {xdp_in} | xdp outside: {xdp_out}")?;
                 writeln!(
                     out,
                     "out {} pkts -> wire {}, in {} -> inside {}, icmp {}, frags {}, no-l2 {}, \
@@ -305,15 +346,54 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         }
         workers_stop.store(true, Ordering::Relaxed);
         for (q, h) in handles.into_iter().enumerate() {
-            match h.join() {
-                Ok(r) => r.with_context(|| format!("worker {q}"))?,
-                Err(_) => anyhow::bail!("worker {q} panicked"),
+            match h.map(|h| h.join()) {
+                Some(Ok(r)) => r.with_context(|| format!("worker {q}"))?,
+                Some(Err(_)) => anyhow::bail!("worker {q} panicked"),
+                None => {}
             }
         }
-        Ok(())
+        match failed {
+            Some(f) => Err(anyhow!("{f}")),
+            None => Ok(()),
+        }
     })?;
+    drop(dp_out);
     drop(dp);
     Ok(())
+}
+
+/// Redirect rules for the outside interface: ESP/AH from the peer of every SA addressed to
+/// one of our addresses (the kernel's answer to `ip route get`: local), NAT-T SAs excepted.
+pub fn inbound_rules(db: &XfrmDb) -> Result<Vec<xfrm_common::PolicyRule>> {
+    let mut rtnl = super::neigh::Rtnl::new()?;
+    let mut rules = Vec::new();
+    for x in db.states() {
+        let local = rtnl.route_get(x.daddr()).map(|r| r.local).unwrap_or(false);
+        if !local {
+            continue;
+        }
+        if x.cfg.encap.is_some() {
+            log::warn!(
+                "SA spi 0x{:08x}: NAT-T inbound needs the program's outside entry point (not yet)",
+                x.spi()
+            );
+            continue;
+        }
+        let sel = crate::selector::Selector {
+            src: crate::selector::Prefix::host(x.saddr()),
+            dst: crate::selector::Prefix::host(x.daddr()),
+            proto: x.cfg.id.proto.ip_proto(),
+            sport: crate::selector::PortMatch::ANY,
+            dport: crate::selector::PortMatch::ANY,
+        };
+        rules.push(super::rules::compile_rule(
+            &sel,
+            xfrm_common::RuleAction::Protect,
+            u32::MAX,
+            x.index as u32,
+        )?);
+    }
+    Ok(rules)
 }
 
 #[cfg(test)]

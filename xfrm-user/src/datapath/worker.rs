@@ -39,7 +39,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -273,6 +273,23 @@ impl Drop for Area {
     }
 }
 
+/// A frame waiting for its next hop's MAC.
+#[derive(Clone, Copy, Debug)]
+struct Parked {
+    to: Side,
+    dst: IpAddr,
+    base: u64,
+    head: usize,
+    len: usize,
+    since: Instant,
+}
+
+/// How many frames a worker holds for unresolved neighbours, and for how long (the
+/// kernel's defaults: unres_qlen_bytes holds a few packets; resolution gives up after 3
+/// solicitations a second apart).
+const PARK_MAX: usize = 64;
+const PARK_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// One socket of the worker: its rings and its fill/completion pair.
 struct Port {
     rx: RingRx,
@@ -296,6 +313,7 @@ pub struct Worker<T: Transform> {
     infos: [PortInfo; 2],
     free: Vec<u64>,
     rx_batch: Vec<XdpDesc>,
+    parked: Vec<Parked>,
     cfg: WorkerConfig,
     transform: T,
     neigh: NeighReader,
@@ -400,6 +418,7 @@ impl<T: Transform> Worker<T> {
             infos: [cfg.inside.clone(), cfg.outside.clone()],
             free,
             rx_batch: Vec::with_capacity(cfg.batch as usize),
+            parked: Vec::with_capacity(PARK_MAX),
             cfg,
             transform,
             neigh,
@@ -448,7 +467,19 @@ impl<T: Transform> Worker<T> {
             }
         }
         if !self.ports.iter().any(|p| p.rx.available() > 0) {
-            self.poll(if tx_left { Duration::ZERO } else { wait })?;
+            let wait = if tx_left {
+                Duration::ZERO
+            } else if !self.parked.is_empty() {
+                // Held frames: look again soon (resolution takes about a round trip).
+                wait.min(Duration::from_millis(1))
+            } else {
+                wait
+            };
+            self.poll(wait)?;
+        }
+        if !self.parked.is_empty() {
+            let stats = self.stats.clone();
+            self.unpark(&stats);
         }
         let mut n = 0;
         for pi in 0..self.ports.len() {
@@ -640,21 +671,11 @@ impl<T: Transform> Worker<T> {
                     self.free.push(base);
                     return;
                 };
-                let Some(l2) = self.neigh.lookup(dst) else {
-                    inc(&stats.no_l2);
-                    self.free.push(base);
-                    return;
-                };
-                if l2.ifindex != self.infos[to as usize].ifindex {
-                    inc(&stats.wrong_port);
-                    self.free.push(base);
-                    return;
+                match self.neigh.lookup(dst) {
+                    Some(l2) => self.transmit(to, frame, base, &l2, stats),
+                    None => self.park(to, dst, &frame, base, stats),
                 }
-                if frame.len() > l2.mtu as usize {
-                    self.fragment_out(to, frame, base, &l2, stats);
-                    return;
-                }
-                (to, l2.dst_mac, l2.src_mac)
+                return;
             }
         };
         let ethertype = match ip_version(frame.data()) {
@@ -673,6 +694,87 @@ impl<T: Transform> Worker<T> {
             options: 0,
         };
         self.queue_tx(to, desc, base);
+    }
+
+    /// Ethernet header for the next hop, fragments when over the route MTU, onto the TX batch.
+    fn transmit(
+        &mut self,
+        to: Side,
+        mut frame: Frame<'_>,
+        base: u64,
+        l2: &L2,
+        stats: &WorkerStats,
+    ) {
+        if l2.ifindex != self.infos[to as usize].ifindex {
+            inc(&stats.wrong_port);
+            self.free.push(base);
+            return;
+        }
+        if frame.len() > l2.mtu as usize {
+            self.fragment_out(to, frame, base, l2, stats);
+            return;
+        }
+        let ethertype = match ip_version(frame.data()) {
+            Some(4) => ETHERTYPE_IPV4,
+            _ => ETHERTYPE_IPV6,
+        };
+        let Ok(h) = frame.push_head(ETH_LEN) else {
+            inc(&stats.no_buffer);
+            self.free.push(base);
+            return;
+        };
+        write_eth(h, l2.dst_mac, l2.src_mac, ethertype);
+        let desc = XdpDesc {
+            addr: base + frame.head_offset() as u64,
+            len: frame.len() as u32,
+            options: 0,
+        };
+        self.queue_tx(to, desc, base);
+    }
+
+    /// No neighbour yet (the lookup asked the kernel to resolve it): hold the frame a
+    /// little, as the kernel queues packets on an unresolved neighbour (unres_qlen), so the
+    /// first packets of a flow are not lost. Held frames are not in any ring.
+    fn park(&mut self, to: Side, dst: IpAddr, frame: &Frame<'_>, base: u64, stats: &WorkerStats) {
+        if self.parked.len() == self.parked.capacity() {
+            inc(&stats.no_l2);
+            self.free.push(base);
+            return;
+        }
+        self.parked.push(Parked {
+            to,
+            dst,
+            base,
+            head: frame.head_offset(),
+            len: frame.len(),
+            since: Instant::now(),
+        });
+    }
+
+    /// Sends the held frames whose next hop resolved; drops those held too long.
+    fn unpark(&mut self, stats: &WorkerStats) {
+        let mut i = 0;
+        while i < self.parked.len() {
+            let p = self.parked[i];
+            // Resolution was asked for when the frame was parked: only look here.
+            match self.neigh.snapshot().get(&p.dst).copied() {
+                Some(l2) => {
+                    self.parked.swap_remove(i);
+                    // SAFETY: a held frame: ours, in no ring, no other slice of it alive.
+                    let Some(buf) = (unsafe { self.frame_bytes(p.base) }) else {
+                        continue;
+                    };
+                    let frame = Frame::new(buf, p.head, p.len);
+                    self.transmit(p.to, frame, p.base, &l2, stats);
+                }
+                None if p.since.elapsed() > PARK_TIMEOUT => {
+                    self.parked.swap_remove(i);
+                    inc(&stats.no_l2);
+                    self.free.push(p.base);
+                }
+                None => i += 1,
+            }
+        }
     }
 
     /// The packet in `frame` exceeds the route MTU: IPv4 without DF and IPv6 are fragmented
