@@ -6,11 +6,13 @@
 //! `cargo xtask bench --classifier` (root: BPF_PROG_TEST_RUN needs CAP_BPF + CAP_NET_ADMIN).
 //! A figure, not a test: nothing here asserts a time.
 
-use std::{os::fd::AsRawFd, time::Duration};
+use std::{net::IpAddr, os::fd::AsRawFd, time::Duration};
 
+use xfrm_common::MAX_SAS;
 use xfrm_tests::{
     bpf_object,
-    packet::{FrameSpec, IPPROTO_UDP},
+    packet::{FrameSpec, IPPROTO_TCP, IPPROTO_UDP},
+    sa,
 };
 use xfrm_user::{
     datapath::{
@@ -23,6 +25,8 @@ use xfrm_user::{
     selector::{PortMatch, Prefix, Selector},
     xfrm::XfrmDb,
 };
+
+const IPPROTO_ESP: u8 = 50;
 
 /// Each figure is the median of this many kernel measurements.
 const SAMPLES: usize = 5;
@@ -92,8 +96,44 @@ fn same_prefixes(n: usize) -> Vec<Policy> {
         .collect()
 }
 
+/// `n` policies whose destination port selector has a partial mask (port 2i, mask 0xfffe:
+/// ports 2i and 2i + 1). The index only knows exact ports, so every rule is a candidate for
+/// every packet: the worst case of the index, a scan in bpf_loop steps.
+fn partial_masks(n: usize) -> Vec<Policy> {
+    (0..n)
+        .map(|i| {
+            let mut p = policy("10.1.0.0/16", "10.2.0.0/16", None, false, i as u32);
+            p.selector.dport = PortMatch {
+                port: 2 * i as u16,
+                mask: 0xfffe,
+            };
+            p
+        })
+        .collect()
+}
+
 fn udp(dst: &str, dport: u16) -> Vec<u8> {
     FrameSpec::new("10.1.0.1", dst, IPPROTO_UDP, 40000, dport).build()
+}
+
+/// ESP from the peer to `dst`: SPI, sequence number, 64 bytes of ciphertext and ICV.
+fn esp_frame(dst: IpAddr, spi: u32) -> Vec<u8> {
+    let mut f = FrameSpec::new("10.201.0.1", "10.200.0.1", IPPROTO_ESP, 0, 0);
+    f.dst = dst;
+    f.payload = spi.to_be_bytes().to_vec();
+    f.payload.extend(1u32.to_be_bytes());
+    f.payload.extend([0xa5; 64]);
+    f.build()
+}
+
+/// UDP from the peer's port 4500 to `dst`:`dport`, payload `head` + 64 bytes.
+fn udp_frame(dst: IpAddr, dport: u16, head: &[u8]) -> Vec<u8> {
+    let mut f = FrameSpec::new("10.201.0.1", "10.200.0.1", IPPROTO_UDP, 4500, dport);
+    f.dst = dst;
+    f.payload = head.to_vec();
+    f.payload.extend(1u32.to_be_bytes());
+    f.payload.extend([0xa5; 64]);
+    f.build()
 }
 
 /// The median ns per run of `prog` on `packet`, with the action it returned.
@@ -171,7 +211,7 @@ fn main() {
         action,
     });
 
-    for n in [1usize, 64, 1024] {
+    for n in [1usize, 4, 5, 64, 1024] {
         // Distinct remote subnets: the packet matches the last rule of the table, or none.
         install(&mut dp, distinct(n, false));
         let last = format!("10.{}.{}.9", 128 + (n - 1) / 256, (n - 1) % 256);
@@ -200,12 +240,78 @@ fn main() {
             });
         }
     }
-    if std::env::var_os("XFRM_BENCH_NO_PROTECT").is_none() {
-        // The protect path to the end: metadata written, redirect to the queue's socket.
-        install(&mut dp, distinct(1024, true));
-        let (ns, action) = measure(&mut dp, Program::Inside, &udp("10.131.255.9", 5000));
+    // The index's worst case: every rule a candidate.
+    for n in [64usize, 1024] {
+        install(&mut dp, partial_masks(n));
+        for (what, p) in [
+            ("match last", udp("10.2.0.1", 2 * n as u16 - 1)),
+            ("miss", udp("10.2.0.1", 60000)),
+        ] {
+            let (ns, action) = measure(&mut dp, Program::Inside, &p);
+            rows.push(Row {
+                what: format!("inside, {n:>4} partial-mask rules (all candidates), {what}"),
+                ns,
+                action,
+            });
+        }
+    }
+
+    // The protect path to the end: metadata written, redirect to the queue's socket.
+    install(&mut dp, distinct(1024, true));
+    let (ns, action) = measure(&mut dp, Program::Inside, &udp("10.131.255.9", 5000));
+    rows.push(Row {
+        what: "inside, 1024 distinct /24s, protect last -> redirect".into(),
+        ns,
+        action,
+    });
+
+    // The outside program with 64k SAs (half ESP, a quarter AH, a quarter ESP in UDP 4500),
+    // to 16 local addresses.
+    let local = |i: u32| IpAddr::from([10, 200, 0, 1 + (i % 16) as u8]);
+    let remote = IpAddr::from([10, 201, 0, 1]);
+    let states: Vec<_> = (0..MAX_SAS)
+        .map(|i| {
+            let spi = 0x1000 + i;
+            match i % 4 {
+                0 | 1 => sa::esp(spi, remote, local(i)),
+                2 => sa::ah(spi, remote, local(i)),
+                _ => sa::esp_in_udp(spi, remote, local(i), 4500, false),
+            }
+        })
+        .collect();
+    let db = XfrmDb::new(states, vec![]).expect("SA database");
+    dp.install(&db).expect("install 64k SAs");
+    dp.set_outside_socket(0, sock.as_raw_fd())
+        .expect("XSKS_OUT[0]");
+    let nat_t = MAX_SAS - 1; // i % 4 == 3: ESP in UDP
+    let esp = MAX_SAS - 3; // i % 4 == 1: ESP
+    let cases: [(&str, Vec<u8>); 6] = [
+        (
+            "ESP, known SPI -> redirect",
+            esp_frame(local(esp), 0x1000 + esp),
+        ),
+        (
+            "ESP in UDP 4500, known SPI -> redirect",
+            udp_frame(local(nat_t), 4500, &(0x1000 + nat_t).to_be_bytes()),
+        ),
+        ("ESP, unknown SPI", esp_frame(local(0), 0x10_0000)),
+        (
+            "IKE on 4500 (zero marker)",
+            udp_frame(local(0), 4500, &[0; 4]),
+        ),
+        (
+            "UDP, not a NAT-T port",
+            udp_frame(local(0), 53, &[1, 2, 3, 4]),
+        ),
+        (
+            "TCP",
+            FrameSpec::new("10.201.0.1", "10.200.0.1", IPPROTO_TCP, 40000, 22).build(),
+        ),
+    ];
+    for (what, p) in cases {
+        let (ns, action) = measure(&mut dp, Program::Outside, &p);
         rows.push(Row {
-            what: "inside, 1024 distinct /24s, protect last -> redirect".into(),
+            what: format!("outside, 64k SAs, {what}"),
             ns,
             action,
         });
@@ -213,15 +319,19 @@ fn main() {
 
     println!();
     println!("XDP classifier, ns/packet (BPF_PROG_TEST_RUN, median of {SAMPLES}; kernel-measured)");
-    println!("{:<58} {:>9} {:>8}  verdict", "case", "ns/pkt", "x peer");
+    println!("{:<62} {:>7} {:>7}  verdict", "case", "ns/pkt", "x peer");
     for r in &rows {
         println!(
-            "{:<58} {:>9.1} {:>8.2}  {}",
+            "{:<62} {:>7.0} {:>7.1}  {}",
             r.what,
             r.ns,
             r.ns / peer,
             action_name(r.action)
         );
+    }
+    println!();
+    for (prog, insns) in dp.verifier_stats().expect("program info") {
+        println!("verifier: {prog} took {insns} instructions of its 1000000 budget");
     }
     drop(sock);
 }

@@ -4,17 +4,24 @@
 //! selected flow is dropped, not delivered in clear.
 //!
 //!   ns "peer"  [a] ──veth── [b]  ns "gw": XDP classifier (native) + AF_XDP socket on queue 0
+//!
+//! The outside program on the same kind of link: ESP (raw socket), ESP in UDP 4500 and ESP
+//! over IPv6 from the peer to the gateway's SAs reach the AF_XDP socket with the SA id; IKE
+//! (zero marker) and a NAT-T keepalive reach the gateway's UDP socket on 4500; an unknown
+//! SPI goes to the kernel; without the socket, inbound IPsec is dropped.
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
 
-use xfrm_common::{Counter, META_F_IPV6, XDP_META_MAGIC};
+use xfrm_common::{
+    Counter, META_F_INBOUND, META_F_IPV6, META_F_UDP_ENCAP, NO_POLICY, XDP_META_MAGIC,
+};
 use xfrm_tests::{
     bpf_object, init_logging,
     packet::{self, IPPROTO_UDP},
-    root_or_skip,
+    root_or_skip, sa,
     topology::{Link, Topology, VethOpts},
 };
 use xfrm_user::{
@@ -304,4 +311,220 @@ fn veth_native_redirect_tx_checksum_off() {
 #[test]
 fn veth_skb_redirect_tx_and_pass() {
     veth_redirect("veth_skb_redirect_tx_and_pass", AttachMode::Skb, true);
+}
+
+/// ESP from namespace `ns` through a raw socket (the kernel adds the IP header).
+fn send_esp(topo: &Topology, ns: usize, to: IpAddr, spi: u32) {
+    topo.ns(ns)
+        .run(|| {
+            let (domain, sa) = match to {
+                IpAddr::V4(_) => (libc::AF_INET, SocketAddr::new(to, 0)),
+                IpAddr::V6(_) => (libc::AF_INET6, SocketAddr::new(to, 0)),
+            };
+            // SAFETY: socket(2) with constant arguments; checked.
+            let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 50) };
+            anyhow::ensure!(
+                fd >= 0,
+                "raw ESP socket: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: a fresh fd we own.
+            let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let mut payload = spi.to_be_bytes().to_vec();
+            payload.extend(1u32.to_be_bytes());
+            payload.extend([0xa5; 48]);
+            let (addr, len) = sockaddr(sa);
+            // SAFETY: a valid buffer and sockaddr of the given lengths.
+            let n = unsafe {
+                libc::sendto(
+                    std::os::fd::AsRawFd::as_raw_fd(&sock),
+                    payload.as_ptr().cast(),
+                    payload.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_storage).cast(),
+                    len,
+                )
+            };
+            anyhow::ensure!(n >= 0, "sendto ESP: {}", std::io::Error::last_os_error());
+            Ok(())
+        })
+        .expect("send ESP from the peer namespace");
+}
+
+fn sockaddr(sa: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match sa {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: 0,
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (st, len as libc::socklen_t)
+}
+
+#[test]
+fn veth_outside_inbound_ipsec_and_ike() {
+    if !root_or_skip("veth_outside_inbound_ipsec_and_ike") {
+        return;
+    }
+    init_logging();
+    let mut topo = Topology::new().unwrap();
+    let peer = topo.add_netns("peer").unwrap();
+    let gw = topo.add_netns("gw").unwrap();
+    let Link { a, b } = topo.add_veth(peer, gw, VethOpts::default()).unwrap();
+    let (a4, b4, a6, b6) = (
+        IpAddr::V4(a.ipv4),
+        IpAddr::V4(b.ipv4),
+        IpAddr::V6(a.ipv6),
+        IpAddr::V6(b.ipv6),
+    );
+    let db = XfrmDb::new(
+        vec![
+            sa::esp(0x3001, a4, b4),
+            sa::esp_in_udp(0x3002, a4, b4, 4500, false),
+            sa::esp(0x3003, a6, b6),
+        ],
+        vec![],
+    )
+    .unwrap();
+
+    let topo = &topo;
+    topo.ns(gw)
+        .run(|| {
+            let mut dp = Datapath::load(&bpf_object())?;
+            dp.install(&db)?;
+            dp.attach_outside(&b.ifname, AttachMode::Native)?;
+            topo.ns(peer)
+                .run(|| dp.attach_pass(&a.ifname, AttachMode::Native))?;
+            let mut xsk = XskSocket::bind(&b.ifname, 0, XskConfig::default())?;
+            dp.set_outside_socket(0, xsk.fd())?;
+
+            // The host's own traffic passes: ARP, ND, ping.
+            assert!(
+                ping(topo, peer, b4),
+                "IPv4 ping through the outside program"
+            );
+            assert!(
+                ping(topo, peer, b6),
+                "IPv6 ping (ND) through the outside program"
+            );
+
+            // Inbound IPsec for our SAs: to the socket, with the SA id.
+            send_esp(topo, peer, b4, 0x3001);
+            send_esp(topo, peer, b6, 0x3003);
+            let mut natt = 0x3002u32.to_be_bytes().to_vec();
+            natt.extend([0x5a; 40]);
+            send_udp_from(
+                topo,
+                peer,
+                SocketAddr::new(a4, 4500),
+                SocketAddr::new(b4, 4500),
+                &natt,
+            );
+            let mut frames = drain(&mut xsk, Duration::from_secs(3));
+            if frames.len() < 3 {
+                frames.extend(drain(&mut xsk, Duration::from_secs(2)));
+            }
+            let mut got: Vec<(u32, u16, u16)> = frames
+                .iter()
+                .map(|(m, _)| {
+                    let m = m.expect("metadata in front of the frame");
+                    assert_eq!((m.magic, m.policy_id), (XDP_META_MAGIC, NO_POLICY));
+                    assert_ne!(m.flags & META_F_INBOUND, 0);
+                    (
+                        m.sa_id,
+                        m.flags & (META_F_IPV6 | META_F_UDP_ENCAP),
+                        m.l4_offset,
+                    )
+                })
+                .collect();
+            got.sort_unstable();
+            assert_eq!(
+                got,
+                [(0, 0, 34), (1, META_F_UDP_ENCAP, 34), (2, META_F_IPV6, 54)],
+                "the three inbound packets, each with its SA"
+            );
+            for (_, f) in &frames {
+                assert_eq!(&f[0..6], &b.mac, "sent to the gateway's MAC");
+            }
+
+            // IKE on 4500 (non-ESP marker) and a keepalive reach the gateway's socket.
+            let ike_sock = udp_socket_in(topo, gw, SocketAddr::new(b4, 4500));
+            let mut ike = vec![0u8; 4];
+            ike.extend(b"IKE_SA_INIT....................");
+            send_udp_from(
+                topo,
+                peer,
+                SocketAddr::new(a4, 4500),
+                SocketAddr::new(b4, 4500),
+                &ike,
+            );
+            assert_eq!(recv_payload(&ike_sock).as_deref(), Some(&ike[..]));
+            send_udp_from(
+                topo,
+                peer,
+                SocketAddr::new(a4, 4500),
+                SocketAddr::new(b4, 4500),
+                &[0xff],
+            );
+            assert_eq!(recv_payload(&ike_sock).as_deref(), Some(&[0xffu8][..]));
+            // An unknown SPI is the kernel's, not the worker's.
+            send_esp(topo, peer, b4, 0x9999);
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(drain(&mut xsk, Duration::from_millis(300)).is_empty());
+
+            let c = dp.outside_counters()?;
+            assert_eq!(c.get(Counter::RedirectIn), 3, "{c}");
+            assert_eq!(c.get(Counter::PassIke), 1, "{c}");
+            assert_eq!(c.get(Counter::PassNattKeepalive), 1, "{c}");
+            assert_eq!(c.get(Counter::PassUnknownSpi), 1, "{c}");
+            assert!(c.get(Counter::PassArpNd) >= 2, "{c}");
+            assert!(c.get(Counter::PassNotIpsec) >= 4, "pings: {c}");
+
+            // Without the worker's socket, inbound IPsec is dropped, not given to the kernel.
+            dp.clear_outside_socket(0)?;
+            send_esp(topo, peer, b4, 0x3001);
+            std::thread::sleep(Duration::from_millis(300));
+            let c = dp.outside_counters()?;
+            assert_eq!(c.get(Counter::DropNoSocketIn), 1, "{c}");
+            assert!(ping(topo, peer, b4));
+            dp.flush_logs();
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// A datagram from a fixed source port (IKE and NAT-T come from 4500).
+fn send_udp_from(topo: &Topology, ns: usize, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
+    topo.ns(ns)
+        .run(|| {
+            let s = UdpSocket::bind(from)?;
+            s.send_to(payload, to)?;
+            Ok(())
+        })
+        .expect("send UDP from the peer namespace");
 }

@@ -1,27 +1,35 @@
-//! The XDP side of xfrm-ebpf: what the kernel's `xfrm4_output` decides before any transform
-//! (does a policy cover this packet?), done at the driver for the inside interface.
+//! The XDP side of xfrm-ebpf, two programs:
 //!
-//! protect → redirect to the AF_XDP socket of the receiving queue, with [`XdpMeta`] in front of
-//! the packet; block → XDP_DROP; no policy / bypass → XDP_PASS. ARP and ND always pass. Fail
-//! closed: a packet that a protect rule covers is dropped (and counted) when it cannot be handed
-//! to a worker — it never leaves in clear.
+//! - `xfrm_classify`, on the inside (plaintext) interface: what the kernel's `xfrm_lookup`
+//!   decides before any transform (does a policy cover this packet?), done at the driver.
+//!   protect → redirect to the AF_XDP socket of the receiving queue, with [`XdpMeta`] in
+//!   front of the packet; block → XDP_DROP; no policy / bypass → XDP_PASS.
+//! - `xfrm_outside`, on the outside (wire) interface: ESP, AH and ESP-in-UDP addressed to one
+//!   of our SAs → redirect with the SA id; everything else (IKE, NAT-T keepalives, unknown
+//!   SPIs, the host's own traffic) → XDP_PASS. With `CFG_ONE_ARMED` (inside = outside) what
+//!   is not inbound IPsec is then classified as on the inside.
+//!
+//! ARP and ND always pass. Fail closed: a packet that a protect rule covers is dropped (and
+//! counted) when it cannot be handed to a worker — it never leaves in clear.
 #![no_std]
 #![no_main]
 
 mod classify;
+mod inbound;
 mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_xdp_adjust_meta,
     macros::{map, xdp},
-    maps::{Array, PerCpuArray, XskMap},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use aya_log_ebpf::{debug, trace};
 use xfrm_common::{
-    Config, Counter, PolicyRule, RuleAction, XdpMeta, COUNTER_COUNT, MAX_POLICIES, MAX_QUEUES,
-    XDP_META_LEN, XDP_META_MAGIC,
+    Config, Counter, PolicyRule, PortKey, PrefixKey, RuleAction, RuleBitmap, SaKey, XdpMeta,
+    CFG_ONE_ARMED, COUNTER_COUNT, MAX_POLICIES, MAX_PORT_KEYS, MAX_PREFIXES, MAX_QUEUES, MAX_SAS,
+    META_F_INBOUND, NO_POLICY, PROTO_ENTRIES, XDP_META_LEN, XDP_META_MAGIC,
 };
 
 use crate::parse::Parsed;
@@ -30,67 +38,151 @@ use crate::parse::Parsed;
 #[map(name = "POLICY_OUT")]
 static POLICY_OUT: Array<PolicyRule> = Array::with_max_entries(2 * MAX_POLICIES, 0);
 
+/// The policy index (see xfrm-common): prefix → candidate rules, per slot.
+#[map(name = "POLICY_PREFIX")]
+static POLICY_PREFIX: LpmTrie<PrefixKey, RuleBitmap> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+#[map(name = "POLICY_PROTO")]
+static POLICY_PROTO: Array<RuleBitmap> = Array::with_max_entries(PROTO_ENTRIES, 0);
+
+#[map(name = "POLICY_PORT")]
+static POLICY_PORT: HashMap<PortKey, RuleBitmap> = HashMap::with_max_entries(MAX_PORT_KEYS, 0);
+
 #[map(name = "CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// One AF_XDP socket per receive queue, inserted by the workers.
+/// (daddr, SPI, protocol) → SA id.
+#[map(name = "SAS")]
+static SAS: HashMap<SaKey, u32> = HashMap::with_max_entries(MAX_SAS, 0);
+
+/// One AF_XDP socket per receive queue of the inside interface, inserted by the workers.
 #[map(name = "XSKS")]
 static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+
+/// The same for the outside interface (a socket only takes frames of its own device/queue).
+#[map(name = "XSKS_OUT")]
+static XSKS_OUT: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT as u32, 0);
 
-#[inline(always)]
-fn count(c: Counter) {
-    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
-        // SAFETY: a per-CPU slot; XDP runs with preemption off, nobody else writes it now.
-        unsafe { *p += 1 };
+#[map(name = "COUNTERS_OUT")]
+static COUNTERS_OUT: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT as u32, 0);
+
+/// Which interface a run is on: its socket map and its counters.
+struct Side {
+    xsks: &'static XskMap,
+    counters: &'static PerCpuArray<u64>,
+}
+
+const INSIDE: Side = Side {
+    xsks: &XSKS,
+    counters: &COUNTERS,
+};
+const OUTSIDE: Side = Side {
+    xsks: &XSKS_OUT,
+    counters: &COUNTERS_OUT,
+};
+
+impl Side {
+    #[inline(always)]
+    fn count(&self, c: Counter) {
+        if let Some(p) = self.counters.get_ptr_mut(c as u32) {
+            // SAFETY: a per-CPU slot; XDP runs with preemption off, nobody else writes it now.
+            unsafe { *p += 1 };
+        }
+    }
+
+    #[inline(always)]
+    fn pass(&self, c: Counter) -> u32 {
+        self.count(c);
+        xdp_action::XDP_PASS
     }
 }
 
 #[xdp]
 pub fn xfrm_classify(ctx: XdpContext) -> u32 {
-    count(Counter::Rx);
+    INSIDE.count(Counter::Rx);
     match parse::parse(&ctx) {
-        Parsed::NotIp => {
-            count(Counter::PassNotIp);
-            xdp_action::XDP_PASS
-        }
-        Parsed::ArpNd => {
-            count(Counter::PassArpNd);
-            xdp_action::XDP_PASS
-        }
-        Parsed::Malformed => {
-            count(Counter::PassMalformed);
-            xdp_action::XDP_PASS
-        }
-        Parsed::Unparsed => {
-            // Its ports are unknown, so a protect rule might cover it: fail closed.
-            count(Counter::DropUnparsed);
-            debug!(&ctx, "drop: IPv6 extension header chain too long");
-            xdp_action::XDP_DROP
-        }
-        Parsed::Ip(flow) => match classify::lookup(&flow) {
-            None => {
-                count(Counter::PassNoPolicy);
-                xdp_action::XDP_PASS
-            }
-            Some(rule) => verdict(&ctx, &flow, rule),
-        },
+        Parsed::NotIp => INSIDE.pass(Counter::PassNotIp),
+        Parsed::ArpNd => INSIDE.pass(Counter::PassArpNd),
+        Parsed::Malformed => INSIDE.pass(Counter::PassMalformed),
+        Parsed::Unparsed => unparsed(&ctx, &INSIDE),
+        Parsed::Ip(flow) => policy(&ctx, &flow, &INSIDE),
     }
 }
 
-#[inline(always)]
-fn verdict(ctx: &XdpContext, flow: &parse::Flow, rule: &PolicyRule) -> u32 {
-    match RuleAction::from_u8(rule.action) {
-        Some(RuleAction::Bypass) => {
-            count(Counter::PassBypass);
-            xdp_action::XDP_PASS
+#[xdp]
+pub fn xfrm_outside(ctx: XdpContext) -> u32 {
+    OUTSIDE.count(Counter::Rx);
+    let Some(cfg) = CONFIG.get(0) else {
+        return OUTSIDE.pass(Counter::PassMalformed);
+    };
+    let one_armed = cfg.flags & CFG_ONE_ARMED != 0;
+    match parse::parse(&ctx) {
+        Parsed::NotIp => OUTSIDE.pass(Counter::PassNotIp),
+        Parsed::ArpNd => OUTSIDE.pass(Counter::PassArpNd),
+        Parsed::Malformed => OUTSIDE.pass(Counter::PassMalformed),
+        Parsed::Unparsed if one_armed => unparsed(&ctx, &OUTSIDE),
+        // Not for the policy: whatever it hides, it is not ours to protect.
+        Parsed::Unparsed => OUTSIDE.pass(Counter::PassMalformed),
+        Parsed::Ip(flow) => {
+            let v = inbound::classify(&ctx, &flow, cfg);
+            if v.why == Counter::RedirectIn {
+                let meta = XdpMeta {
+                    magic: XDP_META_MAGIC,
+                    flags: flow.flags | v.flags | META_F_INBOUND,
+                    l3_offset: flow.l3_off,
+                    l4_offset: flow.l4_off,
+                    policy_id: NO_POLICY,
+                    sa_id: v.sa_id,
+                };
+                return to_worker(
+                    &ctx,
+                    &OUTSIDE,
+                    &meta,
+                    Counter::RedirectIn,
+                    Counter::DropNoSocketIn,
+                );
+            }
+            if one_armed {
+                policy(&ctx, &flow, &OUTSIDE)
+            } else {
+                OUTSIDE.pass(v.why)
+            }
         }
-        Some(RuleAction::Protect) => protect(ctx, flow, rule.policy_id, rule.sa_id),
+    }
+}
+
+/// Its ports are unknown, so a protect rule might cover it: fail closed.
+#[inline(always)]
+fn unparsed(ctx: &XdpContext, side: &Side) -> u32 {
+    side.count(Counter::DropUnparsed);
+    debug!(ctx, "drop: IPv6 extension header chain too long");
+    xdp_action::XDP_DROP
+}
+
+#[inline(always)]
+fn policy(ctx: &XdpContext, flow: &parse::Flow, side: &Side) -> u32 {
+    let Some(rule) = classify::lookup(flow) else {
+        return side.pass(Counter::PassNoPolicy);
+    };
+    match RuleAction::from_u8(rule.action) {
+        Some(RuleAction::Bypass) => side.pass(Counter::PassBypass),
+        Some(RuleAction::Protect) => {
+            let meta = XdpMeta {
+                magic: XDP_META_MAGIC,
+                flags: flow.flags,
+                l3_offset: flow.l3_off,
+                l4_offset: flow.l4_off,
+                policy_id: rule.policy_id,
+                sa_id: rule.sa_id,
+            };
+            to_worker(ctx, side, &meta, Counter::Redirect, Counter::DropNoSocket)
+        }
         // An unknown action is a bug in user space: fail closed.
         Some(RuleAction::Block) | None => {
-            count(Counter::DropBlock);
+            side.count(Counter::DropBlock);
             debug!(ctx, "drop: block policy {}", rule.policy_id);
             xdp_action::XDP_DROP
         }
@@ -99,54 +191,53 @@ fn verdict(ctx: &XdpContext, flow: &parse::Flow, rule: &PolicyRule) -> u32 {
 
 /// Hand the packet to the worker: metadata first, then the redirect; any failure drops.
 #[inline(always)]
-fn protect(ctx: &XdpContext, flow: &parse::Flow, policy_id: u32, sa_id: u32) -> u32 {
+fn to_worker(ctx: &XdpContext, side: &Side, m: &XdpMeta, ok: Counter, no_socket: Counter) -> u32 {
     let queue = ctx.rx_queue_index();
     // Checked before the metadata is written so that a missing socket is counted as such
     // (bpf_redirect_map alone would only return its fallback action).
-    if XSKS.get(queue).is_none() {
-        count(Counter::DropNoSocket);
+    if side.xsks.get(queue).is_none() {
+        side.count(no_socket);
         debug!(
             ctx,
-            "drop: policy {} but no AF_XDP socket on queue {}", policy_id, queue
+            "drop: policy {} sa {} but no AF_XDP socket on queue {}", m.policy_id, m.sa_id, queue
         );
         return xdp_action::XDP_DROP;
     }
-    // SAFETY: the helper only moves data_meta; every pointer is re-read and checked below.
-    let ret = unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(XDP_META_LEN as i32)) };
-    if ret != 0 {
-        count(Counter::DropMeta);
-        return xdp_action::XDP_DROP;
+    // Exactly XDP_META_LEN bytes of metadata end where the packet starts. A driver starts
+    // with none; a second run on the same buffer (BPF_PROG_TEST_RUN repeat) finds ours and
+    // rewrites it in place instead of growing it.
+    let mut have = ctx.metadata() + XDP_META_LEN <= ctx.data();
+    have &= ctx.metadata() + XDP_META_LEN + 1 > ctx.data();
+    if !have {
+        // SAFETY: the helper only moves data_meta; every pointer is re-read and checked below.
+        let ret = unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(XDP_META_LEN as i32)) };
+        if ret != 0 {
+            side.count(Counter::DropMeta);
+            return xdp_action::XDP_DROP;
+        }
     }
     let meta = ctx.metadata();
     if meta + XDP_META_LEN > ctx.data() {
-        count(Counter::DropMeta);
+        side.count(Counter::DropMeta);
         return xdp_action::XDP_DROP;
     }
-    let m = XdpMeta {
-        magic: XDP_META_MAGIC,
-        flags: flow.flags,
-        l3_offset: flow.l3_off,
-        l4_offset: flow.l4_off,
-        policy_id,
-        sa_id,
-    };
     // SAFETY: [meta, meta + XDP_META_LEN) was bounds-checked against data just above.
-    unsafe { core::ptr::write_unaligned(meta as *mut XdpMeta, m) };
+    unsafe { core::ptr::write_unaligned(meta as *mut XdpMeta, *m) };
     // Fallback XDP_DROP: should the socket vanish between the check and here, still no clear.
-    match XSKS.redirect(queue, u64::from(xdp_action::XDP_DROP)) {
+    match side.xsks.redirect(queue, u64::from(xdp_action::XDP_DROP)) {
         Ok(action) => {
-            count(Counter::Redirect);
+            side.count(ok);
             trace!(
                 ctx,
                 "redirect: policy {} sa {} queue {}",
-                policy_id,
-                sa_id,
+                m.policy_id,
+                m.sa_id,
                 queue
             );
             action
         }
         Err(_) => {
-            count(Counter::DropNoSocket);
+            side.count(no_socket);
             xdp_action::XDP_DROP
         }
     }

@@ -30,6 +30,8 @@ const MAX_EXT_HDRS: usize = 6;
 const MAX_L4_OFFSET: usize = 512;
 
 /// What the classifier matches rules against; offsets for the worker's metadata.
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Flow {
     pub src: [u32; 4],
     pub dst: [u32; 4],
@@ -54,7 +56,7 @@ pub enum Parsed {
 /// pointer: the verifier tracks the checked range per pointer, and separately computed pointers
 /// to neighbouring bytes (or a 1-byte check, which LLVM turns into `p >= end`) lose it.
 #[inline(always)]
-fn at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
+pub fn at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
     let p = ctx.data() + off;
     if p + N > ctx.data_end() {
         return None;

@@ -58,8 +58,13 @@ enum Cmd {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
-    /// Benchmarks (`cargo bench -p xfrm-user`).
+    /// Benchmarks: the user-space ones (`cargo bench -p xfrm-user`), then the XDP classifier's
+    /// ns/packet table (BPF_PROG_TEST_RUN; needs root, prints SKIP otherwise).
     Bench {
+        /// Only the XDP classifier table.
+        #[arg(long)]
+        classifier: bool,
+        /// Extra arguments for `cargo bench -p xfrm-user` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -106,10 +111,19 @@ fn real_main() -> Result<()> {
             no_setup,
             cargo_test_args,
         } => test(no_setup, &cargo_test_args),
-        Cmd::Bench { args } => {
-            let mut cmd = util::cargo();
-            cmd.args(["bench", "-p", "xfrm-user"]).args(args);
-            util::run(&mut cmd)
+        Cmd::Bench { classifier, args } => {
+            if !classifier {
+                let mut cmd = util::cargo();
+                cmd.args(["bench", "-p", "xfrm-user"]).args(args);
+                util::run(&mut cmd)?;
+            }
+            let obj = ebpf::build(true)?;
+            util::section("XDP classifier: ns/packet (BPF_PROG_TEST_RUN)");
+            util::run(
+                util::cargo()
+                    .args(["bench", "-p", "xfrm-tests", "--bench", "classifier"])
+                    .env("XFRM_BPF_OBJ", &obj),
+            )
         }
     }
 }

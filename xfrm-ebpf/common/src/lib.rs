@@ -9,23 +9,78 @@
 //! - Rules are tried in table order (user space sorts them by priority, then by config order,
 //!   the kernel's tie-break); the first rule that matches decides.
 //! - ARP and IPv6 neighbour discovery / router messages always pass, before any rule.
+//!
+//! # The policy index (why the lookup stays cheap as the table grows)
+//! The rule table is the one definition of the order (position = `policy_id`). Beside it,
+//! user space keeps an index that gives, for one packet, the *set of rules that can match*
+//! as a bitmap over positions ([`RuleBitmap`], bit i = rule i), one bitmap per field:
+//! - source and destination prefix: an LPM trie ([`MAP_POLICY_PREFIX`], [`PrefixKey`]) whose
+//!   entry for prefix P holds the rules whose prefix *contains* P. The longest prefix in the
+//!   trie that contains the address is P, every rule prefix containing the address contains P
+//!   (prefixes containing one address are nested), so P's bitmap is exactly the rules whose
+//!   prefix matches the address;
+//! - protocol ([`MAP_POLICY_PROTO`], by family and protocol): rules with that protocol or 0;
+//! - source and destination port ([`MAP_POLICY_PORT`], by family and port, for the ports
+//!   that rules name exactly; other ports take the "any other port" entry of their family):
+//!   rules whose port selector accepts that port. Skipped (all rules pass) when no rule of
+//!   the table names that port exactly ([`TableRef::SPORT_INDEXED`]…): site-to-site tables
+//!   then cost two lookups fewer.
+//!
+//! The program ANDs the five bitmaps (first their summaries: which 64-rule words hold any
+//! candidate) and walks the set bits from the lowest: the first rule
+//! that `xfrm_selector_match`es wins, as in a scan of the whole table, because the AND only
+//! removes rules that cannot match and keeps the order. A bit set only by over-approximation
+//! (a port selector with a partial mask) is caught by the full match of each candidate.
+//! Tables of at most 4 rules are scanned without the index (cheaper than its lookups).
+//! The cost is five lookups, plus one AND of five words and one full match per candidate;
+//! a table of 1024 rules that all cover the same packet (differing only in a partial port
+//! mask, say) still costs a scan, in bpf_loop steps.
 #![no_std]
 
 /// XDP program on the inside (plaintext) interface: policy lookup.
 pub const PROG_CLASSIFY: &str = "xfrm_classify";
+/// XDP program on the outside (wire) interface: ESP, AH and ESP-in-UDP for a local SA go to
+/// the worker; with [`CFG_ONE_ARMED`], everything else is then classified as on the inside.
+pub const PROG_OUTSIDE: &str = "xfrm_outside";
 /// A program that passes everything: put on a veth peer so that XDP_TX / devmap redirects into
 /// it work (veth delivers `ndo_xdp_xmit` frames only to a peer that runs XDP or GRO).
 pub const PROG_PASS: &str = "xfrm_pass";
 
+/// `Array<PolicyRule>`: the rules, two slots of [`MAX_POLICIES`] (double buffer).
 pub const MAP_POLICY_OUT: &str = "POLICY_OUT";
+/// `LpmTrie<PrefixKey, RuleBitmap>`: source/destination prefix → rules whose prefix covers it.
+pub const MAP_POLICY_PREFIX: &str = "POLICY_PREFIX";
+/// `Array<RuleBitmap>` at [`proto_index`]: rules with this protocol or protocol 0.
+pub const MAP_POLICY_PROTO: &str = "POLICY_PROTO";
+/// `HashMap<PortKey, RuleBitmap>`: rules whose port selector accepts this port.
+pub const MAP_POLICY_PORT: &str = "POLICY_PORT";
+/// `Array<Config>`, one entry.
 pub const MAP_CONFIG: &str = "CONFIG";
+/// `XskMap`: the inside interface's AF_XDP socket per receive queue.
 pub const MAP_XSKS: &str = "XSKS";
+/// `XskMap`: the outside interface's AF_XDP socket per receive queue.
+pub const MAP_XSKS_OUT: &str = "XSKS_OUT";
+/// `HashMap<SaKey, u32>`: (daddr, SPI, protocol) → SA id, the inbound lookup.
+pub const MAP_SAS: &str = "SAS";
+/// `PerCpuArray<u64>` indexed by [`Counter`]: the inside program's verdicts.
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// `PerCpuArray<u64>` indexed by [`Counter`]: the outside program's verdicts.
+pub const MAP_COUNTERS_OUT: &str = "COUNTERS_OUT";
 
 /// Rules per table slot. POLICY_OUT holds two slots (double buffer, see [`TableRef`]).
 pub const MAX_POLICIES: u32 = 1024;
-/// Entries in XSKS: one AF_XDP socket per receive queue.
+/// Entries in XSKS and XSKS_OUT: one AF_XDP socket per receive queue.
 pub const MAX_QUEUES: u32 = 64;
+/// Entries in SAS.
+pub const MAX_SAS: u32 = 65536;
+/// u64 words of a [`RuleBitmap`].
+pub const BITMAP_WORDS: usize = MAX_POLICIES as usize / 64;
+/// Entries of POLICY_PREFIX: per slot and per field (source, destination), one per distinct
+/// prefix of the table at most.
+pub const MAX_PREFIXES: u32 = 2 * 2 * MAX_POLICIES;
+/// Entries of POLICY_PORT: per slot and per field, one per distinct exact port and one "any
+/// other port" per family at most.
+pub const MAX_PORT_KEYS: u32 = 2 * 2 * (MAX_POLICIES + 2);
 
 /// Address families as in the IP version field.
 pub const FAMILY_V4: u8 = 4;
@@ -85,16 +140,26 @@ pub struct PolicyRule {
 
 pub const NO_SA: u32 = u32::MAX;
 
-/// Which half of POLICY_OUT is live and how many rules it has, in one u32 so that user space
-/// switches tables with a single atomic store: fill the idle half, then flip.
-/// Bit 31: slot (0/1); bits 0..15: rule count (≤ MAX_POLICIES).
+/// Which half of POLICY_OUT is live, how many rules it has, and which port fields its index
+/// covers, in one u32 so that user space switches tables with a single atomic store: fill the
+/// idle half, then flip.
+/// Bit 31: slot (0/1); bit 17: dport indexed; bit 16: sport indexed; bits 0..15: rule count
+/// (≤ MAX_POLICIES).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableRef(pub u32);
 
 impl TableRef {
+    /// Some rule names a source port exactly: POLICY_PORT has DIM_SPORT entries.
+    pub const SPORT_INDEXED: u32 = 1 << 16;
+    /// Some rule names a destination port exactly: POLICY_PORT has DIM_DPORT entries.
+    pub const DPORT_INDEXED: u32 = 1 << 17;
+
     pub const fn new(slot: u32, len: u32) -> Self {
         Self(((slot & 1) << 31) | (len & 0xffff))
+    }
+    pub const fn with_flags(self, flags: u32) -> Self {
+        Self(self.0 | (flags & (Self::SPORT_INDEXED | Self::DPORT_INDEXED)))
     }
     pub const fn slot(self) -> u32 {
         self.0 >> 31
@@ -105,11 +170,136 @@ impl TableRef {
     pub const fn is_empty(self) -> bool {
         self.len() == 0
     }
+    pub const fn has(self, flag: u32) -> bool {
+        self.0 & flag != 0
+    }
     /// Index in POLICY_OUT of rule `i` of this table.
     pub const fn index(self, i: u32) -> u32 {
         self.slot() * MAX_POLICIES + i
     }
 }
+
+/// A set of rule positions of one table slot: bit `i % 64` of `words[i / 64]` is rule `i`;
+/// bit `w` of `summary` says `words[w]` is not zero, so that a walk over the AND of several
+/// bitmaps visits only the words where all of them have candidates.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleBitmap {
+    pub words: [u64; BITMAP_WORDS],
+    pub summary: u64,
+}
+
+impl RuleBitmap {
+    pub fn set(&mut self, i: usize) {
+        self.words[i / 64] |= 1 << (i % 64);
+        self.summary |= 1 << (i / 64);
+    }
+    pub fn contains(&self, i: usize) -> bool {
+        self.words[i / 64] & (1 << (i % 64)) != 0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.summary == 0
+    }
+    /// The intersection (summary included: a superset of the words that are not zero).
+    pub fn and(&self, o: &Self) -> Self {
+        let mut r = *self;
+        for (w, x) in r.words.iter_mut().zip(o.words) {
+            *w &= x;
+        }
+        r.summary &= o.summary;
+        r
+    }
+}
+
+/// Which address a [`PrefixKey`] indexes.
+pub const DIM_SRC: u8 = 0;
+pub const DIM_DST: u8 = 1;
+/// Which port a [`PortKey`] indexes.
+pub const DIM_SPORT: u8 = 0;
+pub const DIM_DPORT: u8 = 1;
+
+/// The data of a POLICY_PREFIX key (after the LPM prefix length). The first
+/// [`PREFIX_KEY_HEADER_BITS`] bits are always part of the prefix, so a lookup only meets
+/// entries of its own slot, field and family; the address follows, as in [`PolicyRule`]
+/// (packet byte order, IPv4 in word 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PrefixKey {
+    /// Table slot (0/1), see [`TableRef`].
+    pub slot: u8,
+    /// [`DIM_SRC`] or [`DIM_DST`].
+    pub dim: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: u8,
+    pub addr: [u32; 4],
+}
+
+/// The LPM prefix length of a [`PrefixKey`] for an address prefix of `len` bits.
+pub const PREFIX_KEY_HEADER_BITS: u32 = 32;
+
+/// POLICY_PORT key: rules of this slot and family whose `dim` port selector accepts `port`
+/// (whatever their protocol: the protocol bitmap takes care of that). `any_other` = 1 is the
+/// entry for every port no rule names exactly (`port` then 0). Ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub slot: u8,
+    /// [`DIM_SPORT`] or [`DIM_DPORT`].
+    pub dim: u8,
+    pub family: u8,
+    pub any_other: u8,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// POLICY_PROTO index of (slot, family, protocol).
+pub const fn proto_index(slot: u32, family: u8, proto: u8) -> u32 {
+    slot * 512 + (family == FAMILY_V6) as u32 * 256 + proto as u32
+}
+/// Entries of POLICY_PROTO.
+pub const PROTO_ENTRIES: u32 = 2 * 512;
+
+/// SAS key: what `xfrm_state_lookup` takes from an inbound packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SaKey {
+    /// Destination address, packet byte order, IPv4 in word 0 (as [`PolicyRule`]).
+    pub daddr: [u32; 4],
+    /// The SPI as a number (host order: `u32::from_be_bytes` of the header's bytes).
+    pub spi: u32,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// 50 (ESP) or 51 (AH).
+    pub proto: u8,
+    pub _pad: u16,
+}
+
+/// Encapsulation of a UDP port in [`Config::encap`] (what the IKE daemon's socket on that
+/// port would have asked with UDP_ENCAP).
+pub const ENCAP_NONE: u8 = 0;
+/// UDP_ENCAP_ESPINUDP (RFC 3948): ESP right after the UDP header, IKE behind 4 zero bytes.
+pub const ENCAP_ESPINUDP: u8 = 1;
+/// UDP_ENCAP_ESPINUDP_NON_IKE: ESP behind 8 zero bytes.
+pub const ENCAP_ESPINUDP_NON_IKE: u8 = 2;
+
+/// One NAT-T port of the outside program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncapPort {
+    /// Local UDP port (host order); 0 = unused slot.
+    pub port: u16,
+    /// `ENCAP_*`.
+    pub kind: u8,
+    pub _pad: u8,
+}
+
+/// NAT-T ports the outside program knows (4500 is the usual one).
+pub const MAX_ENCAP_PORTS: usize = 4;
+
+/// [`Config::flags`]: the outside program also classifies what is not inbound IPsec against
+/// the out policies, as the inside program does (one-armed gateway: inside = outside).
+pub const CFG_ONE_ARMED: u32 = 1 << 0;
 
 /// The single value of the CONFIG array.
 #[repr(C)]
@@ -117,12 +307,20 @@ impl TableRef {
 pub struct Config {
     /// The live outbound policy table.
     pub out: TableRef,
-    /// Reserved for flags (e.g. one-armed gateway); 0 today.
+    /// `CFG_*`.
     pub flags: u32,
+    /// UDP ports carrying ESP-in-UDP, for the outside program.
+    pub encap: [EncapPort; MAX_ENCAP_PORTS],
 }
 
 /// Written with `bpf_xdp_adjust_meta` just before the packet of a redirected frame: in the
 /// UMEM frame it ends where the packet starts. The worker checks `magic` before trusting it.
+///
+/// From the inside program: `policy_id` and `sa_id` of the matching protect rule. From the
+/// outside program for inbound IPsec ([`META_F_INBOUND`]): `policy_id` = [`NO_POLICY`],
+/// `sa_id` = the SA the (daddr, SPI, protocol) names, `l4_offset` = the header after the IP
+/// headers (ESP or AH; UDP with [`META_F_UDP_ENCAP`], the ESP header then following 8 bytes
+/// later, 16 with [`META_F_NON_IKE`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XdpMeta {
@@ -143,11 +341,22 @@ pub const META_F_IPV6: u16 = 1 << 0;
 pub const META_F_VLAN: u16 = 1 << 1;
 /// A non-first fragment (no transport header) or a first fragment (MF set).
 pub const META_F_FRAGMENT: u16 = 1 << 2;
+/// Inbound IPsec for a local SA (outside program): `sa_id` is from SAS, no policy.
+pub const META_F_INBOUND: u16 = 1 << 3;
+/// With META_F_INBOUND: ESP in UDP (NAT-T); `l4_offset` is the UDP header.
+pub const META_F_UDP_ENCAP: u16 = 1 << 4;
+/// With META_F_UDP_ENCAP: the port is UDP_ENCAP_ESPINUDP_NON_IKE (8 zero bytes before ESP).
+pub const META_F_NON_IKE: u16 = 1 << 5;
+
+/// `XdpMeta::policy_id` of inbound IPsec.
+pub const NO_POLICY: u32 = u32::MAX;
 
 // The kernel wants metadata in 4-byte units and at most 32 bytes.
 const _: () = assert!(XDP_META_LEN.is_multiple_of(4) && XDP_META_LEN <= 32);
 
-/// Per-CPU verdict counters: indexes into COUNTERS (a PerCpuArray<u64>).
+/// Per-CPU verdict counters: indexes into COUNTERS (inside program) and COUNTERS_OUT
+/// (outside program), both PerCpuArray<u64>; user space sums the CPUs. Every packet counts
+/// `rx` and exactly one verdict counter.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -169,13 +378,31 @@ pub enum Counter {
     DropBlock,
     /// Fail closed: a protect rule matched but no socket serves this queue.
     DropNoSocket,
-    /// Fail closed: a protect rule matched but the metadata could not be written.
+    /// Fail closed: a protect rule (or inbound SA) matched but the metadata could not be
+    /// written (a driver without metadata support).
     DropMeta,
     /// Fail closed: an IPv6 extension header chain too long to follow to the transport header.
     DropUnparsed,
+    // The outside program.
+    /// Not ESP, AH or UDP to a NAT-T port (and not one-armed): the host's traffic.
+    PassNotIpsec,
+    /// ESP/AH/ESP-in-UDP whose (daddr, SPI, protocol) is not in SAS: the kernel's business.
+    PassUnknownSpi,
+    /// On a NAT-T port with a non-ESP marker (or too short to be ESP): IKE, for the daemon.
+    PassIke,
+    /// A NAT-T keepalive (one 0xFF byte): passed, the kernel's encap socket eats it as it
+    /// would without us (no SA state depends on it).
+    PassNattKeepalive,
+    /// An IPv4/IPv6 fragment of ESP, AH or ESP-in-UDP: the kernel reassembles it first.
+    PassFragment,
+    /// Inbound IPsec for a known SA, redirected to the queue's AF_XDP socket.
+    RedirectIn,
+    /// Inbound IPsec for a known SA, but no socket on the queue: dropped, not handed to a
+    /// kernel that holds none of our SAs (it would answer ICMP errors to the peer at best).
+    DropNoSocketIn,
 }
 
-pub const COUNTER_COUNT: usize = 11;
+pub const COUNTER_COUNT: usize = 18;
 
 pub const COUNTER_NAMES: [&str; COUNTER_COUNT] = [
     "rx",
@@ -189,9 +416,16 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT] = [
     "drop_no_socket",
     "drop_meta",
     "drop_unparsed",
+    "pass_not_ipsec",
+    "pass_unknown_spi",
+    "pass_ike",
+    "pass_natt_keepalive",
+    "pass_fragment",
+    "redirect_in",
+    "drop_no_socket_in",
 ];
 
-const _: () = assert!(Counter::DropUnparsed as usize + 1 == COUNTER_COUNT);
+const _: () = assert!(Counter::DropNoSocketIn as usize + 1 == COUNTER_COUNT);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -201,8 +435,19 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::XdpMeta {}
     unsafe impl aya::Pod for super::TableRef {}
+    unsafe impl aya::Pod for super::RuleBitmap {}
+    unsafe impl aya::Pod for super::PrefixKey {}
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::SaKey {}
+    unsafe impl aya::Pod for super::EncapPort {}
 }
 
 const _: () = assert!(core::mem::size_of::<PolicyRule>() == 88);
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 8 + 4 * MAX_ENCAP_PORTS);
+const _: () = assert!(core::mem::size_of::<PrefixKey>() == 20);
+const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
+const _: () = assert!(MAX_POLICIES <= 0xffff && MAX_POLICIES.is_multiple_of(64));
+const _: () = assert!(core::mem::size_of::<SaKey>() == 24);
+const _: () = assert!(core::mem::size_of::<RuleBitmap>() == 8 * BITMAP_WORDS + 8);
+const _: () = assert!(BITMAP_WORDS <= 64 && BITMAP_WORDS.is_power_of_two());
 const _: () = assert!(XDP_META_LEN == 16);

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{Array, MapData, PerCpuArray, XskMap},
+    maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, MapData, PerCpuArray, XskMap},
     programs::{
         xdp::{XdpLinkId, XdpMode},
         TestRun, TestRunOptions, Xdp,
@@ -27,9 +27,15 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use xfrm_common::{
-    Config, PolicyRule, TableRef, XdpMeta, COUNTER_COUNT, COUNTER_NAMES, MAP_CONFIG, MAP_COUNTERS,
-    MAP_POLICY_OUT, MAP_XSKS, MAX_POLICIES, PROG_CLASSIFY, PROG_PASS, XDP_META_LEN,
+    Config, EncapPort, PolicyRule, PortKey, PrefixKey, RuleBitmap, SaKey, TableRef, XdpMeta,
+    CFG_ONE_ARMED, COUNTER_COUNT, COUNTER_NAMES, FAMILY_V4, FAMILY_V6, MAP_CONFIG, MAP_COUNTERS,
+    MAP_COUNTERS_OUT, MAP_POLICY_OUT, MAP_POLICY_PORT, MAP_POLICY_PREFIX, MAP_POLICY_PROTO,
+    MAP_SAS, MAP_XSKS, MAP_XSKS_OUT, MAX_ENCAP_PORTS, MAX_SAS, PROG_CLASSIFY, PROG_OUTSIDE,
+    PROG_PASS, XDP_META_LEN,
 };
+
+use super::rules::{compile_db, compile_sas, encap_ports, PolicyIndex};
+use crate::xfrm::XfrmDb;
 
 pub const ENV_BPF_OBJ: &str = "XFRM_BPF_OBJ";
 
@@ -155,6 +161,8 @@ pub struct TestRunOutcome {
 pub enum Program {
     /// `xfrm_classify`: the inside interface (policy lookup).
     Inside,
+    /// `xfrm_outside`: the outside interface (inbound SA lookup; one-armed: then policies).
+    Outside,
     /// `xfrm_pass`: passes everything; the peer figure of the benchmarks.
     Pass,
 }
@@ -163,9 +171,18 @@ impl Program {
     pub fn name(self) -> &'static str {
         match self {
             Self::Inside => PROG_CLASSIFY,
+            Self::Outside => PROG_OUTSIDE,
             Self::Pass => PROG_PASS,
         }
     }
+}
+
+/// What one slot of the policy table left in the hash-like maps, to delete when the slot is
+/// refilled (arrays are overwritten instead).
+#[derive(Default)]
+struct SlotKeys {
+    prefixes: Vec<LpmKey<PrefixKey>>,
+    ports: Vec<PortKey>,
 }
 
 pub const XDP_ABORTED: u32 = 0;
@@ -179,6 +196,12 @@ pub struct Datapath {
     ebpf: Ebpf,
     /// Which POLICY_OUT slot is live (the other one is written on the next update).
     live_slot: u32,
+    /// What CONFIG holds (written whole on every change).
+    config: Config,
+    /// Index entries of each slot.
+    slot_keys: [SlotKeys; 2],
+    /// What SAS holds.
+    sas: std::collections::HashMap<SaKey, u32>,
     logs: Option<LogPump>,
 }
 
@@ -200,7 +223,7 @@ impl Datapath {
                 None
             }
         };
-        for name in [PROG_CLASSIFY, PROG_PASS] {
+        for name in [PROG_CLASSIFY, PROG_OUTSIDE, PROG_PASS] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("{}: no program {name}", path.display()))?
@@ -211,6 +234,9 @@ impl Datapath {
         let mut dp = Self {
             ebpf,
             live_slot: 0,
+            config: Config::default(),
+            slot_keys: Default::default(),
+            sas: Default::default(),
             logs,
         };
         dp.set_out_policies(&[])?;
@@ -240,6 +266,15 @@ impl Datapath {
             .with_context(|| format!("attach {PROG_CLASSIFY} to {iface} ({mode:?})"))
     }
 
+    /// Attach the outside program to `iface`: inbound ESP/AH/ESP-in-UDP for a known SA goes to
+    /// the sockets set with [`Self::set_outside_socket`]. For a one-armed gateway (inside =
+    /// outside) call [`Self::set_one_armed`] and attach only this program.
+    pub fn attach_outside(&mut self, iface: &str, mode: AttachMode) -> Result<XdpLinkId> {
+        self.prog(PROG_OUTSIDE)?
+            .attach(iface, mode.aya())
+            .with_context(|| format!("attach {PROG_OUTSIDE} to {iface} ({mode:?})"))
+    }
+
     /// Attach the pass-everything program, e.g. to a veth peer that must accept XDP_TX and
     /// redirected frames.
     pub fn attach_pass(&mut self, iface: &str, mode: AttachMode) -> Result<XdpLinkId> {
@@ -248,17 +283,49 @@ impl Datapath {
             .with_context(|| format!("attach {PROG_PASS} to {iface} ({mode:?})"))
     }
 
-    /// Replace the outbound rule table. The rules go to the idle slot, then one store to
-    /// CONFIG makes them live: a packet sees the old table or the new one, never a mix.
-    pub fn set_out_policies(&mut self, rules: &[PolicyRule]) -> Result<()> {
-        if rules.len() > MAX_POLICIES as usize {
-            bail!(
-                "{} outbound policies: the XDP table holds {MAX_POLICIES}",
-                rules.len()
-            );
+    fn write_config(&mut self) -> Result<()> {
+        let mut cfg: Array<&mut MapData, Config> = Array::try_from(
+            self.ebpf
+                .map_mut(MAP_CONFIG)
+                .ok_or_else(|| anyhow!("no map {MAP_CONFIG}"))?,
+        )?;
+        cfg.set(0, self.config, 0)?;
+        Ok(())
+    }
+
+    /// One-armed gateway: the outside program also applies the out policies (after the
+    /// inbound SA lookup), redirecting protected packets to the outside sockets.
+    pub fn set_one_armed(&mut self, on: bool) -> Result<()> {
+        if on {
+            self.config.flags |= CFG_ONE_ARMED;
+        } else {
+            self.config.flags &= !CFG_ONE_ARMED;
         }
+        self.write_config()
+    }
+
+    /// The NAT-T ports of the outside program (see [`super::rules::encap_ports`]).
+    pub fn set_encap_ports(&mut self, ports: [EncapPort; MAX_ENCAP_PORTS]) -> Result<()> {
+        self.config.encap = ports;
+        self.write_config()
+    }
+
+    /// Everything the programs need from a database: its out policies, its SAs, its NAT-T
+    /// ports.
+    pub fn install(&mut self, db: &XfrmDb) -> Result<()> {
+        self.set_out_policies(&compile_db(db)?)?;
+        self.set_sas(&compile_sas(db)?)?;
+        self.set_encap_ports(encap_ports(db)?)
+    }
+
+    /// Replace the outbound rule table and its index. Everything goes to the idle slot, then
+    /// one store to CONFIG makes it live: a packet sees the old table or the new one, never a
+    /// mix. The old slot's index entries are deleted after an RCU grace period (no program
+    /// run can still be reading them), so the slot is clean for the next update.
+    pub fn set_out_policies(&mut self, rules: &[PolicyRule]) -> Result<()> {
+        let index = PolicyIndex::build(rules)?;
         let slot = self.live_slot ^ 1;
-        let table = TableRef::new(slot, rules.len() as u32);
+        let table = TableRef::new(slot, rules.len() as u32).with_flags(index.flags);
         {
             let mut arr: Array<&mut MapData, PolicyRule> = Array::try_from(
                 self.ebpf
@@ -269,61 +336,165 @@ impl Datapath {
                 arr.set(table.index(i as u32), r, 0)?;
             }
         }
-        let mut cfg: Array<&mut MapData, Config> = Array::try_from(
-            self.ebpf
-                .map_mut(MAP_CONFIG)
-                .ok_or_else(|| anyhow!("no map {MAP_CONFIG}"))?,
-        )?;
-        cfg.set(
-            0,
-            Config {
-                out: table,
-                flags: 0,
-            },
-            0,
-        )?;
+        {
+            // Every protocol entry of the slot: the ones not listed are empty.
+            let mut protos = vec![RuleBitmap::default(); 512];
+            for (family, proto, b) in &index.protos {
+                protos[(xfrm_common::proto_index(0, *family, *proto)) as usize] = *b;
+            }
+            let mut arr: Array<&mut MapData, RuleBitmap> = Array::try_from(
+                self.ebpf
+                    .map_mut(MAP_POLICY_PROTO)
+                    .ok_or_else(|| anyhow!("no map {MAP_POLICY_PROTO}"))?,
+            )?;
+            for family in [FAMILY_V4, FAMILY_V6] {
+                for proto in 0..=255u8 {
+                    let b = &protos[xfrm_common::proto_index(0, family, proto) as usize];
+                    arr.set(xfrm_common::proto_index(slot, family, proto), b, 0)?;
+                }
+            }
+        }
+        let mut keys = SlotKeys::default();
+        {
+            let mut trie: LpmTrie<&mut MapData, PrefixKey, RuleBitmap> = LpmTrie::try_from(
+                self.ebpf
+                    .map_mut(MAP_POLICY_PREFIX)
+                    .ok_or_else(|| anyhow!("no map {MAP_POLICY_PREFIX}"))?,
+            )?;
+            for (len, k, b) in &index.prefixes {
+                let key = LpmKey::new(
+                    *len,
+                    PrefixKey {
+                        slot: slot as u8,
+                        ..*k
+                    },
+                );
+                trie.insert(&key, b, 0)
+                    .with_context(|| format!("{MAP_POLICY_PREFIX} insert"))?;
+                keys.prefixes.push(key);
+            }
+        }
+        {
+            let mut ports: HashMap<&mut MapData, PortKey, RuleBitmap> = HashMap::try_from(
+                self.ebpf
+                    .map_mut(MAP_POLICY_PORT)
+                    .ok_or_else(|| anyhow!("no map {MAP_POLICY_PORT}"))?,
+            )?;
+            for (k, b) in &index.ports {
+                let key = PortKey {
+                    slot: slot as u8,
+                    ..*k
+                };
+                ports
+                    .insert(key, b, 0)
+                    .with_context(|| format!("{MAP_POLICY_PORT} insert"))?;
+                keys.ports.push(key);
+            }
+        }
+        self.config.out = table;
+        self.write_config()?;
+        let old = self.live_slot as usize;
         self.live_slot = slot;
+        self.slot_keys[slot as usize] = keys;
+        let stale = std::mem::take(&mut self.slot_keys[old]);
+        if stale.prefixes.is_empty() && stale.ports.is_empty() {
+            return Ok(());
+        }
+        rcu_grace_period();
+        {
+            let mut trie: LpmTrie<&mut MapData, PrefixKey, RuleBitmap> =
+                LpmTrie::try_from(self.ebpf.map_mut(MAP_POLICY_PREFIX).unwrap())?;
+            for k in &stale.prefixes {
+                trie.remove(k)
+                    .with_context(|| format!("{MAP_POLICY_PREFIX} remove"))?;
+            }
+        }
+        let mut ports: HashMap<&mut MapData, PortKey, RuleBitmap> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_POLICY_PORT).unwrap())?;
+        for k in &stale.ports {
+            ports
+                .remove(k)
+                .with_context(|| format!("{MAP_POLICY_PORT} remove"))?;
+        }
         Ok(())
     }
 
-    /// Put the AF_XDP socket `fd` in charge of receive queue `queue`.
-    pub fn set_socket(&mut self, queue: u32, fd: RawFd) -> Result<()> {
-        let mut map: XskMap<&mut MapData> = XskMap::try_from(
+    /// Replace the inbound SA table: (daddr, SPI, protocol) → SA id. Entries are added or
+    /// changed one by one (each atomically), then the ones no longer wanted are removed.
+    pub fn set_sas(&mut self, sas: &[(SaKey, u32)]) -> Result<()> {
+        if sas.len() > MAX_SAS as usize {
+            bail!("{} SAs: the XDP table holds {MAX_SAS}", sas.len());
+        }
+        let want: std::collections::HashMap<SaKey, u32> = sas.iter().copied().collect();
+        let mut map: HashMap<&mut MapData, SaKey, u32> = HashMap::try_from(
             self.ebpf
-                .map_mut(MAP_XSKS)
-                .ok_or_else(|| anyhow!("no map {MAP_XSKS}"))?,
+                .map_mut(MAP_SAS)
+                .ok_or_else(|| anyhow!("no map {MAP_SAS}"))?,
         )?;
-        map.set(queue, fd, 0)
-            .with_context(|| format!("XSKS[{queue}] = fd {fd}"))?;
+        for (k, id) in &want {
+            if self.sas.get(k) != Some(id) {
+                map.insert(k, id, 0)
+                    .with_context(|| format!("{MAP_SAS} insert (spi {:#x})", k.spi))?;
+            }
+        }
+        for k in self.sas.keys() {
+            if !want.contains_key(k) {
+                map.remove(k)
+                    .with_context(|| format!("{MAP_SAS} remove (spi {:#x})", k.spi))?;
+            }
+        }
+        self.sas = want;
         Ok(())
+    }
+
+    fn xsk_map(&mut self, name: &str) -> Result<XskMap<&mut MapData>> {
+        Ok(XskMap::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or_else(|| anyhow!("no map {name}"))?,
+        )?)
+    }
+
+    /// Put the AF_XDP socket `fd` (bound to the inside interface) in charge of receive queue
+    /// `queue`.
+    pub fn set_socket(&mut self, queue: u32, fd: RawFd) -> Result<()> {
+        self.xsk_map(MAP_XSKS)?
+            .set(queue, fd, 0)
+            .with_context(|| format!("{MAP_XSKS}[{queue}] = fd {fd}"))
+    }
+
+    /// The same for the outside interface's queue `queue`.
+    pub fn set_outside_socket(&mut self, queue: u32, fd: RawFd) -> Result<()> {
+        self.xsk_map(MAP_XSKS_OUT)?
+            .set(queue, fd, 0)
+            .with_context(|| format!("{MAP_XSKS_OUT}[{queue}] = fd {fd}"))
     }
 
     /// Remove the socket of `queue` (what a dead worker amounts to: the program then drops).
     pub fn clear_socket(&mut self, queue: u32) -> Result<()> {
-        let mut map: XskMap<&mut MapData> = XskMap::try_from(
-            self.ebpf
-                .map_mut(MAP_XSKS)
-                .ok_or_else(|| anyhow!("no map {MAP_XSKS}"))?,
-        )?;
-        match map.unset(queue) {
-            Ok(()) => Ok(()),
-            // Already empty.
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
+        clear_xsk(self.xsk_map(MAP_XSKS)?, queue)
     }
 
-    /// The verdict counters, summed over CPUs.
+    /// The same for the outside interface.
+    pub fn clear_outside_socket(&mut self, queue: u32) -> Result<()> {
+        clear_xsk(self.xsk_map(MAP_XSKS_OUT)?, queue)
+    }
+
+    /// The inside program's verdict counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
+        self.counters_of(MAP_COUNTERS)
+    }
+
+    /// The outside program's verdict counters, summed over CPUs.
+    pub fn outside_counters(&self) -> Result<Counters> {
+        self.counters_of(MAP_COUNTERS_OUT)
+    }
+
+    fn counters_of(&self, name: &str) -> Result<Counters> {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
             self.ebpf
-                .map(MAP_COUNTERS)
-                .ok_or_else(|| anyhow!("no map {MAP_COUNTERS}"))?,
+                .map(name)
+                .ok_or_else(|| anyhow!("no map {name}"))?,
         )?;
         let mut out = [0u64; COUNTER_COUNT];
         for (i, slot) in out.iter_mut().enumerate() {
@@ -393,11 +564,54 @@ impl Datapath {
         })
     }
 
+    /// How many instructions the verifier processed for each program (its budget is 1M):
+    /// the headroom left for the program to grow.
+    pub fn verifier_stats(&self) -> Result<Vec<(&'static str, u32)>> {
+        [PROG_CLASSIFY, PROG_OUTSIDE]
+            .into_iter()
+            .map(|name| {
+                let prog: &Xdp = self
+                    .ebpf
+                    .program(name)
+                    .ok_or_else(|| anyhow!("no program {name}"))?
+                    .try_into()?;
+                let n = prog.info()?.verified_instruction_count().unwrap_or(0);
+                Ok((name, n))
+            })
+            .collect()
+    }
+
     /// Drain pending eBPF log records now (they are also drained every 100 ms).
     pub fn flush_logs(&mut self) {
         if let Some(p) = &self.logs {
             p.flush_now();
         }
+    }
+}
+
+fn clear_xsk(mut map: XskMap<&mut MapData>, queue: u32) -> Result<()> {
+    match map.unset(queue) {
+        Ok(()) => Ok(()),
+        // Already empty.
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Wait until every BPF program run that started before now has finished: membarrier's
+/// global command is a synchronize_rcu(), and XDP runs inside an RCU read-side section.
+/// Kernels that refuse it (nohz_full) get a pause far longer than any program run.
+fn rcu_grace_period() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes two integers and touches no memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

@@ -8,15 +8,22 @@
 //! forwarded traffic is looked up in the out direction by `xfrm_lookup` (fwd policies are
 //! checked on the inbound, decrypted side).
 
-use std::net::IpAddr;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use anyhow::{bail, Result};
-use xfrm_common::{PolicyRule, RuleAction, FAMILY_V4, FAMILY_V6, NO_SA};
+use xfrm_common::{
+    EncapPort, PolicyRule, PortKey, PrefixKey, RuleAction, RuleBitmap, SaKey, TableRef, DIM_DPORT,
+    DIM_DST, DIM_SPORT, DIM_SRC, ENCAP_ESPINUDP, ENCAP_ESPINUDP_NON_IKE, FAMILY_V4, FAMILY_V6,
+    MAX_ENCAP_PORTS, MAX_POLICIES, MAX_SAS, NO_SA, PREFIX_KEY_HEADER_BITS,
+};
 
 use crate::{
     policy::{Policy, PolicyAction, PolicyDir, Template},
-    sa::SaConfig,
-    selector::{Prefix, Selector},
+    sa::{EncapType, SaConfig},
+    selector::{FlowKey, Prefix, Selector},
     xfrm::XfrmDb,
 };
 
@@ -142,6 +149,306 @@ pub fn compile_db(db: &XfrmDb) -> Result<Vec<PolicyRule>> {
     })
 }
 
+/// Network-order words of an address, as the XDP program loads them (IPv4 in word 0).
+pub fn addr_words(a: IpAddr) -> ([u32; 4], u8) {
+    let mut w = [0u32; 4];
+    match a {
+        IpAddr::V4(v4) => {
+            w[0] = u32::from_ne_bytes(v4.octets());
+            (w, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => {
+            for (i, c) in v6.octets().chunks_exact(4).enumerate() {
+                w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            (w, FAMILY_V6)
+        }
+    }
+}
+
+/// The prefix length of a rule mask (masks are contiguous: built by `prefix_words`).
+fn mask_len(mask: &[u32; 4]) -> u32 {
+    mask.iter().map(|m| m.count_ones()).sum()
+}
+
+/// Does prefix (addr, mask) of a rule contain the address (or the longer prefix) `a`?
+fn covers(addr: &[u32; 4], mask: &[u32; 4], a: &[u32; 4]) -> bool {
+    (0..4).all(|w| a[w] & mask[w] == addr[w])
+}
+
+fn dim_prefix(r: &PolicyRule, dim: u8) -> (&[u32; 4], &[u32; 4]) {
+    if dim == DIM_SRC {
+        (&r.src, &r.src_mask)
+    } else {
+        (&r.dst, &r.dst_mask)
+    }
+}
+
+fn dim_port(r: &PolicyRule, dim: u8) -> (u16, u16) {
+    if dim == DIM_SPORT {
+        (r.sport, r.sport_mask)
+    } else {
+        (r.dport, r.dport_mask)
+    }
+}
+
+/// The policy index of one table (see xfrm-common, "The policy index"): the entries user
+/// space writes beside the rules, slot not yet chosen (the loader sets `slot`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyIndex {
+    /// POLICY_PREFIX: (LPM prefix length, key, rules whose prefix covers the key's).
+    pub prefixes: Vec<(u32, PrefixKey, RuleBitmap)>,
+    /// POLICY_PROTO: (family, protocol, rules of that family with this protocol or 0), the
+    /// non-empty ones; every other entry of the slot is empty.
+    pub protos: Vec<(u8, u8, RuleBitmap)>,
+    /// POLICY_PORT: present for a port field only when some rule names that port exactly.
+    pub ports: Vec<(PortKey, RuleBitmap)>,
+    /// `TableRef::SPORT_INDEXED` / `DPORT_INDEXED`.
+    pub flags: u32,
+}
+
+impl PolicyIndex {
+    /// The index of `rules` (a table in lookup order). O(rules × distinct prefixes).
+    pub fn build(rules: &[PolicyRule]) -> Result<Self> {
+        if rules.len() > MAX_POLICIES as usize {
+            bail!(
+                "{} outbound policies: the XDP table holds {MAX_POLICIES}",
+                rules.len()
+            );
+        }
+        let mut ix = Self::default();
+        for dim in [DIM_SRC, DIM_DST] {
+            // Distinct (family, prefix) of this field, each with the rules covering it.
+            let distinct: BTreeSet<(u8, [u32; 4], [u32; 4])> = rules
+                .iter()
+                .map(|r| {
+                    let (a, m) = dim_prefix(r, dim);
+                    (r.family, *a, *m)
+                })
+                .collect();
+            for (family, addr, mask) in distinct {
+                let mut b = RuleBitmap::default();
+                for (i, r) in rules.iter().enumerate() {
+                    let (ra, rm) = dim_prefix(r, dim);
+                    // Rule prefix ⊇ this prefix: at most as long, and covers its address.
+                    if r.family == family
+                        && mask_len(rm) <= mask_len(&mask)
+                        && covers(ra, rm, &addr)
+                    {
+                        b.set(i);
+                    }
+                }
+                let key = PrefixKey {
+                    slot: 0,
+                    dim,
+                    family,
+                    _pad: 0,
+                    addr,
+                };
+                ix.prefixes
+                    .push((PREFIX_KEY_HEADER_BITS + mask_len(&mask), key, b));
+            }
+        }
+        for family in [FAMILY_V4, FAMILY_V6] {
+            for proto in 0..=255u8 {
+                let mut b = RuleBitmap::default();
+                for (i, r) in rules.iter().enumerate() {
+                    if r.family == family && (r.proto == 0 || r.proto == proto) {
+                        b.set(i);
+                    }
+                }
+                if !b.is_empty() {
+                    ix.protos.push((family, proto, b));
+                }
+            }
+        }
+        for (dim, flag) in [
+            (DIM_SPORT, TableRef::SPORT_INDEXED),
+            (DIM_DPORT, TableRef::DPORT_INDEXED),
+        ] {
+            let exact: BTreeSet<(u8, u16)> = rules
+                .iter()
+                .filter(|r| dim_port(r, dim).1 == 0xffff)
+                .map(|r| (r.family, dim_port(r, dim).0))
+                .collect();
+            if exact.is_empty() {
+                continue;
+            }
+            ix.flags |= flag;
+            let key = |family, any_other, port| PortKey {
+                slot: 0,
+                dim,
+                family,
+                any_other,
+                port,
+                _pad: 0,
+            };
+            for (family, port) in exact {
+                let mut b = RuleBitmap::default();
+                for (i, r) in rules.iter().enumerate() {
+                    let (p, m) = dim_port(r, dim);
+                    if r.family == family && port & m == p {
+                        b.set(i);
+                    }
+                }
+                ix.ports.push((key(family, 0, port), b));
+            }
+            // Any other port: no exact rule accepts it; wildcards do, partial masks may.
+            for family in [FAMILY_V4, FAMILY_V6] {
+                let mut b = RuleBitmap::default();
+                for (i, r) in rules.iter().enumerate() {
+                    if r.family == family && dim_port(r, dim).1 != 0xffff {
+                        b.set(i);
+                    }
+                }
+                if !b.is_empty() {
+                    ix.ports.push((key(family, 1, 0), b));
+                }
+            }
+        }
+        Ok(ix)
+    }
+
+    /// What the XDP program computes, in Rust (for tests without a kernel): the position of
+    /// the rule that decides, or None.
+    pub fn lookup(&self, rules: &[PolicyRule], flow: &FlowKey) -> Option<usize> {
+        let (src, family) = addr_words(flow.src);
+        let (dst, dst_family) = addr_words(flow.dst);
+        if family != dst_family {
+            return None;
+        }
+        // LPM: the longest indexed prefix of this field and family that covers the address.
+        let lpm = |dim: u8, a: &[u32; 4]| {
+            self.prefixes
+                .iter()
+                .filter(|(_, k, _)| k.dim == dim && k.family == family)
+                .filter(|(len, k, _)| {
+                    let mut m = [0u32; 4];
+                    let bits = len - PREFIX_KEY_HEADER_BITS;
+                    for (w, mw) in m.iter_mut().enumerate() {
+                        let b = bits.saturating_sub(32 * w as u32).min(32);
+                        *mw = if b == 0 {
+                            0
+                        } else {
+                            u32::from_be(u32::MAX << (32 - b))
+                        };
+                    }
+                    covers(&k.addr, &m, a)
+                })
+                .max_by_key(|(len, _, _)| *len)
+                .map(|(_, _, b)| *b)
+        };
+        let mut cand = lpm(DIM_DST, &dst)?;
+        let s = lpm(DIM_SRC, &src)?;
+        let p = self
+            .protos
+            .iter()
+            .find(|(f, pr, _)| *f == family && *pr == flow.proto)
+            .map(|(_, _, b)| *b)
+            .unwrap_or_default();
+        cand = cand.and(&s).and(&p);
+        for (dim, flag, port) in [
+            (DIM_SPORT, TableRef::SPORT_INDEXED, flow.sport),
+            (DIM_DPORT, TableRef::DPORT_INDEXED, flow.dport),
+        ] {
+            if self.flags & flag == 0 {
+                continue;
+            }
+            let find = |any_other: u8, port: u16| {
+                self.ports.iter().find(|(k, _)| {
+                    k.dim == dim && k.family == family && k.any_other == any_other && k.port == port
+                })
+            };
+            cand = cand.and(&find(0, port).or_else(|| find(1, 0))?.1);
+        }
+        (0..rules.len()).find(|&i| cand.contains(i) && rule_matches(&rules[i], &src, &dst, flow))
+    }
+}
+
+/// The program's `matches` in Rust.
+fn rule_matches(r: &PolicyRule, src: &[u32; 4], dst: &[u32; 4], f: &FlowKey) -> bool {
+    let (_, family) = addr_words(f.src);
+    r.family == family
+        && covers(&r.src, &r.src_mask, src)
+        && covers(&r.dst, &r.dst_mask, dst)
+        && (r.proto == 0 || r.proto == f.proto)
+        && f.sport & r.sport_mask == r.sport
+        && f.dport & r.dport_mask == r.dport
+}
+
+/// The SAS entries of a database: every SA by (daddr, SPI, protocol) → its index, which is
+/// what `XfrmDb::state_lookup` finds (all states, as the kernel's xfrm_state_lookup: the
+/// packet reached it because its daddr is local).
+pub fn compile_sas(db: &XfrmDb) -> Result<Vec<(SaKey, u32)>> {
+    let states = db.states();
+    if states.len() > MAX_SAS as usize {
+        bail!("{} SAs: the XDP table holds {MAX_SAS}", states.len());
+    }
+    Ok(states
+        .iter()
+        .map(|x| {
+            let (daddr, family) = addr_words(x.cfg.id.daddr);
+            let key = SaKey {
+                daddr,
+                spi: x.cfg.id.spi,
+                family,
+                proto: x.cfg.id.proto.ip_proto(),
+                _pad: 0,
+            };
+            (key, x.index as u32)
+        })
+        .collect())
+}
+
+/// The NAT-T ports of a database: the encap destination port of each SA addressed to this
+/// host, with its encapsulation (the first SA naming a port decides its kind), which is
+/// where the IKE daemon would have set UDP_ENCAP. This host's addresses are those the config
+/// names as ours (destination of in/fwd templates, source of out templates); when it names
+/// none, every SA counts. The input path (xfrm::input::InputTables) uses the same rule.
+pub fn encap_ports(db: &XfrmDb) -> Result<[EncapPort; MAX_ENCAP_PORTS]> {
+    let mut local: Vec<IpAddr> = Vec::new();
+    for dir in [PolicyDir::In, PolicyDir::Fwd] {
+        for p in db.policies(dir) {
+            local.extend(p.templates.iter().map(|t| t.dst));
+        }
+    }
+    for p in db.policies(PolicyDir::Out) {
+        local.extend(p.templates.iter().filter_map(|t| t.src));
+    }
+    local.retain(|a| !a.is_unspecified());
+    let mut ports: BTreeMap<u16, u8> = BTreeMap::new();
+    let mut order = Vec::new();
+    for x in db.states() {
+        let Some(e) = x.cfg.encap else { continue };
+        if !local.is_empty() && !local.contains(&x.cfg.id.daddr) {
+            continue;
+        }
+        let kind = match e.kind {
+            EncapType::EspInUdp => ENCAP_ESPINUDP,
+            EncapType::EspInUdpNonIke => ENCAP_ESPINUDP_NON_IKE,
+        };
+        if e.dport != 0 && !ports.contains_key(&e.dport) {
+            ports.insert(e.dport, kind);
+            order.push(e.dport);
+        }
+    }
+    if order.len() > MAX_ENCAP_PORTS {
+        bail!(
+            "{} NAT-T ports ({order:?}): the XDP program knows {MAX_ENCAP_PORTS}",
+            order.len()
+        );
+    }
+    let mut out = [EncapPort::default(); MAX_ENCAP_PORTS];
+    for (slot, port) in out.iter_mut().zip(order) {
+        *slot = EncapPort {
+            port,
+            kind: ports[&port],
+            _pad: 0,
+        };
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,5 +560,217 @@ mod tests {
             ..policy(any, 0, 3, PolicyAction::Block)
         };
         assert!(compile_sorted(&[inbound], |_| None).is_err());
+    }
+
+    /// Random tables over a small address/port space (so that rules overlap a lot), random
+    /// flows: the index model (what the XDP program computes) must find the policy that
+    /// `XfrmDb::policy_lookup` finds, for every flow.
+    #[test]
+    fn index_agrees_with_policy_lookup() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(0x5846_0005);
+        let v4 = |rng: &mut StdRng| {
+            format!(
+                "10.{}.{}.{}",
+                rng.gen_range(0..3),
+                rng.gen_range(0..2),
+                rng.gen_range(0..4)
+            )
+        };
+        let v6 =
+            |rng: &mut StdRng| format!("fd00:{:x}::{:x}", rng.gen_range(0..3), rng.gen_range(0..4));
+        let mut checked = 0;
+        let mut matched = 0;
+        for round in 0..40 {
+            let n = [1usize, 2, 7, 64, 65, 300, 1024][round % 7];
+            let mut ps = Vec::new();
+            for i in 0..n {
+                let six = rng.gen_bool(0.4);
+                let (a, b, max) = if six {
+                    (v6(&mut rng), v6(&mut rng), 128)
+                } else {
+                    (v4(&mut rng), v4(&mut rng), 32)
+                };
+                let lens = [0u8, 8, 16, 24, 30, max];
+                let mut s = sel(
+                    &format!("{a}/{}", lens[rng.gen_range(0..lens.len())].min(max)),
+                    &format!("{b}/{}", lens[rng.gen_range(0..lens.len())].min(max)),
+                    [0u8, 6, 17, 1, 58][rng.gen_range(0..5)],
+                    None,
+                );
+                let port = |rng: &mut StdRng| match rng.gen_range(0..4) {
+                    0 => PortMatch::exact(rng.gen_range(0..5)),
+                    1 => PortMatch {
+                        port: rng.gen_range(0..5),
+                        mask: [0xfffe, 0xff00, 0x0001][rng.gen_range(0..3)],
+                    },
+                    _ => PortMatch::ANY,
+                };
+                s.sport = port(&mut rng);
+                s.dport = port(&mut rng);
+                let action = if rng.gen_bool(0.5) {
+                    PolicyAction::Allow
+                } else {
+                    PolicyAction::Block
+                };
+                ps.push(policy(s, rng.gen_range(0..5), i as u32, action));
+            }
+            // The db refuses duplicate selectors: drop them as `ip xfrm` would refuse them.
+            let mut seen = std::collections::HashSet::new();
+            ps.retain(|p| seen.insert(p.selector));
+            let db = XfrmDb::new(vec![], ps).unwrap();
+            let table = compile_db(&db).unwrap();
+            let ix = PolicyIndex::build(&table).unwrap();
+            for _ in 0..400 {
+                let six = rng.gen_bool(0.4);
+                let (src, dst) = if six {
+                    (v6(&mut rng), v6(&mut rng))
+                } else {
+                    (v4(&mut rng), v4(&mut rng))
+                };
+                let flow = FlowKey {
+                    src: src.parse().unwrap(),
+                    dst: dst.parse().unwrap(),
+                    proto: [6u8, 17, 1, 58, 47][rng.gen_range(0..5)],
+                    sport: rng.gen_range(0..6),
+                    dport: rng.gen_range(0..6),
+                };
+                let want = db.policy_lookup(PolicyDir::Out, &flow).map(|p| {
+                    db.policies(PolicyDir::Out)
+                        .iter()
+                        .position(|q| q == p)
+                        .unwrap()
+                });
+                assert_eq!(
+                    ix.lookup(&table, &flow),
+                    want,
+                    "round {round} ({n} rules) {flow:?}"
+                );
+                checked += 1;
+                matched += usize::from(want.is_some_and(|i| i > 0));
+            }
+        }
+        assert_eq!(checked, 40 * 400);
+        // Not a test of empty tables: many flows are decided by a rule other than the first.
+        assert!(matched > checked / 4, "{matched} of {checked}");
+    }
+
+    #[test]
+    fn index_entries() {
+        let db = XfrmDb::new(
+            vec![],
+            vec![
+                policy(
+                    sel("10.1.0.0/16", "10.2.0.0/16", 17, Some(53)),
+                    1,
+                    0,
+                    PolicyAction::Allow,
+                ),
+                policy(
+                    sel("10.1.2.0/24", "10.2.0.0/16", 0, None),
+                    2,
+                    1,
+                    PolicyAction::Block,
+                ),
+                policy(
+                    sel("0.0.0.0/0", "0.0.0.0/0", 6, None),
+                    3,
+                    2,
+                    PolicyAction::Allow,
+                ),
+            ],
+        )
+        .unwrap();
+        let t = compile_db(&db).unwrap();
+        let ix = PolicyIndex::build(&t).unwrap();
+        let rules = |b: &RuleBitmap| (0..3).filter(|&i| b.contains(i)).collect::<Vec<_>>();
+        let prefix = |dim: u8, addr: &str, len: u32| {
+            let (a, fam) = addr_words(addr.parse().unwrap());
+            ix.prefixes
+                .iter()
+                .find(|(l, k, _)| {
+                    k.dim == dim
+                        && k.family == fam
+                        && k.addr == a
+                        && *l == PREFIX_KEY_HEADER_BITS + len
+                })
+                .map(|(_, _, b)| rules(b))
+        };
+        // 10.1.2.0/24 is covered by itself, by 10.1.0.0/16 and by 0/0.
+        assert_eq!(prefix(DIM_SRC, "10.1.2.0", 24), Some(vec![0, 1, 2]));
+        assert_eq!(prefix(DIM_SRC, "10.1.0.0", 16), Some(vec![0, 2]));
+        assert_eq!(prefix(DIM_SRC, "0.0.0.0", 0), Some(vec![2]));
+        assert_eq!(prefix(DIM_DST, "10.2.0.0", 16), Some(vec![0, 1, 2]));
+        assert_eq!(ix.prefixes.len(), 3 + 2);
+        // UDP: rules 0 (udp) and 1 (any); TCP: 1 and 2; nothing for IPv6.
+        let proto = |p: u8| {
+            ix.protos
+                .iter()
+                .find(|(f, q, _)| *f == FAMILY_V4 && *q == p)
+                .map(|(_, _, b)| rules(b))
+        };
+        assert_eq!(proto(17), Some(vec![0, 1]));
+        assert_eq!(proto(6), Some(vec![1, 2]));
+        assert!(ix.protos.iter().all(|(f, _, _)| *f == FAMILY_V4));
+        // Only dport is named exactly: port 53 → rule 0 and the wildcards; other ports → the
+        // wildcards.
+        assert_eq!(ix.flags, TableRef::DPORT_INDEXED);
+        let port = |any_other: u8, p: u16| {
+            ix.ports
+                .iter()
+                .find(|(k, _)| k.dim == DIM_DPORT && k.any_other == any_other && k.port == p)
+                .map(|(_, b)| rules(b))
+        };
+        assert_eq!(port(0, 53), Some(vec![0, 1, 2]));
+        assert_eq!(port(1, 0), Some(vec![1, 2]));
+        // Summaries follow the words.
+        assert!(ix.prefixes.iter().all(|(_, _, b)| b.summary == 1));
+    }
+
+    #[test]
+    fn sas_and_nat_t_ports() {
+        use crate::sa::{AuthAlgo, Encap, XfrmMode};
+        use crate::xfrm::state::tests::{ah_cfg, esp_cfg};
+        let mut a = esp_cfg(0x100, "10.0.0.2", "10.0.0.1", XfrmMode::Tunnel);
+        a.encap = Some(Encap {
+            kind: EncapType::EspInUdp,
+            sport: 4500,
+            dport: 4500,
+            oaddr: "0.0.0.0".parse().unwrap(),
+        });
+        let mut b = esp_cfg(0x200, "fd00::2", "fd00::1", XfrmMode::Tunnel);
+        b.encap = Some(Encap {
+            kind: EncapType::EspInUdpNonIke,
+            sport: 4500,
+            dport: 4501,
+            oaddr: "::".parse().unwrap(),
+        });
+        let c = ah_cfg(
+            0x300,
+            "10.0.0.1",
+            "10.0.0.2",
+            XfrmMode::Transport,
+            AuthAlgo::HmacSha256,
+        );
+        let db = XfrmDb::new(vec![a, b, c], vec![]).unwrap();
+        let sas = compile_sas(&db).unwrap();
+        assert_eq!(sas.len(), 3);
+        let (k, id) = sas[1];
+        assert_eq!((k.spi, k.family, k.proto, id), (0x200, FAMILY_V6, 50, 1));
+        assert_eq!(k.daddr, addr_words("fd00::1".parse().unwrap()).0);
+        assert_eq!(
+            (sas[2].0.proto, sas[2].0.family, sas[2].1),
+            (51, FAMILY_V4, 2)
+        );
+        // No local address named: every SA's encap port counts, first kind wins.
+        let ports = encap_ports(&db).unwrap();
+        assert_eq!(
+            ports[..2]
+                .iter()
+                .map(|e| (e.port, e.kind))
+                .collect::<Vec<_>>(),
+            [(4500, ENCAP_ESPINUDP), (4501, ENCAP_ESPINUDP_NON_IKE)]
+        );
+        assert_eq!(ports[2].port, 0);
     }
 }
