@@ -70,6 +70,10 @@ pub struct CaptureOpts {
     pub protected: Vec<FlowMatch>,
     /// UDP ports carrying ESP (NAT-T).
     pub natt_ports: Vec<u16>,
+    /// SPIs (outermost) of integrity-only bundles (AH, ESP with GMAC): their packets carry
+    /// the payload in clear by design, so a marker inside them is not a leak; the packet
+    /// itself being AH/ESP is what protects the flow.
+    pub clear_payload_spis: Vec<u32>,
     /// IPsec frames kept from the start.
     pub first: usize,
     /// IPsec frames kept at random from the rest.
@@ -86,8 +90,9 @@ impl Default for CaptureOpts {
         Self {
             protected: Vec::new(),
             natt_ports: Vec::new(),
+            clear_payload_spis: Vec::new(),
             first: 64,
-            random: 192,
+            random: 448,
             leaks_kept: 8,
             recent: 0,
         }
@@ -222,6 +227,8 @@ pub struct CaptureReport {
     pub other_samples: Vec<Frame>,
     /// Frames the kernel dropped before we read them (PACKET_STATISTICS).
     pub kernel_drops: u64,
+    /// Frames of integrity-only bundles (AH, GMAC) whose clear payload holds a marker.
+    pub integrity_only_with_marker: u64,
 }
 
 impl CaptureReport {
@@ -232,12 +239,13 @@ impl CaptureReport {
             .map(|(s, n)| format!("{s:#x}:{n}"))
             .collect();
         format!(
-            "{} frames ({} bytes), {} IPsec [{}], {} leaks, other {:?}, {} samples, {} dropped by \
-             the kernel",
+            "{} frames ({} bytes), {} IPsec [{}] ({} integrity-only with visible payload), {} \
+             leaks, other {:?}, {} samples, {} dropped by the kernel",
             self.frames,
             self.bytes,
             self.ipsec,
             spis.join(" "),
+            self.integrity_only_with_marker,
             self.leaks,
             self.other,
             self.samples.len(),
@@ -498,6 +506,38 @@ fn packet_drops(fd: &OwnedFd) -> Result<u64> {
     Ok(u64::from(st.tp_drops))
 }
 
+/// Why a frame is a leak (None: it is not), and whether it is an integrity-only IPsec
+/// frame with a marker in its clear payload (allowed, counted).
+pub fn leak_reason(
+    data: &[u8],
+    parsed: Option<(usize, IpAddr, IpAddr, Kind)>,
+    opts: &CaptureOpts,
+    finder: &memchr::memmem::Finder<'_>,
+) -> (Option<String>, bool) {
+    let spi = parsed.and_then(|p| p.3.spi());
+    if let Some(at) = finder.find(data) {
+        if spi.is_some_and(|spi| opts.clear_payload_spis.contains(&spi)) {
+            return (None, true);
+        }
+        return (Some(format!("plaintext marker at byte {at}")), false);
+    }
+    if let Some((_, src, dst, Kind::Other { proto })) = parsed {
+        if opts
+            .protected
+            .iter()
+            .any(|m| in_prefix(src, m.src) && in_prefix(dst, m.dst))
+        {
+            return (
+                Some(format!(
+                    "protected flow in clear: {src} -> {dst} proto {proto}"
+                )),
+                false,
+            );
+        }
+    }
+    (None, false)
+}
+
 fn capture_loop(
     fd: OwnedFd,
     opts: &CaptureOpts,
@@ -540,11 +580,11 @@ fn capture_loop(
         rep.bytes += len as u64;
         live.frames.fetch_add(1, Ordering::Relaxed);
         let now = SystemTime::now();
-        let mut leak: Option<String> = None;
-        if let Some(at) = finder.find(data) {
-            leak = Some(format!("plaintext marker at byte {at}"));
-        }
         let parsed = parse(data, &opts.natt_ports);
+        let (leak, integrity_only) = leak_reason(data, parsed, opts, &finder);
+        if integrity_only {
+            rep.integrity_only_with_marker += 1;
+        }
         if opts.recent > 0 {
             let line = describe(data, parsed);
             let mut r = live.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -554,7 +594,7 @@ fn capture_loop(
             r.push_back(line);
         }
         match parsed {
-            Some((_, src, dst, kind)) => match kind.spi() {
+            Some((_, _, _, kind)) => match kind.spi() {
                 Some(spi) => {
                     rep.ipsec += 1;
                     live.ipsec.fetch_add(1, Ordering::Relaxed);
@@ -590,16 +630,6 @@ fn capture_loop(
                             time: now,
                             data: data.to_vec(),
                         });
-                    }
-                    if leak.is_none()
-                        && opts
-                            .protected
-                            .iter()
-                            .any(|m| in_prefix(src, m.src) && in_prefix(dst, m.dst))
-                    {
-                        leak = Some(format!(
-                            "protected flow in clear: {src} -> {dst} proto {proto}"
-                        ));
                     }
                 }
             },
@@ -716,6 +746,58 @@ mod tests {
             }
         );
         assert!(parse(&eth(0x0806, &[0; 28]), &[]).is_none());
+    }
+
+    #[test]
+    fn leaks_found_and_integrity_only_allowed() {
+        let (a, b) = ("10.2.0.1".parse().unwrap(), "10.3.0.2".parse().unwrap());
+        let (ha, hb) = ("10.1.0.1".parse().unwrap(), "10.4.0.2".parse().unwrap());
+        let opts = CaptureOpts {
+            protected: vec![FlowMatch {
+                src: ("10.1.0.0".parse().unwrap(), 24),
+                dst: ("10.4.0.0".parse().unwrap(), 24),
+            }],
+            clear_payload_spis: vec![0x2001],
+            ..CaptureOpts::default()
+        };
+        let finder = memchr::memmem::Finder::new(&MAGIC[..]);
+        let check = |f: &[u8]| leak_reason(f, parse(f, &[]), &opts, &finder);
+        let block = crate::traffic::block(b'a', 3);
+        // The inner packet in clear: by address (no marker), and by marker.
+        let clear = eth(0x0800, &crate::packet::ipv4(ha, hb, 6, 0, &[0; 20]));
+        assert!(check(&clear).0.unwrap().starts_with("protected flow"));
+        let clear = eth(0x0800, &crate::packet::ipv4(hb, ha, 17, 0, &[0; 20]));
+        assert!(
+            check(&clear).0.is_none(),
+            "the other direction is not protected here"
+        );
+        let clear = eth(0x0800, &crate::packet::ipv4(hb, ha, 17, 0, &block));
+        assert!(check(&clear).0.unwrap().starts_with("plaintext marker"));
+        let other = eth(0x0800, &crate::packet::ipv4(a, b, 17, 0, &block));
+        assert!(check(&other).0.unwrap().starts_with("plaintext marker"));
+        // ESP whose payload shows the marker: a leak; AH of an integrity-only SPI: allowed.
+        let esp = [&0x1000u32.to_be_bytes()[..], &1u32.to_be_bytes(), &block].concat();
+        let f = eth(0x0800, &crate::packet::ipv4(a, b, 50, 0, &esp));
+        assert!(check(&f).0.unwrap().starts_with("plaintext marker"));
+        let ah = [
+            &[4u8, 4, 0, 0][..],
+            &0x2001u32.to_be_bytes(),
+            &1u32.to_be_bytes(),
+            &[0; 16],
+            &block,
+        ]
+        .concat();
+        let f = eth(0x0800, &crate::packet::ipv4(a, b, 51, 0, &ah));
+        assert_eq!(check(&f), (None, true));
+        // Ciphertext between the gateways: nothing.
+        let esp = [
+            &0x1000u32.to_be_bytes()[..],
+            &1u32.to_be_bytes(),
+            &[0x5a; 64],
+        ]
+        .concat();
+        let f = eth(0x0800, &crate::packet::ipv4(a, b, 50, 0, &esp));
+        assert_eq!(check(&f), (None, false));
     }
 
     #[test]

@@ -580,6 +580,19 @@ impl Case {
         ]
     }
 
+    /// The outermost SPIs of bundles that do not encrypt (AH, ESP-GMAC only): see
+    /// [`crate::capture::CaptureOpts::clear_payload_spis`].
+    pub fn integrity_only_spis(&self, net: &GatewayNet) -> Vec<u32> {
+        [Side::A, Side::B]
+            .into_iter()
+            .filter_map(|s| {
+                let b = self.bundle(net, s);
+                let encrypts = b.iter().any(|x| matches!(x.spec.alg, Alg::Gcm { .. }));
+                (!encrypts).then(|| b.last().expect("a bundle").spi)
+            })
+            .collect()
+    }
+
     /// UDP ports that carry ESP (NAT-T) in this case.
     pub fn natt_ports(&self) -> Vec<u16> {
         self.sas.iter().filter_map(|s| s.natt).collect()

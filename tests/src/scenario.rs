@@ -23,6 +23,13 @@ use crate::{
     traffic::{expected_sha256, ping, tcp_transfer, wait_ping, TransferReport},
 };
 
+/// A line straight to stderr (fd 2): libtest captures eprintln! of passing tests, and the
+/// times must show in CI's log.
+pub fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// The heavy tests of one test binary run one at a time: two transfers at once on 2 cores
 /// would measure each other.
 pub fn heavy() -> MutexGuard<'static, ()> {
@@ -112,6 +119,7 @@ pub fn wire_capture(net: &GatewayNet, case: &Case) -> Result<Capture> {
         CaptureOpts {
             protected: case.protected_flows(net),
             natt_ports: case.natt_ports(),
+            clear_payload_spis: case.integrity_only_spis(net),
             ..CaptureOpts::default()
         },
     )
@@ -227,6 +235,8 @@ pub fn check_capture(net: &GatewayNet, case: &Case, rep: &CaptureReport) -> Resu
 pub fn run_case(case: &Case, opts: NetOpts, size: u64) -> Result<Times> {
     let mut times = Times::default();
     let t = Instant::now();
+    crate::daemon::xfrm_user_bin();
+    let t = times.add("build xfrm-user", t);
     eprintln!("case {} (key seed {:#x})", case.name, case.seed);
     let net = GatewayNet::new(opts)?;
     let t = times.add("topology", t);

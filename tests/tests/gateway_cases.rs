@@ -19,11 +19,11 @@ fn run(test: &str, case: Case, opts: NetOpts, default_mib: u64) {
     let _one_at_a_time = heavy();
     let size = transfer_size(default_mib);
     match run_case(&case, opts, size) {
-        Ok(t) => eprintln!(
+        Ok(t) => xfrm_tests::scenario::report(&format!(
             "TIME {test}: {:.1?} ({} MiB each way; {t})",
             t.total(),
             size >> 20
-        ),
+        )),
         Err(e) => panic!("{test}: {e:#}"),
     }
 }

@@ -167,9 +167,9 @@ fn gateway_kill9_fails_closed_and_restarts() {
         let st = d.stop();
         assert!(st.success(), "xfrm-user run on SIGINT: {st}");
     }
-    eprintln!(
+    xfrm_tests::scenario::report(&format!(
         "TIME gateway_kill9_fails_closed_and_restarts: {:.1?} ({} MiB; {times})",
         times.total(),
         size >> 20
-    );
+    ));
 }

@@ -139,8 +139,8 @@ fn harness_scapy_gateway_against_itself() {
     let c = xfrm_tests::peer::check_samples(&py, &case, &net, &rep, &work).unwrap();
     eprintln!("peer: {c}");
     let _ = std::fs::remove_dir_all(&work);
-    eprintln!(
+    xfrm_tests::scenario::report(&format!(
         "TIME harness_scapy_gateway_against_itself: {:.1?}",
         t0.elapsed()
-    );
+    ));
 }

@@ -104,11 +104,11 @@ fn against_scapy(test: &str, case: Case) {
     assert!(status.success(), "xfrm-user run: {status}\n{log}");
     times.add("checks", t);
     let _ = std::fs::remove_dir_all(&work);
-    eprintln!(
+    xfrm_tests::scenario::report(&format!(
         "TIME {test}: {:.1?} ({} MiB each way; {times})",
         times.total(),
         size >> 20
-    );
+    ));
 }
 
 #[test]
