@@ -349,6 +349,17 @@ pub struct Live {
     pub ipsec: AtomicU64,
     pub leaks: AtomicU64,
     recent: std::sync::Mutex<std::collections::VecDeque<String>>,
+    per_spi: std::sync::Mutex<BTreeMap<u32, u64>>,
+}
+
+impl Live {
+    /// Frames per SPI so far (kept only with `CaptureOpts::recent` > 0, the live view).
+    pub fn per_spi(&self) -> BTreeMap<u32, u64> {
+        self.per_spi
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// A running capture; [`Capture::stop`] ends it and returns the report.
@@ -599,6 +610,14 @@ fn capture_loop(
                     rep.ipsec += 1;
                     live.ipsec.fetch_add(1, Ordering::Relaxed);
                     *rep.per_spi.entry(spi).or_default() += 1;
+                    if opts.recent > 0 {
+                        *live
+                            .per_spi
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(spi)
+                            .or_default() += 1;
+                    }
                     seen_ipsec += 1;
                     let f = || Frame {
                         time: now,

@@ -249,15 +249,23 @@ pub fn gateways(duration: Option<u64>, xdp_mode: &str) -> Result<()> {
                 println!("        {l}");
             }
             for (g, tail) in ["gw-a", "gw-b"].iter().zip(&mut tails) {
-                if let Some(l) = tail.lines().last() {
+                // The gateway's latest status: its XDP verdicts and its transform counters.
+                let lines = tail.lines();
+                for l in lines.iter().skip(lines.len().saturating_sub(2)) {
                     println!("  [{g}] {l}");
                 }
             }
             let live = cap.live();
+            let per_sa: Vec<String> = live
+                .per_spi()
+                .iter()
+                .map(|(spi, n)| format!("spi {spi:#06x}: {n}"))
+                .collect();
             println!(
-                "  [wire] {} frames, {} IPsec, protected packets in clear: {}",
+                "  [wire] {} frames, {} IPsec ({}), protected packets in clear: {}",
                 live.frames.load(Ordering::Relaxed),
                 live.ipsec.load(Ordering::Relaxed),
+                per_sa.join(", "),
                 live.leaks.load(Ordering::Relaxed)
             );
             for l in cap.recent() {
