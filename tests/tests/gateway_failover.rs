@@ -51,6 +51,8 @@ fn gateway_kill9_fails_closed_and_restarts() {
     let _one_at_a_time = heavy();
     let mut times = Times::default();
     let t = Instant::now();
+    xfrm_tests::daemon::xfrm_user_bin();
+    let t = times.add("build xfrm-user", t);
     let case = Case::new("kill9", Endpoints::Hosts, Family::V4, Family::V4)
         .sa(SaSpec::new(Mode::Tunnel, GCM128));
     eprintln!("case {} (key seed {:#x})", case.name, case.seed);

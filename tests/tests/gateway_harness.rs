@@ -81,7 +81,11 @@ fn harness_finds_plaintext_without_gateways() {
         "{why:?}"
     );
     assert_eq!(rep.ipsec, 0);
-    eprintln!("harness control: {:.1?}", t0.elapsed());
+    xfrm_tests::scenario::report(&format!(
+        "TIME harness_finds_plaintext_without_gateways: {:.1?} ({} MiB)",
+        t0.elapsed(),
+        size >> 20
+    ));
 }
 
 /// The Scapy gateway (tests/interop/scapy_gateway.py) against itself on both sides: the far

@@ -33,6 +33,8 @@ fn against_scapy(test: &str, case: Case) {
     let _one_at_a_time = heavy();
     let mut times = Times::default();
     let t = Instant::now();
+    xfrm_tests::daemon::xfrm_user_bin();
+    let t = times.add("build xfrm-user", t);
     eprintln!(
         "case {} against Scapy (key seed {:#x})",
         case.name, case.seed
