@@ -67,6 +67,7 @@ fn routes_neighbours_and_changes() {
                 &[far4],
                 NeighOptions {
                     poke_interval: Duration::from_millis(500),
+                    retry_interval: Duration::from_millis(200),
                 },
             )?;
             Ok((svc, if1, if2))

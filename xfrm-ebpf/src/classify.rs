@@ -179,14 +179,14 @@ fn port(slot: u32, dim: u8, family: u8, p: u16) -> Option<&'static RuleBitmap> {
         port: p,
         _pad: 0,
     };
-    if let Some(b) = POLICY_PORT.get_ptr(&key) {
+    if let Some(b) = POLICY_PORT.get_ptr(key) {
         // SAFETY: a map value of RuleBitmap, alive for the program run (RCU); only read.
         return Some(unsafe { &*b });
     }
     key.any_other = 1;
     key.port = 0;
     // SAFETY: as above.
-    POLICY_PORT.get_ptr(&key).map(|b| unsafe { &*b })
+    POLICY_PORT.get_ptr(key).map(|b| unsafe { &*b })
 }
 
 /// Position of the single set bit of `low`: the population count of the bits below it.

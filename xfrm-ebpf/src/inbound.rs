@@ -156,7 +156,7 @@ fn sa(flow: &Flow, spi: u32, proto: u8, flags: u16) -> Inbound {
         proto,
         _pad: 0,
     };
-    match SAS.get_ptr(&key) {
+    match SAS.get_ptr(key) {
         // SAFETY: a u32 map value, alive for this run (RCU); read once.
         Some(id) => Inbound {
             why: Counter::RedirectIn,

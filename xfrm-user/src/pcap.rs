@@ -76,84 +76,25 @@ pub fn run_output<R: Read, W: Write>(
     output: W,
     stats: &XfrmStats,
 ) -> Result<PcapSummary, PcapModeError> {
-    let mut reader = PcapReader::new(input)?;
-    let header = reader.header();
-    let ethernet = match header.datalink {
-        DataLink::ETHERNET => true,
-        DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => false,
-        other => return Err(PcapModeError::LinkType(other)),
-    };
-    let mut writer = PcapWriter::with_header(
+    let t = run_capture(
+        cfg,
+        input,
         output,
-        PcapHeader {
-            snaplen: header.snaplen.max(MAX_PACKET as u32),
-            ..header
+        |db| db,
+        // Packets from a capture carry complete checksums.
+        |db, frame| match xfrm_output(db, stats, frame, false) {
+            Verdict::Pass => Step::Pass,
+            Verdict::Dropped(_) => Step::Drop,
+            Verdict::Transformed => Step::Write,
         },
     )?;
-    let clock = Arc::new(ManualClock::new(0));
-    let mut db: Option<XfrmDb> = None;
-    let mut buf = vec![0u8; HEADROOM + MAX_PACKET + TAILROOM];
-    let mut sum = PcapSummary::default();
-
-    while let Some(pkt) = reader.next_packet() {
-        let pkt = pkt?;
-        sum.read += 1;
-        clock.set(pkt.timestamp.as_secs());
-        let db = match &mut db {
-            Some(db) => &*db,
-            None => db.insert(XfrmDb::with_clock(
-                cfg.states.clone(),
-                cfg.policies.clone(),
-                clock.clone(),
-            )?),
-        };
-        let data: &[u8] = &pkt.data;
-        if (data.len() as u64) < u64::from(pkt.orig_len) || data.len() > MAX_PACKET {
-            sum.truncated += 1;
-            continue;
-        }
-        buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
-        let mut frame = Frame::new(&mut buf, HEADROOM, data.len());
-        let l2 = if ethernet {
-            match ethernet::L2Header::parse(frame.data()) {
-                Ok((h, et)) if et == ETHERTYPE_IPV4 || et == ETHERTYPE_IPV6 => {
-                    if frame.pull_head(h.len()).is_err() {
-                        sum.dropped += 1;
-                        continue;
-                    }
-                    Some(h)
-                }
-                // ARP and everything else that is not IP goes by untouched.
-                _ => {
-                    sum.passed += 1;
-                    writer.write_packet(&pkt)?;
-                    continue;
-                }
-            }
-        } else {
-            None
-        };
-        // Packets from a capture carry complete checksums.
-        match xfrm_output(db, stats, &mut frame, false) {
-            Verdict::Pass => {
-                sum.passed += 1;
-                writer.write_packet(&pkt)?;
-            }
-            Verdict::Dropped(_) => sum.dropped += 1,
-            Verdict::Transformed => {
-                if let Some(h) = l2 {
-                    if ethernet::push(&mut frame, &h).is_err() {
-                        sum.dropped += 1;
-                        continue;
-                    }
-                }
-                let out = frame.data();
-                writer.write_packet(&PcapPacket::new(pkt.timestamp, out.len() as u32, out))?;
-                sum.transformed += 1;
-            }
-        }
-    }
-    Ok(sum)
+    Ok(PcapSummary {
+        read: t.read,
+        transformed: t.written,
+        passed: t.passed,
+        dropped: t.dropped,
+        truncated: t.truncated,
+    })
 }
 
 /// What happened to the packets of a capture on the input path.
@@ -188,6 +129,63 @@ pub fn run_input<R: Read, W: Write>(
     output: W,
     stats: &XfrmStats,
 ) -> Result<PcapInputSummary, PcapModeError> {
+    let t = run_capture(
+        cfg,
+        input,
+        output,
+        |db| {
+            let tables = InputTables::new(&db);
+            (db, tables)
+        },
+        |(db, tables), frame| match xfrm_input(db, tables, stats, frame) {
+            InputVerdict::Pass => Step::Pass,
+            InputVerdict::Consumed(_) => Step::Consume,
+            InputVerdict::Dropped(_) => Step::Drop,
+            InputVerdict::Decapsulated => Step::Write,
+        },
+    )?;
+    Ok(PcapInputSummary {
+        read: t.read,
+        decapsulated: t.written,
+        passed: t.passed,
+        consumed: t.consumed,
+        dropped: t.dropped,
+        truncated: t.truncated,
+    })
+}
+
+/// What the per-packet step of a capture run decided.
+enum Step {
+    /// Write the transformed frame.
+    Write,
+    /// Write the original packet unchanged.
+    Pass,
+    /// Nothing to write, nothing wrong (NAT-T keepalive, dummy packet).
+    Consume,
+    /// Refused and counted by the step.
+    Drop,
+}
+
+#[derive(Default)]
+struct Tally {
+    read: u64,
+    written: u64,
+    passed: u64,
+    consumed: u64,
+    dropped: u64,
+    truncated: u64,
+}
+
+/// The loop both directions share: read a capture, strip and restore layer 2, run `step` on
+/// the IP packet in a buffer with head- and tailroom, write what it says. The SA database is
+/// built at the first packet, on the capture's clock.
+fn run_capture<R: Read, W: Write, S>(
+    cfg: &Config,
+    input: R,
+    output: W,
+    setup: impl Fn(XfrmDb) -> S,
+    mut step: impl FnMut(&S, &mut Frame<'_>) -> Step,
+) -> Result<Tally, PcapModeError> {
     let mut reader = PcapReader::new(input)?;
     let header = reader.header();
     let (ethernet, only_family) = match header.datalink {
@@ -205,26 +203,22 @@ pub fn run_input<R: Read, W: Write>(
         },
     )?;
     let clock = Arc::new(ManualClock::new(0));
-    let mut db: Option<(XfrmDb, InputTables)> = None;
+    let mut state: Option<S> = None;
     let mut buf = vec![0u8; HEADROOM + MAX_PACKET + TAILROOM];
-    let mut sum = PcapInputSummary::default();
+    let mut t = Tally::default();
 
     while let Some(pkt) = reader.next_packet() {
         let pkt = pkt?;
-        sum.read += 1;
+        t.read += 1;
         clock.set(pkt.timestamp.as_secs());
-        let (db, tables) = match &mut db {
-            Some(d) => &*d,
-            None => {
-                let d =
-                    XfrmDb::with_clock(cfg.states.clone(), cfg.policies.clone(), clock.clone())?;
-                let t = InputTables::new(&d);
-                &*db.insert((d, t))
-            }
-        };
+        if state.is_none() {
+            let db = XfrmDb::with_clock(cfg.states.clone(), cfg.policies.clone(), clock.clone())?;
+            state = Some(setup(db));
+        }
+        let Some(st) = state.as_ref() else { continue };
         let data: &[u8] = &pkt.data;
         if (data.len() as u64) < u64::from(pkt.orig_len) || data.len() > MAX_PACKET {
-            sum.truncated += 1;
+            t.truncated += 1;
             continue;
         }
         buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
@@ -233,13 +227,14 @@ pub fn run_input<R: Read, W: Write>(
             match ethernet::L2Header::parse(frame.data()) {
                 Ok((h, et)) if et == ETHERTYPE_IPV4 || et == ETHERTYPE_IPV6 => {
                     if frame.pull_head(h.len()).is_err() {
-                        sum.dropped += 1;
+                        t.dropped += 1;
                         continue;
                     }
                     Some(h)
                 }
+                // ARP and everything else that is not IP goes by untouched.
                 _ => {
-                    sum.passed += 1;
+                    t.passed += 1;
                     writer.write_packet(&pkt)?;
                     continue;
                 }
@@ -247,35 +242,38 @@ pub fn run_input<R: Read, W: Write>(
         } else {
             None
         };
-        match xfrm_input(db, tables, stats, &mut frame) {
-            InputVerdict::Pass => {
-                sum.passed += 1;
+        match step(st, &mut frame) {
+            Step::Pass => {
+                t.passed += 1;
                 writer.write_packet(&pkt)?;
             }
-            InputVerdict::Consumed(_) => sum.consumed += 1,
-            InputVerdict::Dropped(_) => sum.dropped += 1,
-            InputVerdict::Decapsulated => {
+            Step::Consume => t.consumed += 1,
+            Step::Drop => t.dropped += 1,
+            Step::Write => {
                 if let Some(h) = l2 {
                     if ethernet::push(&mut frame, &h).is_err() {
-                        sum.dropped += 1;
+                        t.dropped += 1;
                         continue;
                     }
                 } else if let Some(v) = only_family {
-                    // A 4-in-6 / 6-in-4 tunnel's plaintext cannot go into a capture whose
-                    // link type is the other family.
+                    // A 4-in-6 / 6-in-4 tunnel's result cannot go into a capture whose link
+                    // type is the other family.
                     if crate::wire::ip_version(frame.data()) != Some(v) {
-                        log::warn!("pcap in: decapsulated packet of the other family dropped (link type {:?})", header.datalink);
-                        sum.dropped += 1;
+                        log::warn!(
+                            "pcap: packet of the other family dropped (link type {:?})",
+                            header.datalink
+                        );
+                        t.dropped += 1;
                         continue;
                     }
                 }
                 let out = frame.data();
                 writer.write_packet(&PcapPacket::new(pkt.timestamp, out.len() as u32, out))?;
-                sum.decapsulated += 1;
+                t.written += 1;
             }
         }
     }
-    Ok(sum)
+    Ok(t)
 }
 
 /// `xfrm-user pcap --config FILE --dir out|in --in X.pcap --out Y.pcap`: returns the exit

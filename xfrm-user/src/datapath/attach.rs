@@ -45,7 +45,8 @@ pub fn attach_and_watch(
         .map_err(|e| anyhow::anyhow!("{}: {e}", opts.config.display()))?;
     let rules = compile_db(&db)?;
     let mut dp = Datapath::load_default(opts.bpf.as_deref())?;
-    dp.set_out_policies(&rules)?;
+    // Policies, and the SAs and NAT-T ports an outside program would use.
+    dp.install(&db)?;
     let mut sockets = Vec::new();
     if opts.xsk {
         for q in 0..opts.queues {

@@ -694,14 +694,17 @@ impl NeighReader {
 /// Knobs of the control thread.
 #[derive(Clone, Copy, Debug)]
 pub struct NeighOptions {
-    /// How often STALE next hops in use are re-probed (and unresolved ones retried).
+    /// How often STALE next hops in use are re-probed.
     pub poke_interval: Duration,
+    /// How often failed next hops and destinations without a route are retried.
+    pub retry_interval: Duration,
 }
 
 impl Default for NeighOptions {
     fn default() -> Self {
         Self {
             poke_interval: Duration::from_secs(5),
+            retry_interval: Duration::from_secs(1),
         }
     }
 }
@@ -827,6 +830,7 @@ struct Control {
 impl Control {
     fn run(&mut self) {
         let mut last_poke = Instant::now();
+        let mut last_retry = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let mut changed = false;
             // New destinations from the workers.
@@ -864,7 +868,11 @@ impl Control {
             }
             if last_poke.elapsed() >= self.opts.poke_interval {
                 last_poke = Instant::now();
-                changed |= self.poke();
+                last_retry = last_poke;
+                changed |= self.poke(true);
+            } else if last_retry.elapsed() >= self.opts.retry_interval {
+                last_retry = Instant::now();
+                changed |= self.poke(false);
             }
             if changed {
                 self.publish();
@@ -1010,9 +1018,11 @@ impl Control {
         }
     }
 
-    /// Re-probes STALE next hops (the kernel does not see our traffic) and retries
-    /// destinations that are still unresolved.
-    fn poke(&mut self) -> bool {
+    /// Re-probes STALE next hops when `stale_too` (the kernel does not see our traffic),
+    /// asks again for next hops that failed or vanished (an IPv6 solicitation the kernel
+    /// could not send yet, e.g. while the link-local address was tentative, ends FAILED),
+    /// and retries destinations without a route.
+    fn poke(&mut self, stale_too: bool) -> bool {
         let mut todo = Vec::new();
         let mut retry = Vec::new();
         for (&d, st) in &self.dsts {
@@ -1020,7 +1030,13 @@ impl Control {
                 Some(r) => {
                     let n = self.neighs.get(&(r.oif, r.next_hop()));
                     match n.map(|n| n.state) {
-                        Some(s) if s & nud::STALE != 0 => todo.push((d, r)),
+                        Some(s) if s & nud::STALE != 0 => {
+                            if stale_too {
+                                todo.push((d, r))
+                            }
+                        }
+                        // Still resolving (INCOMPLETE): the kernel is on it.
+                        Some(nud::INCOMPLETE) => {}
                         Some(s) if s & nud::VALID != 0 => {}
                         _ => todo.push((d, r)),
                     }
