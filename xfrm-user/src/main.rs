@@ -28,8 +28,10 @@ enum Command {
     /// it is valid, 2 (after printing every error) when it is not.
     Check(CheckArgs),
     /// Run the transforms over a capture: --dir out turns plaintext into what the wire
-    /// carries (ESP/AH), copies packets without a policy, drops blocked ones; a summary and
-    /// the non-zero /proc/net/xfrm_stat counters go to stderr.
+    /// carries (ESP/AH), copies packets without a policy, drops blocked ones; --dir in
+    /// verifies and decrypts ESP/AH (tunnel: the inner packet), copies what is not IPsec,
+    /// drops what fails a check; a summary and the non-zero /proc/net/xfrm_stat counters go
+    /// to stderr.
     Pcap(PcapArgs),
     /// Load the XDP classifier on an interface with the config's `dir out` policies and print
     /// its verdict counters until Ctrl-C (the workers of `run` come later: with --xsk,

@@ -3,6 +3,11 @@
 //! of allow policies come out transformed, packets without a policy (and non-IP frames
 //! such as ARP) are copied unchanged, packets of block policies and failures are dropped.
 //!
+//! `--dir in` runs the input path the same way (`run_input`): ESP/AH packets come out
+//! decrypted and verified (tunnel mode: the inner packet), packets that are not IPsec (and
+//! IKE on the NAT-T port) are copied, NAT-T keepalives and dummy packets are taken in,
+//! everything refused is dropped and counted.
+//!
 //! The clock is the capture's: the SAs are added at the first packet's timestamp and every
 //! packet is processed at its own, so time lifetimes behave as they would have live.
 
@@ -17,6 +22,7 @@ use crate::config::Config;
 use crate::frame::Frame;
 use crate::stats::XfrmStats;
 use crate::wire::ethernet::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
+use crate::xfrm::input::{xfrm_input, InputTables, InputVerdict};
 use crate::xfrm::output::{xfrm_output, Verdict};
 use crate::xfrm::spd::{DbError, XfrmDb};
 use crate::xfrm::state::ManualClock;
@@ -70,11 +76,123 @@ pub fn run_output<R: Read, W: Write>(
     output: W,
     stats: &XfrmStats,
 ) -> Result<PcapSummary, PcapModeError> {
+    let t = run_capture(
+        cfg,
+        input,
+        output,
+        |db| db,
+        // Packets from a capture carry complete checksums.
+        |db, frame| match xfrm_output(db, stats, frame, false) {
+            Verdict::Pass => Step::Pass,
+            Verdict::Dropped(_) => Step::Drop,
+            Verdict::Transformed => Step::Write,
+        },
+    )?;
+    Ok(PcapSummary {
+        read: t.read,
+        transformed: t.written,
+        passed: t.passed,
+        dropped: t.dropped,
+        truncated: t.truncated,
+    })
+}
+
+/// What happened to the packets of a capture on the input path.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PcapInputSummary {
+    pub read: u64,
+    /// IPsec undone, plaintext written.
+    pub decapsulated: u64,
+    /// Not IPsec, IKE, or not IP: written unchanged.
+    pub passed: u64,
+    /// NAT-T keepalives and dummy packets: nothing to write, nothing wrong.
+    pub consumed: u64,
+    pub dropped: u64,
+    /// Captured shorter than on the wire (snaplen): not processed, not written.
+    pub truncated: u64,
+}
+
+impl std::fmt::Display for PcapInputSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} packets read: {} decapsulated, {} passed unchanged, {} consumed, {} dropped, {} truncated",
+            self.read, self.decapsulated, self.passed, self.consumed, self.dropped, self.truncated
+        )
+    }
+}
+
+/// Runs the input path over the capture in `input` and writes the result to `output`.
+pub fn run_input<R: Read, W: Write>(
+    cfg: &Config,
+    input: R,
+    output: W,
+    stats: &XfrmStats,
+) -> Result<PcapInputSummary, PcapModeError> {
+    let t = run_capture(
+        cfg,
+        input,
+        output,
+        |db| {
+            let tables = InputTables::new(&db);
+            (db, tables)
+        },
+        |(db, tables), frame| match xfrm_input(db, tables, stats, frame) {
+            InputVerdict::Pass => Step::Pass,
+            InputVerdict::Consumed(_) => Step::Consume,
+            InputVerdict::Dropped(_) => Step::Drop,
+            InputVerdict::Decapsulated => Step::Write,
+        },
+    )?;
+    Ok(PcapInputSummary {
+        read: t.read,
+        decapsulated: t.written,
+        passed: t.passed,
+        consumed: t.consumed,
+        dropped: t.dropped,
+        truncated: t.truncated,
+    })
+}
+
+/// What the per-packet step of a capture run decided.
+enum Step {
+    /// Write the transformed frame.
+    Write,
+    /// Write the original packet unchanged.
+    Pass,
+    /// Nothing to write, nothing wrong (NAT-T keepalive, dummy packet).
+    Consume,
+    /// Refused and counted by the step.
+    Drop,
+}
+
+#[derive(Default)]
+struct Tally {
+    read: u64,
+    written: u64,
+    passed: u64,
+    consumed: u64,
+    dropped: u64,
+    truncated: u64,
+}
+
+/// The loop both directions share: read a capture, strip and restore layer 2, run `step` on
+/// the IP packet in a buffer with head- and tailroom, write what it says. The SA database is
+/// built at the first packet, on the capture's clock.
+fn run_capture<R: Read, W: Write, S>(
+    cfg: &Config,
+    input: R,
+    output: W,
+    setup: impl Fn(XfrmDb) -> S,
+    mut step: impl FnMut(&S, &mut Frame<'_>) -> Step,
+) -> Result<Tally, PcapModeError> {
     let mut reader = PcapReader::new(input)?;
     let header = reader.header();
-    let ethernet = match header.datalink {
-        DataLink::ETHERNET => true,
-        DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => false,
+    let (ethernet, only_family) = match header.datalink {
+        DataLink::ETHERNET => (true, None),
+        DataLink::RAW => (false, None),
+        DataLink::IPV4 => (false, Some(4)),
+        DataLink::IPV6 => (false, Some(6)),
         other => return Err(PcapModeError::LinkType(other)),
     };
     let mut writer = PcapWriter::with_header(
@@ -85,25 +203,22 @@ pub fn run_output<R: Read, W: Write>(
         },
     )?;
     let clock = Arc::new(ManualClock::new(0));
-    let mut db: Option<XfrmDb> = None;
+    let mut state: Option<S> = None;
     let mut buf = vec![0u8; HEADROOM + MAX_PACKET + TAILROOM];
-    let mut sum = PcapSummary::default();
+    let mut t = Tally::default();
 
     while let Some(pkt) = reader.next_packet() {
         let pkt = pkt?;
-        sum.read += 1;
+        t.read += 1;
         clock.set(pkt.timestamp.as_secs());
-        let db = match &mut db {
-            Some(db) => &*db,
-            None => db.insert(XfrmDb::with_clock(
-                cfg.states.clone(),
-                cfg.policies.clone(),
-                clock.clone(),
-            )?),
-        };
+        if state.is_none() {
+            let db = XfrmDb::with_clock(cfg.states.clone(), cfg.policies.clone(), clock.clone())?;
+            state = Some(setup(db));
+        }
+        let Some(st) = state.as_ref() else { continue };
         let data: &[u8] = &pkt.data;
         if (data.len() as u64) < u64::from(pkt.orig_len) || data.len() > MAX_PACKET {
-            sum.truncated += 1;
+            t.truncated += 1;
             continue;
         }
         buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
@@ -112,14 +227,14 @@ pub fn run_output<R: Read, W: Write>(
             match ethernet::L2Header::parse(frame.data()) {
                 Ok((h, et)) if et == ETHERTYPE_IPV4 || et == ETHERTYPE_IPV6 => {
                     if frame.pull_head(h.len()).is_err() {
-                        sum.dropped += 1;
+                        t.dropped += 1;
                         continue;
                     }
                     Some(h)
                 }
                 // ARP and everything else that is not IP goes by untouched.
                 _ => {
-                    sum.passed += 1;
+                    t.passed += 1;
                     writer.write_packet(&pkt)?;
                     continue;
                 }
@@ -127,32 +242,43 @@ pub fn run_output<R: Read, W: Write>(
         } else {
             None
         };
-        // Packets from a capture carry complete checksums.
-        match xfrm_output(db, stats, &mut frame, false) {
-            Verdict::Pass => {
-                sum.passed += 1;
+        match step(st, &mut frame) {
+            Step::Pass => {
+                t.passed += 1;
                 writer.write_packet(&pkt)?;
             }
-            Verdict::Dropped(_) => sum.dropped += 1,
-            Verdict::Transformed => {
+            Step::Consume => t.consumed += 1,
+            Step::Drop => t.dropped += 1,
+            Step::Write => {
                 if let Some(h) = l2 {
                     if ethernet::push(&mut frame, &h).is_err() {
-                        sum.dropped += 1;
+                        t.dropped += 1;
+                        continue;
+                    }
+                } else if let Some(v) = only_family {
+                    // A 4-in-6 / 6-in-4 tunnel's result cannot go into a capture whose link
+                    // type is the other family.
+                    if crate::wire::ip_version(frame.data()) != Some(v) {
+                        log::warn!(
+                            "pcap: packet of the other family dropped (link type {:?})",
+                            header.datalink
+                        );
+                        t.dropped += 1;
                         continue;
                     }
                 }
                 let out = frame.data();
                 writer.write_packet(&PcapPacket::new(pkt.timestamp, out.len() as u32, out))?;
-                sum.transformed += 1;
+                t.written += 1;
             }
         }
     }
-    Ok(sum)
+    Ok(t)
 }
 
 /// `xfrm-user pcap --config FILE --dir out|in --in X.pcap --out Y.pcap`: returns the exit
-/// code (0 done, 1 I/O or capture error, 2 bad config or unsupported direction) after
-/// writing the summary and the non-zero counters to `err`.
+/// code (0 done, 1 I/O or capture error, 2 bad config) after writing the summary and the
+/// non-zero counters to `err`.
 pub fn pcap_main(
     config: &Path,
     dir: Direction,
@@ -160,10 +286,6 @@ pub fn pcap_main(
     output: &Path,
     err: &mut dyn Write,
 ) -> u8 {
-    if dir == Direction::In {
-        let _ = writeln!(err, "xfrm-user pcap: input direction not implemented yet");
-        return 2;
-    }
     let cfg = match crate::config::load_config(config) {
         Ok(c) => c,
         Err(errors) => {
@@ -188,15 +310,14 @@ pub fn pcap_main(
         }
     };
     let stats = XfrmStats::new();
-    let res = run_output(
-        &cfg,
-        std::io::BufReader::new(i),
-        std::io::BufWriter::new(o),
-        &stats,
-    );
+    let (i, o) = (std::io::BufReader::new(i), std::io::BufWriter::new(o));
+    let res = match dir {
+        Direction::Out => run_output(&cfg, i, o, &stats).map(|s| format!("pcap out: {s}")),
+        Direction::In => run_input(&cfg, i, o, &stats).map(|s| format!("pcap in: {s}")),
+    };
     match res {
         Ok(sum) => {
-            let _ = writeln!(err, "pcap out: {sum}");
+            let _ = writeln!(err, "{sum}");
             let _ = write!(err, "{}", stats.render_nonzero());
             0
         }
@@ -326,8 +447,98 @@ policy add src fd00:1::/64 dst fd00:2::/64 dir out tmpl src fd00::a dst fd00::b 
         ));
     }
 
+    /// The receiving gateway's view of CONF's SA: the same state, a fwd policy.
+    const CONF_RX: &str = "\
+state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x1000 reqid 1 mode tunnel aead 'rfc4106(gcm(aes))' 0x0102030405060708090a0b0c0d0e0f10cafebabe 128 replay-window 32 limit time-hard 100
+state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x1001 reqid 3 mode tunnel aead 'rfc4106(gcm(aes))' 0x0102030405060708090a0b0c0d0e0f10cafebabe 128 encap espinudp 4500 4500 0.0.0.0
+policy add src 10.1.0.0/16 dst 10.2.0.0/16 dir fwd tmpl src 192.0.2.1 dst 192.0.2.2 proto esp reqid 1 mode tunnel
+policy add src 10.1.0.0/16 dst 10.2.0.0/16 dir in tmpl src 192.0.2.1 dst 192.0.2.2 proto esp reqid 1 mode tunnel
+";
+
     #[test]
-    fn main_reports_and_refuses_input_direction() {
+    fn input_direction_decapsulates_passes_and_drops() {
+        let tx = parse_config(CONF, "tx.conf").unwrap();
+        let rx = parse_config(CONF_RX, "rx.conf").unwrap();
+        let a = udp4(0, true, b"first");
+        let b = udp4(0x2a, false, &[9; 300]);
+        let cap = capture(
+            DataLink::ETHERNET,
+            &[
+                (1000, eth([0x08, 0x00], &a)),
+                (1001, eth([0x08, 0x00], &b)),
+                (1002, eth([0x08, 0x00], &b)),
+            ],
+        );
+        let mut wire = Vec::new();
+        run_output(&tx, &cap[..], &mut wire, &XfrmStats::new()).unwrap();
+        let (_, w) = read(&wire);
+        // The capture the receiver sees: both ESP packets, one replayed, one tampered,
+        // plaintext without a policy, plaintext a policy wants protected, ARP, an IKE
+        // packet and a keepalive on 4500 (a NAT-T SA makes it an encapsulation port), and
+        // an ESP packet after the SA's hard lifetime.
+        let mut tampered = w[1].clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        let clear6 = eth([0x86, 0xdd], &udp6(0, 0, b"v6"));
+        let arp = eth([0x08, 0x06], &[0; 28]);
+        let udp_4500 = |payload: &[u8]| {
+            let mut p = udp4(0, false, payload);
+            p[12..20].copy_from_slice(&[192, 0, 2, 1, 192, 0, 2, 2]);
+            p[20..24].copy_from_slice(&[0x11, 0x94, 0x11, 0x94]);
+            p[26..28].fill(0);
+            crate::wire::Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
+            eth([0x08, 0x00], &p)
+        };
+        let ike = udp_4500(&[0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        let keepalive = udp_4500(&[0xff]);
+        let cap = capture(
+            DataLink::ETHERNET,
+            &[
+                (1000, w[0].clone()),
+                (1001, w[0].clone()),
+                (1001, tampered),
+                (1002, w[1].clone()),
+                (1003, clear6.clone()),
+                (1003, eth([0x08, 0x00], &a)),
+                (1004, arp.clone()),
+                (1005, ike.clone()),
+                (1005, keepalive),
+                (1200, w[2].clone()),
+            ],
+        );
+        let stats = XfrmStats::new();
+        let mut out = Vec::new();
+        let sum = run_input(&rx, &cap[..], &mut out, &stats).unwrap();
+        assert_eq!(
+            sum,
+            PcapInputSummary {
+                read: 10,
+                decapsulated: 2,
+                passed: 3,
+                consumed: 1,
+                dropped: 4,
+                truncated: 0
+            }
+        );
+        assert_eq!(stats.get(XfrmStat::XfrmInStateSeqError), 1);
+        assert_eq!(stats.get(XfrmStat::XfrmInStateProtoError), 1);
+        assert_eq!(stats.get(XfrmStat::XfrmInTmplMismatch), 1);
+        assert_eq!(stats.get(XfrmStat::XfrmInStateExpired), 1);
+        let (link, pkts) = read(&out);
+        assert_eq!(link, DataLink::ETHERNET);
+        assert_eq!(
+            pkts,
+            vec![
+                eth([0x08, 0x00], &a),
+                eth([0x08, 0x00], &b),
+                clear6,
+                arp,
+                ike
+            ]
+        );
+    }
+
+    #[test]
+    fn main_reports_both_directions() {
         let dir = std::env::temp_dir().join(format!("xfrm-pcap-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("c.conf");
@@ -335,13 +546,26 @@ policy add src fd00:1::/64 dst fd00:2::/64 dir out tmpl src fd00::a dst fd00::b 
         let inp = dir.join("in.pcap");
         std::fs::write(&inp, capture(DataLink::RAW, &[(1000, udp4(0, true, b"x"))])).unwrap();
         let outp = dir.join("out.pcap");
-        let mut err = Vec::new();
-        assert_eq!(pcap_main(&conf, Direction::In, &inp, &outp, &mut err), 2);
-        assert!(String::from_utf8_lossy(&err).contains("input direction not implemented yet"));
+        let conf_rx = dir.join("rx.conf");
+        std::fs::write(&conf_rx, CONF_RX).unwrap();
         let mut err = Vec::new();
         assert_eq!(pcap_main(&conf, Direction::Out, &inp, &outp, &mut err), 0);
         let text = String::from_utf8(err).unwrap();
         assert!(text.contains("1 packets read: 1 transformed"), "{text}");
+        // And back: the wire capture through the input direction.
+        let back = dir.join("back.pcap");
+        let mut err = Vec::new();
+        assert_eq!(
+            pcap_main(&conf_rx, Direction::In, &outp, &back, &mut err),
+            0
+        );
+        let text = String::from_utf8(err).unwrap();
+        assert!(
+            text.contains("pcap in: 1 packets read: 1 decapsulated"),
+            "{text}"
+        );
+        let (_, pkts) = read(&std::fs::read(&back).unwrap());
+        assert_eq!(pkts, vec![udp4(0, true, b"x")]);
         std::fs::write(&conf, "state add bogus\n").unwrap();
         let mut err = Vec::new();
         assert_eq!(pcap_main(&conf, Direction::Out, &inp, &outp, &mut err), 2);

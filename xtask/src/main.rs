@@ -6,7 +6,7 @@ mod run;
 mod setup;
 mod util;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -147,12 +147,70 @@ fn test(no_setup: bool, extra: &[String]) -> Result<()> {
              SKIP and pass; run as root (CI does) to run them"
         );
     }
-    util::run(
+    let totals = run_tests_counted(
         util::cargo()
             .args(["test", "--workspace"])
             .args(extra)
             .env("XFRM_BPF_OBJ", &obj),
     )?;
     println!("xtask test: all steps passed in {:.0?}", t0.elapsed());
+    // The closing line CI readers look for: the sum over every test binary (the last
+    // binary cargo runs is a doc-test one with 0 tests, which alone would read as "no test").
+    println!(
+        "xtask-test: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     Ok(())
+}
+
+#[derive(Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its `test result:` lines.
+fn run_tests_counted(cmd: &mut std::process::Command) -> Result<TestTotals> {
+    use std::io::{BufRead, BufReader};
+    println!("$ {}", util::show(cmd));
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let mut totals = TestTotals::default();
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            totals.passed += count("passed");
+            totals.failed += count("failed");
+            totals.ignored += count("ignored");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        println!(
+            "xtask-test: {} passed, {} failed, {} skipped",
+            totals.passed,
+            totals.failed.max(1),
+            totals.ignored
+        );
+        bail!("cargo test failed ({status})");
+    }
+    Ok(totals)
 }

@@ -52,6 +52,11 @@ pub const STEPS: &[Step] = &[
         about: "Debian packages the integration tests and the demo use (apt-get)",
         run: packages,
     },
+    Step {
+        name: "interop",
+        about: "independent IPsec peers: Scapy + cryptography venv in .tools/venv, tshark",
+        run: interop_peers,
+    },
 ];
 
 pub fn run(only: &[String]) -> Result<()> {
@@ -347,4 +352,26 @@ fn packages() -> Result<Done> {
         }
     }
     Ok(Done::Installed(missing.join(", ")))
+}
+
+/// The Scapy/tshark peers of the interop tests; tests/interop/setup.sh is idempotent and fast
+/// when everything is in place.
+fn interop_peers() -> Result<Done> {
+    let script = util::repo_root().join("tests/interop/setup.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script).stdin(std::process::Stdio::null());
+    if !is_root() {
+        // tshark comes from apt; without root only the venv can be made.
+        cmd.arg("--no-tshark");
+    }
+    run_cmd(&mut cmd).context("missing piece: tests/interop/setup.sh failed (see its message)")?;
+    Ok(Done::AlreadyThere(format!(
+        "{} (scapy venv{})",
+        script.display(),
+        if is_root() {
+            ", tshark"
+        } else {
+            "; tshark skipped: not root"
+        }
+    )))
 }

@@ -41,6 +41,13 @@ fn sum_wide(data: &[u8]) -> u64 {
     acc
 }
 
+/// The sum of a 20-byte IPv4 header without options: five 32-bit words, no loop.
+#[inline]
+pub fn ipv4_header20(h: &[u8; 20]) -> u16 {
+    let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+    fold(w(0) + w(4) + w(8) + w(12) + w(16))
+}
+
 /// One's-complement sum of several partial sums.
 pub fn combine(sums: &[u16]) -> u16 {
     fold(sums.iter().map(|&s| u64::from(s)).sum())
@@ -128,6 +135,7 @@ mod tests {
             0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         assert_eq!(!data(&hdr), 0xb861);
+        assert_eq!(!ipv4_header20(&hdr), 0xb861);
     }
 
     #[test]

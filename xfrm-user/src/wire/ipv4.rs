@@ -183,8 +183,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     pub fn fill_checksum(&mut self) {
         self.set_checksum(0);
         let hl = self.header_len();
-        let c = !checksum::data(&self.buffer.as_ref()[..hl]);
-        self.set_checksum(c);
+        let h = &self.buffer.as_ref()[..hl];
+        let sum = match <&[u8; HEADER_LEN]>::try_from(h) {
+            Ok(h20) => checksum::ipv4_header20(h20),
+            Err(_) => checksum::data(h),
+        };
+        self.set_checksum(!sum);
     }
 }
 

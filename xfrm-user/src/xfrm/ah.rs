@@ -1,5 +1,5 @@
 //! AH (x->type for IPPROTO_AH) with HMAC-SHA-256-128 / HMAC-SHA1-96, as net/ipv4/ah4.c
-//! and net/ipv6/ah6.c: ah_output / ah6_output here, ah_input beside them later.
+//! and net/ipv6/ah6.c: ah_output / ah6_output, and ah_input / ah6_input after them.
 //!
 //! The ICV covers the whole packet with the mutable IP fields and options zeroed (RFC 4302
 //! section 3.3.3.1). The kernel zeroes them in the packet, digests, and restores them; we
@@ -41,6 +41,13 @@ fn ipv4_option_is_immutable(ty: u8) -> bool {
 /// ones is zeroed (type and length too); a source route puts its final destination into the
 /// header's destination address, where the packet will have it on arrival.
 pub fn ip_clear_mutable_options(hdr: &mut [u8]) -> Result<(), AhError> {
+    ip_clear_mutable_options_dir(hdr, true)
+}
+
+/// ip_clear_mutable_options for either direction: only output moves a source route's final
+/// destination into the header (ah_output passes &top_iph->daddr, ah_input a dummy: on
+/// arrival the header has it already, and the route's slots hold the recorded route).
+pub fn ip_clear_mutable_options_dir(hdr: &mut [u8], out: bool) -> Result<(), AhError> {
     let ihl = usize::from(hdr[0] & 0x0f) * 4;
     let mut i = 20;
     while i < ihl {
@@ -66,9 +73,11 @@ pub fn ip_clear_mutable_options(hdr: &mut [u8]) -> Result<(), AhError> {
                 if optlen < 6 {
                     return Err(AhError::BadOptions);
                 }
-                let mut last = [0u8; 4];
-                last.copy_from_slice(&hdr[i + optlen - 4..i + optlen]);
-                hdr[16..20].copy_from_slice(&last);
+                if out {
+                    let mut last = [0u8; 4];
+                    last.copy_from_slice(&hdr[i + optlen - 4..i + optlen]);
+                    hdr[16..20].copy_from_slice(&last);
+                }
             }
             hdr[i..i + optlen].fill(0);
         }
@@ -155,8 +164,10 @@ fn ipv6_rearrange_rthdr(hdr: &mut [u8], at: usize, len: usize) -> Result<(), AhE
     Ok(())
 }
 
-/// ipv6_clear_mutable_options (output direction) over the extension headers in `hdr`.
-pub fn ipv6_clear_mutable_options(hdr: &mut [u8]) -> Result<(), AhError> {
+/// ipv6_clear_mutable_options over the extension headers in `hdr`. `out`: the packet is
+/// being sent, so a Home Address option still has to be swapped into its final place
+/// (the kernel does that only for XFRM_POLICY_OUT; a received packet has it there already).
+pub fn ipv6_clear_mutable_options(hdr: &mut [u8], out: bool) -> Result<(), AhError> {
     let mut nexthdr = hdr[ipv6::NEXT_HEADER_OFFSET];
     let mut off = ipv6::HEADER_LEN;
     while off < hdr.len() {
@@ -169,7 +180,9 @@ pub fn ipv6_clear_mutable_options(hdr: &mut [u8]) -> Result<(), AhError> {
         }
         match nexthdr {
             proto::DSTOPTS => {
-                ipv6_rearrange_destopt(hdr, off, len)?;
+                if out {
+                    ipv6_rearrange_destopt(hdr, off, len)?;
+                }
                 zero_out_mutable_opts(&mut hdr[off..off + len])?;
             }
             proto::HOPOPTS => zero_out_mutable_opts(&mut hdr[off..off + len])?,
@@ -185,10 +198,12 @@ pub fn ipv6_clear_mutable_options(hdr: &mut [u8]) -> Result<(), AhError> {
 /// Copies the IP header (and the extension headers in front of AH) into `buf` with the
 /// mutable fields zeroed as the ICV wants them: IPv4 TOS, flags/fragment offset, TTL,
 /// checksum and the mutable options; IPv6 traffic class, flow label, hop limit and the
-/// mutable option data / routing addresses. Returns the copy.
+/// mutable option data / routing addresses. `out` as in `ipv6_clear_mutable_options` and
+/// `ip_clear_mutable_options_dir` (ah_input passes false). Returns the copy.
 pub fn ah_icv_header<'b>(
     hdr: &[u8],
     v6: bool,
+    out: bool,
     buf: &'b mut [u8; MAX_ICV_HEADER],
 ) -> Result<&'b [u8], AhError> {
     let n = hdr.len();
@@ -203,7 +218,7 @@ pub fn ah_icv_header<'b>(
         c[2] = 0;
         c[3] = 0;
         c[7] = 0;
-        ipv6_clear_mutable_options(c)?;
+        ipv6_clear_mutable_options(c, out)?;
     } else {
         c[1] = 0; // tos
         c[6] = 0; // frag_off
@@ -212,7 +227,7 @@ pub fn ah_icv_header<'b>(
         c[10] = 0; // check
         c[11] = 0;
         if n > 20 {
-            ip_clear_mutable_options(c)?;
+            ip_clear_mutable_options_dir(c, out)?;
         }
     }
     Ok(c)
@@ -257,7 +272,7 @@ pub fn ah_output(
         a.icv_mut().fill(0);
     }
     let mut hbuf = [0u8; MAX_ICV_HEADER];
-    let hdr = ah_icv_header(&data[..l.xfrm_off], l.v6, &mut hbuf)?;
+    let hdr = ah_icv_header(&data[..l.xfrm_off], l.v6, true, &mut hbuf)?;
     let mut seqhi = [0u8; 4];
     put32(&mut seqhi, 0, (seq >> 32) as u32);
     let parts_esn: [&[u8]; 3] = [hdr, &data[l.xfrm_off..], &seqhi];
@@ -271,6 +286,84 @@ pub fn ah_output(
     let at = l.xfrm_off + ah::HEADER_LEN;
     data[at..at + icv_len].copy_from_slice(&icv[..icv_len]);
     Ok(())
+}
+
+/// Why ah_input refused a packet; xfrm_input counts each as XfrmInStateProtoError.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AhInputError {
+    #[error("AH packet too short")]
+    Truncated,
+    /// The header length is not the SA's (ALIGN8 or, IPv4 with align4, ALIGN4 of 12 + ICV).
+    #[error("AH header length {0} not the SA's")]
+    HeaderLen(usize),
+    #[error(transparent)]
+    Options(#[from] AhError),
+    /// The ICV did not verify (-EBADMSG; x->stats.integrity_failed).
+    #[error("ICV mismatch")]
+    Icv,
+}
+
+/// ah_input / ah6_input for the AH header at `ah_off` (the IP headers in front of it, the
+/// protected data after it, to the end of the frame): checks the header length, verifies
+/// the ICV over the packet with the mutable fields zeroed, the ICV field zeroed and, with
+/// ESN, the high half of the inferred `seq` appended (RFC 4302 sections 2.5.1 and 3.3.3).
+/// Returns the next header and AH's length; the mode then removes the header. Nothing in
+/// the packet changes: the zeroing is done in a copy of the IP headers, and the ICV field
+/// is fed to the HMAC as zeros.
+pub fn ah_input(
+    x: &SecurityAssociation,
+    frame: &Frame<'_>,
+    ah_off: usize,
+    v6: bool,
+    seq: u64,
+) -> Result<(u8, usize), AhInputError> {
+    let SaCrypto::Hmac { key, icv_len } = &x.crypto else {
+        return Err(AhInputError::Icv);
+    };
+    let icv_len = *icv_len;
+    let data = frame.data();
+    let a = ah::AhPacket::new_checked(data.get(ah_off..).ok_or(AhInputError::Truncated)?)
+        .map_err(|_| AhInputError::Truncated)?;
+    let ah_hlen = a.header_len();
+    // ah_input accepts the length of the truncated ICV and that of the full digest
+    // (XFRM_ALIGN8, or XFRM_ALIGN4 with align4; ah6_input always ALIGN8); only the
+    // truncated ICV is compared.
+    let align = if x.cfg.flags.align4 && !v6 { 4 } else { 8 };
+    let aligned = |icv: usize| (ah::HEADER_LEN + icv).div_ceil(align) * align;
+    let full = key.digest_len().max(icv_len);
+    if ah_hlen != aligned(icv_len) && ah_hlen != aligned(full) {
+        return Err(AhInputError::HeaderLen(ah_hlen));
+    }
+    let end = ah_off + ah_hlen;
+    if end > data.len() {
+        return Err(AhInputError::Truncated);
+    }
+    let mut hbuf = [0u8; MAX_ICV_HEADER];
+    let hdr = ah_icv_header(&data[..ah_off], v6, false, &mut hbuf)?;
+    let icv_at = ah_off + ah::HEADER_LEN;
+    // As ah_input: only the ICV itself is zeroed; padding after it counts as received.
+    let zeros = [0u8; 64];
+    if icv_len > zeros.len() || icv_at + icv_len > end {
+        return Err(AhInputError::HeaderLen(ah_hlen));
+    }
+    let mut seqhi = [0u8; 4];
+    put32(&mut seqhi, 0, (seq >> 32) as u32);
+    let parts_esn: [&[u8]; 5] = [
+        hdr,
+        &data[ah_off..icv_at],
+        &zeros[..icv_len],
+        &data[icv_at + icv_len..],
+        &seqhi,
+    ];
+    let parts = if x.cfg.flags.esn {
+        &parts_esn[..]
+    } else {
+        &parts_esn[..4]
+    };
+    if !key.verify(parts, &data[icv_at..icv_at + icv_len]) {
+        return Err(AhInputError::Icv);
+    }
+    Ok((a.next_header(), ah_hlen))
 }
 
 #[cfg(test)]
@@ -336,7 +429,7 @@ mod tests {
         h.extend_from_slice(&[0x33; 16]);
         h.extend_from_slice(&[0x44; 16]);
         let mut buf = [0u8; MAX_ICV_HEADER];
-        let c = ah_icv_header(&h, true, &mut buf).unwrap().to_vec();
+        let c = ah_icv_header(&h, true, true, &mut buf).unwrap().to_vec();
         assert_eq!(
             &c[0..4],
             &[0x60, 0, 0, 0],
@@ -351,6 +444,6 @@ mod tests {
         // Broken chain.
         let mut bad = h.clone();
         bad[41] = 9;
-        assert!(ah_icv_header(&bad, true, &mut buf).is_err());
+        assert!(ah_icv_header(&bad, true, true, &mut buf).is_err());
     }
 }

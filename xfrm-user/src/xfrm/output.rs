@@ -9,9 +9,9 @@ use std::net::IpAddr;
 
 use crate::frame::Frame;
 use crate::policy::{PolicyAction, PolicyDir};
-use crate::sa::XfrmProto;
+use crate::sa::{XfrmMode, XfrmProto};
 use crate::stats::{XfrmStat, XfrmStats};
-use crate::wire::{checksum, flow, proto};
+use crate::wire::{checksum, flow, proto, put16};
 
 use super::ah::ah_output;
 use super::esp::{esp_iv, esp_output, esp_tfc_padto};
@@ -166,6 +166,10 @@ pub fn xfrm_output_one(
     let seq = x
         .xfrm_replay_overflow()
         .map_err(|_| XfrmStat::XfrmOutStateSeqError)?;
+    if x.cfg.mode == XfrmMode::Tunnel && !l.v6 {
+        // Fresh outer IPv4 ID (ip_select_ident), before AH covers it with the ICV.
+        put16(frame.data_mut(), 4, x.ip_ident(seq));
+    }
     // skb->len at this point is what the mode left after skb->data: the data to protect.
     x.add_curlft(frame.len() - l.payload_off);
     let typed = match x.cfg.id.proto {

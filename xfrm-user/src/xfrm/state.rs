@@ -6,12 +6,14 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::crypto::{CryptoError, SaCrypto};
 use crate::sa::{EncapType, SaConfig, XfrmMode, XfrmProto};
 use crate::stats::{XfrmStat, XfrmStats};
 use crate::wire::{ah, esp, ipv4, ipv6, udp};
+
+use super::replay::{ReplayState, SaInput};
 
 /// Seconds since the epoch (ktime_get_real_seconds), injectable for tests and replays.
 pub trait Clock: Send + Sync {
@@ -156,19 +158,29 @@ pub struct SecurityAssociation {
     dying: AtomicBool,
     /// Number of the last sequence number handed out (x->replay.oseq, 64-bit with ESN).
     oseq: AtomicU64,
+    /// oseq before the first packet: every number handed out is one packet counted, so
+    /// curlft.packets = oseq - oseq_base and needs no counter of its own (one atomic less
+    /// per packet; nothing can fail between xfrm_replay_overflow and the curlft update).
+    oseq_base: u64,
+    /// Packets taken in by the input path (an inbound SA hands out no sequence numbers, so
+    /// its curlft.packets is counted here; only input touches it).
+    curlft_in_packets: AtomicU64,
     curlft_bytes: AtomicU64,
-    curlft_packets: AtomicU64,
     add_time: u64,
     /// 0 until the first packet.
     use_time: AtomicU64,
-    /// Outer IPv4 identification (ip_select_ident: one counter per destination, and an SA
-    /// has one destination).
-    ip_id: AtomicU32,
+    /// Outer IPv4 identification = low 16 bits of the sequence number XOR this random value:
+    /// the per-destination counter of ip_select_ident (an SA has one destination), without a
+    /// second atomic per packet.
+    ip_id_base: u16,
     mtu: AtomicU32,
     hop_limit: AtomicU8,
     /// Counters of this SA alone (same names as the global ones).
     pub stats: XfrmStats,
     soft_expiries: AtomicU64,
+    /// The inbound replay window and x->stats, under the SA's lock (x->lock): checked
+    /// before the ICV, advanced after it (see replay.rs).
+    input: Mutex<SaInput>,
 }
 
 impl std::fmt::Debug for SecurityAssociation {
@@ -227,6 +239,10 @@ impl SecurityAssociation {
             });
         }
         let props = SaProps::new(&cfg, crypto.icv_len());
+        let replay = ReplayState::from_config(&cfg).map_err(|_| SaError::Invalid {
+            spi,
+            what: "replay-window larger than 4096",
+        })?;
         let oseq = if cfg.flags.esn {
             cfg.initial_oseq()
         } else {
@@ -240,14 +256,16 @@ impl SecurityAssociation {
             dying: AtomicBool::new(false),
             oseq: AtomicU64::new(oseq),
             curlft_bytes: AtomicU64::new(0),
-            curlft_packets: AtomicU64::new(0),
+            oseq_base: oseq,
+            curlft_in_packets: AtomicU64::new(0),
             add_time: now,
             use_time: AtomicU64::new(0),
-            ip_id: AtomicU32::new(random_u32()),
+            ip_id_base: random_u32() as u16,
             mtu: AtomicU32::new(DEFAULT_MTU),
             hop_limit: AtomicU8::new(DEFAULT_HOP_LIMIT),
             stats: XfrmStats::new(),
             soft_expiries: AtomicU64::new(0),
+            input: Mutex::new(SaInput::new(replay)),
             cfg,
         })
     }
@@ -291,7 +309,10 @@ impl SecurityAssociation {
         self.curlft_bytes.load(Ordering::Relaxed)
     }
     pub fn curlft_packets(&self) -> u64 {
-        self.curlft_packets.load(Ordering::Relaxed)
+        self.oseq
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.oseq_base)
+            + self.curlft_in_packets.load(Ordering::Relaxed)
     }
     pub fn add_time(&self) -> u64 {
         self.add_time
@@ -303,6 +324,12 @@ impl SecurityAssociation {
     /// 32 under ESN). Saturates at the limit: a refused number is never counted.
     pub fn oseq(&self) -> u64 {
         self.oseq.load(Ordering::Relaxed)
+    }
+    /// The input state (replay window, x->stats), locked. A panic elsewhere while it was
+    /// held leaves a state that is still consistent (every update is a plain store), so a
+    /// poisoned lock is taken over rather than propagated.
+    pub fn input(&self) -> MutexGuard<'_, SaInput> {
+        self.input.lock().unwrap_or_else(|e| e.into_inner())
     }
     /// Path MTU towards the peer (the kernel's dst->child_mtu_cached), for TFC padding.
     pub fn set_mtu(&self, mtu: u32) {
@@ -317,9 +344,9 @@ impl SecurityAssociation {
     pub fn outer_hop_limit(&self) -> u8 {
         self.hop_limit.load(Ordering::Relaxed)
     }
-    /// Next outer IPv4 identification.
-    pub fn next_ip_id(&self) -> u16 {
-        self.ip_id.fetch_add(1, Ordering::Relaxed) as u16
+    /// The outer IPv4 identification of packet `seq` (tunnel mode).
+    pub fn ip_ident(&self, seq: u64) -> u16 {
+        (seq as u16) ^ self.ip_id_base
     }
 
     /// Counts a drop for this SA and globally.
@@ -454,10 +481,17 @@ impl SecurityAssociation {
             })
     }
 
-    /// x->curlft.bytes += len; x->curlft.packets++.
+    /// x->curlft.bytes += len (x->curlft.packets++ is implied by the sequence number the
+    /// packet took, see `oseq_base`).
     pub fn add_curlft(&self, bytes: usize) {
         self.curlft_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        self.curlft_packets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The input path's x->curlft.bytes += len; x->curlft.packets++ (xfrm_input, after the
+    /// replay advance).
+    pub fn add_curlft_input(&self, bytes: usize) {
+        self.curlft_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.curlft_in_packets.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -653,6 +687,7 @@ pub(crate) mod tests {
         let s = sa(c);
         for _ in 0..3 {
             assert_eq!(s.xfrm_state_check_expire(1000), Ok(()));
+            s.xfrm_replay_overflow().unwrap();
             s.add_curlft(100);
         }
         assert!(s.is_dying());
@@ -665,12 +700,15 @@ pub(crate) mod tests {
         c.lifetime.hard_byte_limit = 250;
         let s = sa(c);
         s.xfrm_state_check_expire(1000).unwrap();
+        s.xfrm_replay_overflow().unwrap();
         s.add_curlft(100);
         s.xfrm_state_check_expire(1000).unwrap();
         assert!(!s.is_dying());
+        s.xfrm_replay_overflow().unwrap();
         s.add_curlft(100);
         s.xfrm_state_check_expire(1000).unwrap();
         assert!(s.is_dying());
+        s.xfrm_replay_overflow().unwrap();
         s.add_curlft(100);
         assert_eq!(s.xfrm_state_check_expire(1000), Err(StateExpired));
     }

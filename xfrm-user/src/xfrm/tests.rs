@@ -223,7 +223,16 @@ fn esp_tunnel4_layout_and_decrypt() {
         );
     }
     assert_eq!(e.sa(0).oseq(), 8);
-    assert_eq!(e.sa(0).curlft_packets(), 8);
+    // Fresh outer IPv4 IDs: all different.
+    let ids: std::collections::HashSet<u16> = (0..100)
+        .map(|_| {
+            Ipv4Packet::new_checked(&e.send(&udp4(0, true, b"id")).1[..])
+                .unwrap()
+                .ident()
+        })
+        .collect();
+    assert_eq!(ids.len(), 100);
+    assert_eq!(e.sa(0).curlft_packets(), 108);
 }
 
 #[test]
