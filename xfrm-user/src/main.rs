@@ -38,6 +38,39 @@ enum Command {
     /// protected packets are received on AF_XDP sockets, sampled and dropped; without it the
     /// XDP program drops them, fail closed).
     Attach(AttachArgs),
+    /// The gateway: the classifier on the inside interface, one AF_XDP worker per queue
+    /// running the transforms, L2 from the kernel's tables; counters every --interval until
+    /// Ctrl-C. Inside may equal outside (one-armed).
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The configuration file (ip xfrm state/policy add lines).
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+    /// The inside (plaintext) interface.
+    #[arg(long, value_name = "IF")]
+    inside: String,
+    /// The outside (wire) interface.
+    #[arg(long, value_name = "IF")]
+    outside: String,
+    /// Receive queues of the inside interface to serve (one worker each).
+    #[arg(long, default_value_t = 1)]
+    queues: u32,
+    /// native (in the driver) or skb (generic).
+    #[arg(long, default_value = "native")]
+    xdp_mode: xfrm_user::datapath::AttachMode,
+    /// The XDP object (default: $XFRM_BPF_OBJ, xfrm-ebpf.o beside this binary, or the output
+    /// of `cargo xtask build-ebpf`).
+    #[arg(long, value_name = "PATH")]
+    bpf: Option<PathBuf>,
+    /// Seconds between counter lines.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Stop after this many seconds (default: at Ctrl-C / SIGTERM).
+    #[arg(long)]
+    duration: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -148,6 +181,29 @@ fn main() -> ExitCode {
             ExitCode::from(xfrm_user::pcap::pcap_main(
                 &a.config, dir, &a.input, &a.output, &mut err,
             ))
+        }
+        Command::Run(a) => {
+            stop_on_signals();
+            let opts = xfrm_user::datapath::run::RunOptions {
+                config: a.config,
+                inside: a.inside,
+                outside: a.outside,
+                queues: a.queues,
+                mode: a.xdp_mode,
+                bpf: a.bpf,
+                interval: std::time::Duration::from_secs_f64(a.interval.max(0.1)),
+                duration: a
+                    .duration
+                    .map(|d| std::time::Duration::from_secs_f64(d.max(0.0))),
+            };
+            let mut out = std::io::stdout();
+            match xfrm_user::datapath::run::run(&opts, &STOP, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xfrm-user: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Attach(a) => {
             stop_on_signals();

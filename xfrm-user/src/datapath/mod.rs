@@ -3,7 +3,10 @@
 
 pub mod attach;
 pub mod loader;
+pub mod neigh;
 pub mod rules;
+pub mod run;
+pub mod worker;
 pub mod xsk;
 
 pub use loader::{AttachMode, Counters, Datapath, TestRunOutcome};

@@ -14,6 +14,7 @@ pub mod esp;
 pub mod input;
 pub mod mode;
 pub mod output;
+pub mod pmtu;
 pub mod policy_check;
 pub mod replay;
 pub mod spd;

@@ -1,0 +1,155 @@
+//! `xfrm-user run` (the library function behind it) as the gateway, outbound:
+//!
+//!   ns "h1" [a] ──veth 1── [b] ns "gw" [a] ──veth 2── [b] ns "h2"
+//!
+//! h1's veth keeps TX checksum offload on, so its UDP checksums arrive partial: the gateway
+//! must complete them before encrypting. h2 has no IPsec: a raw socket takes the ESP packets
+//! and our own input path opens them.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use xfrm_tests::{
+    bpf_object, init_logging, root_or_skip,
+    topology::{Topology, VethOpts},
+};
+use xfrm_user::{
+    config::parse_config,
+    datapath::{
+        run::{run, RunOptions},
+        AttachMode,
+    },
+    frame::OwnedFrame,
+    stats::XfrmStats,
+    wire::checksum,
+    xfrm::{xfrm_input, InputTables, InputVerdict, XfrmDb},
+};
+
+const CONFIG: &str = "\
+ip xfrm state add src 10.2.0.1 dst 10.2.0.2 proto esp spi 0x2001 reqid 3 mode tunnel \
+aead 'rfc4106(gcm(aes))' 0x2122232425262728292a2b2c2d2e2f30deadbeef 128
+ip xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 proto udp dir out \
+tmpl src 10.2.0.1 dst 10.2.0.2 proto esp reqid 3 mode tunnel
+ip xfrm policy add src 10.1.0.0/24 dst 10.2.0.0/24 proto udp dir in \
+tmpl src 10.2.0.1 dst 10.2.0.2 proto esp reqid 3 mode tunnel
+";
+
+fn esp_socket(t: &Topology, ns: usize) -> OwnedFd {
+    t.ns(ns)
+        .run(|| {
+            // SAFETY: plain socket(2); owned at once.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, 50) };
+            anyhow::ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            // SAFETY: a fresh fd nobody else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 200_000,
+            };
+            // SAFETY: valid fd and a timeval option.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as u32,
+                )
+            };
+            Ok(fd)
+        })
+        .unwrap()
+}
+
+#[test]
+fn gateway_protects_outbound_with_partial_checksums() {
+    if !root_or_skip("gateway_protects_outbound_with_partial_checksums") {
+        return;
+    }
+    init_logging();
+    let mut t = Topology::new().unwrap();
+    let h1 = t.add_netns("h1").unwrap();
+    let gw = t.add_netns("gw").unwrap();
+    let h2 = t.add_netns("h2").unwrap();
+    let l1 = t.add_veth(h1, gw, VethOpts::default()).unwrap(); // TX offload on
+    let l2 = t.add_veth(gw, h2, VethOpts::default()).unwrap();
+    t.ns(h1)
+        .ip(&["route", "add", "10.2.0.0/24", "via", &l1.b.ipv4.to_string()])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("gw.conf");
+    std::fs::write(&conf, CONFIG).unwrap();
+    let opts = RunOptions {
+        config: conf,
+        inside: l1.b.ifname.clone(),
+        outside: l2.a.ifname.clone(),
+        queues: 1,
+        mode: AttachMode::Native,
+        bpf: Some(bpf_object()),
+        interval: Duration::from_millis(500),
+        duration: Some(Duration::from_secs(20)),
+    };
+    let esp = esp_socket(&t, h2);
+    let stop = AtomicBool::new(false);
+    let topo = &t;
+    std::thread::scope(|s| {
+        let gw_thread = s.spawn(|| {
+            topo.ns(gw).run(|| {
+                let mut out = Vec::new();
+                let r = run(&opts, &stop, &mut out);
+                eprint!("{}", String::from_utf8_lossy(&out));
+                r
+            })
+        });
+        let sender = topo
+            .ns(h1)
+            .run(|| Ok(UdpSocket::bind("10.1.0.1:4001")?))
+            .unwrap();
+        // Until the gateway is up (attach, first resolution), then ten datagrams.
+        let to = SocketAddr::new(l2.b.ipv4.into(), 5001);
+        let mut got = Vec::new();
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut buf = vec![0u8; 4096];
+        let mut i = 0u32;
+        while got.len() < 10 && Instant::now() < end {
+            sender
+                .send_to(format!("partial {i}").as_bytes(), to)
+                .unwrap();
+            i += 1;
+            // SAFETY: valid fd, writes at most buf.len() bytes.
+            let k = unsafe { libc::recv(esp.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if k > 0 {
+                got.push(buf[..k as usize].to_vec());
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        gw_thread.join().unwrap().unwrap();
+        assert_eq!(got.len(), 10, "ESP packets at h2");
+
+        let cfg = parse_config(CONFIG, "gw.conf").unwrap();
+        let db = XfrmDb::new(cfg.states, cfg.policies).unwrap();
+        let tables = InputTables::new(&db);
+        let st = XfrmStats::new();
+        let mut last_seq = 0;
+        for p in &got {
+            let seq = u32::from_be_bytes(p[24..28].try_into().unwrap());
+            assert!(seq > last_seq, "sequence numbers rise");
+            last_seq = seq;
+            let mut f = OwnedFrame::from_packet(p);
+            let v = f.with_frame(|fr| xfrm_input(&db, &tables, &st, fr));
+            assert_eq!(v, InputVerdict::Decapsulated, "{}", st.render_nonzero());
+            let inner = f.data();
+            assert!(inner[28..].starts_with(b"partial "));
+            // The inner UDP checksum is complete and right (it arrived partial).
+            let l4 = &inner[20..];
+            let pseudo =
+                checksum::pseudo_header_v4([10, 1, 0, 1].into(), l2.b.ipv4, 17, l4.len() as u32);
+            assert_ne!(&l4[6..8], &[0, 0]);
+            assert_eq!(checksum::combine(&[pseudo, checksum::data(l4)]), 0xffff);
+        }
+    });
+}

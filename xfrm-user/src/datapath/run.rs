@@ -1,0 +1,448 @@
+//! `xfrm-user run`: the gateway. The classifier on the inside interface, one AF_XDP worker
+//! per queue, the neighbour cache, and the transforms between them:
+//!
+//! - inside → outside: the policy the classifier found (metadata `policy_id`, a position in
+//!   `XfrmDb::policies(Out)`), its templates resolved to SAs, the size check against what the
+//!   bundle leaves of the route MTU (ICMP back when too big), the inner checksum finished if
+//!   veth left it partial, then `xfrm_output_bundle`;
+//! - outside → inside: `xfrm_input` (decrypt, replay, decapsulate, policy check), then to the
+//!   inner destination on the inside.
+//!
+//! Until the XDP program has its own outside entry point (ESP/AH/NAT-T by SPI), the outside
+//! interface gets a second instance of the classifier (its own maps) whose rules select ESP
+//! and AH from each inbound SA's peer to our address ([`inbound_rules`]) and redirect them
+//! to the workers' outside sockets. NAT-T SAs are left out: a UDP/4500 rule would also take
+//! IKE away from the kernel.
+
+use std::{
+    io::Write,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context, Result};
+use xfrm_common::XdpMeta;
+
+use super::{
+    loader::{AttachMode, Datapath},
+    neigh::{NeighOptions, NeighService},
+    rules::compile_db,
+    worker::{port_info, too_big, Action, Ctx, Side, Transform, Worker, WorkerConfig},
+};
+use crate::frame::Frame;
+use crate::policy::{PolicyAction, PolicyDir};
+use crate::stats::{XfrmStat, XfrmStats};
+use crate::wire::{checksum, flow, proto};
+use crate::xfrm::{
+    pmtu::{bundle_mtu, SaMtu},
+    spd::XFRM_MAX_DEPTH,
+    xfrm_input, xfrm_output_bundle, InputTables, InputVerdict, Verdict, XfrmDb,
+};
+
+/// What the workers share: the SA/policy database, the input tables, the counters, and each
+/// SA's overhead (by SA index) for the size check.
+pub struct Gateway {
+    pub db: Arc<XfrmDb>,
+    pub tables: Arc<InputTables>,
+    pub stats: Arc<XfrmStats>,
+    sa_mtu: Arc<Vec<SaMtu>>,
+}
+
+impl Gateway {
+    pub fn new(db: XfrmDb) -> Self {
+        let tables = InputTables::new(&db);
+        let sa_mtu = db.states().iter().map(|x| SaMtu::from_sa(&x.cfg)).collect();
+        Self {
+            db: Arc::new(db),
+            tables: Arc::new(tables),
+            stats: Arc::new(XfrmStats::new()),
+            sa_mtu: Arc::new(sa_mtu),
+        }
+    }
+
+    /// A transform for one worker (cheap: shares everything).
+    pub fn transform(&self) -> GatewayTransform {
+        GatewayTransform {
+            db: self.db.clone(),
+            tables: self.tables.clone(),
+            stats: self.stats.clone(),
+            sa_mtu: self.sa_mtu.clone(),
+        }
+    }
+
+    /// The addresses the gateway sends to: SA destinations and NAT-T peers (resolved at
+    /// start so the first packets find their MAC).
+    pub fn peers(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = Vec::new();
+        for x in self.db.states() {
+            v.push(x.daddr());
+            if let Some(e) = x.cfg.encap {
+                v.push(e.oaddr);
+            }
+        }
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+pub struct GatewayTransform {
+    db: Arc<XfrmDb>,
+    tables: Arc<InputTables>,
+    stats: Arc<XfrmStats>,
+    sa_mtu: Arc<Vec<SaMtu>>,
+}
+
+impl GatewayTransform {
+    fn drop_with(&self, s: XfrmStat) -> Action {
+        self.stats.inc(s);
+        Action::Drop
+    }
+
+    fn output(&self, meta: Option<&XdpMeta>, frame: &mut Frame<'_>, ctx: &Ctx<'_>) -> Action {
+        // Fail closed: without the classifier's word we do not know the policy.
+        let Some(m) = meta else {
+            return self.drop_with(XfrmStat::XfrmOutPolError);
+        };
+        let Some(pol) = self.db.policies(PolicyDir::Out).get(m.policy_id as usize) else {
+            return self.drop_with(XfrmStat::XfrmOutPolError);
+        };
+        if pol.action == PolicyAction::Block {
+            return self.drop_with(XfrmStat::XfrmOutPolBlock);
+        }
+        let Ok(info) = flow::parse(frame.data()) else {
+            return self.drop_with(XfrmStat::XfrmOutError);
+        };
+        let mut xs = [None; XFRM_MAX_DEPTH];
+        let n = match self.db.tmpl_resolve(pol, &info.key, &mut xs) {
+            Ok(n) => n,
+            Err(s) => return self.drop_with(s),
+        };
+        // A policy without SA to apply would mean clear text: the classifier passes those,
+        // so getting one here means the tables disagree. Never send it in clear.
+        if n == 0 {
+            return self.drop_with(XfrmStat::XfrmOutPolError);
+        }
+        let Some(first) = xs[0] else {
+            return self.drop_with(XfrmStat::XfrmOutPolError);
+        };
+        let mut refs = [&**first; XFRM_MAX_DEPTH];
+        let mut overhead = [SaMtu::ah(0, false, 0, false); XFRM_MAX_DEPTH];
+        for (i, x) in xs[..n].iter().flatten().enumerate() {
+            refs[i] = x;
+            overhead[i] = self.sa_mtu.get(x.index).copied().unwrap_or(overhead[i]);
+        }
+        // The outermost SA's peer decides the route and its MTU. Not resolved yet (the
+        // lookup asked for it): dropped, as the kernel would queue and drop past unres_qlen.
+        let Some(l2) = ctx.l2(refs[n - 1].daddr()) else {
+            return Action::Drop;
+        };
+        if let Some(a) = too_big(frame, bundle_mtu(&overhead[..n], l2.mtu), ctx) {
+            return a;
+        }
+        // Each SA's view of the path MTU (dst->child_mtu_cached: what the SAs outside it
+        // leave), for TFC padding. A relaxed load per SA; a store only when it changed.
+        for i in 0..n {
+            let child = bundle_mtu(&overhead[i + 1..n], l2.mtu);
+            if refs[i].mtu() != child {
+                refs[i].set_mtu(child);
+            }
+        }
+        let partial = csum_partial(frame.data(), &info);
+        match xfrm_output_bundle(&refs[..n], &self.stats, frame, partial, self.db.now()) {
+            Verdict::Transformed => Action::Tx(Side::Outside),
+            _ => Action::Drop,
+        }
+    }
+}
+
+impl Transform for GatewayTransform {
+    fn process(
+        &mut self,
+        from: Side,
+        meta: Option<&XdpMeta>,
+        frame: &mut Frame<'_>,
+        ctx: &Ctx<'_>,
+    ) -> Action {
+        match from {
+            Side::Inside => self.output(meta, frame, ctx),
+            Side::Outside => match xfrm_input(&self.db, &self.tables, &self.stats, frame) {
+                InputVerdict::Decapsulated => Action::Tx(Side::Inside),
+                _ => Action::Drop,
+            },
+        }
+    }
+}
+
+/// Did veth (or any CHECKSUM_PARTIAL sender) leave only the pseudo-header sum in the TCP/UDP
+/// checksum? Then the field equals that sum, not complemented (csum_tcpudp_magic's
+/// complement), and the full checksum does not verify. AF_XDP does not carry the skb's
+/// ip_summed, so this is read from the packet.
+pub fn csum_partial(pkt: &[u8], info: &flow::FlowInfo) -> bool {
+    if info.fragment || !info.l4_present {
+        return false;
+    }
+    let off = match info.key.proto {
+        proto::TCP => 16,
+        proto::UDP => 6,
+        _ => return false,
+    };
+    let Some(l4) = pkt.get(info.l4_offset..info.ip_len) else {
+        return false;
+    };
+    if l4.len() < off + 2 {
+        return false;
+    }
+    let field = u16::from_be_bytes([l4[off], l4[off + 1]]);
+    let len = l4.len() as u32;
+    let pseudo = match (info.key.src, info.key.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => checksum::pseudo_header_v4(s, d, info.key.proto, len),
+        (IpAddr::V6(s), IpAddr::V6(d)) => checksum::pseudo_header_v6(s, d, info.key.proto, len),
+        _ => return false,
+    };
+    let full_ok = checksum::combine(&[pseudo, checksum::data(l4)]) == 0xffff;
+    !full_ok && field == pseudo
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub inside: String,
+    pub outside: String,
+    pub queues: u32,
+    pub mode: AttachMode,
+    pub bpf: Option<PathBuf>,
+    /// Between two counter lines.
+    pub interval: Duration,
+    /// Stop after this long (None: until `stop`).
+    pub duration: Option<Duration>,
+}
+
+/// Runs the gateway until `stop` (or the duration) in the calling thread's network
+/// namespace; prints counter lines to `out`.
+pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<()> {
+    let cfg = crate::config::load_config(&opts.config).map_err(|errs| {
+        let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        anyhow!("invalid configuration:\n{}", lines.join("\n"))
+    })?;
+    let db = XfrmDb::new(cfg.states, cfg.policies).map_err(|e| anyhow!("{e}"))?;
+    let gw = Gateway::new(db);
+    let rules = compile_db(&gw.db)?;
+    let inside = port_info(&opts.inside)?;
+    let outside = port_info(&opts.outside)?;
+    let neigh = NeighService::start(&gw.peers(), NeighOptions::default())?;
+    let mut dp = Datapath::load_default(opts.bpf.as_deref())?;
+    dp.set_out_policies(&rules)?;
+    let mut workers = Vec::new();
+    for q in 0..opts.queues.max(1) {
+        let w = Worker::new(
+            WorkerConfig::new(inside.clone(), outside.clone(), q),
+            gw.transform(),
+            neigh.reader(),
+        )
+        .with_context(|| format!("worker for queue {q}"))?;
+        dp.set_socket(q, w.rx_fds()[0])?;
+        workers.push(w);
+    }
+    dp.attach_classifier(&opts.inside, opts.mode)?;
+    let in_rules = inbound_rules(&gw.db)?;
+    let mut dp_out = None;
+    if inside.ifindex == outside.ifindex {
+        log::warn!("one-armed: inbound ESP/AH needs the program's outside entry point (not yet)");
+    } else if !in_rules.is_empty() {
+        let mut d = Datapath::load_default(opts.bpf.as_deref())?;
+        d.set_out_policies(&in_rules)?;
+        for (q, w) in workers.iter().enumerate() {
+            d.set_socket(q as u32, w.rx_fds()[1])?;
+        }
+        d.attach_classifier(&opts.outside, opts.mode)?;
+        dp_out = Some(d);
+    }
+    let wstats: Vec<_> = workers.iter().map(|w| w.stats()).collect();
+    writeln!(
+        out,
+        "xfrm-user: gateway {} -> {} ({:?}), {} SAs, {} out policies, {} worker(s); Ctrl-C stops",
+        opts.inside,
+        opts.outside,
+        opts.mode,
+        gw.db.states().len(),
+        rules.len(),
+        workers.len()
+    )?;
+    out.flush()?;
+    let workers_stop = AtomicBool::new(false);
+    std::thread::scope(|s| -> Result<()> {
+        let mut handles: Vec<Option<_>> = workers
+            .iter_mut()
+            .enumerate()
+            .map(|(q, w)| {
+                let stop = &workers_stop;
+                std::thread::Builder::new()
+                    .name(format!("xfrm-worker-{q}"))
+                    .spawn_scoped(s, move || w.run(stop))
+                    .map(Some)
+            })
+            .collect::<std::io::Result<_>>()?;
+        let start = Instant::now();
+        let mut next = start + opts.interval;
+        let mut failed = None;
+        while !stop.load(Ordering::Relaxed) && opts.duration.is_none_or(|d| start.elapsed() < d) {
+            std::thread::sleep(Duration::from_millis(50));
+            // A worker that stopped on its own: take its sockets out of the XSKS maps, so
+            // the classifier drops (and counts) what it would have protected instead of
+            // redirecting into a socket nobody reads; the others go on.
+            for (q, slot) in handles.iter_mut().enumerate() {
+                if !slot.as_ref().is_some_and(|h| h.is_finished()) {
+                    continue;
+                }
+                let r = match slot.take().map(|h| h.join()) {
+                    Some(Ok(r)) => r.err().map(|e| format!("{e:#}")),
+                    _ => Some("panicked".to_string()),
+                };
+                let why = r.unwrap_or_else(|| "stopped".to_string());
+                log::error!("worker {q}: {why}; its queue now drops (fail closed)");
+                dp.clear_socket(q as u32)?;
+                if let Some(d) = dp_out.as_mut() {
+                    d.clear_socket(q as u32)?;
+                }
+                failed.get_or_insert(format!("worker {q}: {why}"));
+            }
+            if handles.iter().all(|h| h.is_none()) {
+                break;
+            }
+            if Instant::now() >= next {
+                next += opts.interval;
+                let sum = |f: fn(&super::worker::WorkerStats) -> u64| -> u64 {
+                    wstats.iter().map(|w| f(w)).sum()
+                };
+                let xdp_in = dp.counters().map(|c| c.to_string()).unwrap_or_default();
+                let xdp_out = dp_out
+                    .as_ref()
+                    .and_then(|d| d.counters().ok())
+                    .map(|c| c.to_string())
+                    .unwrap_or_default();
+                writeln!(out, "xdp inside: {xdp_in} | xdp outside: {xdp_out}")?;
+                writeln!(
+                    out,
+                    "out {} pkts -> wire {}, in {} -> inside {}, icmp {}, frags {}, no-l2 {}, \
+                     drops {} | {}",
+                    sum(|w| w.rx[0].load(Ordering::Relaxed)),
+                    sum(|w| w.tx[1].load(Ordering::Relaxed)),
+                    sum(|w| w.rx[1].load(Ordering::Relaxed)),
+                    sum(|w| w.tx[0].load(Ordering::Relaxed)),
+                    sum(|w| w.replies.load(Ordering::Relaxed)),
+                    sum(|w| w.fragments.load(Ordering::Relaxed)),
+                    sum(|w| w.no_l2.load(Ordering::Relaxed)),
+                    sum(|w| w.dropped.load(Ordering::Relaxed)),
+                    gw.stats.render_nonzero().replace('\n', " ").trim_end(),
+                )?;
+                out.flush()?;
+            }
+        }
+        workers_stop.store(true, Ordering::Relaxed);
+        for (q, h) in handles.into_iter().enumerate() {
+            match h.map(|h| h.join()) {
+                Some(Ok(r)) => r.with_context(|| format!("worker {q}"))?,
+                Some(Err(_)) => anyhow::bail!("worker {q} panicked"),
+                None => {}
+            }
+        }
+        match failed {
+            Some(f) => Err(anyhow!("{f}")),
+            None => Ok(()),
+        }
+    })?;
+    drop(dp_out);
+    drop(dp);
+    Ok(())
+}
+
+/// Redirect rules for the outside interface: ESP/AH from the peer of every SA addressed to
+/// one of our addresses (the kernel's answer to `ip route get`: local), NAT-T SAs excepted.
+pub fn inbound_rules(db: &XfrmDb) -> Result<Vec<xfrm_common::PolicyRule>> {
+    let mut rtnl = super::neigh::Rtnl::new()?;
+    let mut rules = Vec::new();
+    for x in db.states() {
+        let local = rtnl.route_get(x.daddr()).map(|r| r.local).unwrap_or(false);
+        if !local {
+            continue;
+        }
+        if x.cfg.encap.is_some() {
+            log::warn!(
+                "SA spi 0x{:08x}: NAT-T inbound needs the program's outside entry point (not yet)",
+                x.spi()
+            );
+            continue;
+        }
+        let sel = crate::selector::Selector {
+            src: crate::selector::Prefix::host(x.saddr()),
+            dst: crate::selector::Prefix::host(x.daddr()),
+            proto: x.cfg.id.proto.ip_proto(),
+            sport: crate::selector::PortMatch::ANY,
+            dport: crate::selector::PortMatch::ANY,
+        };
+        rules.push(super::rules::compile_rule(
+            &sel,
+            xfrm_common::RuleAction::Protect,
+            u32::MAX,
+            x.index as u32,
+        )?);
+    }
+    Ok(rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp4(partial: bool) -> Vec<u8> {
+        let mut p = vec![0u8; 28 + 5];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&33u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = proto::UDP;
+        p[12..16].copy_from_slice(&[10, 1, 0, 1]);
+        p[16..20].copy_from_slice(&[10, 2, 0, 2]);
+        let c = !checksum::data(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p[20..22].copy_from_slice(&4000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&5000u16.to_be_bytes());
+        p[24..26].copy_from_slice(&13u16.to_be_bytes());
+        p[28..].copy_from_slice(b"hello");
+        let pseudo =
+            checksum::pseudo_header_v4([10, 1, 0, 1].into(), [10, 2, 0, 2].into(), proto::UDP, 13);
+        let v = if partial {
+            pseudo
+        } else {
+            !checksum::combine(&[pseudo, checksum::data(&p[20..])])
+        };
+        p[26..28].copy_from_slice(&v.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn partial_checksums_are_recognised() {
+        let full = udp4(false);
+        let info = flow::parse(&full).unwrap();
+        assert!(!csum_partial(&full, &info));
+        let part = udp4(true);
+        let info = flow::parse(&part).unwrap();
+        assert!(csum_partial(&part, &info));
+        // A wrong checksum that is not the pseudo-header sum is not "partial".
+        let mut bad = udp4(false);
+        bad[27] ^= 1;
+        let info = flow::parse(&bad).unwrap();
+        assert!(!csum_partial(&bad, &info));
+        // UDP checksum 0 (none) is not partial.
+        let mut none = udp4(false);
+        none[26] = 0;
+        none[27] = 0;
+        let info = flow::parse(&none).unwrap();
+        assert!(!csum_partial(&none, &info));
+    }
+}
