@@ -73,6 +73,11 @@ pub struct RunArgs {
     pub outside: String,
     pub xdp_mode: &'static str,
     pub queues: Option<u32>,
+    /// Run in a process group of its own, out of reach of the terminal's Ctrl-C: the demo
+    /// stops its traffic first and the gateways after (a gateway that has stopped forwards
+    /// whatever still comes in clear, as a plain router). Tests leave it false, so that a
+    /// test run interrupted before its Drop guards ran takes the daemons with it.
+    pub own_process_group: bool,
 }
 
 /// A running `xfrm-user run`.
@@ -121,6 +126,10 @@ impl Daemon {
             a.extend(["--queues".into(), q.to_string()]);
         }
         let mut cmd = ns.command(bin.to_str().context("binary path")?);
+        if args.own_process_group {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
         cmd.args(&a).env("XFRM_BPF_OBJ", bpf).env(
             "RUST_LOG",
             std::env::var("XFRM_GW_LOG").unwrap_or_else(|_| "info".into()),

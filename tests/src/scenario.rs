@@ -107,6 +107,7 @@ pub fn spawn_gateway(net: &GatewayNet, case: &Case, s: Side) -> Result<Daemon> {
             outside: net.outside(s).ifname.clone(),
             xdp_mode: "native",
             queues: None,
+            own_process_group: false,
         },
     )
 }

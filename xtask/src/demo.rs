@@ -139,8 +139,8 @@ pub fn gateways(duration: Option<u64>, xdp_mode: &str) -> Result<()> {
         },
     )?;
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic. The gateways, in our process group,
-        // get the same Ctrl-C and stop themselves; we then tear the topology down.
+        // SAFETY: the handler only stores to an atomic. The gateways run in process groups
+        // of their own: Ctrl-C reaches only us, and we stop them after the traffic.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
     let mut gws = Vec::new();
@@ -159,6 +159,7 @@ pub fn gateways(duration: Option<u64>, xdp_mode: &str) -> Result<()> {
                 outside: net.outside(s).ifname.clone(),
                 xdp_mode: if xdp_mode == "skb" { "skb" } else { "native" },
                 queues: None,
+                own_process_group: true,
             },
             &bin,
             &bpf,
@@ -287,11 +288,13 @@ pub fn gateways(duration: Option<u64>, xdp_mode: &str) -> Result<()> {
         result
     });
     util::section("teardown");
+    // Traffic has stopped (the scope joined its threads): the capture ends while both
+    // gateways still run, then the gateways stop.
+    let rep = cap.stop()?;
     for (g, d) in ["gw-a", "gw-b"].iter().zip(gws) {
         let st = d.stop();
         println!("  {g}: xfrm-user run exited ({st})");
     }
-    let rep = cap.stop()?;
     println!("  wire: {}", rep.summary());
     for (why, f) in &rep.leak_samples {
         let parsed = xfrm_tests::capture::parse(&f.data, &[]);
