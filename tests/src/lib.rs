@@ -3,9 +3,15 @@
 //!
 //! Integration tests live in `tests/tests/`; `cargo xtask test` runs them (as root in CI).
 
+pub mod capture;
+pub mod daemon;
+pub mod gateway;
 pub mod packet;
+pub mod peer;
 pub mod sa;
+pub mod scenario;
 pub mod topology;
+pub mod traffic;
 
 use std::path::PathBuf;
 

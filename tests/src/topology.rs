@@ -108,13 +108,38 @@ impl Netns {
     /// Move the calling thread into this namespace (sockets, ifindex lookups and XDP attach
     /// then happen here). Prefer [`Netns::run`], which uses a fresh thread.
     pub fn enter(&self) -> Result<()> {
-        let f = File::open(format!("/run/netns/{}", self.name))
-            .with_context(|| format!("open netns {}", self.name))?;
-        // SAFETY: setns on a valid namespace fd; affects only this thread.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {}: {}", self.name, std::io::Error::last_os_error());
-        }
-        Ok(())
+        enter_netns(&self.name)
+    }
+
+    /// `sysctl -w KEY=VALUE` inside the namespace (KEY with dots, as sysctl(8) takes it).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        // /proc/sys/net is resolved in the network namespace of the thread that opens it.
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        self.run(|| {
+            std::fs::write(&path, value).with_context(|| format!("sysctl {key}={value}"))?;
+            Ok(())
+        })
+    }
+
+    /// Start `program` inside the namespace as a child process whose stdout and stderr go to
+    /// a log file; the returned guard kills it (by pid) when dropped.
+    pub fn spawn(&self, label: &str, program: &str, args: &[&str]) -> Result<Proc> {
+        let mut cmd = self.command(program);
+        cmd.args(args);
+        Proc::spawn(label, cmd)
+    }
+
+    /// A thread running `f` inside this namespace, not scoped: for long-running work
+    /// (transfers, captures) that the test joins later.
+    pub fn thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> std::thread::JoinHandle<Result<T>> {
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            enter_netns(&name)?;
+            f()
+        })
     }
 
     /// Run `f` on a new thread inside this namespace; what it creates (sockets, XDP links)
@@ -128,6 +153,131 @@ impl Netns {
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })
+    }
+}
+
+/// Move the calling thread into the named network namespace (`/run/netns/NAME`).
+pub fn enter_netns(name: &str) -> Result<()> {
+    let f =
+        File::open(format!("/run/netns/{name}")).with_context(|| format!("open netns {name}"))?;
+    // SAFETY: setns on a valid namespace fd; affects only this thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A child process started by a test (usually `ip netns exec NS PROGRAM`, which execs the
+/// program: the pid is the program's). Killed by its pid when dropped, never by name; the pid
+/// cannot be reused before we reap it, so signalling it is safe until then. Its stdout and
+/// stderr go to a log file, shown by [`Proc::log`] (and printed when a test fails).
+pub struct Proc {
+    label: String,
+    child: Option<std::process::Child>,
+    status: Option<std::process::ExitStatus>,
+    log: std::path::PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(label: &str, mut cmd: Command) -> Result<Self> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let log = std::env::temp_dir().join(format!(
+            "xfrm-test-{}-{}-{label}.log",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("start {label}: {cmd:?}"))?;
+        Ok(Self {
+            label: label.to_string(),
+            child: Some(child),
+            status: None,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Send `sig` to the process if it has not been reaped yet.
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own unreaped child's pid.
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        }
+    }
+
+    /// The exit status if it has ended (reaping it).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        if let Some(c) = &mut self.child {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.status = Some(st);
+                self.child = None;
+            }
+        }
+        self.status
+    }
+
+    /// `sig`, then wait up to `grace` for the exit, then SIGKILL. Returns the exit status.
+    pub fn stop(
+        &mut self,
+        sig: libc::c_int,
+        grace: std::time::Duration,
+    ) -> std::process::ExitStatus {
+        if self.child.is_some() {
+            self.signal(sig);
+            let end = std::time::Instant::now() + grace;
+            while std::time::Instant::now() < end && self.try_wait().is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            self.status = c.wait().ok();
+        }
+        self.status.expect("exit status of a reaped child")
+    }
+
+    /// SIGKILL now and reap.
+    pub fn kill9(&mut self) -> std::process::ExitStatus {
+        self.stop(libc::SIGKILL, std::time::Duration::from_secs(5))
+    }
+
+    /// The file its stdout and stderr go to.
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
+    /// What the process wrote so far (stdout and stderr interleaved).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop(libc::SIGTERM, std::time::Duration::from_secs(2));
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- log of {} ---\n{}--- end of log ---",
+                self.label,
+                self.log()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

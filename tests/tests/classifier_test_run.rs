@@ -30,7 +30,11 @@ use xfrm_user::{
     policy::{Policy, PolicyAction, PolicyDir, Template, TmplLevel},
     sa::{XfrmMode, XfrmProto},
     selector::{FlowKey, PortMatch, Prefix, Selector},
-    xfrm::{spd::DbError, XfrmDb},
+    xfrm::{
+        input::{udp_encap_classify, UdpEncapRcv},
+        spd::DbError,
+        InputTables, XfrmDb,
+    },
 };
 
 fn prefix(s: &str) -> Prefix {
@@ -806,13 +810,10 @@ fn outside_one_armed_classifies_the_rest() {
     assert_eq!(h.count(Counter::DropNoSocket), 1);
 }
 
-/// What the outside program must do with an inbound packet, from the library: the NAT-T
-/// rules of xfrm4_udp_encap_rcv for UDP to an encap port, then `XfrmDb::state_lookup`.
-fn inbound_expected(
-    db: &XfrmDb,
-    ports: &[xfrm_common::EncapPort],
-    f: &FrameSpec,
-) -> (u32, Option<(u32, u16)>) {
+/// What the outside program must do with an inbound packet, from the library: the input
+/// path's NAT-T classification (`udp_encap_classify`, xfrm4_udp_encap_rcv's rules) on its
+/// ports (`InputTables`), then `XfrmDb::state_lookup`.
+fn inbound_expected(db: &XfrmDb, tables: &InputTables, f: &FrameSpec) -> (u32, Option<(u32, u16)>) {
     let (spi, proto, flags) = match f.proto {
         IPPROTO_ESP => (
             u32::from_be_bytes(f.payload[0..4].try_into().unwrap()),
@@ -825,21 +826,24 @@ fn inbound_expected(
             0,
         ),
         IPPROTO_UDP => {
-            let Some(e) = ports.iter().find(|e| e.port != 0 && e.port == f.dport) else {
+            let Some(kind) = tables.encap_type(f.dport) else {
                 return (XDP_PASS, None);
             };
-            let p = &f.payload;
-            let word = |o: usize| u32::from_be_bytes(p[o..o + 4].try_into().unwrap());
-            if e.kind == xfrm_common::ENCAP_ESPINUDP && p.len() > 8 && word(0) != 0 {
-                (word(0), XfrmProto::Esp, META_F_UDP_ENCAP)
-            } else if e.kind == xfrm_common::ENCAP_ESPINUDP_NON_IKE
-                && p.len() > 16
-                && word(0) == 0
-                && word(4) == 0
-            {
-                (word(8), XfrmProto::Esp, META_F_UDP_ENCAP | META_F_NON_IKE)
-            } else {
-                return (XDP_PASS, None);
+            match udp_encap_classify(&f.payload, kind) {
+                UdpEncapRcv::Esp { skip } => {
+                    let p = &f.payload[skip..];
+                    let flags = if skip == 0 {
+                        META_F_UDP_ENCAP
+                    } else {
+                        META_F_UDP_ENCAP | META_F_NON_IKE
+                    };
+                    (
+                        u32::from_be_bytes(p[0..4].try_into().unwrap()),
+                        XfrmProto::Esp,
+                        flags,
+                    )
+                }
+                UdpEncapRcv::Ike | UdpEncapRcv::Keepalive => return (XDP_PASS, None),
             }
         }
         _ => return (XDP_PASS, None),
@@ -901,7 +905,7 @@ fn randomized_outside_agrees_with_state_lookup() {
             }
         }
         let mut h = Outside::new(states, vec![], true);
-        let ports = xfrm_user::datapath::rules::encap_ports(&h.db).unwrap();
+        let tables = InputTables::new(&h.db);
         for _ in 0..500 {
             // Half the packets name an existing SA's (daddr, SPI), in any encapsulation.
             let (dst, spi) = if rng.gen_bool(0.5) {
@@ -932,7 +936,7 @@ fn randomized_outside_agrees_with_state_lookup() {
                 _ => udp_frame("10.0.0.1", "10.0.0.1", 4500, vec![0xff]),
             };
             (f.src, f.dst) = (src, dst);
-            let expected = inbound_expected(&h.db, &ports, &f);
+            let expected = inbound_expected(&h.db, &tables, &f);
             let (act, meta) = h.run(&f.build());
             let got = (act, meta.map(|m| (m.sa_id, m.flags)));
             assert_eq!(got, expected, "seed {seed} round {round} ({n} SAs) {f:?}");

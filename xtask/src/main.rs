@@ -2,6 +2,7 @@
 //! with the toolchain bootstrap inside (nothing is installed by hand).
 
 mod bench;
+mod demo;
 mod ebpf;
 mod run;
 mod setup;
@@ -34,8 +35,9 @@ enum Cmd {
         #[arg(long)]
         debug: bool,
     },
-    /// The demo: build everything, bring up a veth topology in namespaces, load and attach the
-    /// classifier, show its counters; Ctrl-C tears everything down.
+    /// The demo: build everything, bring up host-a — gw-a ══ wire ══ gw-b — host-b in
+    /// namespaces with `xfrm-user run` on both gateways, show traffic, counters and the wire;
+    /// Ctrl-C tears everything down.
     Run {
         /// Seconds to run before tearing down (default: until Ctrl-C).
         #[arg(long)]
@@ -43,6 +45,9 @@ enum Cmd {
         /// XDP attach mode.
         #[arg(long, default_value = "native")]
         xdp_mode: String,
+        /// The earlier single-namespace demo: the classifier alone (`xfrm-user attach --xsk`).
+        #[arg(long)]
+        single: bool,
     },
     /// setup, build-ebpf, fmt --check, clippy -D warnings, cargo test for the workspace
     /// (root-only integration tests included when run as root).
@@ -94,7 +99,17 @@ fn real_main() -> Result<()> {
         Cmd::BuildEbpf { debug } => ebpf::build(!debug).map(|p| {
             println!("eBPF object: {}", p.display());
         }),
-        Cmd::Run { duration, xdp_mode } => run::demo(duration, &xdp_mode),
+        Cmd::Run {
+            duration,
+            xdp_mode,
+            single,
+        } => {
+            if single {
+                run::demo_single(duration, &xdp_mode)
+            } else {
+                demo::gateways(duration, &xdp_mode)
+            }
+        }
         Cmd::Test {
             no_setup,
             cargo_test_args,

@@ -1,4 +1,8 @@
-//! `cargo xtask run`: the demo. Until the workers land (issue 5) it shows the classifier alone:
+//! `cargo xtask run`: the demo.
+//!
+//! Default: two gateways running `xfrm-user run` (see `demo.rs`).
+//!
+//! `--single`: the classifier alone, as before the workers landed:
 //!
 //!   ns host [a] ──veth── [b] ns gw: xfrm-user attach --xsk (XDP native + AF_XDP socket)
 //!
@@ -19,9 +23,9 @@ use xfrm_tests::topology::{Topology, VethOpts};
 
 use crate::{ebpf, setup, util};
 
-static STOP: AtomicBool = AtomicBool::new(false);
+pub static STOP: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
+pub extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
@@ -44,7 +48,7 @@ fn demo_config(a: &xfrm_tests::topology::Port, b: &xfrm_tests::topology::Port) -
     )
 }
 
-pub fn demo(duration: Option<u64>, xdp_mode: &str) -> Result<()> {
+pub fn demo_single(duration: Option<u64>, xdp_mode: &str) -> Result<()> {
     if !util::is_root() {
         bail!("`cargo xtask run` needs root: it creates network namespaces and loads XDP");
     }

@@ -35,7 +35,7 @@ use xfrm_common::{
 };
 
 use super::rules::{compile_db, compile_sas, encap_ports, PolicyIndex};
-use crate::xfrm::XfrmDb;
+use crate::xfrm::{InputTables, XfrmDb};
 
 pub const ENV_BPF_OBJ: &str = "XFRM_BPF_OBJ";
 
@@ -426,11 +426,12 @@ impl Datapath {
     }
 
     /// Everything the programs need from a database: its out policies, its SAs, its NAT-T
-    /// ports.
+    /// ports (those `InputTables::new(db)` finds; a caller with other tables sets them with
+    /// [`Self::set_encap_ports`]).
     pub fn install(&mut self, db: &XfrmDb) -> Result<()> {
         self.set_out_policies(&compile_db(db)?)?;
         self.set_sas(&compile_sas(db)?)?;
-        self.set_encap_ports(encap_ports(db)?)
+        self.set_encap_ports(encap_ports(&InputTables::new(db))?)
     }
 
     /// Replace the outbound rule table and its index. Everything goes to the idle slot, then

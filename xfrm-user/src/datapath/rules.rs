@@ -8,10 +8,7 @@
 //! forwarded traffic is looked up in the out direction by `xfrm_lookup` (fwd policies are
 //! checked on the inbound, decrypted side).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use anyhow::{bail, Result};
 use xfrm_common::{
@@ -24,7 +21,7 @@ use crate::{
     policy::{Policy, PolicyAction, PolicyDir, Template},
     sa::{EncapType, SaConfig},
     selector::{FlowKey, Prefix, Selector},
-    xfrm::XfrmDb,
+    xfrm::{InputTables, XfrmDb},
 };
 
 /// `(addr, mask)` as four network-order words, addr already masked (IPv4 in word 0).
@@ -400,49 +397,31 @@ pub fn compile_sas(db: &XfrmDb) -> Result<Vec<(SaKey, u32)>> {
         .collect())
 }
 
-/// The NAT-T ports of a database: the encap destination port of each SA addressed to this
-/// host, with its encapsulation (the first SA naming a port decides its kind), which is
-/// where the IKE daemon would have set UDP_ENCAP. This host's addresses are those the config
-/// names as ours (destination of in/fwd templates, source of out templates); when it names
-/// none, every SA counts. The input path (xfrm::input::InputTables) uses the same rule.
-pub fn encap_ports(db: &XfrmDb) -> Result<[EncapPort; MAX_ENCAP_PORTS]> {
-    let mut local: Vec<IpAddr> = Vec::new();
-    for dir in [PolicyDir::In, PolicyDir::Fwd] {
-        for p in db.policies(dir) {
-            local.extend(p.templates.iter().map(|t| t.dst));
-        }
-    }
-    for p in db.policies(PolicyDir::Out) {
-        local.extend(p.templates.iter().filter_map(|t| t.src));
-    }
-    local.retain(|a| !a.is_unspecified());
-    let mut ports: BTreeMap<u16, u8> = BTreeMap::new();
-    let mut order = Vec::new();
-    for x in db.states() {
-        let Some(e) = x.cfg.encap else { continue };
-        if !local.is_empty() && !local.contains(&x.cfg.id.daddr) {
-            continue;
-        }
-        let kind = match e.kind {
-            EncapType::EspInUdp => ENCAP_ESPINUDP,
-            EncapType::EspInUdpNonIke => ENCAP_ESPINUDP_NON_IKE,
-        };
-        if e.dport != 0 && !ports.contains_key(&e.dport) {
-            ports.insert(e.dport, kind);
-            order.push(e.dport);
-        }
-    }
-    if order.len() > MAX_ENCAP_PORTS {
+/// The NAT-T ports of the outside classifier: those of the input path (`InputTables`: the
+/// encap destination port of each SA addressed to this host, the first SA naming a port
+/// deciding its kind), so that both see the same ports.
+pub fn encap_ports(tables: &InputTables) -> Result<[EncapPort; MAX_ENCAP_PORTS]> {
+    let ports: Vec<(u16, EncapType)> = tables
+        .encap_ports()
+        .iter()
+        .copied()
+        .filter(|&(p, _)| p != 0)
+        .collect();
+    if ports.len() > MAX_ENCAP_PORTS {
         bail!(
-            "{} NAT-T ports ({order:?}): the XDP program knows {MAX_ENCAP_PORTS}",
-            order.len()
+            "{} NAT-T ports ({:?}): the XDP program knows {MAX_ENCAP_PORTS}",
+            ports.len(),
+            ports.iter().map(|p| p.0).collect::<Vec<_>>()
         );
     }
     let mut out = [EncapPort::default(); MAX_ENCAP_PORTS];
-    for (slot, port) in out.iter_mut().zip(order) {
+    for (slot, (port, kind)) in out.iter_mut().zip(ports) {
         *slot = EncapPort {
             port,
-            kind: ports[&port],
+            kind: match kind {
+                EncapType::EspInUdp => ENCAP_ESPINUDP,
+                EncapType::EspInUdpNonIke => ENCAP_ESPINUDP_NON_IKE,
+            },
             _pad: 0,
         };
     }
@@ -763,7 +742,7 @@ mod tests {
             (51, FAMILY_V4, 2)
         );
         // No local address named: every SA's encap port counts, first kind wins.
-        let ports = encap_ports(&db).unwrap();
+        let ports = encap_ports(&InputTables::new(&db)).unwrap();
         assert_eq!(
             ports[..2]
                 .iter()

@@ -8,11 +8,11 @@
 //! - outside → inside: `xfrm_input` (decrypt, replay, decapsulate, policy check), then to the
 //!   inner destination on the inside.
 //!
-//! Until the XDP program has its own outside entry point (ESP/AH/NAT-T by SPI), the outside
-//! interface gets a second instance of the classifier (its own maps) whose rules select ESP
-//! and AH from each inbound SA's peer to our address ([`inbound_rules`]) and redirect them
-//! to the workers' outside sockets. NAT-T SAs are left out: a UDP/4500 rule would also take
-//! IKE away from the kernel.
+//! The outside interface runs the program's outside entry point (`xfrm_outside`): ESP, AH and
+//! ESP-in-UDP for one of our SAs, found by (daddr, SPI, protocol), go to the workers' outside
+//! sockets; IKE, keepalives and everything else stay with the kernel. One-armed (inside =
+//! outside): that program alone, in one-armed mode, classifies both directions into one
+//! socket per queue, and `META_F_INBOUND` tells the worker which direction a frame is.
 
 use std::{
     io::Write,
@@ -235,9 +235,11 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     let rules = compile_db(&gw.db)?;
     let inside = port_info(&opts.inside)?;
     let outside = port_info(&opts.outside)?;
+    let one_armed = inside.ifindex == outside.ifindex;
     let neigh = NeighService::start(&gw.peers(), NeighOptions::default())?;
     let mut dp = Datapath::load_default(opts.bpf.as_deref())?;
-    dp.set_out_policies(&rules)?;
+    // Out policies, SAs, NAT-T ports (InputTables' rule, as the transforms use).
+    dp.install(&gw.db)?;
     let mut workers = Vec::new();
     for q in 0..opts.queues.max(1) {
         let w = Worker::new(
@@ -246,25 +248,21 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             neigh.reader(),
         )
         .with_context(|| format!("worker for queue {q}"))?;
-        dp.set_socket(q, w.rx_fds()[0])?;
+        let [fd_in, fd_out] = w.rx_fds();
+        if !one_armed {
+            dp.set_socket(q, fd_in)?;
+        }
+        dp.set_outside_socket(q, fd_out)?;
         workers.push(w);
     }
-    // Netlink mode: the program outlives a killed daemon and then drops what it would
-    // protect (fail closed); a restart swaps it atomically. See loader.rs.
-    dp.attach_persistent(Program::Inside, &opts.inside, opts.mode)?;
-    let in_rules = inbound_rules(&gw.db)?;
-    let mut dp_out = None;
-    if inside.ifindex == outside.ifindex {
-        log::warn!("one-armed: inbound ESP/AH needs the program's outside entry point (not yet)");
-    } else if !in_rules.is_empty() {
-        let mut d = Datapath::load_default(opts.bpf.as_deref())?;
-        d.set_out_policies(&in_rules)?;
-        for (q, w) in workers.iter().enumerate() {
-            d.set_socket(q as u32, w.rx_fds()[1])?;
-        }
-        d.attach_persistent(Program::Inside, &opts.outside, opts.mode)?;
-        dp_out = Some(d);
+    // Netlink mode: the programs outlive a killed daemon and then drop what they would
+    // protect (fail closed); a restart swaps them atomically. See loader.rs.
+    if one_armed {
+        dp.set_one_armed(true)?;
+    } else {
+        dp.attach_persistent(Program::Inside, &opts.inside, opts.mode)?;
     }
+    dp.attach_persistent(Program::Outside, &opts.outside, opts.mode)?;
     let wstats: Vec<_> = workers.iter().map(|w| w.stats()).collect();
     writeln!(
         out,
@@ -309,9 +307,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                 let why = r.unwrap_or_else(|| "stopped".to_string());
                 log::error!("worker {q}: {why}; its queue now drops (fail closed)");
                 dp.clear_socket(q as u32)?;
-                if let Some(d) = dp_out.as_mut() {
-                    d.clear_socket(q as u32)?;
-                }
+                dp.clear_outside_socket(q as u32)?;
                 failed.get_or_insert(format!("worker {q}: {why}"));
             }
             if handles.iter().all(|h| h.is_none()) {
@@ -323,9 +319,8 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                     wstats.iter().map(|w| f(w)).sum()
                 };
                 let xdp_in = dp.counters().map(|c| c.to_string()).unwrap_or_default();
-                let xdp_out = dp_out
-                    .as_ref()
-                    .and_then(|d| d.counters().ok())
+                let xdp_out = dp
+                    .outside_counters()
                     .map(|c| c.to_string())
                     .unwrap_or_default();
                 writeln!(out, "xdp inside: {xdp_in} | xdp outside: {xdp_out}")?;
@@ -359,49 +354,11 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             None => Ok(()),
         }
     })?;
-    // Orderly stop (the stop flag or the duration; a failure returned above and leaves the
+    // Orderly stop (the stop flag or the duration; a failure returned above leaves the
     // programs attached, fail closed): take our programs off the interfaces.
-    if let Some(d) = dp_out.as_mut() {
-        d.detach_persistent()?;
-    }
     dp.detach_persistent()?;
-    drop(dp_out);
     drop(dp);
     Ok(())
-}
-
-/// Redirect rules for the outside interface: ESP/AH from the peer of every SA addressed to
-/// one of our addresses (the kernel's answer to `ip route get`: local), NAT-T SAs excepted.
-pub fn inbound_rules(db: &XfrmDb) -> Result<Vec<xfrm_common::PolicyRule>> {
-    let mut rtnl = super::neigh::Rtnl::new()?;
-    let mut rules = Vec::new();
-    for x in db.states() {
-        let local = rtnl.route_get(x.daddr()).map(|r| r.local).unwrap_or(false);
-        if !local {
-            continue;
-        }
-        if x.cfg.encap.is_some() {
-            log::warn!(
-                "SA spi 0x{:08x}: NAT-T inbound needs the program's outside entry point (not yet)",
-                x.spi()
-            );
-            continue;
-        }
-        let sel = crate::selector::Selector {
-            src: crate::selector::Prefix::host(x.saddr()),
-            dst: crate::selector::Prefix::host(x.daddr()),
-            proto: x.cfg.id.proto.ip_proto(),
-            sport: crate::selector::PortMatch::ANY,
-            dport: crate::selector::PortMatch::ANY,
-        };
-        rules.push(super::rules::compile_rule(
-            &sel,
-            xfrm_common::RuleAction::Protect,
-            u32::MAX,
-            x.index as u32,
-        )?);
-    }
-    Ok(rules)
 }
 
 #[cfg(test)]

@@ -55,9 +55,8 @@ use crate::wire::{ip_version, ipv4::Ipv4Packet, ipv6::Ipv6Packet};
 use crate::xfrm::pmtu::{self, Fragmenter, SizeCheck};
 
 /// Metadata flag for the one-armed gateway, where one socket receives both directions: set
-/// by the program on the outside path (ESP/AH/NAT-T to a local SA). Proposed for
-/// xfrm-common (`META_F_*`); the next free bit after META_F_FRAGMENT.
-pub const META_F_INBOUND: u16 = 1 << 3;
+/// by the program on the outside path (ESP/AH/NAT-T to a local SA).
+pub use xfrm_common::META_F_INBOUND;
 
 /// UMEM frame size: one page, room for 256 bytes of headroom, a 1500-byte packet and any
 /// trailer (and native XDP's limits on veth).

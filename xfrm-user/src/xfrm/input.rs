@@ -122,6 +122,12 @@ impl InputTables {
         self.local.contains(&a)
     }
 
+    /// Every NAT-T port with its encapsulation, in the order they were found (the XDP
+    /// outside classifier is configured from this list).
+    pub fn encap_ports(&self) -> &[(u16, EncapType)] {
+        &self.encap_ports
+    }
+
     pub fn encap_type(&self, port: u16) -> Option<EncapType> {
         self.encap_ports
             .iter()
