@@ -557,11 +557,10 @@ pub(crate) fn parse_state(head: &Word, words: &[Word]) -> LineResult<SaConfig> {
     ];
     for (soft, hard, s, h, zero_is_none) in pairs {
         let hard_set = if zero_is_none { h != 0 } else { h != u64::MAX };
-        if hard_set && s > h {
-            let w = limits
-                .iter()
-                .find(|l| l.kw.text == soft)
-                .expect("a soft limit above hard was given");
+        // Only a soft limit that was written can be wrong: an unwritten one is "inf", which a
+        // hard limit ends first anyway.
+        let written_soft = limits.iter().find(|l| l.kw.text == soft);
+        if let (true, Some(w)) = (hard_set && s > h, written_soft) {
             return Err(LineError::at(
                 w.val,
                 format!("expected {soft} at most {hard} ({h}): a soft limit must come before the hard one"),

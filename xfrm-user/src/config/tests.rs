@@ -1363,3 +1363,15 @@ proptest! {
         let _ = parse_config(&text, "any.conf");
     }
 }
+
+/// A hard limit below the unwritten soft one ("inf") is valid; found by
+/// `mutated_lines_never_panic`, which once hit a panic here.
+#[test]
+fn hard_limit_without_soft_limit_is_accepted() {
+    let line = "state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x1000 reqid 1 mode tunnel \
+                aead 'rfc4106(gcm(aes))' 0x0102030405060708090a0b0c0d0e0f10cafebabe 128 \
+                limit packet-hard 5 limit byte-hard 1000";
+    let cfg = super::parse_config(line, "t.conf").expect("valid");
+    assert_eq!(cfg.states[0].lifetime.hard_packet_limit, 5);
+    assert_eq!(cfg.states[0].lifetime.hard_byte_limit, 1000);
+}
