@@ -8,7 +8,7 @@ use super::error::{LineError, LineResult};
 use super::lexer::Word;
 use super::sel::SelParts;
 use super::state::{mode_of, SEL_WORDS};
-use super::value::{family_name, host_of, u32_of, unspecified_like};
+use super::value::{family_name, host_of, u32_of, unspecified_like, xfrm_proto_of};
 use crate::policy::{Policy, PolicyAction, PolicyDir, Template, TmplLevel};
 use crate::sa::{XfrmMode, XfrmProto};
 use crate::selector::Prefix;
@@ -322,20 +322,7 @@ fn tmpl_word<'w>(t: &mut TmplParts<'w>, kw: &'w Word, cur: &mut Cursor<'w>) -> L
         }
         "proto" => {
             let val = cur.value(kw, "esp or ah")?;
-            let p = match val.text.as_str() {
-                "esp" => XfrmProto::Esp,
-                "ah" => XfrmProto::Ah,
-                "comp" | "route2" | "hao" => {
-                    return Err(LineError::at(
-                        val,
-                        format!(
-                            "proto '{}' is not supported by xfrm-ebpf: expected esp or ah",
-                            val.text
-                        ),
-                    ))
-                }
-                _ => return Err(LineError::at(val, "expected an IPsec protocol: esp or ah")),
-            };
+            let p = xfrm_proto_of(val)?;
             set_once(&mut t.proto, kw, val, p)
         }
         "spi" => {

@@ -7,7 +7,7 @@ use super::cursor::{set_once, At, Cursor, Slot};
 use super::error::{LineError, LineResult};
 use super::lexer::Word;
 use super::sel::SelParts;
-use super::value::{family_name, host_of, key_of, port_of, u32_of, u64_of};
+use super::value::{family_name, host_of, key_of, port_of, u32_of, u64_of, xfrm_proto_of};
 use crate::sa::{
     AeadAlgo, AuthAlgo, Encap, EncapType, Lifetime, SaAlgorithm, SaConfig, SaExtraFlags, SaFlags,
     XfrmId, XfrmMode, XfrmProto,
@@ -95,20 +95,7 @@ pub(crate) fn parse_state(head: &Word, words: &[Word]) -> LineResult<SaConfig> {
             }
             "proto" => {
                 let val = cur.value(kw, "esp or ah")?;
-                let p = match val.text.as_str() {
-                    "esp" => XfrmProto::Esp,
-                    "ah" => XfrmProto::Ah,
-                    "comp" | "route2" | "hao" => {
-                        return Err(LineError::at(
-                            val,
-                            format!(
-                                "proto '{}' is not supported by xfrm-ebpf: expected esp or ah",
-                                val.text
-                            ),
-                        ))
-                    }
-                    _ => return Err(LineError::at(val, "expected an IPsec protocol: esp or ah")),
-                };
+                let p = xfrm_proto_of(val)?;
                 set_once(&mut proto, kw, val, p)?;
             }
             "spi" => {

@@ -36,6 +36,24 @@ pub(crate) fn number(s: &str, max: u64) -> Result<u64, String> {
     Ok(v)
 }
 
+/// `proto esp|ah` of a state or a template; the other ip-xfrm protocols are named as
+/// unsupported rather than unknown.
+pub(crate) fn xfrm_proto_of(val: &Word) -> LineResult<crate::sa::XfrmProto> {
+    use crate::sa::XfrmProto;
+    match val.text.as_str() {
+        "esp" => Ok(XfrmProto::Esp),
+        "ah" => Ok(XfrmProto::Ah),
+        "comp" | "route2" | "hao" => Err(LineError::at(
+            val,
+            format!(
+                "proto '{}' is not supported by xfrm-ebpf: expected esp or ah",
+                val.text
+            ),
+        )),
+        _ => Err(LineError::at(val, "expected an IPsec protocol: esp or ah")),
+    }
+}
+
 pub(crate) fn u32_of(w: &Word) -> LineResult<u32> {
     number(&w.text, u64::from(u32::MAX))
         .map(|v| v as u32)
