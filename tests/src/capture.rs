@@ -169,6 +169,10 @@ pub fn parse(frame: &[u8], natt_ports: &[u16]) -> Option<(usize, IpAddr, IpAddr,
         // Hop-by-hop, routing, destination options, fragment.
         while matches!(proto, 0 | 43 | 60 | 44) && ip.len() >= l4 + 8 {
             let next = ip[l4];
+            if proto == 44 && u16::from_be_bytes([ip[l4 + 2], ip[l4 + 3]]) & 0xfff8 != 0 {
+                // A non-first fragment: no header to look at (as for IPv4).
+                return Some((off, src, dst, Kind::Other { proto: next }));
+            }
             l4 += if proto == 44 {
                 8
             } else {

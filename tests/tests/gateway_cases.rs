@@ -61,10 +61,8 @@ fn gateway_esp_tunnel_mixed_families() {
 }
 
 /// Transport mode between the gateways' own outside addresses: the traffic starts and ends
-/// in the gateways' namespaces.
+/// in the gateways' namespaces (their own stacks: the TC egress program and the TAP device).
 #[test]
-#[ignore = "known product gap (issue 5 open): the gateway's own traffic never passes an XDP \
-            hook, so transport mode between the gateways' addresses is not protected yet"]
 fn gateway_esp_transport_between_gateways() {
     let case = Case::new(
         "esp-transport-gw",
@@ -78,6 +76,25 @@ fn gateway_esp_transport_between_gateways() {
         case,
         NetOpts::default(),
         256,
+    );
+}
+
+/// The same over IPv6 (neighbour discovery between the gateways stays in clear, as the
+/// classifier's ND rule says).
+#[test]
+fn gateway_esp_transport_between_gateways_ipv6() {
+    let case = Case::new(
+        "esp-transport-gw-v6",
+        Endpoints::Gateways,
+        Family::V6,
+        Family::V6,
+    )
+    .sa(SaSpec::new(Mode::Transport, GCM256));
+    run(
+        "gateway_esp_transport_between_gateways_ipv6",
+        case,
+        NetOpts::default(),
+        16,
     );
 }
 

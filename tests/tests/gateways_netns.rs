@@ -293,6 +293,7 @@ fn two_gateways(name: &str, p: &Plan) {
         bpf: Some(bpf_object()),
         interval: Duration::from_secs(1),
         duration: Some(Duration::from_secs(120)),
+        local_dev: Some(xfrm_user::datapath::tap::DEFAULT_LOCAL_DEV.to_string()),
     };
     let oa = opts(conf_a, &l1.b.ifname, &l2.a.ifname);
     let ob = opts(conf_b, &l4.a.ifname, &l3.b.ifname);

@@ -92,6 +92,7 @@ fn gateway_protects_outbound_with_partial_checksums() {
         bpf: Some(bpf_object()),
         interval: Duration::from_millis(500),
         duration: Some(Duration::from_secs(20)),
+        local_dev: Some(xfrm_user::datapath::tap::DEFAULT_LOCAL_DEV.to_string()),
     };
     let esp = esp_socket(&t, h2);
     let stop = AtomicBool::new(false);

@@ -9,6 +9,11 @@
 //!   SPIs, the host's own traffic) → XDP_PASS. With `CFG_ONE_ARMED` (inside = outside) what
 //!   is not inbound IPsec is then classified as on the inside.
 //!
+//! - `xfrm_local_out`, a TC egress classifier on the outside interface: the gateway's own
+//!   traffic (it never passes an XDP program). protect → redirect to the daemon's TAP device
+//!   (`LOCAL_DEV`), whose reader encrypts it as the workers do; block → drop; else pass.
+//!   The kernel's counterpart is the xfrm_lookup in ip_route_output_flow for local sockets.
+//!
 //! ARP and ND always pass. Fail closed: a packet that a protect rule covers is dropped (and
 //! counted) when it cannot be handed to a worker — it never leaves in clear.
 #![no_std]
@@ -19,11 +24,11 @@ mod inbound;
 mod parse;
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::bpf_xdp_adjust_meta,
-    macros::{map, xdp},
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_redirect, bpf_xdp_adjust_meta},
+    macros::{classifier, map, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, XskMap},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::{debug, trace};
 use xfrm_common::{
@@ -68,6 +73,14 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT 
 
 #[map(name = "COUNTERS_OUT")]
 static COUNTERS_OUT: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT as u32, 0);
+
+/// The ifindex of the daemon's TAP device for the host's own protected traffic (0: none, so
+/// `xfrm_local_out` drops what it would protect).
+#[map(name = "LOCAL_DEV")]
+static LOCAL_DEV: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "COUNTERS_LOCAL")]
+static COUNTERS_LOCAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT as u32, 0);
 
 /// Which interface a run is on: its socket map and its counters.
 struct Side {
@@ -239,6 +252,62 @@ fn to_worker(ctx: &XdpContext, side: &Side, m: &XdpMeta, ok: Counter, no_socket:
         Err(_) => {
             side.count(no_socket);
             xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// Headers `xfrm_local_out` needs in the skb's linear part: up to the transport ports at the
+/// parser's furthest offset.
+const LOCAL_PULL_LEN: u32 = (parse::MAX_L4_OFFSET + 8) as u32;
+
+#[inline(always)]
+fn count_local(c: Counter) {
+    if let Some(p) = COUNTERS_LOCAL.get_ptr_mut(c as u32) {
+        // SAFETY: a per-CPU slot; TC programs run with migration off on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn local_verdict(c: Counter, verdict: i32) -> i32 {
+    count_local(c);
+    verdict
+}
+
+/// TC egress on the outside interface: the gateway's own output (forwarded traffic that a
+/// policy covers was taken at the inside XDP already and never reaches here; the workers'
+/// AF_XDP transmissions bypass TC). Same parser, same policy index as `xfrm_classify`.
+/// What a protect rule covers goes to the TAP device; with none (daemon gone: the TAP dies
+/// with its last fd) it is dropped, never sent in clear.
+#[classifier]
+pub fn xfrm_local_out(ctx: TcContext) -> i32 {
+    count_local(Counter::Rx);
+    // GSO and paged skbs: bring the headers into the linear part the parser reads. A failure
+    // leaves it short, and a short IP packet is dropped below (not passed).
+    let _ = ctx.pull_data(core::cmp::min(ctx.len(), LOCAL_PULL_LEN));
+    match parse::parse(&ctx) {
+        Parsed::NotIp => local_verdict(Counter::PassNotIp, TC_ACT_OK),
+        Parsed::ArpNd => local_verdict(Counter::PassArpNd, TC_ACT_OK),
+        // Our own stack's packets are well formed: one we cannot read might be covered.
+        Parsed::Malformed | Parsed::Unparsed => local_verdict(Counter::DropUnparsed, TC_ACT_SHOT),
+        Parsed::Ip(flow) => {
+            let Some(rule) = classify::lookup(&flow) else {
+                return local_verdict(Counter::PassNoPolicy, TC_ACT_OK);
+            };
+            match RuleAction::from_u8(rule.action) {
+                Some(RuleAction::Bypass) => local_verdict(Counter::PassBypass, TC_ACT_OK),
+                Some(RuleAction::Protect) => {
+                    let dev = LOCAL_DEV.get(0).copied().unwrap_or(0);
+                    if dev == 0 {
+                        return local_verdict(Counter::DropNoSocket, TC_ACT_SHOT);
+                    }
+                    count_local(Counter::Redirect);
+                    // SAFETY: a helper call with plain integers. TC_ACT_REDIRECT, or
+                    // TC_ACT_SHOT for flags it refuses; a vanished device drops at redirect.
+                    unsafe { bpf_redirect(dev, 0) as i32 }
+                }
+                Some(RuleAction::Block) | None => local_verdict(Counter::DropBlock, TC_ACT_SHOT),
+            }
         }
     }
 }

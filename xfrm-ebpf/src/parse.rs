@@ -2,7 +2,7 @@
 //! key of `struct flowi`. Every read is bounds-checked against data_end (the verifier insists,
 //! and a short packet must not be misread).
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use xfrm_common::{FAMILY_V4, FAMILY_V6, META_F_FRAGMENT, META_F_IPV6, META_F_VLAN};
 
 const ETH_HLEN: usize = 14;
@@ -27,7 +27,7 @@ const IPPROTO_UDPLITE: u8 = 136;
 /// Extension headers followed before giving up (fail closed) on an IPv6 packet.
 const MAX_EXT_HDRS: usize = 6;
 /// Keeps offsets small and bounded so the verifier can prove every access.
-const MAX_L4_OFFSET: usize = 512;
+pub const MAX_L4_OFFSET: usize = 512;
 
 /// What the classifier matches rules against; offsets for the worker's metadata.
 #[repr(C)]
@@ -52,11 +52,40 @@ pub enum Parsed {
     Ip(Flow),
 }
 
+/// A packet the parser can read: the XDP buffer (inside and outside programs) or the skb's
+/// linear part (the TC program on the host's own output, which pulls the headers in first).
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
 /// `N` bytes at `off`, with one bounds check on one pointer. Reads go through this single
 /// pointer: the verifier tracks the checked range per pointer, and separately computed pointers
 /// to neighbouring bytes (or a 1-byte check, which LLVM turns into `p >= end`) lose it.
 #[inline(always)]
-pub fn at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
+pub fn at<const N: usize>(ctx: &impl Packet, off: usize) -> Option<[u8; N]> {
     let p = ctx.data() + off;
     if p + N > ctx.data_end() {
         return None;
@@ -66,7 +95,7 @@ pub fn at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Parsed {
+pub fn parse<C: Packet>(ctx: &C) -> Parsed {
     let Some(h) = at::<14>(ctx, 0) else {
         return Parsed::Malformed;
     };
@@ -93,7 +122,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, l3: usize, mut flags: u16) -> Parsed {
+fn ipv4<C: Packet>(ctx: &C, l3: usize, mut flags: u16) -> Parsed {
     let Some(h) = at::<20>(ctx, l3) else {
         return Parsed::Malformed;
     };
@@ -131,7 +160,7 @@ fn ipv4(ctx: &XdpContext, l3: usize, mut flags: u16) -> Parsed {
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, l3: usize, mut flags: u16) -> Parsed {
+fn ipv6<C: Packet>(ctx: &C, l3: usize, mut flags: u16) -> Parsed {
     let Some(h) = at::<40>(ctx, l3) else {
         return Parsed::Malformed;
     };
@@ -199,7 +228,7 @@ fn ipv6(ctx: &XdpContext, l3: usize, mut flags: u16) -> Parsed {
 
 /// Ports, or ICMP type/code, into the flow key.
 #[inline(always)]
-fn l4(ctx: &XdpContext, mut flow: Flow, off: usize) -> Parsed {
+fn l4<C: Packet>(ctx: &C, mut flow: Flow, off: usize) -> Parsed {
     if off > MAX_L4_OFFSET {
         return Parsed::Unparsed;
     }

@@ -71,6 +71,15 @@ struct RunArgs {
     /// Stop after this many seconds (default: at Ctrl-C / SIGTERM).
     #[arg(long)]
     duration: Option<f64>,
+    /// The TAP device this daemon creates for the host's own traffic: what the host itself
+    /// sends that an out policy protects is taken at the outside interface's egress (TC) and
+    /// encrypted here; decrypted packets for the host's addresses are delivered through it.
+    #[arg(long, value_name = "NAME", default_value = xfrm_user::datapath::tap::DEFAULT_LOCAL_DEV)]
+    local_dev: String,
+    /// Leave the host's own traffic alone (no TC program, no TAP): it then leaves in clear
+    /// even where a policy says protect.
+    #[arg(long)]
+    no_local: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -195,6 +204,7 @@ fn main() -> ExitCode {
                 duration: a
                     .duration
                     .map(|d| std::time::Duration::from_secs_f64(d.max(0.0))),
+                local_dev: (!a.no_local).then_some(a.local_dev),
             };
             let mut out = std::io::stdout();
             match xfrm_user::datapath::run::run(&opts, &STOP, &mut out) {

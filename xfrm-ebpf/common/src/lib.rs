@@ -45,6 +45,9 @@ pub const PROG_OUTSIDE: &str = "xfrm_outside";
 /// A program that passes everything: put on a veth peer so that XDP_TX / devmap redirects into
 /// it work (veth delivers `ndo_xdp_xmit` frames only to a peer that runs XDP or GRO).
 pub const PROG_PASS: &str = "xfrm_pass";
+/// The TC egress classifier of the outside interface: the gateway's own traffic, whose
+/// protected part goes to the daemon's TAP device.
+pub const PROG_LOCAL_OUT: &str = "xfrm_local_out";
 
 /// `Array<PolicyRule>`: the rules, two slots of [`MAX_POLICIES`] (double buffer).
 pub const MAP_POLICY_OUT: &str = "POLICY_OUT";
@@ -66,6 +69,10 @@ pub const MAP_SAS: &str = "SAS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// `PerCpuArray<u64>` indexed by [`Counter`]: the outside program's verdicts.
 pub const MAP_COUNTERS_OUT: &str = "COUNTERS_OUT";
+/// `Array<u32>` of one entry: the TAP device `xfrm_local_out` redirects to (0: none).
+pub const MAP_LOCAL_DEV: &str = "LOCAL_DEV";
+/// `PerCpuArray<u64>` indexed by [`Counter`]: the verdicts of `xfrm_local_out`.
+pub const MAP_COUNTERS_LOCAL: &str = "COUNTERS_LOCAL";
 
 /// Rules per table slot. POLICY_OUT holds two slots (double buffer, see [`TableRef`]).
 pub const MAX_POLICIES: u32 = 1024;

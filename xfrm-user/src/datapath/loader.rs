@@ -20,8 +20,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, MapData, PerCpuArray, XskMap},
     programs::{
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         xdp::{XdpLinkId, XdpMode},
-        TestRun, TestRunOptions, Xdp,
+        SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp,
     },
     Ebpf, EbpfLoader,
 };
@@ -29,9 +30,9 @@ use aya_log::EbpfLogger;
 use xfrm_common::{
     Config, EncapPort, PolicyRule, PortKey, PrefixKey, RuleBitmap, SaKey, TableRef, XdpMeta,
     CFG_ONE_ARMED, COUNTER_COUNT, COUNTER_NAMES, FAMILY_V4, FAMILY_V6, MAP_CONFIG, MAP_COUNTERS,
-    MAP_COUNTERS_OUT, MAP_POLICY_OUT, MAP_POLICY_PORT, MAP_POLICY_PREFIX, MAP_POLICY_PROTO,
-    MAP_SAS, MAP_XSKS, MAP_XSKS_OUT, MAX_ENCAP_PORTS, MAX_SAS, PROG_CLASSIFY, PROG_OUTSIDE,
-    PROG_PASS, XDP_META_LEN,
+    MAP_COUNTERS_LOCAL, MAP_COUNTERS_OUT, MAP_LOCAL_DEV, MAP_POLICY_OUT, MAP_POLICY_PORT,
+    MAP_POLICY_PREFIX, MAP_POLICY_PROTO, MAP_SAS, MAP_XSKS, MAP_XSKS_OUT, MAX_ENCAP_PORTS, MAX_SAS,
+    PROG_CLASSIFY, PROG_LOCAL_OUT, PROG_OUTSIDE, PROG_PASS, XDP_META_LEN,
 };
 
 use super::rules::{compile_db, compile_sas, encap_ports, PolicyIndex};
@@ -226,8 +227,15 @@ pub struct Datapath {
     /// Netlink-mode attachments: left in place by Drop (fail closed), removed only by
     /// [`Self::detach_persistent`].
     persistent: Vec<Persistent>,
+    /// The interface whose egress runs `xfrm_local_out` (see [`Self::attach_local_out`]).
+    local_out: Option<String>,
     logs: Option<LogPump>,
 }
+
+/// Where `xfrm_local_out` sits among an interface's egress filters: first (priority 1), with
+/// a handle of its own, so a restarted daemon finds and replaces it.
+const LOCAL_OUT_PRIORITY: u16 = 1;
+const LOCAL_OUT_HANDLE: TcHandle = TcHandle::new(0, 0x1fe);
 
 impl Datapath {
     /// Load and verify both programs; start forwarding the program's aya-log records to `log`.
@@ -255,6 +263,13 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("the verifier rejected {name}"))?;
         }
+        let local: &mut SchedClassifier = ebpf
+            .program_mut(PROG_LOCAL_OUT)
+            .ok_or_else(|| anyhow!("{}: no program {PROG_LOCAL_OUT}", path.display()))?
+            .try_into()?;
+        local
+            .load()
+            .with_context(|| format!("the verifier rejected {PROG_LOCAL_OUT}"))?;
         let mut dp = Self {
             ebpf,
             live_slot: 0,
@@ -262,6 +277,7 @@ impl Datapath {
             slot_keys: Default::default(),
             sas: Default::default(),
             persistent: Vec::new(),
+            local_out: None,
             logs,
         };
         dp.set_out_policies(&[])?;
@@ -361,6 +377,9 @@ impl Datapath {
     /// Remove what [`Self::attach_persistent`] attached, where it is still this object's
     /// program (a newer daemon's program stays).
     pub fn detach_persistent(&mut self) -> Result<()> {
+        if let Some(iface) = self.local_out.take() {
+            Self::detach_local_out(&iface)?;
+        }
         let mut rtnl = super::neigh::Rtnl::new()?;
         for p in std::mem::take(&mut self.persistent) {
             let fd = self.prog(p.prog.name())?.fd()?.as_fd().as_raw_fd();
@@ -387,6 +406,84 @@ impl Datapath {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Attach `xfrm_local_out` to the egress of `iface` (adding its clsact qdisc if missing):
+    /// the gateway's own packets that an out policy protects go to the TAP device set with
+    /// [`Self::set_local_dev`]. Netlink mode, like [`Self::attach_persistent`]: the filter
+    /// outlives this process, and then drops what it would protect (the TAP dies with the
+    /// daemon's fds); a restart replaces it in place.
+    pub fn attach_local_out(&mut self, iface: &str) -> Result<()> {
+        match tc::qdisc_add_clsact(iface) {
+            Ok(()) => {}
+            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(anyhow!(e).context(format!("clsact qdisc on {iface}"))),
+        }
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(PROG_LOCAL_OUT)
+            .ok_or_else(|| anyhow!("no program {PROG_LOCAL_OUT}"))?
+            .try_into()?;
+        let opts = NlOptions {
+            priority: LOCAL_OUT_PRIORITY,
+            handle: LOCAL_OUT_HANDLE,
+            ..Default::default()
+        };
+        let id = match prog.attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::Netlink(opts),
+        ) {
+            Ok(id) => id,
+            // A previous daemon's filter: replace it (one netlink change, no gap).
+            Err(_) => {
+                let old = SchedClassifierLink::attached(
+                    iface,
+                    TcAttachType::Egress,
+                    LOCAL_OUT_PRIORITY,
+                    LOCAL_OUT_HANDLE,
+                    None,
+                )
+                .with_context(|| format!("interface {iface}"))?;
+                prog.attach_to_link(old).with_context(|| {
+                    format!("attach {PROG_LOCAL_OUT} to {iface} egress (replacing)")
+                })?
+            }
+        };
+        // Not detached when the program is dropped: see the doc above.
+        std::mem::forget(prog.take_link(id)?);
+        self.local_out = Some(iface.to_string());
+        Ok(())
+    }
+
+    /// Remove `xfrm_local_out` from the egress of `iface` (whoever attached it).
+    pub fn detach_local_out(iface: &str) -> Result<()> {
+        let link = SchedClassifierLink::attached(
+            iface,
+            TcAttachType::Egress,
+            LOCAL_OUT_PRIORITY,
+            LOCAL_OUT_HANDLE,
+            None,
+        )
+        .with_context(|| format!("interface {iface}"))?;
+        aya::programs::links::Link::detach(link)
+            .with_context(|| format!("detach {PROG_LOCAL_OUT} from {iface} egress"))
+    }
+
+    /// The interface [`Self::attach_local_out`] attached to, if any.
+    pub fn local_out_iface(&self) -> Option<&str> {
+        self.local_out.as_deref()
+    }
+
+    /// The TAP device `xfrm_local_out` hands protected packets to (0: none, it drops them).
+    pub fn set_local_dev(&mut self, ifindex: u32) -> Result<()> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(
+            self.ebpf
+                .map_mut(MAP_LOCAL_DEV)
+                .ok_or_else(|| anyhow!("no map {MAP_LOCAL_DEV}"))?,
+        )?;
+        m.set(0, ifindex, 0)?;
         Ok(())
     }
 
@@ -604,6 +701,11 @@ impl Datapath {
     /// The outside program's verdict counters, summed over CPUs.
     pub fn outside_counters(&self) -> Result<Counters> {
         self.counters_of(MAP_COUNTERS_OUT)
+    }
+
+    /// `xfrm_local_out`'s verdict counters (the gateway's own traffic), summed over CPUs.
+    pub fn local_counters(&self) -> Result<Counters> {
+        self.counters_of(MAP_COUNTERS_LOCAL)
     }
 
     fn counters_of(&self, name: &str) -> Result<Counters> {

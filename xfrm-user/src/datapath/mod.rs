@@ -4,8 +4,10 @@
 pub mod attach;
 pub mod loader;
 pub mod neigh;
+pub mod reasm;
 pub mod rules;
 pub mod run;
+pub mod tap;
 pub mod worker;
 pub mod xsk;
 

@@ -72,6 +72,7 @@ const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_PREFSRC: u16 = 7;
 const RTA_METRICS: u16 = 8;
+const RTA_CACHEINFO: u16 = 12;
 const RTA_VIA: u16 = 18;
 const RTAX_MTU: u16 = 2;
 const RTN_UNICAST: u8 = 1;
@@ -360,7 +361,11 @@ pub struct Route {
     pub gateway: Option<IpAddr>,
     /// The source address the kernel would use (RTA_PREFSRC): ours towards `dst`.
     pub prefsrc: Option<IpAddr>,
-    /// A route MTU or a learned PMTU (RTAX_MTU); None: the interface's MTU.
+    /// The route's own MTU (RTAX_MTU of `ip route ... mtu N`); None: the interface's MTU.
+    /// A PMTU exception the host learned (an entry with an expiry) is not taken: the only
+    /// ones this kernel learns are from ICMP about its own sockets' packets, which for a
+    /// protected flow are the inner packets (our ICMP errors to the host's own stack), not
+    /// the path of our outer ones; it has no ESP handler to learn those from.
     pub mtu: Option<u32>,
     /// `dst` is one of our own addresses.
     pub local: bool,
@@ -436,8 +441,13 @@ fn parse_route(body: &[u8], dst: IpAddr) -> Option<Route> {
     if rtype != RTN_UNICAST && rtype != RTN_LOCAL {
         return None; // unreachable, blackhole, prohibit, broadcast, multicast…
     }
+    let mut expires = false;
     for (ty, p) in attrs(&body[12..]) {
         match ty {
+            // struct rta_cacheinfo: clntref, lastuse, expires (s32), ...
+            RTA_CACHEINFO if p.len() >= 12 => {
+                expires = i32::from_ne_bytes(p[8..12].try_into().ok()?) != 0;
+            }
             RTA_OIF if p.len() == 4 => r.oif = u32::from_ne_bytes(p.try_into().ok()?),
             RTA_GATEWAY => r.gateway = parse_addr(p),
             // struct rtvia: family (u16) then the address (an IPv4 route via IPv6).
@@ -453,6 +463,9 @@ fn parse_route(body: &[u8], dst: IpAddr) -> Option<Route> {
             }
             _ => {}
         }
+    }
+    if expires {
+        r.mtu = None;
     }
     Some(r)
 }
@@ -642,6 +655,8 @@ pub struct L2 {
 pub struct Snapshot {
     resolved: HashMap<IpAddr, L2>,
     prefsrc: HashMap<IpAddr, IpAddr>,
+    /// Destinations that are our own addresses (the kernel's route is local).
+    local: HashSet<IpAddr>,
 }
 
 impl Snapshot {
@@ -651,6 +666,10 @@ impl Snapshot {
     /// The route's preferred source towards `dst` (RTA_PREFSRC).
     pub fn src_towards(&self, dst: &IpAddr) -> Option<IpAddr> {
         self.prefsrc.get(dst).copied()
+    }
+    /// `dst` is one of this host's addresses (known once a lookup asked for it).
+    pub fn is_local(&self, dst: &IpAddr) -> bool {
+        self.local.contains(dst)
     }
     pub fn len(&self) -> usize {
         self.resolved.len()
@@ -720,6 +739,12 @@ impl NeighReader {
 
     pub fn snapshot(&self) -> &Snapshot {
         &self.snap
+    }
+
+    /// `dst` is one of this host's addresses. Known once resolution was asked for it
+    /// ([`Self::lookup`] of it missed); false until then.
+    pub fn is_local(&self, dst: IpAddr) -> bool {
+        self.snap.is_local(&dst)
     }
 
     /// Our address towards `dst` (for ICMP errors we send there); needs only the route, not
@@ -852,6 +877,8 @@ const MAX_TRACKED: usize = 65536;
 #[derive(Clone, Copy, Debug)]
 struct DstState {
     route: Option<Route>,
+    /// The destination is one of our own addresses (a local route): delivered to the host.
+    local: bool,
     /// When resolution was last asked of the kernel (to retry, not to flood).
     last_try: Option<Instant>,
 }
@@ -893,6 +920,7 @@ impl Control {
                     d,
                     DstState {
                         route: None,
+                        local: false,
                         last_try: None,
                     },
                 );
@@ -924,9 +952,13 @@ impl Control {
 
     /// Route, link and neighbour of `d` from the kernel; resolution asked when needed.
     fn resolve_dst(&mut self, d: IpAddr) {
+        let mut local = false;
         let route = match self.rtnl.route_get(d) {
             Ok(r) if !r.local => Some(r),
-            Ok(_) => None,
+            Ok(_) => {
+                local = true;
+                None
+            }
             Err(e) => {
                 log::debug!("{e:#}");
                 None
@@ -934,9 +966,11 @@ impl Control {
         };
         let st = self.dsts.entry(d).or_insert(DstState {
             route: None,
+            local: false,
             last_try: None,
         });
         st.route = route;
+        st.local = local;
         let Some(route) = route else { return };
         if let Entry::Vacant(v) = self.links.entry(route.oif) {
             match self.rtnl.link_by_index(route.oif) {
@@ -1102,7 +1136,11 @@ impl Control {
     fn publish(&self) {
         let mut resolved = HashMap::new();
         let mut prefsrc = HashMap::new();
+        let mut local = HashSet::new();
         for (&d, st) in &self.dsts {
+            if st.local {
+                local.insert(d);
+            }
             let Some(r) = st.route else { continue };
             if let Some(src) = r.prefsrc {
                 prefsrc.insert(d, src);
@@ -1129,7 +1167,11 @@ impl Control {
                 },
             );
         }
-        self.shared.publish(Snapshot { resolved, prefsrc });
+        self.shared.publish(Snapshot {
+            resolved,
+            prefsrc,
+            local,
+        });
     }
 }
 
@@ -1244,6 +1286,7 @@ mod tests {
         shared.publish(Snapshot {
             resolved: HashMap::from([(d, l2)]),
             prefsrc: HashMap::new(),
+            local: HashSet::new(),
         });
         assert!(r.lookup(d).is_none(), "not before refresh");
         r.refresh();

@@ -13,6 +13,13 @@
 //! sockets; IKE, keepalives and everything else stay with the kernel. One-armed (inside =
 //! outside): that program alone, in one-armed mode, classifies both directions into one
 //! socket per queue, and `META_F_INBOUND` tells the worker which direction a frame is.
+//!
+//! The gateway's own traffic (transport mode between the gateways, say) never passes XDP:
+//! the TC egress program `xfrm_local_out` on the outside interface sends what an out policy
+//! protects to the daemon's TAP device (tap.rs), the workers read it and classify it here
+//! with the same rules ([`XfrmDb::policy_lookup_index`]), and decapsulated packets for one of
+//! the host's addresses go back to it through the TAP. A SYN the host sends has its MSS
+//! clamped to what the bundle leaves, since its stack cannot know the ESP overhead.
 
 use std::{
     io::Write,
@@ -26,18 +33,20 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use xfrm_common::XdpMeta;
+use xfrm_common::{XdpMeta, XDP_META_MAGIC};
 
 use super::{
     loader::{AttachMode, Datapath, Program},
     neigh::{NeighOptions, NeighService},
+    reasm::Reassembled,
     rules::compile_db,
+    tap::Tap,
     worker::{port_info, too_big, Action, Ctx, Side, Transform, Worker, WorkerConfig},
 };
 use crate::frame::Frame;
 use crate::policy::{PolicyAction, PolicyDir};
 use crate::stats::{XfrmStat, XfrmStats};
-use crate::wire::{checksum, flow, proto};
+use crate::wire::{checksum, flow, proto, tcp::TcpPacket};
 use crate::xfrm::{
     pmtu::{bundle_mtu, SaMtu},
     spd::XFRM_MAX_DEPTH,
@@ -104,7 +113,45 @@ impl GatewayTransform {
         Action::Drop
     }
 
+    /// A frame of the host's own (from the TAP): the classifier's work done here, with the
+    /// same rules, then [`Self::output`] as for the inside.
+    fn output_local(&self, frame: &mut Frame<'_>, ctx: &Ctx<'_>) -> Action {
+        let Ok(info) = flow::parse(frame.data()) else {
+            return self.drop_with(XfrmStat::XfrmOutError);
+        };
+        // The kernel's own multicast on the TAP (MLD reports when IPv6 forwarding is on):
+        // not something TC redirected, and nothing to protect.
+        if info.key.dst.is_multicast() {
+            return Action::Drop;
+        }
+        // TC redirects only what a protect rule covers; a frame without one means the tables
+        // disagree (or the kernel wrote to the TAP on its own): never send it in clear.
+        let Some(id) = self.db.policy_lookup_index(PolicyDir::Out, &info.key) else {
+            return self.drop_with(XfrmStat::XfrmOutPolError);
+        };
+        let meta = XdpMeta {
+            magic: XDP_META_MAGIC,
+            flags: 0,
+            l3_offset: 0,
+            l4_offset: info.l4_offset as u16,
+            policy_id: id as u32,
+            sa_id: 0,
+        };
+        self.output_with(Some(&meta), frame, ctx, true)
+    }
+
     fn output(&self, meta: Option<&XdpMeta>, frame: &mut Frame<'_>, ctx: &Ctx<'_>) -> Action {
+        self.output_with(meta, frame, ctx, false)
+    }
+
+    /// `local`: the host's own packet, whose TCP SYNs get their MSS clamped to the bundle.
+    fn output_with(
+        &self,
+        meta: Option<&XdpMeta>,
+        frame: &mut Frame<'_>,
+        ctx: &Ctx<'_>,
+        local: bool,
+    ) -> Action {
         // Fail closed: without the classifier's word we do not know the policy.
         let Some(m) = meta else {
             return self.drop_with(XfrmStat::XfrmOutPolError);
@@ -142,7 +189,11 @@ impl GatewayTransform {
         let Some(l2) = ctx.l2(refs[n - 1].daddr()) else {
             return Action::Drop;
         };
-        if let Some(a) = too_big(frame, bundle_mtu(&overhead[..n], l2.mtu), ctx) {
+        let mtu = bundle_mtu(&overhead[..n], l2.mtu);
+        if local {
+            clamp_mss(frame.data_mut(), &info, mtu);
+        }
+        if let Some(a) = too_big(frame, mtu, ctx) {
             return a;
         }
         // Each SA's view of the path MTU (dst->child_mtu_cached: what the SAs outside it
@@ -171,11 +222,32 @@ impl Transform for GatewayTransform {
     ) -> Action {
         match from {
             Side::Inside => self.output(meta, frame, ctx),
+            Side::Local => self.output_local(frame, ctx),
+            // To the inner destination; the worker hands it to the host when that is one of
+            // its own addresses.
             Side::Outside => match xfrm_input(&self.db, &self.tables, &self.stats, frame) {
                 InputVerdict::Decapsulated => Action::Tx(Side::Inside),
                 _ => Action::Drop,
             },
         }
+    }
+}
+
+/// The MSS a TCP SYN of the host may announce so that its segments fit `mtu` (what the bundle
+/// leaves): `mtu` less the IP and TCP headers, as tcp_mtu_to_mss counts them.
+fn clamp_mss(pkt: &mut [u8], info: &flow::FlowInfo, mtu: u32) {
+    if info.key.proto != proto::TCP || !info.l4_present || info.fragment {
+        return;
+    }
+    let ip_hdr = if info.version == 4 { 20 } else { 40 };
+    let max = mtu
+        .saturating_sub(ip_hdr + 20)
+        .clamp(88, u32::from(u16::MAX)) as u16;
+    let Some(l4) = pkt.get_mut(info.l4_offset..info.ip_len) else {
+        return;
+    };
+    if let Ok(mut tcp) = TcpPacket::new_checked(l4) {
+        tcp.clamp_mss(max);
     }
 }
 
@@ -221,6 +293,9 @@ pub struct RunOptions {
     pub interval: Duration,
     /// Stop after this long (None: until `stop`).
     pub duration: Option<Duration>,
+    /// The TAP device for the host's own traffic (None: the host's own packets are not
+    /// protected, as without this daemon).
+    pub local_dev: Option<String>,
 }
 
 /// Runs the gateway until `stop` (or the duration) in the calling thread's network
@@ -240,14 +315,29 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     let mut dp = Datapath::load_default(opts.bpf.as_deref())?;
     // Out policies, SAs, NAT-T ports (InputTables' rule, as the transforms use).
     dp.install(&gw.db)?;
+    let mut tap = match &opts.local_dev {
+        Some(name) => Some(Tap::create(name, opts.queues.max(1), outside.mtu)?),
+        None => None,
+    };
+    let mut tap_queues = tap
+        .as_mut()
+        .map(|t| t.take_queues())
+        .unwrap_or_default()
+        .into_iter();
     let mut workers = Vec::new();
     for q in 0..opts.queues.max(1) {
-        let w = Worker::new(
+        let mut w = Worker::new(
             WorkerConfig::new(inside.clone(), outside.clone(), q),
             gw.transform(),
             neigh.reader(),
         )
         .with_context(|| format!("worker for queue {q}"))?;
+        if let (Some(t), Some(fd)) = (&tap, tap_queues.next()) {
+            w = w.with_local(fd, t.info.clone());
+        }
+        if q == 0 {
+            w = w.with_reassembled(Reassembled::open()?);
+        }
         let [fd_in, fd_out] = w.rx_fds();
         if !one_armed {
             dp.set_socket(q, fd_in)?;
@@ -263,16 +353,26 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         dp.attach_persistent(Program::Inside, &opts.inside, opts.mode)?;
     }
     dp.attach_persistent(Program::Outside, &opts.outside, opts.mode)?;
+    // The host's own output last, once the workers hold the TAP's queues.
+    if let Some(t) = &tap {
+        dp.set_local_dev(t.info.ifindex)?;
+        dp.attach_local_out(&opts.outside)?;
+    }
     let wstats: Vec<_> = workers.iter().map(|w| w.stats()).collect();
     writeln!(
         out,
-        "xfrm-user: gateway {} -> {} ({:?}), {} SAs, {} out policies, {} worker(s); Ctrl-C stops",
+        "xfrm-user: gateway {} -> {} ({:?}), {} SAs, {} out policies, {} worker(s), host's own \
+         traffic {}; Ctrl-C stops",
         opts.inside,
         opts.outside,
         opts.mode,
         gw.db.states().len(),
         rules.len(),
-        workers.len()
+        workers.len(),
+        match &tap {
+            Some(t) => format!("through {}", t.info.name),
+            None => "not protected (--no-local)".to_string(),
+        }
     )?;
     out.flush()?;
     let workers_stop = AtomicBool::new(false);
@@ -323,15 +423,28 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                     .outside_counters()
                     .map(|c| c.to_string())
                     .unwrap_or_default();
-                writeln!(out, "xdp inside: {xdp_in} | xdp outside: {xdp_out}")?;
+                let tc_local = match dp.local_out_iface() {
+                    Some(_) => dp
+                        .local_counters()
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                    None => "off".to_string(),
+                };
                 writeln!(
                     out,
-                    "out {} pkts -> wire {}, in {} -> inside {}, icmp {}, frags {}, no-l2 {}, \
-                     drops {} | {}",
+                    "xdp inside: {xdp_in} | xdp outside: {xdp_out} | tc local: {tc_local}"
+                )?;
+                writeln!(
+                    out,
+                    "out {} pkts + local {} -> wire {}, in {} (reassembled {}) -> inside {} + \
+                     local {}, icmp {}, frags {}, no-l2 {}, drops {} | {}",
                     sum(|w| w.rx[0].load(Ordering::Relaxed)),
+                    sum(|w| w.rx[2].load(Ordering::Relaxed)),
                     sum(|w| w.tx[1].load(Ordering::Relaxed)),
                     sum(|w| w.rx[1].load(Ordering::Relaxed)),
+                    sum(|w| w.reassembled.load(Ordering::Relaxed)),
                     sum(|w| w.tx[0].load(Ordering::Relaxed)),
+                    sum(|w| w.tx[2].load(Ordering::Relaxed)),
                     sum(|w| w.replies.load(Ordering::Relaxed)),
                     sum(|w| w.fragments.load(Ordering::Relaxed)),
                     sum(|w| w.no_l2.load(Ordering::Relaxed)),
@@ -358,6 +471,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     // programs attached, fail closed): take our programs off the interfaces.
     dp.detach_persistent()?;
     drop(dp);
+    drop(tap);
     Ok(())
 }
 

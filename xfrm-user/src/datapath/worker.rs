@@ -29,11 +29,19 @@
 //! at least 2 × workers × batch, reordering between workers does not cause replay drops.
 //! That is the "monotonic within the replay window" property (tests/worker_netns.rs
 //! `two_workers_share_one_sa` measures the lag).
+//!
+//! # The host's own traffic
+//! With a TAP queue ([`Worker::with_local`], see tap.rs), the worker also reads the frames the
+//! TC program took from the host's own output ([`Side::Local`]: no metadata, the transform
+//! classifies them) into free frames at the same headroom, and writes to that queue what is
+//! for the host itself: decapsulated packets to one of its addresses, and ICMP errors about
+//! its own packets. A syscall per frame: the host's own traffic is the small part.
 
 use std::{
     ffi::CString,
     net::IpAddr,
     num::NonZeroU32,
+    os::fd::{AsRawFd, OwnedFd},
     ptr::NonNull,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -49,6 +57,7 @@ use xdpilone::{
 use xfrm_common::{XdpMeta, XDP_META_LEN, XDP_META_MAGIC};
 
 use super::neigh::{NeighReader, L2};
+use super::reasm::Reassembled;
 use crate::frame::Frame;
 use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, HEADER_LEN as ETH_LEN};
 use crate::wire::{ip_version, ipv4::Ipv4Packet, ipv6::Ipv6Packet};
@@ -63,6 +72,8 @@ pub use xfrm_common::META_F_INBOUND;
 pub const FRAME_SIZE: u32 = 4096;
 /// Where the kernel puts a received packet in its frame (XDP_PACKET_HEADROOM).
 pub const XDP_HEADROOM: usize = 256;
+/// What a frame read from the TAP leaves free after it, for the trailer, ICV and TFC padding.
+const LOCAL_TAILROOM: usize = 1024;
 
 /// The two sides of the gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +82,8 @@ pub enum Side {
     Inside = 0,
     /// The wire (ESP/AH).
     Outside = 1,
+    /// The host itself: its own packets (read from the TAP device) and packets for it.
+    Local = 2,
 }
 
 /// What the transform decided for a frame.
@@ -89,7 +102,7 @@ pub enum Action {
 /// What a transform can ask the worker about.
 pub struct Ctx<'a> {
     neigh: &'a NeighReader,
-    ports: &'a [PortInfo; 2],
+    ports: &'a [PortInfo; 3],
 }
 
 impl Ctx<'_> {
@@ -212,8 +225,9 @@ impl WorkerConfig {
 /// Counters of one worker (relaxed atomics, read by the control plane).
 #[derive(Debug, Default)]
 pub struct WorkerStats {
-    pub rx: [AtomicU64; 2],
-    pub tx: [AtomicU64; 2],
+    /// By [`Side`]: inside, outside, the host itself.
+    pub rx: [AtomicU64; 3],
+    pub tx: [AtomicU64; 3],
     /// Frames without an Ethernet + IP header.
     pub bad_frame: AtomicU64,
     /// The transform dropped the frame.
@@ -228,6 +242,8 @@ pub struct WorkerStats {
     pub fragments: AtomicU64,
     /// ICMP errors sent back (fragmentation needed, packet too big).
     pub replies: AtomicU64,
+    /// Outer fragments the kernel reassembled, taken from the raw sockets.
+    pub reassembled: AtomicU64,
     /// No free frame / TX ring full.
     pub no_buffer: AtomicU64,
 }
@@ -309,7 +325,12 @@ pub struct Worker<T: Transform> {
     area: Area,
     /// Index into `ports` of each side (the same index when one-armed).
     side_port: [usize; 2],
-    infos: [PortInfo; 2],
+    /// By [`Side`]; the local one is a placeholder (index 0) without a TAP.
+    infos: [PortInfo; 3],
+    /// This worker's queue of the TAP device (the host's own traffic), if any.
+    local: Option<OwnedFd>,
+    /// Raw sockets for outer fragments the kernel reassembled (one worker has them).
+    reasm: Option<Reassembled>,
     free: Vec<u64>,
     rx_batch: Vec<XdpDesc>,
     parked: Vec<Parked>,
@@ -414,7 +435,18 @@ impl<T: Transform> Worker<T> {
             umem,
             area,
             side_port,
-            infos: [cfg.inside.clone(), cfg.outside.clone()],
+            infos: [
+                cfg.inside.clone(),
+                cfg.outside.clone(),
+                PortInfo {
+                    name: String::new(),
+                    ifindex: 0,
+                    mac: [0; 6],
+                    mtu: 0,
+                },
+            ],
+            local: None,
+            reasm: None,
             free,
             rx_batch: Vec::with_capacity(cfg.batch as usize),
             parked: Vec::with_capacity(PARK_MAX),
@@ -427,6 +459,20 @@ impl<T: Transform> Worker<T> {
         // a socket with an empty fill ring is lost.
         w.refill();
         Ok(w)
+    }
+
+    /// Also serve the host's own traffic through `queue` of the TAP device `info`.
+    pub fn with_local(mut self, queue: OwnedFd, info: PortInfo) -> Self {
+        self.local = Some(queue);
+        self.infos[Side::Local as usize] = info;
+        self
+    }
+
+    /// Also take the ESP/AH datagrams the kernel reassembled from outer fragments (see
+    /// reasm.rs). One worker only: every raw socket gets a copy of each datagram.
+    pub fn with_reassembled(mut self, r: Reassembled) -> Self {
+        self.reasm = Some(r);
+        self
     }
 
     /// The sockets to put in the XSKS map of the classifier on each side (inside first).
@@ -465,6 +511,7 @@ impl<T: Transform> Worker<T> {
                 }
             }
         }
+        // (The TAP queue has no ring to peek at: poll looks at it, with the sockets.)
         if !self.ports.iter().any(|p| p.rx.available() > 0) {
             let wait = if tx_left {
                 Duration::ZERO
@@ -484,6 +531,8 @@ impl<T: Transform> Worker<T> {
         for pi in 0..self.ports.len() {
             n += self.receive(pi);
         }
+        n += self.receive_local();
+        n += self.receive_reassembled();
         for pi in 0..self.ports.len() {
             self.submit(pi);
         }
@@ -495,19 +544,24 @@ impl<T: Transform> Worker<T> {
             fd: -1,
             events: 0,
             revents: 0,
-        }; 2];
-        for (i, p) in self.ports.iter().enumerate() {
-            fds[i] = libc::pollfd {
-                fd: p.rx.as_raw_fd(),
+        }; 7];
+        let rx = self.ports.iter().map(|p| p.rx.as_raw_fd());
+        let local = self.local.as_ref().map(|f| f.as_raw_fd());
+        let reasm = self.reasm.iter().flat_map(|r| r.fds());
+        let mut n = 0;
+        for fd in rx.chain(local).chain(reasm).take(fds.len()) {
+            fds[n] = libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
             };
+            n += 1;
         }
-        // SAFETY: `ports.len()` valid pollfds.
+        // SAFETY: `n` valid pollfds.
         let r = unsafe {
             libc::poll(
                 fds.as_mut_ptr(),
-                self.ports.len() as libc::nfds_t,
+                n as libc::nfds_t,
                 wait.as_millis().min(i32::MAX as u128) as i32,
             )
         };
@@ -657,11 +711,15 @@ impl<T: Transform> Worker<T> {
             }
             Action::Reply => {
                 inc(&stats.replies);
-                // Back to the sender's MAC, from the MAC it sent to.
+                // Back to the sender's MAC, from the MAC it sent to; the host's own stack
+                // takes only frames to the TAP's MAC.
                 let mut dst = [0u8; 6];
                 let mut src = [0u8; 6];
                 dst.copy_from_slice(&eth[6..12]);
                 src.copy_from_slice(&eth[0..6]);
+                if from == Side::Local {
+                    dst = self.infos[Side::Local as usize].mac;
+                }
                 (from, dst, src)
             }
             Action::Tx(to) => {
@@ -670,6 +728,10 @@ impl<T: Transform> Worker<T> {
                     self.free.push(base);
                     return;
                 };
+                if to == Side::Local || (to == Side::Inside && self.neigh.is_local(dst)) {
+                    self.deliver_local(frame, base, stats);
+                    return;
+                }
                 match self.neigh.lookup(dst) {
                     Some(l2) => self.transmit(to, frame, base, &l2, stats),
                     None => self.park(to, dst, &frame, base, stats),
@@ -755,6 +817,15 @@ impl<T: Transform> Worker<T> {
         let mut i = 0;
         while i < self.parked.len() {
             let p = self.parked[i];
+            if p.to == Side::Inside && self.neigh.is_local(p.dst) {
+                self.parked.swap_remove(i);
+                // SAFETY: a held frame: ours, in no ring, no other slice of it alive.
+                if let Some(buf) = unsafe { self.frame_bytes(p.base) } {
+                    let frame = Frame::new(buf, p.head, p.len);
+                    self.deliver_local(frame, p.base, stats);
+                }
+                continue;
+            }
             // Resolution was asked for when the frame was parked: only look here.
             match self.neigh.snapshot().get(&p.dst).copied() {
                 Some(l2) => {
@@ -849,6 +920,10 @@ impl<T: Transform> Worker<T> {
     }
 
     fn queue_tx(&mut self, to: Side, desc: XdpDesc, base: u64) {
+        if to == Side::Local {
+            self.write_local(desc, base);
+            return;
+        }
         let p = &mut self.ports[self.side_port[to as usize]];
         if p.pending.len() == p.pending.capacity() {
             inc(&self.stats.no_buffer);
@@ -885,6 +960,158 @@ impl<T: Transform> Worker<T> {
         if p.tx.needs_wakeup() {
             p.tx.wake();
         }
+    }
+
+    /// Frames the TC program took from the host's own output, from this worker's TAP queue:
+    /// up to a batch, each read into a free frame at the receive headroom, then handled as
+    /// received frames are.
+    fn receive_local(&mut self) -> usize {
+        let Some(fd) = self.local.as_ref().map(|f| f.as_raw_fd()) else {
+            return 0;
+        };
+        let stats = self.stats.clone();
+        let mut n = 0;
+        while n < self.cfg.batch as usize {
+            let Some(base) = self.free.pop() else {
+                break; // frames come back with the next reap; the TAP queue holds the rest
+            };
+            // SAFETY: a frame from the free list: ours, in no ring, no other slice alive.
+            let Some(buf) = (unsafe { self.frame_bytes(base) }) else {
+                break;
+            };
+            // No classifier metadata: clear what an earlier packet may have left there.
+            buf[XDP_HEADROOM - XDP_META_LEN..XDP_HEADROOM].fill(0);
+            let room = &mut buf[XDP_HEADROOM..FRAME_SIZE as usize - LOCAL_TAILROOM];
+            // SAFETY: reads at most room.len() bytes into room.
+            let r = unsafe { libc::read(fd, room.as_mut_ptr().cast(), room.len()) };
+            if r <= 0 {
+                self.free.push(base);
+                let e = std::io::Error::last_os_error();
+                if r < 0 && e.kind() != std::io::ErrorKind::WouldBlock {
+                    log::warn!("read {}: {e}", self.infos[Side::Local as usize].name);
+                }
+                break;
+            }
+            let len = r as usize;
+            if len == room.len() {
+                // Possibly cut short: not a frame we can trust (the TAP's MTU keeps them
+                // well below this).
+                inc(&stats.bad_frame);
+                self.free.push(base);
+                continue;
+            }
+            n += 1;
+            inc(&stats.rx[Side::Local as usize]);
+            let desc = XdpDesc {
+                addr: base + XDP_HEADROOM as u64,
+                len: len as u32,
+                options: 0,
+            };
+            self.handle(Side::Local, desc, &stats);
+        }
+        n
+    }
+
+    /// Datagrams the kernel reassembled from outer fragments (reasm.rs), each into a free
+    /// frame behind an Ethernet header of our own, then handled as a frame received on the
+    /// outside.
+    fn receive_reassembled(&mut self) -> usize {
+        let Some(r) = self.reasm.take() else {
+            return 0;
+        };
+        let stats = self.stats.clone();
+        let mut n = 0;
+        'socks: for i in 0..r.len() {
+            for _ in 0..self.cfg.batch {
+                let Some(base) = self.free.pop() else {
+                    break 'socks;
+                };
+                // SAFETY: a frame from the free list: ours, in no ring, no other slice alive.
+                let Some(buf) = (unsafe { self.frame_bytes(base) }) else {
+                    break 'socks;
+                };
+                buf[XDP_HEADROOM - XDP_META_LEN..XDP_HEADROOM].fill(0);
+                let at = XDP_HEADROOM + ETH_LEN;
+                let len = match r.read(i, &mut buf[at..FRAME_SIZE as usize - LOCAL_TAILROOM]) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => {
+                        self.free.push(base);
+                        break;
+                    }
+                    Err(e) => {
+                        log::warn!("raw socket for reassembled IPsec: {e}");
+                        self.free.push(base);
+                        break;
+                    }
+                };
+                let ethertype = match ip_version(&buf[at..at + len]) {
+                    Some(4) => ETHERTYPE_IPV4,
+                    _ => ETHERTYPE_IPV6,
+                };
+                let mac = self.infos[Side::Outside as usize].mac;
+                write_eth(&mut buf[XDP_HEADROOM..], mac, [0; 6], ethertype);
+                n += 1;
+                inc(&stats.rx[Side::Outside as usize]);
+                inc(&stats.reassembled);
+                let desc = XdpDesc {
+                    addr: base + XDP_HEADROOM as u64,
+                    len: (ETH_LEN + len) as u32,
+                    options: 0,
+                };
+                self.handle(Side::Outside, desc, &stats);
+            }
+        }
+        self.reasm = Some(r);
+        n
+    }
+
+    /// An IP packet for the host itself: to the TAP, addressed to its MAC, as if received.
+    fn deliver_local(&mut self, mut frame: Frame<'_>, base: u64, stats: &WorkerStats) {
+        if self.local.is_none() {
+            // No TAP (the gateway runs without the local path): nowhere to deliver.
+            inc(&stats.no_l2);
+            self.free.push(base);
+            return;
+        }
+        let ethertype = match ip_version(frame.data()) {
+            Some(4) => ETHERTYPE_IPV4,
+            _ => ETHERTYPE_IPV6,
+        };
+        let Ok(h) = frame.push_head(ETH_LEN) else {
+            inc(&stats.no_buffer);
+            self.free.push(base);
+            return;
+        };
+        let tap = self.infos[Side::Local as usize].mac;
+        write_eth(h, tap, self.infos[Side::Outside as usize].mac, ethertype);
+        let desc = XdpDesc {
+            addr: base + frame.head_offset() as u64,
+            len: frame.len() as u32,
+            options: 0,
+        };
+        self.write_local(desc, base);
+    }
+
+    /// Writes the frame `desc` to the TAP queue now (the kernel copies it) and frees it.
+    fn write_local(&mut self, desc: XdpDesc, base: u64) {
+        let Some(fd) = self.local.as_ref().map(|f| f.as_raw_fd()) else {
+            self.free.push(base);
+            return;
+        };
+        // SAFETY: a frame of ours, handed to this call; read only here.
+        if let Some(buf) = unsafe { self.frame_bytes(base) } {
+            let at = (desc.addr - base) as usize;
+            if let Some(bytes) = buf.get(at..at + desc.len as usize) {
+                // SAFETY: writes bytes.len() bytes from bytes.
+                let r = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+                if r == bytes.len() as isize {
+                    inc(&self.stats.tx[Side::Local as usize]);
+                } else {
+                    inc(&self.stats.no_buffer);
+                }
+            }
+        }
+        self.free.push(base);
     }
 
     /// Frames of the UMEM not in our free list (in rings or in flight).
