@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod gateway;
 pub mod packet;
 pub mod peer;
+pub mod probe;
 pub mod sa;
 pub mod scenario;
 pub mod topology;

@@ -16,7 +16,6 @@
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::Path,
     time::{Duration, Instant},
 };
@@ -24,7 +23,9 @@ use std::{
 use xfrm_tests::{
     bpf_object,
     daemon::xfrm_user_bin,
-    init_logging, root_or_skip,
+    init_logging,
+    probe::{ping_once as ping, Receiver},
+    root_or_skip,
     topology::{Netns, Proc, Topology, VethOpts},
 };
 
@@ -69,49 +70,6 @@ fn local_out_filters(ns: &Netns, ifname: &str) -> usize {
         .count()
 }
 
-/// What h2 sees: UDP in clear on port 5001, and ESP.
-struct Receiver {
-    clear: UdpSocket,
-    esp: OwnedFd,
-}
-
-impl Receiver {
-    /// Send `n` datagrams from gw's own socket and count what arrives at h2 (clear, ESP).
-    fn probe(&self, sender: &UdpSocket, to: SocketAddr, n: usize) -> (usize, usize) {
-        let mut buf = [0u8; 4096];
-        let (mut clear, mut esp) = (0, 0);
-        for i in 0..n {
-            // An error (no route, or the TC drop reported back) is a datagram not sent.
-            let _ = sender.send_to(format!("secret {i}").as_bytes(), to);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let end = Instant::now() + Duration::from_millis(300);
-        while Instant::now() < end {
-            if let Ok(k) = self.clear.recv(&mut buf) {
-                assert!(buf[..k].starts_with(b"secret "));
-                clear += 1;
-            }
-            // SAFETY: valid fd; writes at most buf.len() bytes.
-            let k = unsafe {
-                libc::recv(
-                    self.esp.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if k > 0 {
-                esp += 1;
-            }
-        }
-        (clear, esp)
-    }
-}
-
-fn ping(ns: &Netns, dst: &str) -> bool {
-    ns.exec("ping", &["-c", "1", "-W", "1", dst]).is_ok()
-}
-
 /// Until ESP arrives at h2, at most 15 s (before the filter is attached, the datagrams leave
 /// in clear as with no daemon: the callers check afterwards).
 fn wait_protected(rx: &Receiver, sender: &UdpSocket, to: SocketAddr, d: &mut Proc) {
@@ -151,21 +109,7 @@ fn own_traffic_is_protected_and_fails_closed_after_kill9() {
         .ns(gw)
         .run(|| Ok(UdpSocket::bind(SocketAddr::new(gw_addr.into(), 4001))?))
         .unwrap();
-    let rx = t
-        .ns(h2)
-        .run(|| {
-            let clear = UdpSocket::bind(to)?;
-            clear.set_read_timeout(Some(Duration::from_millis(20)))?;
-            // SAFETY: plain socket(2); owned at once.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, 50) };
-            anyhow::ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            // SAFETY: a fresh fd nobody else owns.
-            Ok(Receiver {
-                clear,
-                esp: unsafe { OwnedFd::from_raw_fd(fd) },
-            })
-        })
-        .unwrap();
+    let rx = t.ns(h2).run(|| Receiver::bind(to)).unwrap();
 
     // Control: no daemon, the host's own datagrams leave in clear.
     let (clear, esp) = rx.probe(&sender, to, 5);

@@ -237,6 +237,18 @@ pub struct Datapath {
 const LOCAL_OUT_PRIORITY: u16 = 1;
 const LOCAL_OUT_HANDLE: TcHandle = TcHandle::new(0, 0x1fe);
 
+/// Our egress filter on `iface`, as aya names an attachment it did not make itself.
+fn local_out_link(iface: &str) -> Result<SchedClassifierLink> {
+    SchedClassifierLink::attached(
+        iface,
+        TcAttachType::Egress,
+        LOCAL_OUT_PRIORITY,
+        LOCAL_OUT_HANDLE,
+        None,
+    )
+    .with_context(|| format!("interface {iface}"))
+}
+
 impl Datapath {
     /// Load and verify both programs; start forwarding the program's aya-log records to `log`.
     /// The program's log level follows `log::max_level()` (RUST_LOG), so disabled levels cost
@@ -437,19 +449,11 @@ impl Datapath {
         ) {
             Ok(id) => id,
             // A previous daemon's filter: replace it (one netlink change, no gap).
-            Err(_) => {
-                let old = SchedClassifierLink::attached(
-                    iface,
-                    TcAttachType::Egress,
-                    LOCAL_OUT_PRIORITY,
-                    LOCAL_OUT_HANDLE,
-                    None,
-                )
-                .with_context(|| format!("interface {iface}"))?;
-                prog.attach_to_link(old).with_context(|| {
+            Err(_) => prog
+                .attach_to_link(local_out_link(iface)?)
+                .with_context(|| {
                     format!("attach {PROG_LOCAL_OUT} to {iface} egress (replacing)")
-                })?
-            }
+                })?,
         };
         // Not detached when the program is dropped: see the doc above.
         std::mem::forget(prog.take_link(id)?);
@@ -459,15 +463,7 @@ impl Datapath {
 
     /// Remove `xfrm_local_out` from the egress of `iface` (whoever attached it).
     pub fn detach_local_out(iface: &str) -> Result<()> {
-        let link = SchedClassifierLink::attached(
-            iface,
-            TcAttachType::Egress,
-            LOCAL_OUT_PRIORITY,
-            LOCAL_OUT_HANDLE,
-            None,
-        )
-        .with_context(|| format!("interface {iface}"))?;
-        aya::programs::links::Link::detach(link)
+        aya::programs::links::Link::detach(local_out_link(iface)?)
             .with_context(|| format!("detach {PROG_LOCAL_OUT} from {iface} egress"))
     }
 

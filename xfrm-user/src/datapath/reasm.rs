@@ -149,14 +149,9 @@ impl Reassembled {
         msg.msg_controllen = std::mem::size_of_val(&control);
         // SAFETY: recvmsg into the buffers described by msg.
         let n = unsafe { libc::recvmsg(sock.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
-                _ => Err(e),
-            };
-        }
-        let n = n as usize;
+        let Some(n) = received(n)? else {
+            return Ok(None);
+        };
         if msg.msg_flags & libc::MSG_TRUNC != 0 || n > u16::MAX as usize {
             return Ok(None);
         }
@@ -212,14 +207,18 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
             libc::MSG_DONTWAIT | libc::MSG_TRUNC,
         )
     };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
-            _ => Err(e),
-        };
-    }
     // MSG_TRUNC: the real length, so a datagram cut short is recognised and dropped.
-    let n = n as usize;
-    Ok((n <= buf.len()).then_some(n))
+    Ok(received(n)?.filter(|&n| n <= buf.len()))
+}
+
+/// A recv result: Some(length), None when nothing waits, or the error.
+fn received(n: isize) -> io::Result<Option<usize>> {
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+        _ => Err(e),
+    }
 }

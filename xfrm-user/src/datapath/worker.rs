@@ -739,33 +739,11 @@ impl<T: Transform> Worker<T> {
                 return;
             }
         };
-        let ethertype = match ip_version(frame.data()) {
-            Some(4) => ETHERTYPE_IPV4,
-            _ => ETHERTYPE_IPV6,
-        };
-        let Ok(h) = frame.push_head(ETH_LEN) else {
-            inc(&stats.no_buffer);
-            self.free.push(base);
-            return;
-        };
-        write_eth(h, dst_mac, src_mac, ethertype);
-        let desc = XdpDesc {
-            addr: base + frame.head_offset() as u64,
-            len: frame.len() as u32,
-            options: 0,
-        };
-        self.queue_tx(to, desc, base);
+        self.send_eth(to, frame, base, dst_mac, src_mac, stats);
     }
 
     /// Ethernet header for the next hop, fragments when over the route MTU, onto the TX batch.
-    fn transmit(
-        &mut self,
-        to: Side,
-        mut frame: Frame<'_>,
-        base: u64,
-        l2: &L2,
-        stats: &WorkerStats,
-    ) {
+    fn transmit(&mut self, to: Side, frame: Frame<'_>, base: u64, l2: &L2, stats: &WorkerStats) {
         if l2.ifindex != self.infos[to as usize].ifindex {
             inc(&stats.wrong_port);
             self.free.push(base);
@@ -775,22 +753,7 @@ impl<T: Transform> Worker<T> {
             self.fragment_out(to, frame, base, l2, stats);
             return;
         }
-        let ethertype = match ip_version(frame.data()) {
-            Some(4) => ETHERTYPE_IPV4,
-            _ => ETHERTYPE_IPV6,
-        };
-        let Ok(h) = frame.push_head(ETH_LEN) else {
-            inc(&stats.no_buffer);
-            self.free.push(base);
-            return;
-        };
-        write_eth(h, l2.dst_mac, l2.src_mac, ethertype);
-        let desc = XdpDesc {
-            addr: base + frame.head_offset() as u64,
-            len: frame.len() as u32,
-            options: 0,
-        };
-        self.queue_tx(to, desc, base);
+        self.send_eth(to, frame, base, l2.dst_mac, l2.src_mac, stats);
     }
 
     /// No neighbour yet (the lookup asked the kernel to resolve it): hold the frame a
@@ -905,18 +868,7 @@ impl<T: Transform> Worker<T> {
             self.free.push(base);
             return;
         }
-        let Ok(h) = frame.push_head(ETH_LEN) else {
-            inc(&stats.no_buffer);
-            self.free.push(base);
-            return;
-        };
-        write_eth(h, l2.dst_mac, l2.src_mac, ethertype);
-        let desc = XdpDesc {
-            addr: base + frame.head_offset() as u64,
-            len: frame.len() as u32,
-            options: 0,
-        };
-        self.queue_tx(to, desc, base);
+        self.send_eth(to, frame, base, l2.dst_mac, l2.src_mac, stats);
     }
 
     fn queue_tx(&mut self, to: Side, desc: XdpDesc, base: u64) {
@@ -1065,14 +1017,17 @@ impl<T: Transform> Worker<T> {
         n
     }
 
-    /// An IP packet for the host itself: to the TAP, addressed to its MAC, as if received.
-    fn deliver_local(&mut self, mut frame: Frame<'_>, base: u64, stats: &WorkerStats) {
-        if self.local.is_none() {
-            // No TAP (the gateway runs without the local path): nowhere to deliver.
-            inc(&stats.no_l2);
-            self.free.push(base);
-            return;
-        }
+    /// The IP packet in `frame` behind an Ethernet header from `src` to `dst`, onto the TX
+    /// batch of `to` (for the host itself, written to the TAP now).
+    fn send_eth(
+        &mut self,
+        to: Side,
+        mut frame: Frame<'_>,
+        base: u64,
+        dst: [u8; 6],
+        src: [u8; 6],
+        stats: &WorkerStats,
+    ) {
         let ethertype = match ip_version(frame.data()) {
             Some(4) => ETHERTYPE_IPV4,
             _ => ETHERTYPE_IPV6,
@@ -1082,14 +1037,26 @@ impl<T: Transform> Worker<T> {
             self.free.push(base);
             return;
         };
-        let tap = self.infos[Side::Local as usize].mac;
-        write_eth(h, tap, self.infos[Side::Outside as usize].mac, ethertype);
+        write_eth(h, dst, src, ethertype);
         let desc = XdpDesc {
             addr: base + frame.head_offset() as u64,
             len: frame.len() as u32,
             options: 0,
         };
-        self.write_local(desc, base);
+        self.queue_tx(to, desc, base);
+    }
+
+    /// An IP packet for the host itself: to the TAP, addressed to its MAC, as if received.
+    fn deliver_local(&mut self, frame: Frame<'_>, base: u64, stats: &WorkerStats) {
+        if self.local.is_none() {
+            // No TAP (the gateway runs without the local path): nowhere to deliver.
+            inc(&stats.no_l2);
+            self.free.push(base);
+            return;
+        }
+        let tap = self.infos[Side::Local as usize].mac;
+        let ours = self.infos[Side::Outside as usize].mac;
+        self.send_eth(Side::Local, frame, base, tap, ours, stats);
     }
 
     /// Writes the frame `desc` to the TAP queue now (the kernel copies it) and frees it.
