@@ -8,6 +8,7 @@ pub mod reasm;
 pub mod rules;
 pub mod run;
 pub mod tap;
+pub mod umem;
 pub mod worker;
 pub mod xsk;
 

@@ -38,11 +38,8 @@
 //! its own packets. A syscall per frame: the host's own traffic is the small part.
 
 use std::{
-    ffi::CString,
     net::IpAddr,
-    num::NonZeroU32,
     os::fd::{AsRawFd, OwnedFd},
-    ptr::NonNull,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -50,14 +47,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
-use xdpilone::{
-    xdp::XdpDesc, DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User,
-};
-use xfrm_common::{XdpMeta, XDP_META_LEN, XDP_META_MAGIC};
+use anyhow::{bail, Context, Result};
+use xdpilone::{xdp::XdpDesc, Umem};
+use xfrm_common::{XdpMeta, XDP_META_LEN};
 
 use super::neigh::{NeighReader, L2};
 use super::reasm::Reassembled;
+use super::umem::{new_umem, read_meta, Area, QueueSocket};
 use crate::frame::Frame;
 use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, HEADER_LEN as ETH_LEN};
 use crate::wire::{ip_version, ipv4::Ipv4Packet, ipv6::Ipv6Packet};
@@ -67,9 +63,7 @@ use crate::xfrm::pmtu::{self, Fragmenter, SizeCheck};
 /// by the program on the outside path (ESP/AH/NAT-T to a local SA).
 pub use xfrm_common::META_F_INBOUND;
 
-/// UMEM frame size: one page, room for 256 bytes of headroom, a 1500-byte packet and any
-/// trailer (and native XDP's limits on veth).
-pub const FRAME_SIZE: u32 = 4096;
+pub use super::umem::FRAME_SIZE;
 /// Where the kernel puts a received packet in its frame (XDP_PACKET_HEADROOM).
 pub const XDP_HEADROOM: usize = 256;
 /// What a frame read from the TAP leaves free after it, for the trailer, ICV and TFC padding.
@@ -252,42 +246,6 @@ fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The UMEM area: anonymous, page-aligned, unmapped on drop (after the sockets).
-struct Area {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Area {
-    fn new(len: usize) -> Result<Self> {
-        // SAFETY: a fresh private anonymous mapping; checked for MAP_FAILED.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            bail!("mmap UMEM: {}", std::io::Error::last_os_error());
-        }
-        Ok(Self {
-            ptr: NonNull::new(p.cast()).ok_or_else(|| anyhow!("mmap returned null"))?,
-            len,
-        })
-    }
-}
-
-impl Drop for Area {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in new().
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
 /// A frame waiting for its next hop's MAC.
 #[derive(Clone, Copy, Debug)]
 struct Parked {
@@ -305,14 +263,10 @@ struct Parked {
 const PARK_MAX: usize = 64;
 const PARK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// One socket of the worker: its rings and its fill/completion pair.
+/// One socket of the worker and the descriptors waiting for its TX ring (capacity reserved
+/// at start).
 struct Port {
-    rx: RingRx,
-    tx: RingTx,
-    device: DeviceQueue,
-    _user: User,
-    _sock: Socket,
-    /// Descriptors waiting for the TX ring (capacity reserved at start).
+    sock: QueueSocket,
     pending: Vec<XdpDesc>,
 }
 
@@ -356,73 +310,17 @@ impl<T: Transform> Worker<T> {
                 cfg.ring_size
             );
         }
-        let area = Area::new(cfg.frames as usize * FRAME_SIZE as usize)?;
-        let umem_cfg = UmemConfig {
-            fill_size: cfg.ring_size,
-            complete_size: cfg.ring_size,
-            frame_size: FRAME_SIZE,
-            headroom: 0,
-            flags: 0,
-        };
-        let slice = NonNull::slice_from_raw_parts(area.ptr, area.len);
-        // SAFETY: page-aligned mapping of the right size that outlives the Umem (field order).
-        let umem = unsafe { Umem::new(umem_cfg, slice) }
-            .map_err(|e| anyhow!("UMEM registration: {e:?}"))?;
+        let (area, umem) = new_umem(cfg.frames, cfg.ring_size)?;
         let one_armed = cfg.inside.ifindex == cfg.outside.ifindex;
-        let mut ports = Vec::new();
         let names: &[&PortInfo] = if one_armed {
             &[&cfg.inside]
         } else {
             &[&cfg.inside, &cfg.outside]
         };
+        let mut ports = Vec::new();
         for (i, p) in names.iter().enumerate() {
-            let mut info = IfInfo::invalid();
-            let name = CString::new(p.name.as_str())?;
-            info.from_name(&name)
-                .map_err(|e| anyhow!("interface {}: {e:?}", p.name))?;
-            info.set_queue(cfg.queue);
-            // The first socket uses the UMEM's own fd; the others share the UMEM.
-            let sock = if i == 0 {
-                Socket::with_shared(&info, &umem)
-            } else {
-                Socket::new(&info)
-            }
-            .map_err(|e| anyhow!("AF_XDP socket on {}: {e:?}", p.name))?;
-            let device = umem
-                .fq_cq(&sock)
-                .map_err(|e| anyhow!("fill/completion rings on {}: {e:?}", p.name))?;
-            let ring = NonZeroU32::new(cfg.ring_size);
-            let user = umem
-                .rx_tx(
-                    &sock,
-                    &SocketConfig {
-                        rx_size: ring,
-                        tx_size: ring,
-                        // A socket sharing the UMEM may not pass flags (xsk_bind: EINVAL);
-                        // it inherits need_wakeup from the first.
-                        bind_flags: if i == 0 {
-                            SocketConfig::XDP_BIND_NEED_WAKEUP
-                        } else {
-                            0
-                        },
-                    },
-                )
-                .map_err(|e| anyhow!("rx/tx rings on {}: {e:?}", p.name))?;
-            let rx = user.map_rx().map_err(|e| anyhow!("map rx ring: {e:?}"))?;
-            let tx = user.map_tx().map_err(|e| anyhow!("map tx ring: {e:?}"))?;
-            umem.bind(&user).map_err(|e| {
-                anyhow!(
-                    "bind AF_XDP socket to {} queue {}: {e:?}",
-                    p.name,
-                    cfg.queue
-                )
-            })?;
             ports.push(Port {
-                rx,
-                tx,
-                device,
-                _user: user,
-                _sock: sock,
+                sock: QueueSocket::bind(&umem, &p.name, cfg.queue, cfg.ring_size, i == 0)?,
                 pending: Vec::with_capacity(cfg.ring_size as usize),
             });
         }
@@ -478,8 +376,8 @@ impl<T: Transform> Worker<T> {
     /// The sockets to put in the XSKS map of the classifier on each side (inside first).
     pub fn rx_fds(&self) -> [i32; 2] {
         [
-            self.ports[self.side_port[0]].rx.as_raw_fd(),
-            self.ports[self.side_port[1]].rx.as_raw_fd(),
+            self.ports[self.side_port[0]].sock.rx.as_raw_fd(),
+            self.ports[self.side_port[1]].sock.rx.as_raw_fd(),
         ]
     }
 
@@ -504,15 +402,15 @@ impl<T: Transform> Worker<T> {
         // (TX_BATCH_SIZE), so kick again until the ring is drained, and do not sleep on it.
         let mut tx_left = false;
         for p in &mut self.ports {
-            if p.tx.pending() > 0 {
+            if p.sock.tx.pending() > 0 {
                 tx_left = true;
-                if p.tx.needs_wakeup() {
-                    p.tx.wake();
+                if p.sock.tx.needs_wakeup() {
+                    p.sock.tx.wake();
                 }
             }
         }
         // (The TAP queue has no ring to peek at: poll looks at it, with the sockets.)
-        if !self.ports.iter().any(|p| p.rx.available() > 0) {
+        if !self.ports.iter().any(|p| p.sock.rx.available() > 0) {
             let wait = if tx_left {
                 Duration::ZERO
             } else if !self.parked.is_empty() {
@@ -545,7 +443,7 @@ impl<T: Transform> Worker<T> {
             events: 0,
             revents: 0,
         }; 7];
-        let rx = self.ports.iter().map(|p| p.rx.as_raw_fd());
+        let rx = self.ports.iter().map(|p| p.sock.rx.as_raw_fd());
         let local = self.local.as_ref().map(|f| f.as_raw_fd());
         let reasm = self.reasm.iter().flat_map(|r| r.fds());
         let mut n = 0;
@@ -578,7 +476,7 @@ impl<T: Transform> Worker<T> {
     fn reap(&mut self) {
         let mask = !(u64::from(FRAME_SIZE) - 1);
         for p in &mut self.ports {
-            let mut c = p.device.complete(self.cfg.ring_size);
+            let mut c = p.sock.device.complete(self.cfg.ring_size);
             while let Some(addr) = c.read() {
                 self.free.push(addr & mask);
             }
@@ -597,15 +495,15 @@ impl<T: Transform> Worker<T> {
             if spare == 0 {
                 continue;
             }
-            let mut w = p.device.fill(spare as u32);
+            let mut w = p.sock.device.fill(spare as u32);
             let n = w.capacity() as usize;
             let from = self.free.len() - n;
             w.insert(self.free[from..].iter().copied());
             w.commit();
             drop(w);
             self.free.truncate(from);
-            if p.device.needs_wakeup() {
-                p.device.wake();
+            if p.sock.device.needs_wakeup() {
+                p.sock.device.wake();
             }
         }
     }
@@ -632,7 +530,7 @@ impl<T: Transform> Worker<T> {
         self.rx_batch.clear();
         {
             let p = &mut self.ports[pi];
-            let mut r = p.rx.receive(self.cfg.batch);
+            let mut r = p.sock.rx.receive(self.cfg.batch);
             while let Some(d) = r.read() {
                 self.rx_batch.push(d);
             }
@@ -897,7 +795,7 @@ impl<T: Transform> Worker<T> {
         if p.pending.is_empty() {
             return;
         }
-        let mut w = p.tx.transmit(p.pending.len() as u32);
+        let mut w = p.sock.tx.transmit(p.pending.len() as u32);
         let n = w.insert(p.pending.iter().copied()) as usize;
         w.commit();
         drop(w);
@@ -909,8 +807,8 @@ impl<T: Transform> Worker<T> {
         self.stats.tx[side as usize].fetch_add(n as u64, Ordering::Relaxed);
         p.pending.clear();
         // Copy mode transmits only on a syscall: kick whenever the kernel asks.
-        if p.tx.needs_wakeup() {
-            p.tx.wake();
+        if p.sock.tx.needs_wakeup() {
+            p.sock.tx.wake();
         }
     }
 
@@ -1087,14 +985,6 @@ impl<T: Transform> Worker<T> {
     }
 }
 
-/// The [`XdpMeta`] that ends at `head` in a frame, if it carries the magic.
-fn read_meta(buf: &[u8], head: usize) -> Option<XdpMeta> {
-    let m = buf.get(head.checked_sub(XDP_META_LEN)?..head)?;
-    // SAFETY: XDP_META_LEN bytes of plain integers.
-    let m: XdpMeta = unsafe { std::ptr::read_unaligned(m.as_ptr() as *const XdpMeta) };
-    (m.magic == XDP_META_MAGIC).then_some(m)
-}
-
 fn write_eth(h: &mut [u8], dst: [u8; 6], src: [u8; 6], ethertype: u16) {
     h[0..6].copy_from_slice(&dst);
     h[6..12].copy_from_slice(&src);
@@ -1202,27 +1092,6 @@ mod tests {
         all.sort_unstable();
         let want: Vec<u32> = (1..=(WORKERS * PACKETS) as u32).collect();
         assert_eq!(all, want);
-    }
-
-    #[test]
-    fn metadata_ends_where_the_packet_starts() {
-        let mut buf = vec![0u8; 4096];
-        let m = XdpMeta {
-            magic: XDP_META_MAGIC,
-            flags: META_F_INBOUND,
-            l3_offset: 14,
-            l4_offset: 34,
-            policy_id: 7,
-            sa_id: 9,
-        };
-        // SAFETY: XDP_META_LEN bytes of plain integers into a large enough buffer.
-        unsafe {
-            std::ptr::write_unaligned(buf[256 - XDP_META_LEN..].as_mut_ptr() as *mut XdpMeta, m)
-        };
-        assert_eq!(read_meta(&buf, 256), Some(m));
-        assert_eq!(read_meta(&buf, 255), None, "not where the magic is");
-        assert_eq!(read_meta(&buf, 4), None, "no room for metadata");
-        assert_eq!(read_meta(&buf, 5000), None, "outside the frame");
     }
 
     #[test]

@@ -1,21 +1,20 @@
 //! One AF_XDP socket (xdpilone) on one interface queue, with its own UMEM: the frames below
-//! `rx_frames` feed the fill ring, the rest are a free list for transmit. The piece the workers
-//! of issue 5 grow from; today the integration tests and `xfrm-user attach --xsk` use it.
+//! `rx_frames` feed the fill ring, the rest are a free list for transmit. A copying,
+//! callback-style socket for the classifier tests (tests/xdp_veth.rs) and `xfrm-user attach
+//! --xsk`; the gateway's workers (worker.rs) use the same building blocks (umem.rs) in place.
 //!
 //! Frame layout as the kernel fills it (copy mode, what veth gives):
 //! `[XDP_PACKET_HEADROOM (256) … XdpMeta | packet … ]` — the descriptor's `addr` is the
 //! packet start, the metadata ends there.
 
-use std::{ffi::CString, num::NonZeroU32, os::fd::RawFd, ptr::NonNull, time::Duration};
+use std::{os::fd::RawFd, time::Duration};
 
 use anyhow::{anyhow, bail, Result};
-use xdpilone::{
-    xdp::XdpDesc, BufIdx, DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem,
-    UmemConfig, User,
-};
-use xfrm_common::{XdpMeta, XDP_META_LEN, XDP_META_MAGIC};
+use xdpilone::{xdp::XdpDesc, BufIdx, Umem};
+use xfrm_common::XdpMeta;
 
-pub const FRAME_SIZE: u32 = 4096;
+pub use super::umem::FRAME_SIZE;
+use super::umem::{new_umem, read_meta, Area, QueueSocket};
 
 #[derive(Clone, Copy, Debug)]
 pub struct XskConfig {
@@ -33,42 +32,6 @@ impl Default for XskConfig {
     }
 }
 
-/// The UMEM area: anonymous, page-aligned, unmapped on drop (after the socket is gone).
-struct Area {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Area {
-    fn new(len: usize) -> Result<Self> {
-        // SAFETY: a fresh private anonymous mapping; checked for MAP_FAILED.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            bail!("mmap UMEM: {}", std::io::Error::last_os_error());
-        }
-        Ok(Self {
-            ptr: NonNull::new(p.cast()).ok_or_else(|| anyhow!("mmap returned null"))?,
-            len,
-        })
-    }
-}
-
-impl Drop for Area {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in new().
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
 /// A received frame: its metadata (if the classifier wrote valid metadata) and packet bytes.
 pub struct RxFrame<'a> {
     pub meta: Option<XdpMeta>,
@@ -76,12 +39,8 @@ pub struct RxFrame<'a> {
 }
 
 pub struct XskSocket {
-    // Field order = drop order: rings and sockets before the UMEM, the UMEM before the area.
-    rx: RingRx,
-    tx: RingTx,
-    device: DeviceQueue,
-    _user: User,
-    _sock: Socket,
+    // Field order = drop order: the socket before the UMEM, the UMEM before the area.
+    sock: QueueSocket,
     umem: Umem,
     area: Area,
     rx_frames: u32,
@@ -95,54 +54,15 @@ unsafe impl Send for XskSocket {}
 impl XskSocket {
     /// Bind to `ifname` queue `queue` in the calling thread's network namespace.
     pub fn bind(ifname: &str, queue: u32, cfg: XskConfig) -> Result<Self> {
-        let area = Area::new(cfg.frames as usize * FRAME_SIZE as usize)?;
-        let umem_cfg = UmemConfig {
-            fill_size: cfg.ring_size,
-            complete_size: cfg.ring_size,
-            frame_size: FRAME_SIZE,
-            headroom: 0,
-            flags: 0,
-        };
-        let slice = NonNull::slice_from_raw_parts(area.ptr, area.len);
-        // SAFETY: page-aligned mapping of the right size that outlives the Umem (field order).
-        let umem = unsafe { Umem::new(umem_cfg, slice) }
-            .map_err(|e| anyhow!("UMEM registration: {e:?}"))?;
-        let mut info = IfInfo::invalid();
-        let name = CString::new(ifname)?;
-        info.from_name(&name)
-            .map_err(|e| anyhow!("interface {ifname}: {e:?}"))?;
-        info.set_queue(queue);
-        let sock =
-            Socket::with_shared(&info, &umem).map_err(|e| anyhow!("AF_XDP socket: {e:?}"))?;
-        let device = umem
-            .fq_cq(&sock)
-            .map_err(|e| anyhow!("fill/completion rings: {e:?}"))?;
-        let ring = NonZeroU32::new(cfg.ring_size);
-        let user = umem
-            .rx_tx(
-                &sock,
-                &SocketConfig {
-                    rx_size: ring,
-                    tx_size: ring,
-                    bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP,
-                },
-            )
-            .map_err(|e| anyhow!("rx/tx rings: {e:?}"))?;
-        let rx = user.map_rx().map_err(|e| anyhow!("map rx ring: {e:?}"))?;
-        let tx = user.map_tx().map_err(|e| anyhow!("map tx ring: {e:?}"))?;
-        umem.bind(&user)
-            .map_err(|e| anyhow!("bind AF_XDP socket to {ifname} queue {queue}: {e:?}"))?;
-        let fd = rx.as_raw_fd();
+        let (area, umem) = new_umem(cfg.frames, cfg.ring_size)?;
+        let sock = QueueSocket::bind(&umem, ifname, queue, cfg.ring_size, true)?;
+        let fd = sock.rx.as_raw_fd();
         let rx_frames = (cfg.frames / 2).min(cfg.ring_size);
         let tx_free = (rx_frames..cfg.frames)
             .map(|i| u64::from(i) * u64::from(FRAME_SIZE))
             .collect();
         let mut s = Self {
-            rx,
-            tx,
-            device,
-            _user: user,
-            _sock: sock,
+            sock,
             umem,
             area,
             rx_frames,
@@ -159,12 +79,12 @@ impl XskSocket {
     }
 
     fn refill(&mut self, addrs: impl Iterator<Item = u64>) {
-        let mut w = self.device.fill(self.rx_frames);
+        let mut w = self.sock.device.fill(self.rx_frames);
         w.insert(addrs);
         w.commit();
         drop(w);
-        if self.device.needs_wakeup() {
-            self.device.wake();
+        if self.sock.device.needs_wakeup() {
+            self.sock.device.wake();
         }
     }
 
@@ -180,7 +100,7 @@ impl XskSocket {
     /// Wait up to `timeout` for frames; call `f` for each, then give the frames back to the
     /// fill ring. Returns how many were received.
     pub fn recv(&mut self, timeout: Duration, mut f: impl FnMut(RxFrame<'_>)) -> Result<usize> {
-        if self.rx.available() == 0 {
+        if self.sock.rx.available() == 0 {
             let mut pfd = libc::pollfd {
                 fd: self.fd,
                 events: libc::POLLIN,
@@ -205,7 +125,7 @@ impl XskSocket {
         }
         let mut descs = Vec::new();
         {
-            let mut r = self.rx.receive(self.rx_frames);
+            let mut r = self.sock.rx.receive(self.rx_frames);
             while let Some(d) = r.read() {
                 descs.push(d);
             }
@@ -226,13 +146,8 @@ impl XskSocket {
     /// The XdpMeta that ends at `addr`, if it is there and carries the magic.
     fn meta_before(&self, addr: u64) -> Option<XdpMeta> {
         let frame_start = addr & !(u64::from(FRAME_SIZE) - 1);
-        if addr < frame_start + XDP_META_LEN as u64 {
-            return None;
-        }
-        let b = self.bytes(addr - XDP_META_LEN as u64, XDP_META_LEN)?;
-        // SAFETY: XDP_META_LEN bytes of plain integers.
-        let m: XdpMeta = unsafe { std::ptr::read_unaligned(b.as_ptr() as *const XdpMeta) };
-        (m.magic == XDP_META_MAGIC).then_some(m)
+        let frame = self.bytes(frame_start, FRAME_SIZE as usize)?;
+        read_meta(frame, (addr - frame_start) as usize)
     }
 
     /// Copy `packet` into a free frame and put it on the TX ring; reap completions first.
@@ -262,7 +177,7 @@ impl XskSocket {
             len: packet.len() as u32,
             options: 0,
         };
-        let mut w = self.tx.transmit(1);
+        let mut w = self.sock.tx.transmit(1);
         let n = w.insert(std::iter::once(desc));
         w.commit();
         drop(w);
@@ -271,15 +186,15 @@ impl XskSocket {
             bail!("TX ring full");
         }
         // Copy mode transmits only on a syscall: always kick when the kernel asks.
-        if self.tx.needs_wakeup() {
-            self.tx.wake();
+        if self.sock.tx.needs_wakeup() {
+            self.sock.tx.wake();
         }
         Ok(())
     }
 
     /// Return completed TX frames to the free list.
     pub fn reap(&mut self) {
-        let mut c = self.device.complete(self.umem.len_frames());
+        let mut c = self.sock.device.complete(self.umem.len_frames());
         while let Some(addr) = c.read() {
             self.tx_free.push(addr);
         }
