@@ -53,24 +53,20 @@ use crate::xfrm::{
     xfrm_input, xfrm_output_bundle, InputTables, InputVerdict, Verdict, XfrmDb,
 };
 
-/// What the workers share: the SA/policy database, the input tables, the counters, and each
-/// SA's overhead (by SA index) for the size check.
+/// What the workers share: the SA/policy database, the input tables, the counters.
 pub struct Gateway {
     pub db: Arc<XfrmDb>,
     pub tables: Arc<InputTables>,
     pub stats: Arc<XfrmStats>,
-    sa_mtu: Arc<Vec<SaMtu>>,
 }
 
 impl Gateway {
     pub fn new(db: XfrmDb) -> Self {
         let tables = InputTables::new(&db);
-        let sa_mtu = db.states().iter().map(|x| SaMtu::from_sa(&x.cfg)).collect();
         Self {
             db: Arc::new(db),
             tables: Arc::new(tables),
             stats: Arc::new(XfrmStats::new()),
-            sa_mtu: Arc::new(sa_mtu),
         }
     }
 
@@ -80,7 +76,6 @@ impl Gateway {
             db: self.db.clone(),
             tables: self.tables.clone(),
             stats: self.stats.clone(),
-            sa_mtu: self.sa_mtu.clone(),
         }
     }
 
@@ -104,7 +99,6 @@ pub struct GatewayTransform {
     db: Arc<XfrmDb>,
     tables: Arc<InputTables>,
     stats: Arc<XfrmStats>,
-    sa_mtu: Arc<Vec<SaMtu>>,
 }
 
 impl GatewayTransform {
@@ -182,7 +176,7 @@ impl GatewayTransform {
         let mut overhead = [SaMtu::ah(0, false, 0, false); XFRM_MAX_DEPTH];
         for (i, x) in xs[..n].iter().flatten().enumerate() {
             refs[i] = x;
-            overhead[i] = self.sa_mtu.get(x.index).copied().unwrap_or(overhead[i]);
+            overhead[i] = x.overhead();
         }
         // The outermost SA's peer decides the route and its MTU. Not resolved yet (the
         // lookup asked for it): dropped, as the kernel would queue and drop past unres_qlen.

@@ -13,6 +13,7 @@ use crate::sa::{EncapType, SaConfig, XfrmMode, XfrmProto};
 use crate::stats::{XfrmStat, XfrmStats};
 use crate::wire::{ah, esp, ipv4, ipv6, udp};
 
+use super::pmtu::SaMtu;
 use super::replay::{ReplayState, SaInput};
 
 /// Seconds since the epoch (ktime_get_real_seconds), injectable for tests and replays.
@@ -201,6 +202,8 @@ pub struct SecurityAssociation {
     pub cfg: SaConfig,
     pub crypto: SaCrypto,
     pub props: SaProps,
+    /// The same sizes as the PMTU arithmetic wants them (xfrm_state_mtu).
+    overhead: SaMtu,
     /// Position in the database (stable id for metadata and logs).
     pub index: usize,
     km_state: AtomicU8,
@@ -301,6 +304,7 @@ impl SecurityAssociation {
             u64::from(cfg.replay_oseq)
         };
         Ok(Self {
+            overhead: SaMtu::from_sa(&cfg),
             props,
             crypto,
             index,
@@ -421,22 +425,14 @@ impl SecurityAssociation {
 
     /// xfrm_state_mtu: the largest payload that still fits `mtu` after this SA's overhead
     /// (ESP rounds down to its block size and takes the pad-length/next-header bytes off).
+    /// The arithmetic is [`SaMtu::state_mtu`], shared with the size check before a bundle.
     pub fn xfrm_state_mtu(&self, mtu: u32) -> u32 {
-        let mtu = i64::from(mtu);
-        let hl = self.props.header_len as i64;
-        let r = match self.cfg.id.proto {
-            XfrmProto::Ah => mtu - hl,
-            XfrmProto::Esp => {
-                let blksize = esp_blksize() as i64;
-                let net_adj = match self.cfg.mode {
-                    XfrmMode::Tunnel => 0,
-                    XfrmMode::Transport if self.props.outer_v6 => ipv6::HEADER_LEN as i64,
-                    XfrmMode::Transport => ipv4::HEADER_LEN as i64,
-                };
-                ((mtu - hl - self.props.icv_len as i64 - net_adj) & !(blksize - 1)) + net_adj - 2
-            }
-        };
-        r.clamp(0, i64::from(u32::MAX)) as u32
+        self.overhead.state_mtu(mtu)
+    }
+
+    /// What this SA adds to a packet (for [`super::pmtu::bundle_mtu`]).
+    pub fn overhead(&self) -> SaMtu {
+        self.overhead
     }
 
     /// xfrm_state_check_expire: called for every packet before it is transformed.
