@@ -7,7 +7,9 @@
 //!   ([`FlowMatch`]) that is not ESP, AH or ESP-in-UDP;
 //! - **samples**: the first N IPsec frames and a uniform random sample (reservoir) of the
 //!   rest, for an independent peer to decrypt (`tests/interop/ipsec_peer.py`);
-//! - **counts** of frames per protocol and per SPI.
+//! - **counts** of frames per protocol and per SPI;
+//! - **sequence numbers** per SPI and per phase of the test ([`Capture::mark`]), and how
+//!   often one went backwards (a restarted sender that forgot its counter).
 //!
 //! On a veth in a namespace of its own, a packet socket sees every frame: nothing there runs
 //! XDP or AF_XDP (see the topology in [`crate::gateway`]).
@@ -135,6 +137,12 @@ impl Kind {
             Kind::Other { .. } => None,
         }
     }
+    pub fn seq(self) -> Option<u32> {
+        match self {
+            Kind::Esp { seq, .. } | Kind::Ah { seq, .. } | Kind::EspInUdp { seq, .. } => Some(seq),
+            Kind::Other { .. } => None,
+        }
+    }
 }
 
 /// An Ethernet frame's IP packet: (offset of the IP header, src, dst, what it carries).
@@ -233,6 +241,34 @@ pub struct CaptureReport {
     pub kernel_drops: u64,
     /// Frames of integrity-only bundles (AH, GMAC) whose clear payload holds a marker.
     pub integrity_only_with_marker: u64,
+    /// Sequence numbers (the wire's 32 bits) per (SPI, phase): phase 0 until the first
+    /// [`Capture::mark`], then 1, ….
+    pub seqs: BTreeMap<(u32, u32), SeqRange>,
+    /// Per SPI, frames whose sequence number was not above the highest one read before on
+    /// that SPI (replays, or a sender that started over).
+    pub seq_backwards: BTreeMap<u32, u64>,
+}
+
+/// Lowest and highest sequence number of a set of frames, and how many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqRange {
+    pub min: u32,
+    pub max: u32,
+    pub count: u64,
+}
+
+impl CaptureReport {
+    /// The sequence numbers of `spi` over the phases `phases`, merged.
+    pub fn seq_range(&self, spi: u32, phases: std::ops::Range<u32>) -> Option<SeqRange> {
+        self.seqs
+            .range((spi, phases.start)..(spi, phases.end))
+            .map(|(_, r)| *r)
+            .reduce(|a, b| SeqRange {
+                min: a.min.min(b.min),
+                max: a.max.max(b.max),
+                count: a.count + b.count,
+            })
+    }
 }
 
 impl CaptureReport {
@@ -352,6 +388,8 @@ pub struct Live {
     pub frames: AtomicU64,
     pub ipsec: AtomicU64,
     pub leaks: AtomicU64,
+    /// The phase frames are counted in ([`Capture::mark`]).
+    phase: std::sync::atomic::AtomicU32,
     recent: std::sync::Mutex<std::collections::VecDeque<String>>,
     per_spi: std::sync::Mutex<BTreeMap<u32, u64>>,
 }
@@ -394,6 +432,14 @@ impl Capture {
     /// Counters so far.
     pub fn live(&self) -> &Live {
         &self.live
+    }
+
+    /// Starts the next phase of the sequence-number record ([`CaptureReport::seqs`]) and
+    /// returns its number. Frames are put in a phase when the capture reads them, a little
+    /// after they crossed: a mark set right after an event may still see frames from before
+    /// it.
+    pub fn mark(&self) -> u32 {
+        self.live.phase.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Summaries of the last frames (`CaptureOpts::recent`), oldest first, taken out.
@@ -565,6 +611,7 @@ fn capture_loop(
     let mut seen_ipsec: u64 = 0;
     let mut rng = crate::gateway::run_seed() | 1;
     let mut reservoir: Vec<Frame> = Vec::with_capacity(opts.random);
+    let mut top: BTreeMap<u32, u32> = BTreeMap::new();
     // Drain until stop is set and one timeout passes with nothing left to read.
     loop {
         // SAFETY: valid fd, writes at most buf.len() bytes.
@@ -614,6 +661,22 @@ fn capture_loop(
                     rep.ipsec += 1;
                     live.ipsec.fetch_add(1, Ordering::Relaxed);
                     *rep.per_spi.entry(spi).or_default() += 1;
+                    if let Some(seq) = kind.seq() {
+                        let phase = live.phase.load(Ordering::Relaxed);
+                        let r = rep.seqs.entry((spi, phase)).or_insert(SeqRange {
+                            min: seq,
+                            max: seq,
+                            count: 0,
+                        });
+                        r.min = r.min.min(seq);
+                        r.max = r.max.max(seq);
+                        r.count += 1;
+                        let t = top.entry(spi).or_insert(0);
+                        if seq <= *t {
+                            *rep.seq_backwards.entry(spi).or_default() += 1;
+                        }
+                        *t = (*t).max(seq);
+                    }
                     if opts.recent > 0 {
                         *live
                             .per_spi

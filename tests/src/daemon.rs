@@ -1,10 +1,20 @@
 //! The gateway daemon under test: `xfrm-user run --config FILE --inside IF --outside IF` in a
 //! namespace, as a child process killed by pid when dropped.
+//!
+//! Files: each daemon writes its own config file (a restarted daemon gets a new one, so the
+//! guard of the old one, dropped later, deletes only its own). The state file is the
+//! daemon's default (`/run/xfrm-user/netns-<inode>-<outside>.state`), shared by every daemon
+//! started in that namespace on that interface, as a restart needs; it is deleted when the
+//! last guard using it goes.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     process::Command,
-    sync::OnceLock,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Mutex, OnceLock,
+    },
 };
 
 use anyhow::{bail, Context, Result};
@@ -74,9 +84,10 @@ pub struct RunArgs {
     pub xdp_mode: &'static str,
     pub queues: Option<u32>,
     /// Run in a process group of its own, out of reach of the terminal's Ctrl-C: the demo
-    /// stops its traffic first and the gateways after (a gateway that has stopped forwards
-    /// whatever still comes in clear, as a plain router). Tests leave it false, so that a
-    /// test run interrupted before its Drop guards ran takes the daemons with it.
+    /// stops its traffic first and the gateways after (a stopped gateway drops the protected
+    /// traffic until [`Daemon::stop`] detaches its programs; from then on it would forward
+    /// in clear, as a plain router). Tests leave it false, so that a test run interrupted
+    /// before its Drop guards ran takes the daemons with it.
     pub own_process_group: bool,
 }
 
@@ -84,6 +95,65 @@ pub struct RunArgs {
 pub struct Daemon {
     proc: Proc,
     config: PathBuf,
+    state: PathBuf,
+    ns: String,
+    inside: String,
+    outside: String,
+    bin: PathBuf,
+}
+
+/// How many live guards use each state file.
+fn state_users() -> &'static Mutex<HashMap<PathBuf, usize>> {
+    static M: OnceLock<Mutex<HashMap<PathBuf, usize>>> = OnceLock::new();
+    M.get_or_init(Default::default)
+}
+
+/// The state file `xfrm-user run --outside IF` uses by default in namespace `ns`: named by
+/// the namespace's inode (the one /proc/self/ns/net shows inside it) and the interface.
+pub fn default_state_path(ns: &Netns, outside: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(format!("/run/netns/{}", ns.name()))
+        .with_context(|| format!("namespace {}", ns.name()))?
+        .ino();
+    Ok(PathBuf::from(format!(
+        "/run/xfrm-user/netns-{ino}-{outside}.state"
+    )))
+}
+
+/// What [`Daemon::stop`] saw.
+#[derive(Debug)]
+pub struct Stopped {
+    pub status: std::process::ExitStatus,
+    /// The interfaces whose XDP program was still attached after the exit (the fail-closed
+    /// default), and those that had none.
+    pub kept: Vec<String>,
+    pub bare: Vec<String>,
+    /// `xfrm-user detach` afterwards: its output, or why it failed (or left a program).
+    pub detach: std::result::Result<String, String>,
+}
+
+impl Stopped {
+    /// Exit 0, every program still attached when it exited, all of them detached after.
+    pub fn success(&self) -> bool {
+        self.status.success() && self.bare.is_empty() && self.detach.is_ok()
+    }
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}; programs kept attached on {:?}",
+            self.status, self.kept
+        )?;
+        if !self.bare.is_empty() {
+            write!(f, ", NOT on {:?} (expected: kept, fail closed)", self.bare)?;
+        }
+        match &self.detach {
+            Ok(o) => write!(f, "; detach: {}", o.trim().replace('\n', "; ")),
+            Err(e) => write!(f, "; detach FAILED: {e}"),
+        }
+    }
 }
 
 impl Daemon {
@@ -109,8 +179,15 @@ impl Daemon {
         bin: &Path,
         bpf: &Path,
     ) -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("xfrm-{}-{label}.conf", ns.name()));
+        // One file per daemon: a restart must not share it with the guard it replaces.
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "xfrm-{}-{label}-{}.conf",
+            ns.name(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::write(&path, config).with_context(|| format!("write {}", path.display()))?;
+        let state = default_state_path(ns, &args.outside)?;
         let mut a: Vec<String> = vec![
             "run".into(),
             "--config".into(),
@@ -134,8 +211,54 @@ impl Daemon {
             "RUST_LOG",
             std::env::var("XFRM_GW_LOG").unwrap_or_else(|_| "info".into()),
         );
-        let proc = Proc::spawn(label, cmd)?;
-        Ok(Self { proc, config: path })
+        let proc = Proc::spawn(label, cmd);
+        let proc = match proc {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        *state_users()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(state.clone())
+            .or_default() += 1;
+        Ok(Self {
+            proc,
+            config: path,
+            state,
+            ns: ns.name().to_string(),
+            inside: args.inside.clone(),
+            outside: args.outside.clone(),
+            bin: bin.to_path_buf(),
+        })
+    }
+
+    /// The state file the daemon uses (its default for this namespace and interface).
+    pub fn state_path(&self) -> &Path {
+        &self.state
+    }
+
+    fn ifaces(&self) -> Vec<String> {
+        let mut v = vec![self.inside.clone(), self.outside.clone()];
+        v.dedup();
+        v
+    }
+
+    fn attached(&self, ifname: &str) -> Result<bool> {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns, "-d", "link", "show", "dev", ifname])
+            .output()
+            .context("ip link show")?;
+        if !out.status.success() {
+            bail!(
+                "ip -n {} link show dev {ifname}: {}",
+                self.ns,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(xdp_line(&String::from_utf8_lossy(&out.stdout)).is_some())
     }
 
     /// Waits until an XDP program is attached to each of `ifaces` (in `ns`): from then on the
@@ -191,10 +314,61 @@ impl Daemon {
         self.proc.log()
     }
 
-    /// SIGINT (as Ctrl-C) and wait; the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
-        self.proc
-            .stop(libc::SIGINT, std::time::Duration::from_secs(10))
+    /// SIGINT (as Ctrl-C) and wait; then check that the XDP programs stayed attached (an
+    /// orderly stop fails closed) and take them off with `xfrm-user detach`, so that nothing
+    /// is left attached. See [`Stopped::success`].
+    pub fn stop(mut self) -> Stopped {
+        let status = self
+            .proc
+            .stop(libc::SIGINT, std::time::Duration::from_secs(10));
+        let (mut kept, mut bare) = (Vec::new(), Vec::new());
+        for i in self.ifaces() {
+            match self.attached(&i) {
+                Ok(true) => kept.push(i),
+                _ => bare.push(i),
+            }
+        }
+        let detach = self.detach();
+        Stopped {
+            status,
+            kept,
+            bare,
+            detach,
+        }
+    }
+
+    /// `xfrm-user detach --inside IF --outside IF` in the namespace; Ok(its output) when it
+    /// succeeded and no program is left.
+    fn detach(&self) -> std::result::Result<String, String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(&self.bin)
+            .args([
+                "detach",
+                "--inside",
+                &self.inside,
+                "--outside",
+                &self.outside,
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("xfrm-user detach: {e}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            return Err(format!("xfrm-user detach: {}: {text}", out.status));
+        }
+        for i in self.ifaces() {
+            if self.attached(&i).unwrap_or(true) {
+                return Err(format!(
+                    "{i}: still attached after `xfrm-user detach`: {text}"
+                ));
+            }
+        }
+        Ok(text)
     }
 
     pub fn config_path(&self) -> &Path {
@@ -205,6 +379,22 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config);
+        let mut users = state_users().lock().unwrap_or_else(|p| p.into_inner());
+        let last = users.get_mut(&self.state).is_some_and(|n| {
+            *n -= 1;
+            *n == 0
+        });
+        if last {
+            users.remove(&self.state);
+            // The daemon is gone (Proc's guard dropped after this one would kill it; make
+            // sure first): its lock and file go with the last guard.
+            self.proc
+                .stop(libc::SIGTERM, std::time::Duration::from_secs(5));
+            let _ = std::fs::remove_file(&self.state);
+            let mut lock = self.state.clone().into_os_string();
+            lock.push(".lock");
+            let _ = std::fs::remove_file(lock);
+        }
     }
 }
 

@@ -16,6 +16,9 @@ use crate::topology::Netns;
 pub struct Receiver {
     clear: UdpSocket,
     esp: OwnedFd,
+    v4: bool,
+    /// Sequence numbers of the ESP packets received, in order.
+    seqs: std::cell::RefCell<Vec<u32>>,
 }
 
 impl Receiver {
@@ -33,7 +36,12 @@ impl Receiver {
         ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
         // SAFETY: a fresh fd nobody else owns.
         let esp = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { clear, esp })
+        Ok(Self {
+            clear,
+            esp,
+            v4: to.is_ipv4(),
+            seqs: Default::default(),
+        })
     }
 
     /// Sends `n` datagrams "secret <i>" from `sender` to `to`, 20 ms apart, and counts what
@@ -63,9 +71,26 @@ impl Receiver {
             };
             if k > 0 {
                 esp += 1;
+                // A raw IPv4 socket gives the IP header, an IPv6 one the ESP header.
+                let at = if self.v4 {
+                    usize::from(buf[0] & 0x0f) * 4
+                } else {
+                    0
+                };
+                if let Some(s) = buf.get(at + 4..at + 8).filter(|_| k as usize >= at + 8) {
+                    let seq = u32::from_be_bytes(s.try_into().expect("4 bytes"));
+                    self.seqs.borrow_mut().push(seq);
+                }
             }
         }
         (clear, esp)
+    }
+}
+
+impl Receiver {
+    /// The ESP sequence numbers received since the last call, in arrival order.
+    pub fn take_seqs(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.seqs.borrow_mut())
     }
 }
 

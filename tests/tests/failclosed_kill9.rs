@@ -7,12 +7,15 @@
 //! in clear (the control: this test can see a leak). With the daemon running it arrives as
 //! ESP only. After `kill -9` the inside program is still attached (netlink mode), the UDP
 //! reaches h2 neither in clear nor as ESP, the dead program's drop_no_socket counter rises,
-//! ping still passes. A second daemon takes over (another program id) and ESP flows again;
-//! SIGTERM to it detaches (orderly stop).
+//! ping still passes. A second daemon takes over (another program id) and ESP flows again,
+//! with sequence numbers above every one the first daemon sent (its state file, at the
+//! default path). SIGTERM to it is an orderly stop that keeps failing closed: the programs
+//! stay, the UDP is dropped, ping passes; `xfrm-user detach` then takes them off (and the
+//! UDP crosses in clear again, as with no program). A third daemon with `--detach-on-exit`
+//! detaches by itself at SIGTERM (the old behaviour, on request).
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
@@ -21,7 +24,11 @@ use std::{
 use aya::maps::{Map, MapData, MapInfo, PerCpuArray};
 use xfrm_common::{Counter, MAP_COUNTERS};
 use xfrm_tests::{
-    bpf_object, init_logging, root_or_skip,
+    bpf_object,
+    daemon::default_state_path,
+    init_logging,
+    probe::{ping_once as ping, Receiver},
+    root_or_skip,
     topology::{Netns, Topology, VethOpts},
 };
 
@@ -74,17 +81,37 @@ fn xfrm_user_bin() -> PathBuf {
     bin
 }
 
-fn start(ns: &Netns, bin: &Path, conf: &Path, inside: &str, outside: &str) -> Daemon {
+fn start(
+    ns: &Netns,
+    bin: &Path,
+    conf: &Path,
+    inside: &str,
+    outside: &str,
+    extra: &[&str],
+) -> Daemon {
     let child = ns
         .command(bin.to_str().unwrap())
         .args(["run", "--config", conf.to_str().unwrap()])
         .args(["--inside", inside, "--outside", outside, "--interval", "1"])
+        .args(extra)
         .arg("--bpf")
         .arg(bpf_object())
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn xfrm-user run");
     Daemon(Some(child))
+}
+
+/// Removes the daemons' state file (and its lock) when the test ends, however it ends.
+struct StateFileGuard(PathBuf);
+
+impl Drop for StateFileGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        let mut lock = self.0.clone().into_os_string();
+        lock.push(".lock");
+        let _ = std::fs::remove_file(lock);
+    }
 }
 
 /// The XDP program id on `ifname` as `ip -d link show` reports it ("prog/xdp id N").
@@ -116,67 +143,6 @@ fn no_socket_drops(id: u32) -> u64 {
             .sum();
     }
     panic!("program {id}: no map {MAP_COUNTERS}");
-}
-
-fn with_timeout(fd: i32, ms: i64) {
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: (ms * 1000) as libc::suseconds_t,
-    };
-    // SAFETY: valid fd and a timeval option.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-}
-
-/// What h2 sees: UDP in clear on port 5001, and ESP.
-struct Receiver {
-    clear: UdpSocket,
-    esp: OwnedFd,
-}
-
-impl Receiver {
-    /// Send `n` datagrams from h1 and count what arrives at h2 (clear, ESP).
-    fn probe(&self, sender: &UdpSocket, to: SocketAddr, n: usize) -> (usize, usize) {
-        let mut buf = [0u8; 4096];
-        let (mut clear, mut esp) = (0, 0);
-        for i in 0..n {
-            sender
-                .send_to(format!("secret {i}").as_bytes(), to)
-                .unwrap();
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let end = Instant::now() + Duration::from_millis(300);
-        while Instant::now() < end {
-            if let Ok(k) = self.clear.recv(&mut buf) {
-                assert!(buf[..k].starts_with(b"secret "));
-                clear += 1;
-            }
-            // SAFETY: valid fd; writes at most buf.len() bytes.
-            let k = unsafe {
-                libc::recv(
-                    self.esp.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if k > 0 {
-                esp += 1;
-            }
-        }
-        (clear, esp)
-    }
-}
-
-fn ping(ns: &Netns, dst: &str) -> bool {
-    ns.exec("ping", &["-c", "1", "-W", "1", dst]).is_ok()
 }
 
 /// Until the daemon protects (ESP at h2), at most 15 s. Until its program is attached the
@@ -228,20 +194,7 @@ fn kill9_keeps_the_program_and_drops_protected_flows() {
         .ns(h1)
         .run(|| Ok(UdpSocket::bind(SocketAddr::new(l1.a.ipv4.into(), 4001))?))
         .unwrap();
-    let rx = t
-        .ns(h2)
-        .run(|| {
-            let clear = UdpSocket::bind(to)?;
-            clear.set_read_timeout(Some(Duration::from_millis(20)))?;
-            // SAFETY: plain socket(2); owned at once.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, 50) };
-            anyhow::ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            // SAFETY: a fresh fd nobody else owns.
-            let esp = unsafe { OwnedFd::from_raw_fd(fd) };
-            with_timeout(esp.as_raw_fd(), 20);
-            Ok(Receiver { clear, esp })
-        })
-        .unwrap();
+    let rx = t.ns(h2).run(|| Receiver::bind(to)).unwrap();
 
     // Control: forwarding on, no program: the flow crosses in clear.
     let (clear, esp) = rx.probe(&sender, to, 5);
@@ -252,12 +205,25 @@ fn kill9_keeps_the_program_and_drops_protected_flows() {
     assert_eq!(esp, 0);
     assert!(ping(t.ns(h1), &h2_addr), "control ping");
 
-    let mut d1 = start(t.ns(gw), &bin, &conf, &inside, &outside);
+    // The daemons keep their sequence numbers in the default state file of this namespace
+    // and outside interface.
+    let state = default_state_path(t.ns(gw), &outside).unwrap();
+    let _state_guard = StateFileGuard(state.clone());
+    assert!(
+        !state.exists(),
+        "{}: left by an earlier run",
+        state.display()
+    );
+
+    let mut d1 = start(t.ns(gw), &bin, &conf, &inside, &outside, &[]);
     eprintln!("xfrm-user run: pid {}", d1.pid());
     wait_protected(&rx, &sender, to, &mut d1);
     let id1 = xdp_prog_id(t.ns(gw), &inside).expect("XDP program on the inside");
     let (clear, esp) = rx.probe(&sender, to, 10);
     assert_eq!((clear, esp), (0, 10), "daemon 1: all protected");
+    assert!(state.is_file(), "no state file at {}", state.display());
+    let seqs1 = rx.take_seqs();
+    let max1 = *seqs1.iter().max().unwrap();
 
     let st = d1.signal_and_wait(libc::SIGKILL);
     eprintln!("daemon 1: {st}");
@@ -279,17 +245,82 @@ fn kill9_keeps_the_program_and_drops_protected_flows() {
     assert!(after >= before + 20, "drop_no_socket {before} -> {after}");
     assert!(ping(t.ns(h1), &h2_addr), "unprotected traffic passes");
 
-    let mut d2 = start(t.ns(gw), &bin, &conf, &inside, &outside);
+    let mut d2 = start(t.ns(gw), &bin, &conf, &inside, &outside, &[]);
     wait_protected(&rx, &sender, to, &mut d2);
     let id2 = xdp_prog_id(t.ns(gw), &inside).expect("XDP program after restart");
     assert_ne!(id2, id1, "the restarted daemon's program took over");
     let (clear, esp) = rx.probe(&sender, to, 10);
     assert_eq!((clear, esp), (0, 10), "after restart: all protected");
     assert!(ping(t.ns(h1), &h2_addr));
+    // The sequence numbers go on above the first daemon's (without the state file they
+    // would start at 1 again).
+    let seqs2 = rx.take_seqs();
+    let min2 = *seqs2.iter().min().unwrap();
+    eprintln!(
+        "ESP seq: daemon 1 {}..={max1}, daemon 2 {min2}..={}",
+        seqs1.iter().min().unwrap(),
+        seqs2.iter().max().unwrap()
+    );
+    assert!(
+        min2 > max1,
+        "daemon 2 sent seq {min2}, daemon 1 had sent {max1}"
+    );
 
-    // Orderly stop: the daemon detaches its programs and exits 0.
+    // Orderly stop: exit 0, and the programs stay (fail closed, no moment in clear).
+    let id2_out = xdp_prog_id(t.ns(gw), &outside);
     let st = d2.signal_and_wait(libc::SIGTERM);
     assert!(st.success(), "SIGTERM: {st}");
-    assert_eq!(xdp_prog_id(t.ns(gw), &inside), None, "SIGTERM detaches");
+    assert_eq!(
+        xdp_prog_id(t.ns(gw), &inside),
+        Some(id2),
+        "SIGTERM keeps it"
+    );
+    assert_eq!(xdp_prog_id(t.ns(gw), &outside), id2_out);
+    let before = no_socket_drops(id2);
+    let (clear, esp) = rx.probe(&sender, to, 10);
+    let after = no_socket_drops(id2);
+    assert_eq!(
+        (clear, esp),
+        (0, 0),
+        "after SIGTERM: dropped, not forwarded"
+    );
+    assert!(after >= before + 10, "drop_no_socket {before} -> {after}");
+    assert!(ping(t.ns(h1), &h2_addr), "unprotected traffic passes");
+
+    // `xfrm-user detach` takes them off; the gateway is a plain router again.
+    let o = t
+        .ns(gw)
+        .exec(
+            bin.to_str().unwrap(),
+            &["detach", "--inside", &inside, "--outside", &outside],
+        )
+        .expect("xfrm-user detach");
+    eprint!("detach: {}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(xdp_prog_id(t.ns(gw), &inside), None, "detach");
+    assert_eq!(xdp_prog_id(t.ns(gw), &outside), None);
+    let (clear, _) = rx.probe(&sender, to, 5);
+    assert!(clear > 0, "after detach: plain forwarding again");
+
+    // --detach-on-exit: the daemon takes its programs off itself at SIGTERM.
+    let mut d3 = start(
+        t.ns(gw),
+        &bin,
+        &conf,
+        &inside,
+        &outside,
+        &["--detach-on-exit"],
+    );
+    wait_protected(&rx, &sender, to, &mut d3);
+    let (clear, esp) = rx.probe(&sender, to, 10);
+    assert_eq!((clear, esp), (0, 10), "daemon 3: all protected");
+    let seqs3 = rx.take_seqs();
+    let max2 = *seqs2.iter().max().unwrap();
+    assert!(
+        *seqs3.iter().min().unwrap() > max2,
+        "after an orderly stop too: {seqs3:?} after {max2}"
+    );
+    let st = d3.signal_and_wait(libc::SIGTERM);
+    assert!(st.success(), "SIGTERM: {st}");
+    assert_eq!(xdp_prog_id(t.ns(gw), &inside), None, "--detach-on-exit");
     assert_eq!(xdp_prog_id(t.ns(gw), &outside), None);
 }

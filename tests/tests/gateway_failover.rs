@@ -7,6 +7,11 @@
 //! the restart itself must bring the path back, not a flood of packets (which would, for
 //! instance, push a restarted sequence counter past the peer's replay window).
 //!
+//! The restarted daemon reads its state file: on the wire, its ESP sequence numbers go on
+//! above every one it sent before the kill (none goes backwards on either SPI), and gw-b's
+//! keep flowing into it (its window resumed at the old top, not empty). At the end both
+//! daemons stop in order, keep their programs attached (fail closed), and are detached.
+//!
 //! What happens to the XDP programs when the process dies (still attached, or detached with
 //! their links) is printed: the capture's verdict is what counts.
 
@@ -43,9 +48,6 @@ fn xdp_state(net: &GatewayNet, ns: usize, ifname: &str) -> String {
 }
 
 #[test]
-#[ignore = "known product gap (issue 5 open): a restarted daemon starts its outbound sequence \
-            numbers at 1 again and the peer drops them as replays; the fail-closed half is \
-            covered by tests/failclosed_kill9.rs"]
 fn gateway_kill9_fails_closed_and_restarts() {
     if !root_or_skip("gateway_kill9_fails_closed_and_restarts") {
         return;
@@ -115,6 +117,8 @@ fn gateway_kill9_fails_closed_and_restarts() {
         }
         let kill_at = progress.load(Ordering::Relaxed);
         let status = a.proc().kill9();
+        // Phase 1 of the wire's sequence record: the outage.
+        cap.mark();
         eprintln!("  kill -9 at {kill_at} of {size} bytes: {status}");
         // The outage: traffic keeps coming from host-a.
         std::thread::sleep(Duration::from_millis(500));
@@ -133,7 +137,9 @@ fn gateway_kill9_fails_closed_and_restarts() {
         // The UDP load stops with the outage: what restores the path must be the restart,
         // not a flood pushing sequence numbers along.
         stop_udp.store(true, Ordering::Relaxed);
-        // Restart with the same configuration.
+        // Restart with the same configuration. Phase 2: after the restart (3 s after the
+        // kill: the capture has read what the dead daemon sent).
+        cap.mark();
         a = start_gateway(net, &case, Side::A).unwrap();
         let restart = Instant::now();
         let r = wait_path(net, &case, &mut || {
@@ -171,6 +177,36 @@ fn gateway_kill9_fails_closed_and_restarts() {
     }
     let rep = cap.stop().unwrap();
     eprintln!("  wire: {}", rep.summary());
+    // Sequence numbers on the wire: gw-a's go on above the ones before the kill; nothing
+    // goes backwards on either SPI; both directions carry traffic after the restart.
+    let spi = |s: Side| case.bundle(&net, s).last().expect("a bundle").spi;
+    for s in [Side::A, Side::B] {
+        let (before, after) = (rep.seq_range(spi(s), 0..2), rep.seq_range(spi(s), 2..3));
+        eprintln!(
+            "  ESP from {s:?} (spi {:#x}): before the restart {before:?}, after {after:?}, \
+             backwards {}",
+            spi(s),
+            rep.seq_backwards.get(&spi(s)).copied().unwrap_or(0)
+        );
+        match (before, after) {
+            (Some(b), Some(a)) if s == Side::A && a.min <= b.max => problems.push(format!(
+                "gw-a restarted its sequence numbers: {} after the restart, {} before",
+                a.min, b.max
+            )),
+            (_, None) => problems.push(format!("no ESP from {s:?} after the restart")),
+            (None, _) => problems.push(format!("no ESP from {s:?} before the restart")),
+            _ => {}
+        }
+        if let Some(n) = rep.seq_backwards.get(&spi(s)) {
+            problems.push(format!(
+                "{n} ESP frames from {s:?} with a sequence number not above the ones before"
+            ));
+        }
+    }
+    let carried = format!("state {}: 2 SA(s) carried over", a.state_path().display());
+    if !a.log().contains(&carried) {
+        problems.push(format!("the restarted gw-a did not say `{carried}`"));
+    }
     // Before, during and after the outage: nothing in clear.
     if rep.leaks > 0 {
         let mut m = format!(

@@ -284,7 +284,7 @@ fn two_gateways(name: &str, p: &Plan) {
         config(p.gwb, p.gwa, p.net_b, p.net_a, 0x200, 0x100),
     )
     .unwrap();
-    let opts = |config, inside: &str, outside: &str| RunOptions {
+    let opts = |config, state, inside: &str, outside: &str| RunOptions {
         config,
         inside: inside.to_string(),
         outside: outside.to_string(),
@@ -294,9 +294,24 @@ fn two_gateways(name: &str, p: &Plan) {
         interval: Duration::from_secs(1),
         duration: Some(Duration::from_secs(120)),
         local_dev: Some(xfrm_user::datapath::tap::DEFAULT_LOCAL_DEV.to_string()),
+        state: Some(state),
+        discard_corrupt_state: false,
+        // What this test checks ends with the traffic; stopping is run_netns's and
+        // failclosed_kill9's.
+        detach_on_exit: true,
     };
-    let oa = opts(conf_a, &l1.b.ifname, &l2.a.ifname);
-    let ob = opts(conf_b, &l4.a.ifname, &l3.b.ifname);
+    let oa = opts(
+        conf_a,
+        dir.path().join("a.state"),
+        &l1.b.ifname,
+        &l2.a.ifname,
+    );
+    let ob = opts(
+        conf_b,
+        dir.path().join("b.state"),
+        &l4.a.ifname,
+        &l3.b.ifname,
+    );
     let wire_cap = capture(&t, wns, &l2.b.ifname);
     let stop = AtomicBool::new(false);
     let topo = &t;

@@ -8,8 +8,9 @@
 //! interface hands the datagrams to the daemon's TAP and they arrive as ESP only. After
 //! `kill -9` the TC filter stays and the TAP is gone with the process: the UDP reaches h2
 //! neither in clear nor as ESP, while ping still passes. A second daemon replaces the filter
-//! (still one) and ESP flows again. With `--no-local` the host's own traffic is left alone
-//! (documented: in clear).
+//! (still one) and ESP flows again; SIGTERM keeps the filter (dropping), `xfrm-user detach`
+//! removes it. With `--no-local` the host's own traffic is left alone (documented: in
+//! clear).
 //!
 //! The full two-gateway transfer in transport mode between the gateways' addresses (both
 //! directions, decrypted by the Scapy peer) is `gateway_cases::gateway_esp_transport_between_gateways`.
@@ -177,4 +178,28 @@ fn own_traffic_is_protected_and_fails_closed_after_kill9() {
     assert_eq!((clear, esp), (0, 10), "after restart: all protected");
     let st = d2.stop(libc::SIGTERM, Duration::from_secs(10));
     assert!(st.success(), "SIGTERM: {st}; log:\n{}", d2.log());
+    // An orderly stop keeps the filter too (fail closed), and it still drops.
+    assert_eq!(local_out_filters(t.ns(gw), &outside), 1, "kept at SIGTERM");
+    assert_eq!(rx.probe(&sender, to, 5), (0, 0), "stopped: dropped");
+    // `xfrm-user detach` takes it off with the XDP programs: in clear again, as at first.
+    let bin = xfrm_user_bin();
+    let out = t
+        .ns(gw)
+        .command(bin.to_str().unwrap())
+        .args(["detach", "--inside", &inside, "--outside", &outside])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "detach: {said}");
+    assert!(
+        said.contains("xfrm_local_out"),
+        "detach says what it did: {said}"
+    );
+    assert_eq!(local_out_filters(t.ns(gw), &outside), 0, "detached");
+    let (clear, esp) = rx.probe(&sender, to, 5);
+    assert_eq!(
+        (clear, esp),
+        (5, 0),
+        "after detach the host's traffic is plain again"
+    );
 }

@@ -4,7 +4,9 @@
 //!
 //! h1's veth keeps TX checksum offload on, so its UDP checksums arrive partial: the gateway
 //! must complete them before encrypting. h2 has no IPsec: a raw socket takes the ESP packets
-//! and our own input path opens them.
+//! and our own input path opens them. When `run` returns (orderly stop) its programs stay
+//! attached (fail closed) and its state file holds the last sequence number sent; the
+//! library's `detach` then takes the programs off.
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -14,19 +16,22 @@ use std::{
 };
 
 use xfrm_tests::{
-    bpf_object, init_logging, root_or_skip,
+    bpf_object,
+    daemon::xdp_attached,
+    init_logging, root_or_skip,
     topology::{Topology, VethOpts},
 };
 use xfrm_user::{
     config::parse_config,
     datapath::{
+        attach::detach,
         run::{run, RunOptions},
         AttachMode,
     },
     frame::OwnedFrame,
     stats::XfrmStats,
     wire::checksum,
-    xfrm::{xfrm_input, InputTables, InputVerdict, XfrmDb},
+    xfrm::{persist, xfrm_input, InputTables, InputVerdict, SaIdentity, XfrmDb},
 };
 
 const CONFIG: &str = "\
@@ -93,6 +98,9 @@ fn gateway_protects_outbound_with_partial_checksums() {
         interval: Duration::from_millis(500),
         duration: Some(Duration::from_secs(20)),
         local_dev: Some(xfrm_user::datapath::tap::DEFAULT_LOCAL_DEV.to_string()),
+        state: Some(dir.path().join("gw.state")),
+        discard_corrupt_state: false,
+        detach_on_exit: false,
     };
     let esp = esp_socket(&t, h2);
     let stop = AtomicBool::new(false);
@@ -152,5 +160,42 @@ fn gateway_protects_outbound_with_partial_checksums() {
             assert_ne!(&l4[6..8], &[0, 0]);
             assert_eq!(checksum::combine(&[pseudo, checksum::data(l4)]), 0xffff);
         }
+
+        // The state file holds the last number handed out: at least the last one h2 saw
+        // (more if datagrams sent before the count reached 10 are still on their way).
+        let state = persist::parse(&std::fs::read(dir.path().join("gw.state")).unwrap()).unwrap();
+        let id = SaIdentity::of(&cfg_states()[0]);
+        let rec = state.iter().find(|r| r.id == id).expect("the SA's record");
+        assert!(
+            rec.vals.oseq >= u64::from(last_seq),
+            "state file oseq {} < last seq on the wire {last_seq}",
+            rec.vals.oseq
+        );
+
+        // Orderly stop: the programs stayed (fail closed); `detach` takes them off.
+        let (inside, outside) = (&opts.inside, &opts.outside);
+        for i in [inside, outside] {
+            assert!(xdp_attached(topo.ns(gw), i).unwrap(), "{i}: kept at stop");
+        }
+        let mut said = Vec::new();
+        topo.ns(gw)
+            .run(|| detach(&[inside, outside], &mut said))
+            .unwrap();
+        let said = String::from_utf8(said).unwrap();
+        eprint!("{said}");
+        // Both XDP programs, and the TC filter for the host's own traffic.
+        assert_eq!(said.matches("detached xfrm_").count(), 3, "{said}");
+        assert!(said.contains("detached xfrm_local_out (TC egress)"), "{said}");
+        for i in [inside, outside] {
+            assert!(!xdp_attached(topo.ns(gw), i).unwrap(), "{i}: detached");
+        }
+        // Again: nothing left to take off.
+        let mut again = Vec::new();
+        topo.ns(gw).run(|| detach(&[inside], &mut again)).unwrap();
+        assert!(String::from_utf8(again).unwrap().contains("no XDP program"));
     });
+}
+
+fn cfg_states() -> Vec<xfrm_user::sa::SaConfig> {
+    parse_config(CONFIG, "gw.conf").unwrap().states
 }

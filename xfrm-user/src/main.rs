@@ -40,8 +40,24 @@ enum Command {
     Attach(AttachArgs),
     /// The gateway: the classifier on the inside interface, one AF_XDP worker per queue
     /// running the transforms, L2 from the kernel's tables; counters every --interval until
-    /// Ctrl-C. Inside may equal outside (one-armed).
+    /// Ctrl-C. Inside may equal outside (one-armed). The XDP programs stay attached when it
+    /// stops (fail closed: protected traffic is dropped until it runs again); see `detach`.
     Run(RunArgs),
+    /// Take the XDP programs a stopped or killed `run` left attached off the interfaces
+    /// (only xfrm-user's own programs; another program is refused). The kernel then routes
+    /// the protected flows, in clear unless its own xfrm protects them.
+    Detach(DetachArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("ifaces").required(true).multiple(true)))]
+struct DetachArgs {
+    /// The inside interface of `run`.
+    #[arg(long, value_name = "IF", group = "ifaces")]
+    inside: Option<String>,
+    /// The outside interface of `run`.
+    #[arg(long, value_name = "IF", group = "ifaces")]
+    outside: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -80,6 +96,21 @@ struct RunArgs {
     /// even where a policy says protect.
     #[arg(long)]
     no_local: bool,
+    /// The state file: each SA's last output sequence number and inbound window top, so a
+    /// restart goes on where the last run stopped (default:
+    /// /run/xfrm-user/netns-<namespace inode>-<outside>.state).
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// When the state file is unreadable, set it aside and start from the configured
+    /// sequence numbers instead of refusing to start. Only after re-keying the SAs: with the
+    /// old keys, numbers would be used twice.
+    #[arg(long)]
+    discard_corrupt_state: bool,
+    /// At an orderly stop (SIGINT/SIGTERM, --duration), detach the XDP programs: the kernel
+    /// then routes the protected flows (in clear unless its own xfrm protects them). Default:
+    /// they stay attached and drop what they would protect until the next start.
+    #[arg(long)]
+    detach_on_exit: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -205,9 +236,26 @@ fn main() -> ExitCode {
                     .duration
                     .map(|d| std::time::Duration::from_secs_f64(d.max(0.0))),
                 local_dev: (!a.no_local).then_some(a.local_dev),
+                state: a.state,
+                discard_corrupt_state: a.discard_corrupt_state,
+                detach_on_exit: a.detach_on_exit,
             };
             let mut out = std::io::stdout();
             match xfrm_user::datapath::run::run(&opts, &STOP, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xfrm-user: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Detach(a) => {
+            let ifaces: Vec<&str> = [a.inside.as_deref(), a.outside.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect();
+            let mut out = std::io::stdout();
+            match xfrm_user::datapath::attach::detach(&ifaces, &mut out) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("xfrm-user: {e:#}");

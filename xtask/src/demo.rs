@@ -11,7 +11,9 @@
 //! gateway's counter lines (global and per SA, as `xfrm-user run` prints them), and a decoded
 //! sample of the wire from a packet socket in the `wire` namespace (`ESP spi=… seq=… len=…`)
 //! with the count of protected packets seen in clear (0 unless something is wrong). Ctrl-C
-//! (or `--duration`) stops the gateways and deletes every namespace.
+//! (or `--duration`) stops the gateways, takes their XDP programs off (`xfrm-user run` leaves
+//! them attached, fail closed; `Daemon::stop` runs `xfrm-user detach`), removes their state
+//! files and deletes every namespace.
 
 use std::{
     io::{BufRead, BufReader, Seek, SeekFrom},
@@ -291,9 +293,13 @@ pub fn gateways(duration: Option<u64>, xdp_mode: &str) -> Result<()> {
     // Traffic has stopped (the scope joined its threads): the capture ends while both
     // gateways still run, then the gateways stop.
     let rep = cap.stop()?;
+    let mut unclean = Vec::new();
     for (g, d) in ["gw-a", "gw-b"].iter().zip(gws) {
         let st = d.stop();
         println!("  {g}: xfrm-user run exited ({st})");
+        if !st.success() {
+            unclean.push(format!("{g}: {st}"));
+        }
     }
     println!("  wire: {}", rep.summary());
     for (why, f) in &rep.leak_samples {
@@ -312,6 +318,9 @@ pub fn gateways(duration: Option<u64>, xdp_mode: &str) -> Result<()> {
     drop(net);
     println!("demo: torn down");
     result?;
+    if !unclean.is_empty() {
+        bail!("a gateway did not stop cleanly: {}", unclean.join("; "));
+    }
     if rep.leaks > 0 {
         bail!("{} protected packets crossed the wire in clear", rep.leaks);
     }

@@ -3,6 +3,9 @@
 //! verdict counters until told to stop. With `xsk`, one AF_XDP socket per queue takes the
 //! protected packets (and shows a sample of them); they are not transformed yet, so they are
 //! dropped there. Without it, protected packets are dropped in XDP (fail closed).
+//!
+//! `xfrm-user detach`: the other way, for the programs `xfrm-user run` leaves attached when
+//! it stops (see loader.rs, "Fail closed across the death of the daemon").
 
 use std::{
     io::Write,
@@ -12,9 +15,10 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use xfrm_common::PROG_LOCAL_OUT;
 
 use super::{
-    loader::{AttachMode, Datapath},
+    loader::{detach_xfrm_programs, AttachMode, Datapath, Detached},
     rules::compile_db,
     xsk::{XskConfig, XskSocket},
 };
@@ -107,5 +111,31 @@ pub fn attach_and_watch(
     writeln!(out, "final: {}", dp.counters()?)?;
     dp.flush_logs();
     // Dropping dp detaches the program (bpf_link) and closes the maps.
+    Ok(())
+}
+
+/// `xfrm-user detach --inside IF --outside IF`: takes xfrm-user's XDP programs, and its TC
+/// egress filter for the host's own traffic, off each interface (each named once), says
+/// what it did. The protected flows are then routed by the
+/// kernel: in clear, unless its own xfrm protects them.
+pub fn detach(ifaces: &[&str], out: &mut dyn Write) -> Result<()> {
+    let mut seen: Vec<&str> = Vec::new();
+    for &i in ifaces {
+        if seen.contains(&i) {
+            continue;
+        }
+        seen.push(i);
+        for d in detach_xfrm_programs(i)? {
+            match d {
+                Detached::Removed { name, id } => {
+                    writeln!(out, "{i}: detached {name} (program id {id})")?
+                }
+                Detached::Nothing => writeln!(out, "{i}: no XDP program")?,
+            }
+        }
+        if Datapath::detach_local_out_by_name(i)? {
+            writeln!(out, "{i}: detached {PROG_LOCAL_OUT} (TC egress)")?;
+        }
+    }
     Ok(())
 }

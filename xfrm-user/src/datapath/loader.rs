@@ -135,6 +135,81 @@ struct Persistent {
     prog: Program,
 }
 
+/// What [`detach_xfrm_programs`] did on one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detached {
+    /// Removed this program (name, id).
+    Removed { name: String, id: u32 },
+    /// No XDP program was attached.
+    Nothing,
+}
+
+/// `xfrm-user detach`: take the programs of this object (`xfrm_classify`, `xfrm_outside`,
+/// found by name) off `iface`, in the calling thread's network namespace, e.g. those a
+/// stopped or killed `xfrm-user run` left attached (fail closed). Removes each only if it is
+/// still the attached one (XDP_FLAGS_REPLACE + IFLA_XDP_EXPECTED_FD): a daemon starting at
+/// the same moment keeps its own. Refuses (error, nothing touched) a program of another
+/// name: it is not ours to remove.
+pub fn detach_xfrm_programs(iface: &str) -> Result<Vec<Detached>> {
+    use super::neigh::{Rtnl, XdpAttachMode};
+    let mut rtnl = Rtnl::new()?;
+    let (ifindex, progs) = rtnl.xdp_programs(iface)?;
+    if progs.is_empty() {
+        return Ok(vec![Detached::Nothing]);
+    }
+    let mut found = Vec::new();
+    for p in &progs {
+        let info = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|i| i.id() == p.id)
+            .with_context(|| format!("{iface}: XDP program id {} not found", p.id))?;
+        let name = info.name_as_str().unwrap_or("").to_string();
+        if name != PROG_CLASSIFY && name != PROG_OUTSIDE {
+            bail!(
+                "{iface}: the XDP program `{name}` (id {}) is not one of xfrm-user's; not \
+                 touched (`ip link set dev {iface} xdp off` removes any program)",
+                p.id
+            );
+        }
+        let flags = match p.mode {
+            XdpAttachMode::Drv => XDP_FLAGS_DRV_MODE,
+            XdpAttachMode::Skb => XDP_FLAGS_SKB_MODE,
+            XdpAttachMode::Hw => bail!("{iface}: {name} (id {}) is offloaded: not ours", p.id),
+        };
+        found.push((info, name, flags, p.id));
+    }
+    let mut out = Vec::new();
+    for (info, name, flags, id) in found {
+        let fd = info
+            .fd()
+            .with_context(|| format!("{iface}: a descriptor of program {id}"))?;
+        let r = rtnl.set_xdp(
+            ifindex,
+            -1,
+            flags | XDP_FLAGS_REPLACE,
+            Some(fd.as_fd().as_raw_fd()),
+        );
+        match r {
+            Ok(()) => out.push(Detached::Removed { name, id }),
+            Err(e) => {
+                let errno = e
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(|e| e.raw_os_error());
+                let hint = match errno {
+                    Some(libc::EBUSY) => {
+                        " (attached through a bpf_link, e.g. by a running `xfrm-user attach`: \
+                         stop that process)"
+                    }
+                    Some(libc::EEXIST) => " (replaced meanwhile, e.g. by a starting daemon)",
+                    _ => "",
+                };
+                return Err(e.context(format!("detach {name} (id {id}) from {iface}{hint}")));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Sum over CPUs of each verdict counter, named as in `xfrm_common::COUNTER_NAMES`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters(pub [u64; COUNTER_COUNT]);
@@ -349,12 +424,14 @@ impl Datapath {
     // gives each process a private mount namespace whose mounts, bpffs included, die with
     // it, so a pinned link would be released at exactly the moment it is needed.
     //
-    // An orderly stop (SIGINT/SIGTERM) detaches: [`Self::detach_persistent`] removes the
-    // program only if it is still ours (XDP_FLAGS_REPLACE + IFLA_XDP_EXPECTED_FD), so a
-    // daemon that already took over is not disturbed. Operators who stop the daemon also
-    // stop the protection; the kernel's own routing (and xfrm, if configured) applies then.
-    // Every other exit (error, panic, signal 9) leaves the program attached, fail closed;
-    // `ip link set dev IF xdp off` removes it by hand.
+    // An orderly stop (SIGINT/SIGTERM) leaves the programs attached too, by default: a
+    // service manager's restart must not open a moment in which the gateway routes the
+    // protected flows in clear. Taking them off is explicit: `xfrm-user detach`
+    // ([`detach_xfrm_programs`], only programs of this object, by name), or `run
+    // --detach-on-exit`, where [`Self::detach_persistent`] removes the program only if it is
+    // still ours (XDP_FLAGS_REPLACE + IFLA_XDP_EXPECTED_FD), so a daemon that already took
+    // over is not disturbed. The kernel's own routing (and xfrm, if configured) applies
+    // then. `ip link set dev IF xdp off` removes any program by hand.
 
     /// Attach `prog` to `iface` in netlink mode: it survives this process (see above);
     /// replaces atomically a program a previous daemon left. A bpf_link attachment on the
@@ -461,6 +538,22 @@ impl Datapath {
         Ok(())
     }
 
+    /// `xfrm-user detach`: remove every egress filter of `iface` running a program named
+    /// `xfrm_local_out` (a stopped or killed daemon's). False when there was none.
+    pub fn detach_local_out_by_name(iface: &str) -> Result<bool> {
+        match tc::qdisc_detach_program(iface, TcAttachType::Egress, PROG_LOCAL_OUT) {
+            Ok(()) => Ok(true),
+            Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            // No clsact qdisc: no filter of ours either.
+            Err(tc::TcError::NetlinkError(e))
+                if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(anyhow!(e).context(format!("detach {PROG_LOCAL_OUT} from {iface}"))),
+        }
+    }
+
     /// Remove `xfrm_local_out` from the egress of `iface` (whoever attached it).
     pub fn detach_local_out(iface: &str) -> Result<()> {
         aya::programs::links::Link::detach(local_out_link(iface)?)
@@ -481,6 +574,11 @@ impl Datapath {
         )?;
         m.set(0, ifindex, 0)?;
         Ok(())
+    }
+
+    /// The interfaces this object attached in netlink mode (and has not detached).
+    pub fn persistent_interfaces(&self) -> Vec<String> {
+        self.persistent.iter().map(|p| p.iface.clone()).collect()
     }
 
     /// Attach the pass-everything program, e.g. to a veth peer that must accept XDP_TX and

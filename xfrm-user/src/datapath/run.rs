@@ -20,6 +20,12 @@
 //! with the same rules ([`XfrmDb::policy_lookup_index`]), and decapsulated packets for one of
 //! the host's addresses go back to it through the TAP. A SYN the host sends has its MSS
 //! clamped to what the bundle leaves, since its stack cannot know the ESP overhead.
+//!
+//! Restarts: each SA's output sequence counter and inbound window top live in a state file
+//! mapped into the process (`xfrm::persist`), so a daemon started again, after `kill -9` or
+//! an orderly stop, goes on above every number it handed out and refuses replays of what it
+//! delivered. The XDP programs stay attached when the daemon stops, whatever the reason
+//! (fail closed; `--detach-on-exit` or `xfrm-user detach` take them off).
 
 use std::{
     io::Write,
@@ -48,9 +54,10 @@ use crate::policy::{PolicyAction, PolicyDir};
 use crate::stats::{XfrmStat, XfrmStats};
 use crate::wire::{checksum, flow, proto, tcp::TcpPacket};
 use crate::xfrm::{
+    persist::{self, SaIdentity, StateFile},
     pmtu::{bundle_mtu, SaMtu},
     spd::XFRM_MAX_DEPTH,
-    xfrm_input, xfrm_output_bundle, InputTables, InputVerdict, Verdict, XfrmDb,
+    xfrm_input, xfrm_output_bundle, InputTables, InputVerdict, SystemClock, Verdict, XfrmDb,
 };
 
 /// What the workers share: the SA/policy database, the input tables, the counters.
@@ -290,6 +297,38 @@ pub struct RunOptions {
     /// The TAP device for the host's own traffic (None: the host's own packets are not
     /// protected, as without this daemon).
     pub local_dev: Option<String>,
+    /// The state file (sequence numbers across restarts); None: the default,
+    /// [`persist::default_path`] (per network namespace and outside interface).
+    pub state: Option<PathBuf>,
+    /// Start fresh when the state file is unreadable instead of refusing to start (the file
+    /// is set aside): only after the SAs were re-keyed.
+    pub discard_corrupt_state: bool,
+    /// At an orderly stop, take the XDP programs off the interfaces (the kernel then routes
+    /// the protected flows, in clear unless its own xfrm protects them). Default: they stay,
+    /// and drop what they would protect until the next start (fail closed).
+    pub detach_on_exit: bool,
+}
+
+impl RunOptions {
+    /// The defaults of the command line: one queue, native XDP, the object found by
+    /// `resolve_object`, a counter line a second, until stopped, the default state file,
+    /// programs kept attached at exit, the host's own traffic through the default TAP.
+    pub fn new(config: PathBuf, inside: &str, outside: &str) -> Self {
+        Self {
+            config,
+            inside: inside.to_string(),
+            outside: outside.to_string(),
+            queues: 1,
+            mode: AttachMode::Native,
+            bpf: None,
+            interval: Duration::from_secs(1),
+            duration: None,
+            state: None,
+            discard_corrupt_state: false,
+            detach_on_exit: false,
+            local_dev: Some(super::tap::DEFAULT_LOCAL_DEV.to_string()),
+        }
+    }
 }
 
 /// Runs the gateway until `stop` (or the duration) in the calling thread's network
@@ -299,8 +338,51 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         anyhow!("invalid configuration:\n{}", lines.join("\n"))
     })?;
-    let db = XfrmDb::new(cfg.states, cfg.policies).map_err(|e| anyhow!("{e}"))?;
+    // The counters first: nothing may be sent before they are known.
+    let state_path = match &opts.state {
+        Some(p) => p.clone(),
+        None => persist::default_path(&opts.outside)
+            .context("the default state file's name (network namespace)")?,
+    };
+    let ids: Vec<SaIdentity> = cfg.states.iter().map(SaIdentity::of).collect();
+    let store = StateFile::open(&state_path, &ids, opts.discard_corrupt_state)?;
+    let slots = (0..ids.len())
+        .map(|i| store.slot(i).context("state file slot"))
+        .collect::<Result<Vec<_>>>()?;
+    let db = XfrmDb::with_slots(cfg.states, cfg.policies, Arc::new(SystemClock), slots)
+        .map_err(|e| anyhow!("{e}"))?;
     let gw = Gateway::new(db);
+    let r = store.report();
+    let state_line = format!(
+        "state {}: {} SA(s) carried over, {} new{}{}",
+        store.path().display(),
+        r.carried,
+        r.fresh,
+        if r.retired > 0 {
+            format!(", {} no longer configured (kept, retired)", r.retired)
+        } else {
+            String::new()
+        },
+        if r.discarded.is_some() {
+            " (an unreadable file was set aside: --discard-corrupt-state)"
+        } else {
+            ""
+        }
+    );
+    for x in gw
+        .db
+        .states()
+        .iter()
+        .filter(|x| x.oseq() > 0 || x.persisted_in_top() > 0)
+    {
+        log::info!(
+            "SA spi 0x{:08x} dst {}: output goes on after {}, input window top {}",
+            x.spi(),
+            x.daddr(),
+            x.oseq(),
+            x.persisted_in_top()
+        );
+    }
     let rules = compile_db(&gw.db)?;
     let inside = port_info(&opts.inside)?;
     let outside = port_info(&opts.outside)?;
@@ -368,6 +450,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             None => "not protected (--no-local)".to_string(),
         }
     )?;
+    writeln!(out, "xfrm-user: {state_line}")?;
     out.flush()?;
     let workers_stop = AtomicBool::new(false);
     std::thread::scope(|s| -> Result<()> {
@@ -461,11 +544,36 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             None => Ok(()),
         }
     })?;
-    // Orderly stop (the stop flag or the duration; a failure returned above leaves the
-    // programs attached, fail closed): take our programs off the interfaces.
-    dp.detach_persistent()?;
+    // Orderly stop (the stop flag or the duration). The workers and their sockets are gone;
+    // the counters are in the file (msync for a file on disk; the page cache has them).
+    if let Err(e) = store.sync() {
+        log::warn!("state file {}: msync: {e}", store.path().display());
+    }
+    let ifaces = dp.persistent_interfaces().join(" and ");
+    if opts.detach_on_exit {
+        dp.detach_persistent()?;
+        log::info!("stopped; XDP programs detached from {ifaces} (--detach-on-exit)");
+        writeln!(
+            out,
+            "xfrm-user: stopped; XDP programs detached from {ifaces} (--detach-on-exit): the \
+             kernel routes the protected flows now"
+        )?;
+    } else {
+        // Fail closed until the next start: protect verdicts find no socket and are dropped
+        // and counted (drop_no_socket), inbound IPsec for our SAs likewise; the rest passes.
+        log::info!("stopped; XDP programs stay attached on {ifaces} (fail closed)");
+        writeln!(
+            out,
+            "xfrm-user: stopped; XDP programs stay attached on {ifaces}: protected traffic is \
+             dropped (fail closed) until `xfrm-user run` starts again or `xfrm-user detach \
+             --inside {} --outside {}` removes them",
+            opts.inside, opts.outside
+        )?;
+    }
+    out.flush()?;
     drop(dp);
     drop(tap);
+    drop(store);
     Ok(())
 }
 

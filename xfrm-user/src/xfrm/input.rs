@@ -458,7 +458,7 @@ pub fn xfrm_input(
         };
         // Only the first SA gets the encapsulation.
         encap = None;
-        let recorded = x.input().replay.advance(seq);
+        let recorded = x.replay_advance(seq);
         if let Err(e) = recorded {
             x.input().stats.count_replay_error(e);
             return drop_sa(x, stats, e.stat());

@@ -1397,6 +1397,98 @@ fn replay_through_the_input_path() {
     assert_eq!((s.replay, s.replay_window, s.integrity_failed), (0, 1, 0));
 }
 
+/// A restart of both ends (persist.rs) in the middle of an ESN flow about to cross 2^32:
+/// the sender goes on above every number it handed out, the receiver refuses every number it
+/// had taken (replays of delivered packets) and takes the ones it never saw.
+#[test]
+fn restart_from_the_state_files_at_both_ends() {
+    use super::persist::{SaIdentity, StateFile};
+    let mut c = sa_cfg(
+        0xd10,
+        Alg::Gcm {
+            key_len: 16,
+            icv_bits: 128,
+        },
+        XfrmMode::Tunnel,
+        false,
+    );
+    c.replay_window = 32;
+    c.flags.esn = true;
+    c.replay_oseq = u32::MAX - 5;
+    c.replay_seq = u32::MAX - 5;
+    let dir = tempfile::tempdir().unwrap();
+    let pols = rx_policies(std::slice::from_ref(&c), false);
+    let clock = Arc::new(ManualClock::new(T0));
+    let open =
+        |name: &str| StateFile::open(&dir.path().join(name), &[SaIdentity::of(&c)], false).unwrap();
+    let build = |tx: super::persist::SeqSlot, rx: super::persist::SeqSlot| {
+        let tx = XfrmDb::with_slots(vec![c.clone()], vec![], clock.clone(), vec![tx]).unwrap();
+        let rx =
+            XfrmDb::with_slots(vec![c.clone()], pols.clone(), clock.clone(), vec![rx]).unwrap();
+        Link {
+            tables: InputTables::new(&rx),
+            tx,
+            rx,
+            clock: clock.clone(),
+            tx_stats: XfrmStats::new(),
+            rx_stats: XfrmStats::new(),
+        }
+    };
+    // The low half of the ESP sequence number (outer IPv4, then SPI).
+    let seq_lo = |w: &[u8]| u32::from_be_bytes(w[24..28].try_into().unwrap());
+    let p = packet_for(&c, false, proto::UDP, 0, b"restart");
+
+    let (ft, fr) = (open("tx.state"), open("rx.state"));
+    let link = build(ft.slot(0).unwrap(), fr.slot(0).unwrap());
+    // 2^32 - 5 ..= 2^32 + 4; the last two are still in flight when both ends die.
+    let before: Vec<_> = (0..10).map(|_| link.send(&p)).collect();
+    for w in &before[..8] {
+        assert_eq!(link.recv(w).0, InputVerdict::Decapsulated);
+    }
+    let top = link.rx_sa(0).input().replay.top();
+    assert_eq!(top, (1 << 32) + 2);
+    assert_eq!(link.rx_sa(0).persisted_in_top(), top);
+    assert_eq!(link.tx.states()[0].oseq(), (1 << 32) + 4);
+    // Gone without a word to the files (no msync, no orderly stop).
+    drop(link);
+    drop((ft, fr));
+
+    let (ft, fr) = (open("tx.state"), open("rx.state"));
+    assert_eq!((ft.report().carried, fr.report().carried), (1, 1));
+    let link = build(ft.slot(0).unwrap(), fr.slot(0).unwrap());
+    let after = link.send(&p);
+    assert_eq!(
+        seq_lo(&after),
+        5,
+        "2^32 + 5: above every number sent before"
+    );
+    for (i, w) in before[..8].iter().enumerate() {
+        assert_eq!(
+            link.recv(w).0,
+            InputVerdict::Dropped(XfrmStat::XfrmInStateSeqError),
+            "replay of delivered packet {i}"
+        );
+    }
+    // Never delivered: taken once, then replays of them too are refused.
+    for w in [&before[8], &before[9], &after] {
+        assert_eq!(link.recv(w).0, InputVerdict::Decapsulated);
+        assert_eq!(
+            link.recv(w).0,
+            InputVerdict::Dropped(XfrmStat::XfrmInStateSeqError)
+        );
+    }
+    assert_eq!(link.rx_sa(0).persisted_in_top(), (1 << 32) + 5);
+
+    // The control: a receiver without the file takes the replays, a sender without it
+    // repeats numbers (what the state file prevents).
+    let fresh = build(
+        super::persist::SeqSlot::in_memory(),
+        super::persist::SeqSlot::in_memory(),
+    );
+    assert_eq!(fresh.recv(&before[7]).0, InputVerdict::Decapsulated);
+    assert_eq!(seq_lo(&fresh.send(&p)), seq_lo(&before[0]));
+}
+
 #[test]
 fn more_than_xfrm_max_depth_sas() {
     // Seven transport-mode ESP SAs around one packet (the output path builds at most six

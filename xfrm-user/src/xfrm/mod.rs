@@ -14,6 +14,7 @@ pub mod esp;
 pub mod input;
 pub mod mode;
 pub mod output;
+pub mod persist;
 pub mod pmtu;
 pub mod policy_check;
 pub mod replay;
@@ -22,6 +23,7 @@ pub mod state;
 
 pub use input::{xfrm_input, InputTables, InputVerdict};
 pub use output::{xfrm_output, xfrm_output_bundle, Verdict};
+pub use persist::{SaIdentity, SeqSlot, StateFile, StateFileError};
 pub use spd::XfrmDb;
 pub use state::{Clock, KmState, ManualClock, SecurityAssociation, SystemClock};
 

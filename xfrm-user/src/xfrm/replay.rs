@@ -155,6 +155,14 @@ impl ReplayState {
         self.top
     }
 
+    /// Resumes after a restart (persist.rs): `top` is the highest number an earlier run
+    /// recorded, and every number at or below it counts as received, since which of them
+    /// were is not known. Numbers above it are accepted as usual.
+    pub fn resume_above(&mut self, top: u64) {
+        self.top = top;
+        self.bmp = [u64::MAX; BMP_WORDS];
+    }
+
     /// xfrm_replay_seqhi: the high 32 bits of the sequence number whose low half arrived,
     /// by RFC 4303 Appendix A2.1 (Tl/Th = `top`'s halves, W = window, all mod 2^32):
     ///

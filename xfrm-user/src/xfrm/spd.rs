@@ -10,6 +10,7 @@ use crate::sa::{SaConfig, XfrmId, XfrmMode, XfrmProto};
 use crate::selector::FlowKey;
 use crate::stats::XfrmStat;
 
+use super::persist::SeqSlot;
 use super::state::{Clock, SaError, SaRef, SecurityAssociation, SystemClock};
 
 /// XFRM_MAX_DEPTH: the most transforms one bundle can hold.
@@ -28,6 +29,8 @@ pub enum DbError {
     DuplicatePolicy(usize),
     #[error("policy {0}: more than {XFRM_MAX_DEPTH} templates")]
     TooManyTemplates(usize),
+    #[error("{slots} counter slots for {states} states")]
+    SlotCount { states: usize, slots: usize },
 }
 
 /// The databases one datapath runs on: every SA and every policy of a config.
@@ -71,19 +74,38 @@ impl XfrmDb {
         Self::with_clock(states, policies, Arc::new(SystemClock))
     }
 
+    /// With the SAs' counters in memory (nothing survives the process).
     pub fn with_clock(
         states: Vec<SaConfig>,
         policies: Vec<Policy>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, DbError> {
+        let slots = states.iter().map(|_| SeqSlot::in_memory()).collect();
+        Self::with_slots(states, policies, clock, slots)
+    }
+
+    /// With each SA's counters in `slots[i]` (a state file's records, see persist.rs), one
+    /// per state in config order.
+    pub fn with_slots(
+        states: Vec<SaConfig>,
+        policies: Vec<Policy>,
+        clock: Arc<dyn Clock>,
+        slots: Vec<SeqSlot>,
+    ) -> Result<Self, DbError> {
+        if slots.len() != states.len() {
+            return Err(DbError::SlotCount {
+                states: states.len(),
+                slots: slots.len(),
+            });
+        }
         let now = clock.now();
         let mut by_id = HashMap::new();
         let mut sas = Vec::with_capacity(states.len());
-        for (i, cfg) in states.into_iter().enumerate() {
+        for (i, (cfg, slot)) in states.into_iter().zip(slots).enumerate() {
             if by_id.insert(cfg.id, i).is_some() {
                 return Err(DbError::DuplicateState(i));
             }
-            sas.push(Arc::new(SecurityAssociation::new(cfg, i, now)?));
+            sas.push(Arc::new(SecurityAssociation::with_slot(cfg, i, now, slot)?));
         }
         let (mut out, mut inp, mut fwd) = (Vec::new(), Vec::new(), Vec::new());
         for (i, p) in policies.into_iter().enumerate() {

@@ -13,8 +13,9 @@ use crate::sa::{EncapType, SaConfig, XfrmMode, XfrmProto};
 use crate::stats::{XfrmStat, XfrmStats};
 use crate::wire::{ah, esp, ipv4, ipv6, udp};
 
+use super::persist::SeqSlot;
 use super::pmtu::SaMtu;
-use super::replay::{ReplayState, SaInput};
+use super::replay::{ReplayError, ReplayState, SaInput};
 
 /// Seconds since the epoch (ktime_get_real_seconds), injectable for tests and replays.
 pub trait Clock: Send + Sync {
@@ -209,11 +210,15 @@ pub struct SecurityAssociation {
     km_state: AtomicU8,
     /// x->km.dying: a soft limit was reached (the log line is written once).
     dying: AtomicBool,
-    /// Number of the last sequence number handed out (x->replay.oseq, 64-bit with ESN).
-    oseq: AtomicU64,
-    /// oseq before the first packet: every number handed out is one packet counted, so
-    /// curlft.packets = oseq - oseq_base and needs no counter of its own (one atomic less
-    /// per packet; nothing can fail between xfrm_replay_overflow and the curlft update).
+    /// The last sequence number handed out (x->replay.oseq, 64-bit with ESN) and the top of
+    /// the inbound window, in the state file's mapping when there is one (persist.rs): the
+    /// counter a restart goes on from.
+    slot: SeqSlot,
+    /// The configured oseq (before the SA's first packet ever): every number handed out is
+    /// one packet counted, so curlft.packets = oseq - oseq_base and needs no counter of its
+    /// own (one atomic less per packet; nothing can fail between xfrm_replay_overflow and
+    /// the curlft update). Across a restart the count goes on with the number, so a packet
+    /// limit bounds what the key protected, not what one run did.
     oseq_base: u64,
     /// Packets taken in by the input path (an inbound SA hands out no sequence numbers, so
     /// its curlft.packets is counted here; only input touches it).
@@ -260,7 +265,24 @@ fn random_u32() -> u32 {
 }
 
 impl SecurityAssociation {
+    /// An SA whose counters live in memory only (nothing survives the process).
     pub fn new(cfg: SaConfig, index: usize, now: u64) -> Result<Self, SaError> {
+        Self::with_slot(cfg, index, now, SeqSlot::in_memory())
+    }
+
+    /// An SA whose counters live in `slot` (a state file's record), carrying over what it
+    /// holds:
+    /// - output: the next number is above both the slot's and the configured one
+    ///   (replay-oseq), so no number is handed out twice under one key;
+    /// - input: when the slot's window top is above the configured replay-seq, the window
+    ///   starts there with every number at or below it taken as seen. A packet in flight at
+    ///   the restart may be dropped; a replay of anything delivered before is never taken.
+    pub fn with_slot(
+        cfg: SaConfig,
+        index: usize,
+        now: u64,
+        slot: SeqSlot,
+    ) -> Result<Self, SaError> {
         let spi = cfg.id.spi;
         let crypto =
             SaCrypto::from_algorithm(&cfg.algorithm).map_err(|err| SaError::Crypto { spi, err })?;
@@ -294,7 +316,7 @@ impl SecurityAssociation {
             });
         }
         let props = SaProps::new(&cfg, crypto.icv_len());
-        let replay = ReplayState::from_config(&cfg).map_err(|_| SaError::Invalid {
+        let mut replay = ReplayState::from_config(&cfg).map_err(|_| SaError::Invalid {
             spi,
             what: "replay-window larger than 4096",
         })?;
@@ -303,6 +325,13 @@ impl SecurityAssociation {
         } else {
             u64::from(cfg.replay_oseq)
         };
+        slot.oseq().fetch_max(oseq, Ordering::Relaxed);
+        let top = slot.in_top().load(Ordering::Relaxed);
+        if top > replay.top() {
+            replay.resume_above(top);
+        } else {
+            slot.in_top().store(replay.top(), Ordering::Relaxed);
+        }
         Ok(Self {
             overhead: SaMtu::from_sa(&cfg),
             props,
@@ -310,7 +339,7 @@ impl SecurityAssociation {
             index,
             km_state: AtomicU8::new(KmState::Valid as u8),
             dying: AtomicBool::new(false),
-            oseq: AtomicU64::new(oseq),
+            slot,
             curlft_bytes: AtomicU64::new(0),
             oseq_base: oseq,
             curlft_in_packets: AtomicU64::new(0),
@@ -373,7 +402,8 @@ impl SecurityAssociation {
     }
     #[inline]
     pub fn curlft_packets(&self) -> u64 {
-        self.oseq
+        self.slot
+            .oseq()
             .load(Ordering::Relaxed)
             .saturating_sub(self.oseq_base)
             + self.curlft_in_packets.load(Ordering::Relaxed)
@@ -388,7 +418,11 @@ impl SecurityAssociation {
     /// The last output sequence number handed out (x->replay.oseq, with oseq_hi above bit
     /// 32 under ESN). Saturates at the limit: a refused number is never counted.
     pub fn oseq(&self) -> u64 {
-        self.oseq.load(Ordering::Relaxed)
+        self.slot.oseq().load(Ordering::Relaxed)
+    }
+    /// The inbound window's top as kept for a restart (equal to `input().replay.top()`).
+    pub fn persisted_in_top(&self) -> u64 {
+        self.slot.in_top().load(Ordering::Relaxed)
     }
     /// The input state (replay window, x->stats), locked. A panic elsewhere while it was
     /// held leaves a state that is still consistent (every update is a plain store), so a
@@ -550,16 +584,18 @@ impl SecurityAssociation {
         // Far from the limit a plain fetch_add is exact: fewer than 2^16 workers can race
         // past the threshold check. Near it, a CAS loop saturates instead of wrapping.
         const SLACK: u64 = 1 << 16;
-        let cur = self.oseq.load(Ordering::Relaxed);
+        let oseq = self.slot.oseq();
+        let cur = oseq.load(Ordering::Relaxed);
         if cur < limit - SLACK {
-            return Ok(self.oseq.fetch_add(1, Ordering::Relaxed) + 1);
+            return Ok(oseq.fetch_add(1, Ordering::Relaxed) + 1);
         }
         self.replay_overflow_near_limit(limit)
     }
 
     #[cold]
     fn replay_overflow_near_limit(&self, limit: u64) -> Result<u64, SeqOverflow> {
-        self.oseq
+        self.slot
+            .oseq()
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
                 if v >= limit {
                     None
@@ -583,6 +619,20 @@ impl SecurityAssociation {
     #[inline]
     pub fn add_curlft(&self, bytes: usize) {
         self.curlft_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// xfrm_replay_advance once the ICV verified (see ReplayState::advance), and the new top
+    /// kept for a restart: a relaxed store under the SA's lock, so the kept top only rises,
+    /// and before the packet is delivered, so no delivered number is ever above it.
+    pub fn replay_advance(&self, seq: u64) -> Result<(), ReplayError> {
+        let mut inp = self.input();
+        inp.replay.advance(seq)?;
+        let top = inp.replay.top();
+        let kept = self.slot.in_top();
+        if kept.load(Ordering::Relaxed) != top {
+            kept.store(top, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// The input path's x->curlft.bytes += len; x->curlft.packets++ (xfrm_input, after the
@@ -731,6 +781,41 @@ pub(crate) mod tests {
         assert_eq!(sa(c.clone()).xfrm_replay_overflow(), Ok(42));
         c.flags.esn = true;
         assert_eq!(sa(c).xfrm_replay_overflow(), Ok((7 << 32) | 42));
+    }
+
+    /// What a state file's slot holds against what the config says: the higher wins, for
+    /// the output counter and for the inbound window.
+    #[test]
+    fn carried_counters_against_the_configured_ones() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let slot = |oseq: u64, top: u64| {
+            let s = SeqSlot::in_memory();
+            s.oseq().store(oseq, Relaxed);
+            s.in_top().store(top, Relaxed);
+            s
+        };
+        let mut c = esp_cfg(1, "192.0.2.1", "192.0.2.2", XfrmMode::Tunnel);
+        c.replay_oseq = 100;
+        c.replay_seq = 100;
+        // The slot is ahead: go on from it.
+        let x = SecurityAssociation::with_slot(c.clone(), 0, 0, slot(500, 700)).unwrap();
+        assert_eq!(x.xfrm_replay_overflow(), Ok(501));
+        // Packets count from the configured start: 401 numbers handed out under this key.
+        assert_eq!(x.curlft_packets(), 401);
+        let r = &x.input().replay;
+        assert_eq!(r.top(), 700);
+        assert!(r.check(700).is_err() && r.check(690).is_err() && r.check(701).is_ok());
+        // The config is ahead (an operator's replay-oseq / replay-seq): it wins, and the
+        // window starts as configured (numbers below replay-seq not marked seen).
+        let x = SecurityAssociation::with_slot(c.clone(), 0, 0, slot(50, 60)).unwrap();
+        assert_eq!(x.xfrm_replay_overflow(), Ok(101));
+        assert_eq!(x.persisted_in_top(), 100);
+        assert!(x.input().replay.check(90).is_ok());
+        // An advance is kept at once.
+        x.replay_advance(120).unwrap();
+        assert_eq!(x.persisted_in_top(), 120);
+        assert!(x.replay_advance(120).is_err());
+        assert_eq!(x.persisted_in_top(), 120);
     }
 
     #[test]
