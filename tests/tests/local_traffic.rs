@@ -39,13 +39,17 @@ fn config(gw: &str, h2: &str) -> String {
     )
 }
 
+/// `xfrm-user run` in `ns`, its state file beside the config (removed with it).
 fn start(ns: &Netns, conf: &Path, inside: &str, outside: &str, extra: &[&str]) -> Proc {
     let bin = xfrm_user_bin();
     let bpf = bpf_object();
+    let state = conf.with_extension("state");
     let mut args = vec![
         "run",
         "--config",
         conf.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
         "--inside",
         inside,
         "--outside",

@@ -185,7 +185,10 @@ fn gateway_protects_outbound_with_partial_checksums() {
         eprint!("{said}");
         // Both XDP programs, and the TC filter for the host's own traffic.
         assert_eq!(said.matches("detached xfrm_").count(), 3, "{said}");
-        assert!(said.contains("detached xfrm_local_out (TC egress)"), "{said}");
+        assert!(
+            said.contains("detached xfrm_local_out (TC egress)"),
+            "{said}"
+        );
         for i in [inside, outside] {
             assert!(!xdp_attached(topo.ns(gw), i).unwrap(), "{i}: detached");
         }
