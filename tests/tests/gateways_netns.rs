@@ -299,6 +299,7 @@ fn two_gateways(name: &str, p: &Plan) {
         // What this test checks ends with the traffic; stopping is run_netns's and
         // failclosed_kill9's.
         detach_on_exit: true,
+        handle_signals: false,
     };
     let oa = opts(
         conf_a,

@@ -101,6 +101,7 @@ fn gateway_protects_outbound_with_partial_checksums() {
         state: Some(dir.path().join("gw.state")),
         discard_corrupt_state: false,
         detach_on_exit: false,
+        handle_signals: false,
     };
     let esp = esp_socket(&t, h2);
     let stop = AtomicBool::new(false);

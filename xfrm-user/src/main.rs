@@ -223,7 +223,7 @@ fn main() -> ExitCode {
             ))
         }
         Command::Run(a) => {
-            stop_on_signals();
+            // SIGINT/SIGTERM: run's control plane (tokio) handles them.
             let opts = xfrm_user::datapath::run::RunOptions {
                 config: a.config,
                 inside: a.inside,
@@ -239,6 +239,7 @@ fn main() -> ExitCode {
                 state: a.state,
                 discard_corrupt_state: a.discard_corrupt_state,
                 detach_on_exit: a.detach_on_exit,
+                handle_signals: true,
             };
             let mut out = std::io::stdout();
             match xfrm_user::datapath::run::run(&opts, &STOP, &mut out) {

@@ -9,10 +9,7 @@
 use std::{
     os::fd::{AsFd, AsRawFd, RawFd},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::Arc,
     thread::JoinHandle,
 };
 
@@ -927,61 +924,103 @@ fn rcu_grace_period() {
     }
 }
 
-/// A thread that waits on the aya-log ring buffer and forwards records to `log`.
+/// A task that waits on the aya-log ring buffer and forwards records to `log`.
 struct LogPump {
-    stop: Arc<AtomicBool>,
-    wake: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-    thread: Option<JoinHandle<()>>,
+    logger: Arc<std::sync::Mutex<EbpfLogger<&'static dyn log::Log>>>,
+    stop: Arc<tokio::sync::Notify>,
+    host: Option<LogHost>,
+}
+
+/// Where the pump runs: a task on the runtime current at load (the gateway's control plane),
+/// or a thread with a runtime of its own.
+enum LogHost {
+    Task(tokio::task::JoinHandle<()>),
+    Thread(JoinHandle<()>),
+}
+
+/// The logger's fd for tokio's readiness (the logger keeps owning it).
+struct LogFd(RawFd);
+
+impl AsRawFd for LogFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
 }
 
 impl LogPump {
-    fn start(mut logger: EbpfLogger<&'static dyn log::Log>) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let wake = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-        let (s, w) = (stop.clone(), wake.clone());
-        let thread = std::thread::Builder::new()
-            .name("ebpf-log".into())
-            .spawn(move || {
-                let fd = logger.as_fd().as_raw_fd();
-                while !s.load(Ordering::Relaxed) {
-                    let mut pfd = libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd; the fd lives as long as `logger`.
-                    unsafe { libc::poll(&mut pfd, 1, 100) };
-                    logger.flush();
-                    let (m, c) = &*w;
-                    let mut flag = m.lock().unwrap_or_else(|e| e.into_inner());
-                    if *flag {
-                        *flag = false;
-                        c.notify_all();
+    fn start(logger: EbpfLogger<&'static dyn log::Log>) -> Result<Self> {
+        let fd = logger.as_fd().as_raw_fd();
+        let logger = Arc::new(std::sync::Mutex::new(logger));
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let pump = {
+            let (logger, stop) = (logger.clone(), stop.clone());
+            async move {
+                // SAFETY: the fd is the logger's ring buffer, owned by `logger`, which this
+                // task holds (an Arc) for longer than the registration.
+                let afd = match unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        LogFd(fd),
+                        tokio::io::Interest::READABLE,
+                    )
+                } {
+                    Ok(a) => a,
+                    Err(e) => {
+                        log::warn!("eBPF logs: {e}");
+                        return;
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        _ = stop.notified() => break,
+                        ready = afd.readable() => {
+                            let Ok(mut guard) = ready else { break };
+                            guard.clear_ready();
+                            logger.lock().unwrap_or_else(|e| e.into_inner()).flush();
+                        }
                     }
                 }
-                logger.flush();
-            })?;
+                logger.lock().unwrap_or_else(|e| e.into_inner()).flush();
+            }
+        };
+        let host = match tokio::runtime::Handle::try_current() {
+            Ok(h) => LogHost::Task(h.spawn(pump)),
+            Err(_) => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                LogHost::Thread(
+                    std::thread::Builder::new()
+                        .name("ebpf-log".into())
+                        .spawn(move || rt.block_on(pump))?,
+                )
+            }
+        };
         Ok(Self {
+            logger,
             stop,
-            wake,
-            thread: Some(thread),
+            host: Some(host),
         })
     }
 
-    /// Wait (≤ 300 ms) until the pump has done one more pass.
+    /// Forward what the programs logged so far, now.
     fn flush_now(&self) {
-        let (m, c) = &*self.wake;
-        let mut flag = m.lock().unwrap_or_else(|e| e.into_inner());
-        *flag = true;
-        let _ = c.wait_timeout_while(flag, std::time::Duration::from_millis(300), |f| *f);
+        self.logger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush();
     }
 }
 
 impl Drop for LogPump {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        self.stop.notify_one();
+        match self.host.take() {
+            Some(LogHost::Thread(t)) => {
+                let _ = t.join();
+            }
+            Some(LogHost::Task(t)) => t.abort(),
+            None => {}
         }
+        self.flush_now();
     }
 }

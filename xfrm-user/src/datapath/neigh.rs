@@ -2,16 +2,18 @@
 //! and neighbour tables (rtnetlink), plus the outgoing interface's own MAC and MTU. Nothing is
 //! configured by hand.
 //!
-//! - **Cache.** A control thread owns the state and publishes an immutable [`Snapshot`]
+//! - **Cache.** A control task (tokio: the gateway's control-plane runtime, or a runtime on a
+//!   thread of its own when started outside one) owns the state and publishes an immutable
+//!   [`Snapshot`]
 //!   (destination → [`L2`]) behind an `Arc`; each worker keeps a [`NeighReader`] that checks
 //!   one atomic generation per batch and looks destinations up in its own `Arc` without a
 //!   lock or an allocation per packet.
-//! - **Refresh on change.** The control thread listens to RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE,
+//! - **Refresh on change.** The control task listens to RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE,
 //!   RTNLGRP_IPV6_ROUTE and RTNLGRP_LINK: a neighbour event updates its entry; a route or link
 //!   event re-resolves every tracked destination (they are rare). An overrun event socket
 //!   (ENOBUFS) triggers the same full resync.
 //! - **Resolution when missing.** A destination the reader does not know is queued to the
-//!   control thread (bounded channel, `try_send`: never blocks a worker). It asks the kernel
+//!   control task (bounded channel, `try_send`: never blocks a worker). It asks the kernel
 //!   for the route (RTM_GETROUTE, as `ip route get`), then for the next hop's neighbour
 //!   (RTM_GETNEIGH, as `ip neigh get`); if there is none or it is not valid, it sends
 //!   RTM_NEWNEIGH with NTF_USE, which makes the kernel run `neigh_event_send` on the entry
@@ -20,7 +22,7 @@
 //!   This is the kernel's own resolution, honoured for IPv4 and IPv6 alike, with no packet of
 //!   ours on the wire.
 //! - **Keeping it fresh.** Our packets bypass the kernel, so it never sees the entries in use
-//!   and would leave them STALE forever. Every `poke_interval` the control thread sends
+//!   and would leave them STALE forever. Every `poke_interval` the control task sends
 //!   NTF_USE for the tracked next hops in STALE state: the kernel goes DELAY → PROBE
 //!   (a unicast probe) and back to REACHABLE, or to FAILED (then the entry is unusable and
 //!   the destination is resolved again), as it would for its own traffic.
@@ -31,14 +33,18 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc, Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    sync::{mpsc, Notify},
+};
 
 // ---------------------------------------------------------------------------------------
 // rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/neighbour.h, if_link.h)
@@ -766,7 +772,18 @@ pub struct NeighReader {
     shared: Arc<Shared>,
     generation: u64,
     snap: Arc<Snapshot>,
-    requests: mpsc::SyncSender<IpAddr>,
+    /// To the control task; `try_send` never blocks (a full queue drops the request, the
+    /// next miss asks again).
+    requests: mpsc::Sender<IpAddr>,
+}
+
+/// The event socket's fd for tokio's readiness (the socket itself stays owned by NlSocket).
+struct RawSocket(std::os::fd::RawFd);
+
+impl AsRawFd for RawSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
 }
 
 impl Clone for NeighReader {
@@ -795,7 +812,7 @@ impl NeighReader {
         }
     }
 
-    /// The L2 for `dst`; None (and a resolution request to the control thread) when it is
+    /// The L2 for `dst`; None (and a resolution request to the control task) when it is
     /// not known yet. Never blocks and never allocates.
     pub fn lookup(&self, dst: IpAddr) -> Option<L2> {
         let r = self.snap.get(&dst).copied();
@@ -826,7 +843,7 @@ impl NeighReader {
     }
 }
 
-/// Knobs of the control thread.
+/// Knobs of the control task.
 #[derive(Clone, Copy, Debug)]
 pub struct NeighOptions {
     /// How often STALE next hops in use are re-probed.
@@ -844,12 +861,19 @@ impl Default for NeighOptions {
     }
 }
 
-/// The control thread that keeps the cache; stopped and joined on drop.
+/// The control task that keeps the cache; stopped on drop.
 pub struct NeighService {
     shared: Arc<Shared>,
-    requests: mpsc::SyncSender<IpAddr>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    requests: mpsc::Sender<IpAddr>,
+    stop: Arc<Notify>,
+    host: Host,
+}
+
+/// Where the control task runs: on the runtime that was current at start (the gateway's
+/// control plane), or on a thread with a runtime of its own (tests, tools).
+enum Host {
+    Task(tokio::task::JoinHandle<()>),
+    Thread(Option<JoinHandle<()>>),
 }
 
 impl NeighService {
@@ -868,31 +892,40 @@ impl NeighService {
             generation: AtomicU64::new(0),
             current: Mutex::new(Arc::new(Snapshot::default())),
         });
-        let (tx, rx) = mpsc::sync_channel(1024);
+        let (tx, rx) = mpsc::channel(1024);
         for &d in prime {
             let _ = tx.try_send(d);
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut ctl = Control {
+        let stop = Arc::new(Notify::new());
+        let ctl = Control {
             rtnl,
             events,
             shared: shared.clone(),
-            requests: rx,
-            stop: stop.clone(),
             opts,
             dsts: HashMap::new(),
             neighs: HashMap::new(),
             links: HashMap::new(),
         };
-        let thread = std::thread::Builder::new()
-            .name("xfrm-neigh".into())
-            .spawn(move || ctl.run())
-            .context("spawn neighbour thread")?;
+        let run = ctl.run(rx, stop.clone());
+        let host = match tokio::runtime::Handle::try_current() {
+            Ok(h) => Host::Task(h.spawn(run)),
+            Err(_) => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("neighbour runtime")?;
+                let thread = std::thread::Builder::new()
+                    .name("xfrm-neigh".into())
+                    .spawn(move || rt.block_on(run))
+                    .context("spawn neighbour thread")?;
+                Host::Thread(Some(thread))
+            }
+        };
         Ok(Self {
             shared,
             requests: tx,
             stop,
-            thread: Some(thread),
+            host,
         })
     }
 
@@ -930,9 +963,15 @@ impl NeighService {
 
 impl Drop for NeighService {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        // A permit if the task is not waiting right now: it stops at its next turn.
+        self.stop.notify_one();
+        match &mut self.host {
+            Host::Task(t) => t.abort(),
+            Host::Thread(t) => {
+                if let Some(t) = t.take() {
+                    let _ = t.join();
+                }
+            }
         }
     }
 }
@@ -955,8 +994,6 @@ struct Control {
     rtnl: Rtnl,
     events: NlSocket,
     shared: Arc<Shared>,
-    requests: mpsc::Receiver<IpAddr>,
-    stop: Arc<AtomicBool>,
     opts: NeighOptions,
     dsts: HashMap<IpAddr, DstState>,
     /// (ifindex, next hop) → what the kernel says.
@@ -965,57 +1002,82 @@ struct Control {
 }
 
 impl Control {
-    fn run(&mut self) {
-        let mut last_poke = Instant::now();
-        let mut last_retry = Instant::now();
-        while !self.stop.load(Ordering::Relaxed) {
-            let mut changed = false;
-            // New destinations from the workers.
-            let mut fresh = HashSet::new();
-            while let Ok(d) = self.requests.try_recv() {
-                if !self.dsts.contains_key(&d) {
-                    fresh.insert(d);
+    /// The control loop: workers' requests, kernel events, and the two timers (re-probe
+    /// STALE next hops; retry the unresolved), until `stop`.
+    async fn run(mut self, mut requests: mpsc::Receiver<IpAddr>, stop: Arc<Notify>) {
+        let raw = RawSocket(self.events.fd.as_raw_fd());
+        // SAFETY: the fd belongs to self.events, which outlives this local (a parameter is
+        // dropped after the function's locals) and is not closed or replaced meanwhile.
+        let events = match unsafe { AsyncFd::register_with_interest(raw, Interest::READABLE) } {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::error!("rtnetlink events: {e}; the neighbour cache stays empty");
+                return;
+            }
+        };
+        let mut poke = tokio::time::interval(self.opts.poke_interval);
+        let mut retry = tokio::time::interval(self.opts.retry_interval);
+        for t in [&mut poke, &mut retry] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        loop {
+            let changed = tokio::select! {
+                _ = stop.notified() => break,
+                Some(d) = requests.recv() => {
+                    // Everything queued, as one batch.
+                    let mut fresh = HashSet::from([d]);
+                    while let Ok(d) = requests.try_recv() {
+                        fresh.insert(d);
+                    }
+                    self.track(fresh)
                 }
-            }
-            for d in fresh {
-                if self.dsts.len() >= MAX_TRACKED {
-                    log::warn!(
-                        "neighbour cache full ({MAX_TRACKED} destinations): {d} not tracked"
-                    );
-                    break;
+                ready = events.readable() => {
+                    let Ok(mut guard) = ready else { break };
+                    guard.clear_ready();
+                    match self.drain_events() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            log::warn!("rtnetlink events: {e}; resyncing");
+                            self.resync();
+                            true
+                        }
+                    }
                 }
-                self.dsts.insert(
-                    d,
-                    DstState {
-                        route: None,
-                        local: false,
-                        last_try: None,
-                    },
-                );
-                self.resolve_dst(d);
-                changed = true;
-            }
-            // Kernel events (wait a little for them: this is also the loop's tick).
-            match self.drain_events(Duration::from_millis(20)) {
-                Ok(c) => changed |= c,
-                Err(e) => {
-                    log::warn!("rtnetlink events: {e}; resyncing");
-                    self.resync();
-                    changed = true;
+                _ = poke.tick() => {
+                    retry.reset();
+                    self.poke(true)
                 }
-            }
-            if last_poke.elapsed() >= self.opts.poke_interval {
-                last_poke = Instant::now();
-                last_retry = last_poke;
-                changed |= self.poke(true);
-            } else if last_retry.elapsed() >= self.opts.retry_interval {
-                last_retry = Instant::now();
-                changed |= self.poke(false);
-            }
+                _ = retry.tick() => self.poke(false),
+            };
             if changed {
                 self.publish();
             }
         }
+    }
+
+    /// New destinations from the workers: tracked and resolved (true if any was new).
+    fn track(&mut self, fresh: HashSet<IpAddr>) -> bool {
+        let mut changed = false;
+        for d in fresh {
+            if self.dsts.contains_key(&d) {
+                continue;
+            }
+            if self.dsts.len() >= MAX_TRACKED {
+                log::warn!("neighbour cache full ({MAX_TRACKED} destinations): {d} not tracked");
+                break;
+            }
+            self.dsts.insert(
+                d,
+                DstState {
+                    route: None,
+                    local: false,
+                    last_try: None,
+                },
+            );
+            self.resolve_dst(d);
+            changed = true;
+        }
+        changed
     }
 
     /// Route, link and neighbour of `d` from the kernel; resolution asked when needed.
@@ -1074,17 +1136,7 @@ impl Control {
     }
 
     /// Reads pending events for up to `wait`; true if anything we track changed.
-    fn drain_events(&mut self, wait: Duration) -> io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: self.events.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, wait.as_millis() as i32) };
-        if r <= 0 {
-            return Ok(false);
-        }
+    fn drain_events(&mut self) -> io::Result<bool> {
         let mut changed = false;
         let mut reroute = false;
         loop {
@@ -1370,7 +1422,7 @@ mod tests {
             generation: AtomicU64::new(0),
             current: Mutex::new(Arc::new(Snapshot::default())),
         });
-        let (tx, rx) = mpsc::sync_channel(4);
+        let (tx, mut rx) = mpsc::channel(4);
         let mut r = NeighReader {
             shared: shared.clone(),
             generation: 0,

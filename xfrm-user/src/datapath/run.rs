@@ -35,7 +35,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{anyhow, Context, Result};
@@ -307,6 +307,9 @@ pub struct RunOptions {
     /// the protected flows, in clear unless its own xfrm protects them). Default: they stay,
     /// and drop what they would protect until the next start (fail closed).
     pub detach_on_exit: bool,
+    /// SIGINT/SIGTERM stop the gateway (the command line); false leaves the process's signal
+    /// handling alone (a gateway run in a thread of a test).
+    pub handle_signals: bool,
 }
 
 impl RunOptions {
@@ -326,7 +329,84 @@ impl RunOptions {
             state: None,
             discard_corrupt_state: false,
             detach_on_exit: false,
+            handle_signals: false,
             local_dev: Some(super::tap::DEFAULT_LOCAL_DEV.to_string()),
+        }
+    }
+}
+
+/// One pair of counter lines: the programs' verdicts, then the workers' and the xfrm
+/// counters.
+fn write_counters(
+    out: &mut dyn Write,
+    dp: &Datapath,
+    wstats: &[Arc<super::worker::WorkerStats>],
+    stats: &XfrmStats,
+) -> Result<()> {
+    let sum =
+        |f: fn(&super::worker::WorkerStats) -> u64| -> u64 { wstats.iter().map(|w| f(w)).sum() };
+    let xdp_in = dp.counters().map(|c| c.to_string()).unwrap_or_default();
+    let xdp_out = dp
+        .outside_counters()
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    let tc_local = match dp.local_out_iface() {
+        Some(_) => dp
+            .local_counters()
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        None => "off".to_string(),
+    };
+    writeln!(
+        out,
+        "xdp inside: {xdp_in} | xdp outside: {xdp_out} | tc local: {tc_local}"
+    )?;
+    writeln!(
+        out,
+        "out {} pkts + local {} -> wire {}, in {} (reassembled {}) -> inside {} + local {}, \
+         icmp {}, frags {}, no-l2 {}, drops {} | {}",
+        sum(|w| w.rx[0].load(Ordering::Relaxed)),
+        sum(|w| w.rx[2].load(Ordering::Relaxed)),
+        sum(|w| w.tx[1].load(Ordering::Relaxed)),
+        sum(|w| w.rx[1].load(Ordering::Relaxed)),
+        sum(|w| w.reassembled.load(Ordering::Relaxed)),
+        sum(|w| w.tx[0].load(Ordering::Relaxed)),
+        sum(|w| w.tx[2].load(Ordering::Relaxed)),
+        sum(|w| w.replies.load(Ordering::Relaxed)),
+        sum(|w| w.fragments.load(Ordering::Relaxed)),
+        sum(|w| w.no_l2.load(Ordering::Relaxed)),
+        sum(|w| w.dropped.load(Ordering::Relaxed)),
+        stats.render_nonzero().replace('\n', " ").trim_end(),
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+/// SIGINT and SIGTERM through tokio, when the caller wants them (the command line; a test
+/// running the gateway in a thread keeps the process's own handling).
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn new(on: bool) -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self(if on {
+            Some((
+                signal(SignalKind::interrupt()).context("SIGINT handler")?,
+                signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            ))
+        } else {
+            None
+        }))
+    }
+
+    /// The next signal's name; never, without handlers.
+    async fn recv(&mut self) -> &'static str {
+        match &mut self.0 {
+            Some((int, term)) => tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            None => std::future::pending().await,
         }
     }
 }
@@ -334,6 +414,15 @@ impl RunOptions {
 /// Runs the gateway until `stop` (or the duration) in the calling thread's network
 /// namespace; prints counter lines to `out`.
 pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<()> {
+    // The control plane's runtime: what starts below while it is entered (the neighbour
+    // cache, the log pump) runs as its tasks once the loop drives it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("the control plane's runtime")?;
+    let _enter = rt.enter();
+    // Before anything is set up: a signal that arrives meanwhile is kept for the loop.
+    let mut signals = Signals::new(opts.handle_signals)?;
     let cfg = crate::config::load_config(&opts.config).map_err(|errs| {
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         anyhow!("invalid configuration:\n{}", lines.join("\n"))
@@ -465,72 +554,58 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                     .map(Some)
             })
             .collect::<std::io::Result<_>>()?;
-        let start = Instant::now();
-        let mut next = start + opts.interval;
         let mut failed = None;
-        while !stop.load(Ordering::Relaxed) && opts.duration.is_none_or(|d| start.elapsed() < d) {
-            std::thread::sleep(Duration::from_millis(50));
-            // A worker that stopped on its own: take its sockets out of the XSKS maps, so
-            // the classifier drops (and counts) what it would have protected instead of
-            // redirecting into a socket nobody reads; the others go on.
-            for (q, slot) in handles.iter_mut().enumerate() {
-                if !slot.as_ref().is_some_and(|h| h.is_finished()) {
-                    continue;
+        // The control plane: signals, the stop flag and the duration, workers that end on
+        // their own, and the counter lines, on the tokio runtime that also runs the
+        // neighbour cache's netlink task and the eBPF log pump.
+        rt.block_on(async {
+            let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::MAX));
+            tokio::pin!(deadline);
+            let mut check = tokio::time::interval(Duration::from_millis(50));
+            let mut report = tokio::time::interval_at(
+                tokio::time::Instant::now() + opts.interval,
+                opts.interval,
+            );
+            loop {
+                tokio::select! {
+                    sig = signals.recv() => {
+                        log::info!("{sig}: stopping");
+                        break;
+                    }
+                    _ = &mut deadline, if opts.duration.is_some() => break,
+                    _ = report.tick() => {
+                        write_counters(out, &dp, &wstats, &gw.stats)?;
+                    }
+                    _ = check.tick() => {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        // A worker that stopped on its own: take its sockets out of the
+                        // XSKS maps, so the classifier drops (and counts) what it would
+                        // have protected instead of redirecting into a socket nobody reads;
+                        // the others go on.
+                        for (q, slot) in handles.iter_mut().enumerate() {
+                            if !slot.as_ref().is_some_and(|h| h.is_finished()) {
+                                continue;
+                            }
+                            let r = match slot.take().map(|h| h.join()) {
+                                Some(Ok(r)) => r.err().map(|e| format!("{e:#}")),
+                                _ => Some("panicked".to_string()),
+                            };
+                            let why = r.unwrap_or_else(|| "stopped".to_string());
+                            log::error!("worker {q}: {why}; its queue now drops (fail closed)");
+                            dp.clear_socket(q as u32)?;
+                            dp.clear_outside_socket(q as u32)?;
+                            failed.get_or_insert(format!("worker {q}: {why}"));
+                        }
+                        if handles.iter().all(|h| h.is_none()) {
+                            break;
+                        }
+                    }
                 }
-                let r = match slot.take().map(|h| h.join()) {
-                    Some(Ok(r)) => r.err().map(|e| format!("{e:#}")),
-                    _ => Some("panicked".to_string()),
-                };
-                let why = r.unwrap_or_else(|| "stopped".to_string());
-                log::error!("worker {q}: {why}; its queue now drops (fail closed)");
-                dp.clear_socket(q as u32)?;
-                dp.clear_outside_socket(q as u32)?;
-                failed.get_or_insert(format!("worker {q}: {why}"));
             }
-            if handles.iter().all(|h| h.is_none()) {
-                break;
-            }
-            if Instant::now() >= next {
-                next += opts.interval;
-                let sum = |f: fn(&super::worker::WorkerStats) -> u64| -> u64 {
-                    wstats.iter().map(|w| f(w)).sum()
-                };
-                let xdp_in = dp.counters().map(|c| c.to_string()).unwrap_or_default();
-                let xdp_out = dp
-                    .outside_counters()
-                    .map(|c| c.to_string())
-                    .unwrap_or_default();
-                let tc_local = match dp.local_out_iface() {
-                    Some(_) => dp
-                        .local_counters()
-                        .map(|c| c.to_string())
-                        .unwrap_or_default(),
-                    None => "off".to_string(),
-                };
-                writeln!(
-                    out,
-                    "xdp inside: {xdp_in} | xdp outside: {xdp_out} | tc local: {tc_local}"
-                )?;
-                writeln!(
-                    out,
-                    "out {} pkts + local {} -> wire {}, in {} (reassembled {}) -> inside {} + \
-                     local {}, icmp {}, frags {}, no-l2 {}, drops {} | {}",
-                    sum(|w| w.rx[0].load(Ordering::Relaxed)),
-                    sum(|w| w.rx[2].load(Ordering::Relaxed)),
-                    sum(|w| w.tx[1].load(Ordering::Relaxed)),
-                    sum(|w| w.rx[1].load(Ordering::Relaxed)),
-                    sum(|w| w.reassembled.load(Ordering::Relaxed)),
-                    sum(|w| w.tx[0].load(Ordering::Relaxed)),
-                    sum(|w| w.tx[2].load(Ordering::Relaxed)),
-                    sum(|w| w.replies.load(Ordering::Relaxed)),
-                    sum(|w| w.fragments.load(Ordering::Relaxed)),
-                    sum(|w| w.no_l2.load(Ordering::Relaxed)),
-                    sum(|w| w.dropped.load(Ordering::Relaxed)),
-                    gw.stats.render_nonzero().replace('\n', " ").trim_end(),
-                )?;
-                out.flush()?;
-            }
-        }
+            anyhow::Ok(())
+        })?;
         workers_stop.store(true, Ordering::Relaxed);
         for (q, h) in handles.into_iter().enumerate() {
             match h.map(|h| h.join()) {
