@@ -19,7 +19,8 @@
 //! no route (blackhole, unreachable, prohibit; or a lookup error) → refused, fail closed (the
 //! kernel would drop it too). Checking both and dropping on either would be simpler but
 //! wrong for asymmetric tables (a `dir fwd` 0/0 rule would then also refuse clear text to
-//! the gateway's own addresses); the route lookup is paid only on the refusing path.
+//! the gateway's own addresses); the route lookup is paid only when the tables disagree,
+//! so only where one of them refuses the packet.
 //!
 //! # What the check leaves alone
 //! - ARP and ND (parse.rs): never classified.

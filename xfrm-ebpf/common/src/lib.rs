@@ -32,6 +32,9 @@
 //! removes rules that cannot match and keeps the order. A bit set only by over-approximation
 //! (a port selector with a partial mask) is caught by the full match of each candidate.
 //! Tables of at most 4 rules are scanned without the index (cheaper than its lookups).
+//! The cost is five lookups, plus one AND of five words and one full match per candidate;
+//! a table of 1024 rules that all cover the same packet (differing only in a partial port
+//! mask, say) still costs a scan, in bpf_loop steps.
 //!
 //! # Three tables: out, in, fwd
 //! The same rules and index serve the `dir out` policies (the inside program: what to
@@ -40,9 +43,6 @@
 //! slot `2 * table + half` ([`TABLE_OUT`], [`TABLE_IN`], [`TABLE_FWD`]) is what the index
 //! keys' `slot` field and [`proto_index`] take, and the rules of slot `s` are entries
 //! `s * MAX_POLICIES ..` of [`MAP_POLICY_RULES`] ([`TableRef::index`]).
-//! The cost is five lookups, plus one AND of five words and one full match per candidate;
-//! a table of 1024 rules that all cover the same packet (differing only in a partial port
-//! mask, say) still costs a scan, in bpf_loop steps.
 #![no_std]
 
 /// XDP program on the inside (plaintext) interface: policy lookup.
