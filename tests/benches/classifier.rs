@@ -13,6 +13,7 @@ use xfrm_tests::{
     bpf_object,
     packet::{FrameSpec, IPPROTO_TCP, IPPROTO_UDP},
     sa,
+    topology::Topology,
 };
 use xfrm_user::{
     datapath::{
@@ -138,13 +139,21 @@ fn udp_frame(dst: IpAddr, dport: u16, head: &[u8]) -> Vec<u8> {
 
 /// The median ns per run of `prog` on `packet`, with the action it returned.
 fn measure(dp: &mut Datapath, prog: Program, packet: &[u8]) -> (f64, u32) {
+    measure_on(dp, prog, packet, 0)
+}
+
+/// [`measure`] with the packet arriving on interface `ifindex` (of the calling thread's
+/// namespace; 0 = loopback).
+fn measure_on(dp: &mut Datapath, prog: Program, packet: &[u8], ifindex: u32) -> (f64, u32) {
     // Calibrate: how many runs fill TARGET.
-    let probe = dp.test_run_prog(prog, packet, 2000).expect("test run");
+    let probe = dp
+        .test_run_on(prog, packet, 2000, ifindex)
+        .expect("test run");
     let per = probe.ns_per_run.max(1);
     let repeat = (TARGET.as_nanos() as u64 / per).clamp(1000, 5_000_000) as u32;
     let mut v: Vec<u64> = (0..SAMPLES)
         .map(|_| {
-            dp.test_run_prog(prog, packet, repeat)
+            dp.test_run_on(prog, packet, repeat, ifindex)
                 .expect("test run")
                 .ns_per_run
         })
@@ -317,6 +326,8 @@ fn main() {
         });
     }
 
+    in_fwd_rows(&mut dp, &mut rows);
+
     println!();
     println!("XDP classifier, ns/packet (BPF_PROG_TEST_RUN, median of {SAMPLES}; kernel-measured)");
     println!("{:<62} {:>7} {:>7}  verdict", "case", "ns/pkt", "x peer");
@@ -334,4 +345,82 @@ fn main() {
         println!("verifier: {prog} took {insns} instructions of its 1000000 budget");
     }
     drop(sock);
+}
+
+/// The outside program's check of clear text against the in/fwd policies, `n` site-to-site
+/// policies (remote /24 → 10.1.0.0/16, a required ESP template) per table. Measured in a
+/// namespace of its own, as the tests do, so that the program's route lookup
+/// (bpf_fib_lookup, when the in and fwd tables disagree) sees known routes: an interface d0
+/// holding 10.1.0.1 (the gateway's address), a default route out of it, forwarding on.
+fn in_fwd_rows(dp: &mut Datapath, rows: &mut Vec<Row>) {
+    let mut topo = Topology::new().expect("topology");
+    let i = topo.add_netns("bench").expect("namespace");
+    let ns = topo.ns(i);
+    for args in [
+        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"][..],
+        &["link", "set", "d1", "up"],
+        &["link", "set", "d0", "up"],
+        &["addr", "add", "10.1.0.1/32", "dev", "d0"],
+        &["route", "add", "default", "dev", "d0"],
+    ] {
+        ns.ip(args).expect("bench namespace");
+    }
+    ns.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
+    let remote = |i: usize| format!("10.{}.{}", 128 + i / 256, i % 256);
+    let table = |n: usize, dir: PolicyDir, first: u32| -> Vec<Policy> {
+        (0..n)
+            .map(|i| {
+                let mut p = policy(
+                    &format!("{}.0/24", remote(i)),
+                    "10.1.0.0/16",
+                    None,
+                    true,
+                    first + i as u32,
+                );
+                p.dir = dir;
+                p.selector.proto = 0;
+                p
+            })
+            .collect()
+    };
+    ns.run(|| {
+        let name = std::ffi::CString::new("d0")?;
+        // SAFETY: a valid NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        anyhow::ensure!(ifindex != 0, "no d0");
+        let tcp = |src: &str, dst: &str| FrameSpec::new(src, dst, IPPROTO_TCP, 40000, 22).build();
+        for n in [1usize, 64, 1024] {
+            let last = format!("{}.9", remote(n - 1));
+            // The usual pair: in and fwd with the same selectors (they always agree).
+            let mut both = table(n, PolicyDir::In, 0);
+            both.extend(table(n, PolicyDir::Fwd, n as u32));
+            dp.install(&XfrmDb::new(vec![], both).expect("database"))?;
+            for (what, p) in [
+                ("no policy covers it", tcp("10.99.0.1", "10.1.0.1")),
+                ("in and fwd refuse it", tcp(&last, "10.1.0.1")),
+            ] {
+                let (ns, action) = measure_on(dp, Program::Outside, &p, ifindex);
+                rows.push(Row {
+                    what: format!("outside, {n:>4} in + {n:>4} fwd, clear, {what}"),
+                    ns,
+                    action,
+                });
+            }
+            // fwd only: the tables disagree, the route decides.
+            dp.install(&XfrmDb::new(vec![], table(n, PolicyDir::Fwd, 0)).expect("database"))?;
+            for (what, p) in [
+                ("to us -> route: in", tcp(&last, "10.1.0.1")),
+                ("forwarded -> route: fwd", tcp(&last, "10.1.0.7")),
+            ] {
+                let (ns, action) = measure_on(dp, Program::Outside, &p, ifindex);
+                rows.push(Row {
+                    what: format!("outside, {n:>4} fwd only, {what}"),
+                    ns,
+                    action,
+                });
+            }
+        }
+        Ok(())
+    })
+    .expect("in/fwd rows");
 }

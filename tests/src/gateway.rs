@@ -99,6 +99,9 @@ pub struct GatewayNet {
     pub wan_b: Link,
     /// a = gw-b's inside interface, b = host-b.
     pub lan_b: Link,
+    /// gw-a is one-armed ([`GatewayNet::one_armed`]): `lan_a` then joins host-a to `wire`,
+    /// and gw-a's inside is its outside port.
+    pub one_armed_a: bool,
 }
 
 /// One side of the topology.
@@ -149,8 +152,95 @@ impl GatewayNet {
             wan_a,
             wan_b,
             lan_b,
+            one_armed_a: false,
         };
         net.configure()?;
+        Ok(net)
+    }
+
+    /// The same namespaces with gw-a one-armed: one interface (its `wan_a` port, inside =
+    /// outside) carries its clear side and the wire. host-a sits behind the wire router,
+    /// which sends what comes from host-a's link for host-b's LAN to gw-a (a policy route)
+    /// and gets it back from gw-a as ESP for gw-b; gw-a hands what it decrypts back to the
+    /// router, which delivers it to host-a (router on a stick):
+    ///
+    /// ```text
+    ///  host-a ──lan a── wire ══wan b══ gw-b ──lan b── host-b
+    ///  10.1.0.1  10.1.0.2 | 10.3.0.1   10.3.0.2 | 10.4.0.1  10.4.0.2
+    ///                    10.2.0.2 ║ wan a
+    ///                    10.2.0.1 gw-a (one arm)
+    /// ```
+    ///
+    /// (IPv6 alike, fd00:k::.) By its main table the router sends host-b's LAN to gw-b:
+    /// plaintext that gw-a sent on instead of protecting would cross `wan b` in clear, where
+    /// a capture ([`crate::scenario::wire_capture_at`] on side B) sees it.
+    pub fn one_armed(opts: NetOpts) -> Result<Self> {
+        let mut topo = Topology::new()?;
+        let host_a = topo.add_netns("ha")?;
+        let gw_a = topo.add_netns("ga")?;
+        let wire = topo.add_netns("wire")?;
+        let gw_b = topo.add_netns("gb")?;
+        let host_b = topo.add_netns("hb")?;
+        let lan = VethOpts {
+            mtu: opts.mtu,
+            tx_checksum: opts.host_tx_checksum,
+            ..VethOpts::default()
+        };
+        let wan = VethOpts {
+            mtu: opts.mtu,
+            ..VethOpts::default()
+        };
+        let lan_a = topo.add_veth(host_a, wire, lan)?;
+        let wan_a = topo.add_veth(gw_a, wire, wan)?;
+        let wan_b = topo.add_veth(wire, gw_b, wan)?;
+        let lan_b = topo.add_veth(gw_b, host_b, lan)?;
+        let net = Self {
+            topo,
+            host_a,
+            gw_a,
+            wire,
+            gw_b,
+            host_b,
+            lan_a,
+            wan_a,
+            wan_b,
+            lan_b,
+            one_armed_a: true,
+        };
+        net.configure()?;
+        let t = &net.topo;
+        // gw-a's kernel forwards what its program passes back out of the same interface:
+        // no ICMP redirects to the router about it.
+        t.ns(gw_a).sysctl("net.ipv4.conf.all.send_redirects", "0")?;
+        for f in [Family::V4, Family::V6] {
+            let v6 = if f == Family::V6 { "-6" } else { "-4" };
+            let via = |p: &Port| f.addr(p).to_string();
+            t.ns(gw_a)
+                .ip(&[v6, "route", "add", "default", "via", &via(&net.wan_a.b)])?;
+            let w = t.ns(wire);
+            let host_b_lan = f.subnet(&net.lan_b.b);
+            w.ip(&[v6, "route", "add", &host_b_lan, "via", &via(&net.wan_b.b)])?;
+            // From host-a's link, host-b's LAN is reached through gw-a.
+            w.ip(&[
+                v6,
+                "rule",
+                "add",
+                "iif",
+                &net.lan_a.b.ifname,
+                "lookup",
+                "100",
+            ])?;
+            w.ip(&[
+                v6,
+                "route",
+                "add",
+                &host_b_lan,
+                "via",
+                &via(&net.wan_a.a),
+                "table",
+                "100",
+            ])?;
+        }
         Ok(net)
     }
 
@@ -224,9 +314,10 @@ impl GatewayNet {
             Side::B => &self.lan_b.b,
         }
     }
-    /// The gateway's inside port (towards its host).
+    /// The gateway's inside port (towards its host); one-armed, its only port.
     pub fn inside(&self, s: Side) -> &Port {
         match s {
+            Side::A if self.one_armed_a => &self.wan_a.a,
             Side::A => &self.lan_a.b,
             Side::B => &self.lan_b.a,
         }

@@ -114,9 +114,14 @@ pub fn spawn_gateway(net: &GatewayNet, case: &Case, s: Side) -> Result<Daemon> {
 
 /// A capture on the wire router's port towards gw-a: it sees both directions once.
 pub fn wire_capture(net: &GatewayNet, case: &Case) -> Result<Capture> {
+    wire_capture_at(net, case, Side::A)
+}
+
+/// A capture on the wire router's port towards the gateway of side `s`.
+pub fn wire_capture_at(net: &GatewayNet, case: &Case, s: Side) -> Result<Capture> {
     Capture::start(
         net.topo.ns(net.wire),
-        &net.wire_port(Side::A).ifname,
+        &net.wire_port(s).ifname,
         CaptureOpts {
             protected: case.protected_flows(net),
             natt_ports: case.natt_ports(),

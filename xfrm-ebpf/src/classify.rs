@@ -1,5 +1,6 @@
-//! The policy lookup (`xfrm_policy_lookup` for the out direction): the first rule of the live
-//! table that matches, the table being sorted by priority then config order in user space.
+//! The policy lookup (`xfrm_policy_lookup`): the first rule of the live table that matches,
+//! the table being sorted by priority then config order in user space. The inside program
+//! looks up the out table; the outside program the in and fwd tables (policy_check.rs).
 //!
 //! Design (see xfrm-common's "The policy index"): a linear scan costs ~5 ns per rule here
 //! (5.5 µs for 1024 rules, measured), so the program first narrows the table to the rules
@@ -18,11 +19,17 @@ use xfrm_common::{
     DIM_SPORT, DIM_SRC, FAMILY_V4, PREFIX_KEY_HEADER_BITS,
 };
 
-use crate::{parse::Flow, CONFIG, POLICY_OUT, POLICY_PORT, POLICY_PREFIX, POLICY_PROTO};
+use crate::{parse::Flow, CONFIG, POLICY_PORT, POLICY_PREFIX, POLICY_PROTO, POLICY_RULES};
 
+/// The out table's lookup (the inside program, and the one-armed outside one).
 #[inline(always)]
 pub fn lookup(flow: &Flow) -> Option<&'static PolicyRule> {
-    let table = CONFIG.get(0)?.out;
+    lookup_table(flow, CONFIG.get(0)?.out)
+}
+
+/// The first rule of `table` that matches `flow`.
+#[inline(always)]
+pub fn lookup_table(flow: &Flow, table: TableRef) -> Option<&'static PolicyRule> {
     let len = table.len();
     if len == 0 {
         return None;
@@ -34,7 +41,7 @@ pub fn lookup(flow: &Flow) -> Option<&'static PolicyRule> {
             if i >= len {
                 break;
             }
-            let rule = POLICY_OUT.get(table.index(i))?;
+            let rule = POLICY_RULES.get(table.index(i))?;
             if matches(rule, flow) {
                 return Some(rule);
             }
@@ -85,7 +92,7 @@ pub fn lookup(flow: &Flow) -> Option<&'static PolicyRule> {
     if scan.found == NOT_FOUND {
         return None;
     }
-    POLICY_OUT.get(table.index(scan.found))
+    POLICY_RULES.get(table.index(scan.found))
 }
 
 const NOT_FOUND: u32 = u32::MAX;
@@ -141,7 +148,7 @@ extern "C" fn scan_step(_step: u64, ctx: *mut c_void) -> i64 {
         let low = s.bits & s.bits.wrapping_neg();
         s.bits ^= low;
         let i = s.word * 64 + bit_index(low);
-        if let Some(rule) = POLICY_OUT.get(table.index(i)) {
+        if let Some(rule) = POLICY_RULES.get(table.index(i)) {
             if matches(rule, &s.flow) {
                 s.found = i;
                 return 1;

@@ -5,9 +5,12 @@
 //!   protect → redirect to the AF_XDP socket of the receiving queue, with [`XdpMeta`] in
 //!   front of the packet; block → XDP_DROP; no policy / bypass → XDP_PASS.
 //! - `xfrm_outside`, on the outside (wire) interface: ESP, AH and ESP-in-UDP addressed to one
-//!   of our SAs → redirect with the SA id; everything else (IKE, NAT-T keepalives, unknown
-//!   SPIs, the host's own traffic) → XDP_PASS. With `CFG_ONE_ARMED` (inside = outside) what
-//!   is not inbound IPsec is then classified as on the inside.
+//!   of our SAs → redirect with the SA id; then the inbound policy check on what is left
+//!   (policy_check.rs): clear text that the in/fwd policy covering it wants protected, or
+//!   blocks, → XDP_DROP; everything else (IKE, NAT-T keepalives, unknown SPIs, the host's
+//!   own traffic) → XDP_PASS. With `CFG_ONE_ARMED` (inside = outside) what passes the check
+//!   is then classified as on the inside (the kernel's order too: ip_forward checks the fwd
+//!   policy before xfrm_lookup applies the out policy).
 //!
 //! - `xfrm_local_out`, a TC egress classifier on the outside interface: the gateway's own
 //!   traffic (it never passes an XDP program). protect → redirect to the daemon's TAP device
@@ -22,6 +25,7 @@
 mod classify;
 mod inbound;
 mod parse;
+mod policy_check;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
@@ -34,14 +38,15 @@ use aya_log_ebpf::{debug, trace};
 use xfrm_common::{
     Config, Counter, PolicyRule, PortKey, PrefixKey, RuleAction, RuleBitmap, SaKey, XdpMeta,
     CFG_ONE_ARMED, COUNTER_COUNT, MAX_POLICIES, MAX_PORT_KEYS, MAX_PREFIXES, MAX_QUEUES, MAX_SAS,
-    META_F_INBOUND, NO_POLICY, PROTO_ENTRIES, XDP_META_LEN, XDP_META_MAGIC,
+    META_F_INBOUND, NO_POLICY, PROTO_ENTRIES, TABLE_SLOTS, XDP_META_LEN, XDP_META_MAGIC,
 };
 
 use crate::parse::Parsed;
 
-/// Two slots of MAX_POLICIES rules; CONFIG says which one is live (see `TableRef`).
-#[map(name = "POLICY_OUT")]
-static POLICY_OUT: Array<PolicyRule> = Array::with_max_entries(2 * MAX_POLICIES, 0);
+/// The rules of the three tables (out, in, fwd), two slots of MAX_POLICIES each; CONFIG says
+/// which slot of each is live (see `TableRef`).
+#[map(name = "POLICY_RULES")]
+static POLICY_RULES: Array<PolicyRule> = Array::with_max_entries(TABLE_SLOTS * MAX_POLICIES, 0);
 
 /// The policy index (see xfrm-common): prefix → candidate rules, per slot.
 #[map(name = "POLICY_PREFIX")]
@@ -106,10 +111,29 @@ impl Side {
         }
     }
 
+    /// This CPU's slot of counter `c`, to count into later ([`count_slot`]). For a verdict
+    /// counter chosen long before it is counted: a counter number kept in a register is a
+    /// constant the verifier must track exactly (it marks constant map keys precise), so
+    /// every policy lookup in between would be verified once per possible counter; a
+    /// pointer to the slot looks the same to it whatever the counter.
+    #[inline(always)]
+    fn slot(&self, c: Counter) -> Option<*mut u64> {
+        self.counters.get_ptr_mut(c as u32)
+    }
+
     #[inline(always)]
     fn pass(&self, c: Counter) -> u32 {
         self.count(c);
         xdp_action::XDP_PASS
+    }
+}
+
+/// Count into a slot taken with [`Side::slot`].
+#[inline(always)]
+fn count_slot(slot: Option<*mut u64>) {
+    if let Some(p) = slot {
+        // SAFETY: as in `Side::count`: this CPU's slot, alive for the program run.
+        unsafe { *p += 1 };
     }
 }
 
@@ -132,12 +156,14 @@ pub fn xfrm_outside(ctx: XdpContext) -> u32 {
         return OUTSIDE.pass(Counter::PassMalformed);
     };
     let one_armed = cfg.flags & CFG_ONE_ARMED != 0;
+    let checks_in = !cfg.inp.is_empty() || !cfg.fwd.is_empty();
     match parse::parse(&ctx) {
         Parsed::NotIp => OUTSIDE.pass(Counter::PassNotIp),
         Parsed::ArpNd => OUTSIDE.pass(Counter::PassArpNd),
         Parsed::Malformed => OUTSIDE.pass(Counter::PassMalformed),
-        Parsed::Unparsed if one_armed => unparsed(&ctx, &OUTSIDE),
-        // Not for the policy: whatever it hides, it is not ours to protect.
+        // An in/fwd or (one-armed) out rule might cover it: fail closed.
+        Parsed::Unparsed if one_armed || checks_in => unparsed(&ctx, &OUTSIDE),
+        // No rule to cover it: whatever it hides, it is not ours to refuse or protect.
         Parsed::Unparsed => OUTSIDE.pass(Counter::PassMalformed),
         Parsed::Ip(flow) => {
             let v = inbound::classify(&ctx, &flow, cfg);
@@ -158,10 +184,19 @@ pub fn xfrm_outside(ctx: XdpContext) -> u32 {
                     Counter::DropNoSocketIn,
                 );
             }
+            let pass = OUTSIDE.slot(v.why);
+            // Not decrypted by us: clear text (or IPsec the kernel keeps), which the in/fwd
+            // policy covering it may refuse.
+            if let Some(why) = policy_check::check(&ctx, &flow, cfg) {
+                OUTSIDE.count(why);
+                debug!(&ctx, "drop: clear text refused by the in/fwd policy");
+                return xdp_action::XDP_DROP;
+            }
             if one_armed {
                 policy(&ctx, &flow, &OUTSIDE)
             } else {
-                OUTSIDE.pass(v.why)
+                count_slot(pass);
+                xdp_action::XDP_PASS
             }
         }
     }

@@ -235,7 +235,7 @@ fn l4<C: Packet>(ctx: &C, mut flow: Flow, off: usize) -> Parsed {
     match flow.proto {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP | IPPROTO_DCCP => {
             let Some(p) = at::<4>(ctx, off) else {
-                return Parsed::Malformed;
+                return short_l4(&flow);
             };
             flow.sport = u16::from_be_bytes([p[0], p[1]]);
             flow.dport = u16::from_be_bytes([p[2], p[3]]);
@@ -247,7 +247,7 @@ fn l4<C: Packet>(ctx: &C, mut flow: Flow, off: usize) -> Parsed {
                 return Parsed::Ip(flow);
             }
             let Some([t, c]) = at::<2>(ctx, off) else {
-                return Parsed::Malformed;
+                return short_l4(&flow);
             };
             // Router solicitation/advertisement, neighbour solicitation/advertisement,
             // redirect: the link's own plumbing, never redirected.
@@ -261,4 +261,17 @@ fn l4<C: Packet>(ctx: &C, mut flow: Flow, off: usize) -> Parsed {
     }
     flow.l4_off = off as u16;
     Parsed::Ip(flow)
+}
+
+/// A transport header too short for its ports. Unfragmented, the kernel drops it. A first
+/// fragment (RFC 1858's tiny fragment) is reassembled by the kernel with the next ones into
+/// a packet whose ports a rule may name: unknown ports, so fail closed, as for a long
+/// extension header chain.
+#[inline(always)]
+fn short_l4(flow: &Flow) -> Parsed {
+    if flow.flags & META_F_FRAGMENT != 0 {
+        Parsed::Unparsed
+    } else {
+        Parsed::Malformed
+    }
 }

@@ -35,6 +35,14 @@
 //! The cost is five lookups, plus one AND of five words and one full match per candidate;
 //! a table of 1024 rules that all cover the same packet (differing only in a partial port
 //! mask, say) still costs a scan, in bpf_loop steps.
+//!
+//! # Three tables: out, in, fwd
+//! The same rules and index serve the `dir out` policies (the inside program: what to
+//! protect) and the `dir in` / `dir fwd` policies (the outside program: which clear text to
+//! refuse, see [`Counter::DropInTmplMismatch`]). Each table has two slots (double buffer);
+//! slot `2 * table + half` ([`TABLE_OUT`], [`TABLE_IN`], [`TABLE_FWD`]) is what the index
+//! keys' `slot` field and [`proto_index`] take, and the rules of slot `s` are entries
+//! `s * MAX_POLICIES ..` of [`MAP_POLICY_RULES`] ([`TableRef::index`]).
 #![no_std]
 
 /// XDP program on the inside (plaintext) interface: policy lookup.
@@ -49,8 +57,9 @@ pub const PROG_PASS: &str = "xfrm_pass";
 /// protected part goes to the daemon's TAP device.
 pub const PROG_LOCAL_OUT: &str = "xfrm_local_out";
 
-/// `Array<PolicyRule>`: the rules, two slots of [`MAX_POLICIES`] (double buffer).
-pub const MAP_POLICY_OUT: &str = "POLICY_OUT";
+/// `Array<PolicyRule>`: the rules, [`TABLE_SLOTS`] slots of [`MAX_POLICIES`] (three tables,
+/// double-buffered).
+pub const MAP_POLICY_RULES: &str = "POLICY_RULES";
 /// `LpmTrie<PrefixKey, RuleBitmap>`: source/destination prefix → rules whose prefix covers it.
 pub const MAP_POLICY_PREFIX: &str = "POLICY_PREFIX";
 /// `Array<RuleBitmap>` at [`proto_index`]: rules with this protocol or protocol 0.
@@ -74,7 +83,7 @@ pub const MAP_LOCAL_DEV: &str = "LOCAL_DEV";
 /// `PerCpuArray<u64>` indexed by [`Counter`]: the verdicts of `xfrm_local_out`.
 pub const MAP_COUNTERS_LOCAL: &str = "COUNTERS_LOCAL";
 
-/// Rules per table slot. POLICY_OUT holds two slots (double buffer, see [`TableRef`]).
+/// Rules per table slot. POLICY_RULES holds [`TABLE_SLOTS`] (double buffer, see [`TableRef`]).
 pub const MAX_POLICIES: u32 = 1024;
 /// Entries in XSKS and XSKS_OUT: one AF_XDP socket per receive queue.
 pub const MAX_QUEUES: u32 = 64;
@@ -82,12 +91,20 @@ pub const MAX_QUEUES: u32 = 64;
 pub const MAX_SAS: u32 = 65536;
 /// u64 words of a [`RuleBitmap`].
 pub const BITMAP_WORDS: usize = MAX_POLICIES as usize / 64;
+/// Tables ([`TABLE_OUT`], [`TABLE_IN`], [`TABLE_FWD`]) × two slots.
+pub const TABLE_SLOTS: u32 = 2 * 3;
+/// The out table: slots 0 and 1.
+pub const TABLE_OUT: u32 = 0;
+/// The `dir in` table: slots 2 and 3.
+pub const TABLE_IN: u32 = 1;
+/// The `dir fwd` table: slots 4 and 5.
+pub const TABLE_FWD: u32 = 2;
 /// Entries of POLICY_PREFIX: per slot and per field (source, destination), one per distinct
 /// prefix of the table at most.
-pub const MAX_PREFIXES: u32 = 2 * 2 * MAX_POLICIES;
+pub const MAX_PREFIXES: u32 = TABLE_SLOTS * 2 * MAX_POLICIES;
 /// Entries of POLICY_PORT: per slot and per field, one per distinct exact port and one "any
 /// other port" per family at most.
-pub const MAX_PORT_KEYS: u32 = 2 * 2 * (MAX_POLICIES + 2);
+pub const MAX_PORT_KEYS: u32 = TABLE_SLOTS * 2 * (MAX_POLICIES + 2);
 
 /// Address families as in the IP version field.
 pub const FAMILY_V4: u8 = 4;
@@ -97,11 +114,13 @@ pub const FAMILY_V6: u8 = 6;
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleAction {
-    /// `action allow` with no templates: the packet goes on in clear (XDP_PASS).
+    /// Out: `action allow` with no templates: the packet goes on in clear (XDP_PASS).
+    /// In/fwd: clear text is acceptable (no templates, or only optional `level use` ones).
     Bypass = 0,
-    /// `action allow` with templates: to the worker through the queue's AF_XDP socket.
+    /// Out: `action allow` with templates: to the worker through the queue's AF_XDP socket.
+    /// In/fwd: a required template, so clear text is refused (XfrmInTmplMismatch).
     Protect = 1,
-    /// `action block`: XDP_DROP.
+    /// `action block`: XDP_DROP (in/fwd: XfrmInPolBlock).
     Block = 2,
 }
 
@@ -147,11 +166,11 @@ pub struct PolicyRule {
 
 pub const NO_SA: u32 = u32::MAX;
 
-/// Which half of POLICY_OUT is live, how many rules it has, and which port fields its index
+/// Which slot of a table is live, how many rules it has, and which port fields its index
 /// covers, in one u32 so that user space switches tables with a single atomic store: fill the
-/// idle half, then flip.
-/// Bit 31: slot (0/1); bit 17: dport indexed; bit 16: sport indexed; bits 0..15: rule count
-/// (≤ MAX_POLICIES).
+/// idle slot, then flip.
+/// Bits 29..31: slot (0..[`TABLE_SLOTS`], `2 * table + half`); bit 17: dport indexed; bit 16:
+/// sport indexed; bits 0..15: rule count (≤ MAX_POLICIES).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableRef(pub u32);
@@ -163,13 +182,13 @@ impl TableRef {
     pub const DPORT_INDEXED: u32 = 1 << 17;
 
     pub const fn new(slot: u32, len: u32) -> Self {
-        Self(((slot & 1) << 31) | (len & 0xffff))
+        Self(((slot & 7) << 29) | (len & 0xffff))
     }
     pub const fn with_flags(self, flags: u32) -> Self {
         Self(self.0 | (flags & (Self::SPORT_INDEXED | Self::DPORT_INDEXED)))
     }
     pub const fn slot(self) -> u32 {
-        self.0 >> 31
+        self.0 >> 29
     }
     pub const fn len(self) -> u32 {
         self.0 & 0xffff
@@ -180,7 +199,7 @@ impl TableRef {
     pub const fn has(self, flag: u32) -> bool {
         self.0 & flag != 0
     }
-    /// Index in POLICY_OUT of rule `i` of this table.
+    /// Index in POLICY_RULES of rule `i` of this table.
     pub const fn index(self, i: u32) -> u32 {
         self.slot() * MAX_POLICIES + i
     }
@@ -232,7 +251,7 @@ pub const DIM_DPORT: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PrefixKey {
-    /// Table slot (0/1), see [`TableRef`].
+    /// Table slot (`2 * table + half`), see [`TableRef`].
     pub slot: u8,
     /// [`DIM_SRC`] or [`DIM_DST`].
     pub dim: u8,
@@ -265,7 +284,7 @@ pub const fn proto_index(slot: u32, family: u8, proto: u8) -> u32 {
     slot * 512 + (family == FAMILY_V6) as u32 * 256 + proto as u32
 }
 /// Entries of POLICY_PROTO.
-pub const PROTO_ENTRIES: u32 = 2 * 512;
+pub const PROTO_ENTRIES: u32 = TABLE_SLOTS * 512;
 
 /// SAS key: what `xfrm_state_lookup` takes from an inbound packet.
 #[repr(C)]
@@ -318,6 +337,10 @@ pub struct Config {
     pub flags: u32,
     /// UDP ports carrying ESP-in-UDP, for the outside program.
     pub encap: [EncapPort; MAX_ENCAP_PORTS],
+    /// The live `dir in` table (clear text to a local address), for the outside program.
+    pub inp: TableRef,
+    /// The live `dir fwd` table (clear text to be forwarded), for the outside program.
+    pub fwd: TableRef,
 }
 
 /// Written with `bpf_xdp_adjust_meta` just before the packet of a redirected frame: in the
@@ -388,7 +411,10 @@ pub enum Counter {
     /// Fail closed: a protect rule (or inbound SA) matched but the metadata could not be
     /// written (a driver without metadata support).
     DropMeta,
-    /// Fail closed: an IPv6 extension header chain too long to follow to the transport header.
+    /// Fail closed: an IPv6 extension header chain too long to follow to the transport
+    /// header, or a first fragment too short to hold its ports (RFC 1858). The outside
+    /// program drops these only where a rule could cover them: one-armed, or with in/fwd
+    /// policies.
     DropUnparsed,
     // The outside program.
     /// Not ESP, AH or UDP to a NAT-T port (and not one-armed): the host's traffic.
@@ -407,9 +433,15 @@ pub enum Counter {
     /// Inbound IPsec for a known SA, but no socket on the queue: dropped, not handed to a
     /// kernel that holds none of our SAs (it would answer ICMP errors to the peer at best).
     DropNoSocketIn,
+    /// Clear text that the `dir in` (local destination) or `dir fwd` (forwarded) policy
+    /// covering it wants protected (a required template): dropped, as __xfrm_policy_check
+    /// drops it and counts XfrmInTmplMismatch.
+    DropInTmplMismatch,
+    /// Clear text under an in/fwd `action block` policy: dropped (XfrmInPolBlock).
+    DropInPolBlock,
 }
 
-pub const COUNTER_COUNT: usize = 18;
+pub const COUNTER_COUNT: usize = 20;
 
 pub const COUNTER_NAMES: [&str; COUNTER_COUNT] = [
     "rx",
@@ -430,9 +462,11 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT] = [
     "pass_fragment",
     "redirect_in",
     "drop_no_socket_in",
+    "drop_in_tmpl_mismatch",
+    "drop_in_pol_block",
 ];
 
-const _: () = assert!(Counter::DropNoSocketIn as usize + 1 == COUNTER_COUNT);
+const _: () = assert!(Counter::DropInPolBlock as usize + 1 == COUNTER_COUNT);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -450,7 +484,8 @@ mod pod {
 }
 
 const _: () = assert!(core::mem::size_of::<PolicyRule>() == 88);
-const _: () = assert!(core::mem::size_of::<Config>() == 8 + 4 * MAX_ENCAP_PORTS);
+const _: () = assert!(core::mem::size_of::<Config>() == 16 + 4 * MAX_ENCAP_PORTS);
+const _: () = assert!(TABLE_SLOTS <= 8 && TABLE_SLOTS * MAX_POLICIES <= u32::MAX / 2);
 const _: () = assert!(core::mem::size_of::<PrefixKey>() == 20);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
 const _: () = assert!(MAX_POLICIES <= 0xffff && MAX_POLICIES.is_multiple_of(64));

@@ -27,12 +27,14 @@ use aya_log::EbpfLogger;
 use xfrm_common::{
     Config, EncapPort, PolicyRule, PortKey, PrefixKey, RuleBitmap, SaKey, TableRef, XdpMeta,
     CFG_ONE_ARMED, COUNTER_COUNT, COUNTER_NAMES, FAMILY_V4, FAMILY_V6, MAP_CONFIG, MAP_COUNTERS,
-    MAP_COUNTERS_LOCAL, MAP_COUNTERS_OUT, MAP_LOCAL_DEV, MAP_POLICY_OUT, MAP_POLICY_PORT,
-    MAP_POLICY_PREFIX, MAP_POLICY_PROTO, MAP_SAS, MAP_XSKS, MAP_XSKS_OUT, MAX_ENCAP_PORTS, MAX_SAS,
-    PROG_CLASSIFY, PROG_LOCAL_OUT, PROG_OUTSIDE, PROG_PASS, XDP_META_LEN,
+    MAP_COUNTERS_LOCAL, MAP_COUNTERS_OUT, MAP_LOCAL_DEV, MAP_POLICY_PORT, MAP_POLICY_PREFIX,
+    MAP_POLICY_PROTO, MAP_POLICY_RULES, MAP_SAS, MAP_XSKS, MAP_XSKS_OUT, MAX_ENCAP_PORTS, MAX_SAS,
+    PROG_CLASSIFY, PROG_LOCAL_OUT, PROG_OUTSIDE, PROG_PASS, TABLE_FWD, TABLE_IN, TABLE_OUT,
+    TABLE_SLOTS, XDP_META_LEN,
 };
 
-use super::rules::{compile_db, compile_sas, encap_ports, PolicyIndex};
+use super::rules::{compile_db, compile_inbound, compile_sas, encap_ports, PolicyIndex};
+use crate::policy::PolicyDir;
 use crate::xfrm::{InputTables, XfrmDb};
 
 pub const ENV_BPF_OBJ: &str = "XFRM_BPF_OBJ";
@@ -271,6 +273,36 @@ impl Program {
     }
 }
 
+/// The programs' policy tables (see xfrm-common, "Three tables").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    /// `dir out`: the inside program (and the one-armed outside one) protects by it.
+    Out,
+    /// `dir in`: the outside program refuses clear text to local addresses by it.
+    In,
+    /// `dir fwd`: the outside program refuses clear text to be forwarded by it.
+    Fwd,
+}
+
+impl Table {
+    fn id(self) -> u32 {
+        match self {
+            Self::Out => TABLE_OUT,
+            Self::In => TABLE_IN,
+            Self::Fwd => TABLE_FWD,
+        }
+    }
+
+    /// The table of a policy direction.
+    pub fn of(dir: PolicyDir) -> Self {
+        match dir {
+            PolicyDir::Out => Self::Out,
+            PolicyDir::In => Self::In,
+            PolicyDir::Fwd => Self::Fwd,
+        }
+    }
+}
+
 /// What one slot of the policy table left in the hash-like maps, to delete when the slot is
 /// refilled (arrays are overwritten instead).
 #[derive(Default)]
@@ -288,12 +320,13 @@ pub const XDP_REDIRECT: u32 = 4;
 /// The loaded XDP object: programs verified and in the kernel, maps reachable.
 pub struct Datapath {
     ebpf: Ebpf,
-    /// Which POLICY_OUT slot is live (the other one is written on the next update).
-    live_slot: u32,
+    /// Which half of each table's two slots is live, by [`Table::id`] (the other one is
+    /// written on the next update).
+    live_half: [u32; 3],
     /// What CONFIG holds (written whole on every change).
     config: Config,
     /// Index entries of each slot.
-    slot_keys: [SlotKeys; 2],
+    slot_keys: [SlotKeys; TABLE_SLOTS as usize],
     /// What SAS holds.
     sas: std::collections::HashMap<SaKey, u32>,
     /// Netlink-mode attachments: left in place by Drop (fail closed), removed only by
@@ -356,7 +389,7 @@ impl Datapath {
             .with_context(|| format!("the verifier rejected {PROG_LOCAL_OUT}"))?;
         let mut dp = Self {
             ebpf,
-            live_slot: 0,
+            live_half: [0; 3],
             config: Config::default(),
             slot_keys: Default::default(),
             sas: Default::default(),
@@ -364,7 +397,9 @@ impl Datapath {
             local_out: None,
             logs,
         };
-        dp.set_out_policies(&[])?;
+        for t in [Table::Out, Table::In, Table::Fwd] {
+            dp.set_policies(t, &[])?;
+        }
         Ok(dp)
     }
 
@@ -613,28 +648,37 @@ impl Datapath {
         self.write_config()
     }
 
-    /// Everything the programs need from a database: its out policies, its SAs, its NAT-T
-    /// ports (those `InputTables::new(db)` finds; a caller with other tables sets them with
-    /// [`Self::set_encap_ports`]).
+    /// Everything the programs need from a database: its out, in and fwd policies, its SAs,
+    /// its NAT-T ports (those `InputTables::new(db)` finds; a caller with other tables sets
+    /// them with [`Self::set_encap_ports`]).
     pub fn install(&mut self, db: &XfrmDb) -> Result<()> {
         self.set_out_policies(&compile_db(db)?)?;
+        for dir in [PolicyDir::In, PolicyDir::Fwd] {
+            self.set_policies(Table::of(dir), &compile_inbound(db, dir)?)?;
+        }
         self.set_sas(&compile_sas(db)?)?;
         self.set_encap_ports(encap_ports(&InputTables::new(db))?)
     }
 
-    /// Replace the outbound rule table and its index. Everything goes to the idle slot, then
-    /// one store to CONFIG makes it live: a packet sees the old table or the new one, never a
-    /// mix. The old slot's index entries are deleted after an RCU grace period (no program
-    /// run can still be reading them), so the slot is clean for the next update.
+    /// Replace the outbound rule table and its index (see [`Self::set_policies`]).
     pub fn set_out_policies(&mut self, rules: &[PolicyRule]) -> Result<()> {
+        self.set_policies(Table::Out, rules)
+    }
+
+    /// Replace the rules of `which` and their index. Everything goes to the table's idle
+    /// slot, then one store to CONFIG makes it live: a packet sees the old table or the new
+    /// one, never a mix. The old slot's index entries are deleted after an RCU grace period
+    /// (no program run can still be reading them), so the slot is clean for the next update.
+    pub fn set_policies(&mut self, which: Table, rules: &[PolicyRule]) -> Result<()> {
         let index = PolicyIndex::build(rules)?;
-        let slot = self.live_slot ^ 1;
+        let half = self.live_half[which.id() as usize] ^ 1;
+        let slot = 2 * which.id() + half;
         let table = TableRef::new(slot, rules.len() as u32).with_flags(index.flags);
         {
             let mut arr: Array<&mut MapData, PolicyRule> = Array::try_from(
                 self.ebpf
-                    .map_mut(MAP_POLICY_OUT)
-                    .ok_or_else(|| anyhow!("no map {MAP_POLICY_OUT}"))?,
+                    .map_mut(MAP_POLICY_RULES)
+                    .ok_or_else(|| anyhow!("no map {MAP_POLICY_RULES}"))?,
             )?;
             for (i, r) in rules.iter().enumerate() {
                 arr.set(table.index(i as u32), r, 0)?;
@@ -695,10 +739,14 @@ impl Datapath {
                 keys.ports.push(key);
             }
         }
-        self.config.out = table;
+        match which {
+            Table::Out => self.config.out = table,
+            Table::In => self.config.inp = table,
+            Table::Fwd => self.config.fwd = table,
+        }
         self.write_config()?;
-        let old = self.live_slot as usize;
-        self.live_slot = slot;
+        let old = (slot ^ 1) as usize;
+        self.live_half[which.id() as usize] = half;
         self.slot_keys[slot as usize] = keys;
         let stale = std::mem::take(&mut self.slot_keys[old]);
         if stale.prefixes.is_empty() && stale.ports.is_empty() {
@@ -828,11 +876,25 @@ impl Datapath {
         packet: &[u8],
         repeat: u32,
     ) -> Result<TestRunOutcome> {
+        self.test_run_on(prog, packet, repeat, 0)
+    }
+
+    /// [`Self::test_run_prog`] as if the packet arrived on interface `ifindex` (queue 0) of
+    /// the calling thread's network namespace (route lookups then start there); 0 = the
+    /// loopback device.
+    pub fn test_run_on(
+        &mut self,
+        prog: Program,
+        packet: &[u8],
+        repeat: u32,
+        ifindex: u32,
+    ) -> Result<TestRunOutcome> {
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex. In: no metadata (data = 0), data_end = the packet length; ifindex 0
         // means the loopback device's queue 0.
         let mut ctx_in = [0u32; 6];
         ctx_in[1] = packet.len() as u32;
+        ctx_in[3] = ifindex;
         let ctx_in: Vec<u8> = ctx_in.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let mut ctx_out = [0u8; 24];
         // Headroom the program may take for metadata comes back in front of the packet.

@@ -4,9 +4,11 @@
 //! One definition of the order: the table is `XfrmDb::policies(Out)` as it stands (the kernel's
 //! order, see `xfrm::spd`), and a rule's `policy_id` is its position there, so the worker finds
 //! the policy with `db.policies(PolicyDir::Out)[policy_id]` and the XDP program must agree with
-//! `XfrmDb::policy_lookup`. Only `dir out` policies are compiled for the inside interface:
-//! forwarded traffic is looked up in the out direction by `xfrm_lookup` (fwd policies are
-//! checked on the inbound, decrypted side).
+//! `XfrmDb::policy_lookup`. The `dir out` policies are compiled for the inside interface:
+//! forwarded traffic is looked up in the out direction by `xfrm_lookup`. The `dir in` and
+//! `dir fwd` policies are compiled for the outside interface, in the same form, to refuse
+//! the clear text they want protected ([`inbound_rule_action`], [`plaintext_check`]); what
+//! the workers decrypt is checked against them in user space (`xfrm::policy_check`).
 
 use std::{collections::BTreeSet, net::IpAddr};
 
@@ -21,7 +23,8 @@ use crate::{
     policy::{Policy, PolicyAction, PolicyDir, Template},
     sa::{EncapType, SaConfig},
     selector::{FlowKey, Prefix, Selector},
-    xfrm::{InputTables, XfrmDb},
+    stats::XfrmStat,
+    xfrm::{policy_check::xfrm_policy_check_plaintext, InputTables, XfrmDb},
 };
 
 /// `(addr, mask)` as four network-order words, addr already masked (IPv4 in word 0).
@@ -118,6 +121,79 @@ pub fn compile_sorted(
         .collect()
 }
 
+/// What the outside program does with clear text that an in/fwd policy covers: the library's
+/// own check with an empty sec path ([`xfrm_policy_check_plaintext`]) decides, so the two
+/// cannot drift. Bypass = accepted (no templates, or only optional ones), Protect = a
+/// required template (XfrmInTmplMismatch), Block = XfrmInPolBlock.
+pub fn inbound_rule_action(p: &Policy) -> RuleAction {
+    match xfrm_policy_check_plaintext(Some(p)) {
+        Ok(()) => RuleAction::Bypass,
+        Err(XfrmStat::XfrmInPolBlock) => RuleAction::Block,
+        Err(_) => RuleAction::Protect,
+    }
+}
+
+/// The `dir in` or `dir fwd` table of a database, in lookup order (`policy_id` = position
+/// in `XfrmDb::policies(dir)`); no SA hint (nothing is redirected by these rules).
+pub fn compile_inbound(db: &XfrmDb, dir: PolicyDir) -> Result<Vec<PolicyRule>> {
+    if dir == PolicyDir::Out {
+        bail!("compile_inbound: the out table is compile_db's");
+    }
+    db.policies(dir)
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut r = compile_rule(&p.selector, inbound_rule_action(p), i as u32, NO_SA)?;
+            r.priority = p.priority;
+            Ok(r)
+        })
+        .collect()
+}
+
+/// Where the kernel takes a packet that arrived on the outside (ip_route_input): the
+/// outside program asks `bpf_fib_lookup` when the in and fwd tables disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputRoute {
+    /// Local delivery (also broadcast, multicast, or forwarding off on the interface):
+    /// the `dir in` policy.
+    Local,
+    /// Forwarded: the `dir fwd` policy.
+    Forward,
+    /// No route (blackhole, unreachable, prohibit): the kernel drops it.
+    Unroutable,
+}
+
+/// UDP ports of IKE (RFC 7296: 500, and 4500 for NAT traversal).
+pub const IKE_PORTS: [u16; 2] = [500, 4500];
+
+/// The outside program's inbound policy check on clear text `flow` (not redirected to a
+/// worker), in the library's terms; the program must agree (tests/classifier_test_run.rs).
+/// Local delivery checks `dir in`, except what local delivery never checks in clear:
+/// non-first fragments (reassembled first: the first fragment's verdict is the packet's),
+/// ESP/AH/IPComp (xfrm_input's), and UDP to IKE's ports and the NAT-T ports of `tables`
+/// (the IKE daemon's sockets bypass the SPD). Forwarding checks `dir fwd`, everything.
+/// Unroutable: refused if either refuses (fail closed; the kernel drops it anyway).
+pub fn plaintext_check(
+    db: &XfrmDb,
+    tables: &InputTables,
+    flow: &FlowKey,
+    non_first_fragment: bool,
+    route: InputRoute,
+) -> Result<(), XfrmStat> {
+    let check = |dir| xfrm_policy_check_plaintext(db.policy_lookup(dir, flow));
+    let exempt = non_first_fragment
+        || matches!(flow.proto, 50 | 51 | 108)
+        || (flow.proto == 17
+            && (IKE_PORTS.contains(&flow.dport)
+                || tables.encap_ports().iter().any(|&(p, _)| p == flow.dport)));
+    let local = || if exempt { Ok(()) } else { check(PolicyDir::In) };
+    match route {
+        InputRoute::Local => local(),
+        InputRoute::Forward => check(PolicyDir::Fwd),
+        InputRoute::Unroutable => local().and(check(PolicyDir::Fwd)),
+    }
+}
+
 /// The SA a template resolves to among the configured states (what `xfrm_state_find` does with
 /// a static SAD): destination, protocol, mode, and SPI / reqid / source when the template
 /// names them. Index into `states`.
@@ -209,7 +285,7 @@ impl PolicyIndex {
     pub fn build(rules: &[PolicyRule]) -> Result<Self> {
         if rules.len() > MAX_POLICIES as usize {
             bail!(
-                "{} outbound policies: the XDP table holds {MAX_POLICIES}",
+                "{} policies in one direction: the XDP table holds {MAX_POLICIES}",
                 rules.len()
             );
         }
@@ -704,6 +780,106 @@ mod tests {
         assert_eq!(port(1, 0), Some(vec![1, 2]));
         // Summaries follow the words.
         assert!(ix.prefixes.iter().all(|(_, _, b)| b.summary == 1));
+    }
+
+    #[test]
+    fn inbound_tables_and_plaintext_check() {
+        use crate::policy::TmplLevel;
+        use crate::sa::{XfrmMode, XfrmProto};
+        let tmpl = |level| Template {
+            src: None,
+            dst: "192.0.2.1".parse().unwrap(),
+            proto: XfrmProto::Esp,
+            spi: None,
+            reqid: 1,
+            mode: XfrmMode::Tunnel,
+            level,
+        };
+        let with = |mut p: Policy, dir, templates| {
+            p.dir = dir;
+            p.templates = templates;
+            p
+        };
+        let lan = sel("10.1.0.0/16", "10.2.0.0/16", 0, None);
+        let ps = vec![
+            // in: UDP 53 blocked before the catch-all that wants ESP.
+            with(
+                policy(
+                    sel("10.1.0.0/16", "10.2.0.0/16", 17, Some(53)),
+                    1,
+                    0,
+                    PolicyAction::Block,
+                ),
+                PolicyDir::In,
+                vec![],
+            ),
+            with(
+                policy(lan, 2, 1, PolicyAction::Allow),
+                PolicyDir::In,
+                vec![tmpl(TmplLevel::Required)],
+            ),
+            // fwd: only an optional template: clear text is acceptable.
+            with(
+                policy(lan, 2, 2, PolicyAction::Allow),
+                PolicyDir::Fwd,
+                vec![tmpl(TmplLevel::Use)],
+            ),
+            with(
+                policy(
+                    sel("10.1.0.0/16", "10.3.0.0/16", 0, None),
+                    2,
+                    3,
+                    PolicyAction::Allow,
+                ),
+                PolicyDir::Fwd,
+                vec![tmpl(TmplLevel::Use), tmpl(TmplLevel::Required)],
+            ),
+        ];
+        let db = XfrmDb::new(vec![], ps).unwrap();
+        let inp = compile_inbound(&db, PolicyDir::In).unwrap();
+        let fwd = compile_inbound(&db, PolicyDir::Fwd).unwrap();
+        assert!(compile_inbound(&db, PolicyDir::Out).is_err());
+        let actions = |t: &[PolicyRule]| t.iter().map(|r| r.action).collect::<Vec<_>>();
+        assert_eq!(
+            actions(&inp),
+            [RuleAction::Block as u8, RuleAction::Protect as u8]
+        );
+        assert_eq!(
+            actions(&fwd),
+            [RuleAction::Bypass as u8, RuleAction::Protect as u8]
+        );
+        assert_eq!(inp.iter().map(|r| r.policy_id).collect::<Vec<_>>(), [0, 1]);
+        assert!(inp.iter().chain(&fwd).all(|r| r.sa_id == NO_SA));
+
+        let tables = InputTables::new(&db);
+        let flow = |dst: &str, proto, dport| FlowKey {
+            src: "10.1.0.5".parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto,
+            sport: 1000,
+            dport,
+        };
+        let check = |f: &FlowKey, frag, route| plaintext_check(&db, &tables, f, frag, route);
+        use InputRoute::*;
+        let mm = Err(XfrmStat::XfrmInTmplMismatch);
+        let tcp = flow("10.2.0.1", 6, 22);
+        assert_eq!(check(&tcp, false, Local), mm);
+        assert_eq!(check(&tcp, false, Forward), Ok(()));
+        assert_eq!(check(&tcp, false, Unroutable), mm);
+        assert_eq!(
+            check(&flow("10.2.0.1", 17, 53), false, Local),
+            Err(XfrmStat::XfrmInPolBlock)
+        );
+        assert_eq!(check(&flow("10.3.0.1", 6, 22), false, Forward), mm);
+        assert_eq!(check(&flow("10.3.0.1", 6, 22), false, Local), Ok(()));
+        // What local delivery never checks in clear: IKE, ESP, non-first fragments.
+        assert_eq!(check(&flow("10.2.0.1", 17, 500), false, Local), Ok(()));
+        assert_eq!(check(&flow("10.2.0.1", 17, 4500), false, Local), Ok(()));
+        assert_eq!(check(&flow("10.2.0.1", 50, 0), false, Local), Ok(()));
+        assert_eq!(check(&flow("10.2.0.1", 6, 0), true, Local), Ok(()));
+        // Forwarding checks them all.
+        assert_eq!(check(&flow("10.3.0.1", 17, 500), false, Forward), mm);
+        assert_eq!(check(&flow("10.3.0.1", 6, 0), true, Forward), mm);
     }
 
     #[test]

@@ -122,6 +122,11 @@ pub fn xfrm_policy_check<S: SecPathEntry>(
             }
         }
     }
+    policy_verdict(sp, policy)
+}
+
+/// Steps 2 to 4 of [`xfrm_policy_check`]: the policy's verdict on the sec path.
+fn policy_verdict<S: SecPathEntry>(sp: &[S], policy: Option<&Policy>) -> Result<(), XfrmStat> {
     let Some(policy) = policy else {
         if secpath_has_nontransport(sp, 0) {
             return Err(XfrmStat::XfrmInNoPols);
@@ -132,6 +137,15 @@ pub fn xfrm_policy_check<S: SecPathEntry>(
         PolicyAction::Block => Err(XfrmStat::XfrmInPolBlock),
         PolicyAction::Allow => check_templates(&policy.templates, sp),
     }
+}
+
+/// [`xfrm_policy_check`] for a packet that arrived in clear (empty sec path), under the
+/// in/fwd `policy` that covers it: accepted without a policy or when every template is
+/// optional (`level use`); XfrmInTmplMismatch when one is required; XfrmInPolBlock for a
+/// block policy. The XDP outside program refuses exactly these (compiled by
+/// `datapath::rules::inbound_rule_action`).
+pub fn xfrm_policy_check_plaintext(policy: Option<&Policy>) -> Result<(), XfrmStat> {
+    policy_verdict::<SaConfig>(&[], policy)
 }
 
 #[cfg(test)]
@@ -334,6 +348,48 @@ mod tests {
         ];
         for (name, templates, sp, want) in cases {
             assert_eq!(check_templates(&templates, &sp), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn plaintext_verdicts() {
+        let t = tmpl(Esp, Tunnel, 1, Some(B), A);
+        let optional = |mut t: Template| {
+            t.level = TmplLevel::Use;
+            t
+        };
+        let allow = |ts: Vec<Template>| policy(PolicyAction::Allow, ts);
+        assert_eq!(xfrm_policy_check_plaintext(None), Ok(()));
+        assert_eq!(xfrm_policy_check_plaintext(Some(&allow(vec![]))), Ok(()));
+        assert_eq!(
+            xfrm_policy_check_plaintext(Some(&allow(vec![t]))),
+            Err(XfrmStat::XfrmInTmplMismatch)
+        );
+        // Only optional templates (transport skipped, tunnel not found): clear text passes.
+        let tr = tmpl(Esp, Transport, 0, None, "0.0.0.0");
+        assert_eq!(
+            xfrm_policy_check_plaintext(Some(&allow(vec![optional(tr), optional(t)]))),
+            Ok(())
+        );
+        // One required template among optional ones is enough to refuse it.
+        assert_eq!(
+            xfrm_policy_check_plaintext(Some(&allow(vec![optional(tr), t]))),
+            Err(XfrmStat::XfrmInTmplMismatch)
+        );
+        assert_eq!(
+            xfrm_policy_check_plaintext(Some(&policy(PolicyAction::Block, vec![t]))),
+            Err(XfrmStat::XfrmInPolBlock)
+        );
+        // The same as the full check with an empty sec path, whatever the flow.
+        for p in [
+            allow(vec![]),
+            allow(vec![t]),
+            policy(PolicyAction::Block, vec![]),
+        ] {
+            assert_eq!(
+                xfrm_policy_check_plaintext(Some(&p)),
+                xfrm_policy_check::<SaConfig>(&flow(), &[], Some(&p))
+            );
         }
     }
 
