@@ -341,8 +341,9 @@ fn write_counters(
     out: &mut dyn Write,
     dp: &Datapath,
     wstats: &[Arc<super::worker::WorkerStats>],
-    stats: &XfrmStats,
+    gw: &Gateway,
 ) -> Result<()> {
+    let stats = &*gw.stats;
     let sum =
         |f: fn(&super::worker::WorkerStats) -> u64| -> u64 { wstats.iter().map(|w| f(w)).sum() };
     let xdp_in = dp.counters().map(|c| c.to_string()).unwrap_or_default();
@@ -378,8 +379,47 @@ fn write_counters(
         sum(|w| w.dropped.load(Ordering::Relaxed)),
         stats.render_nonzero().replace('\n', " ").trim_end(),
     )?;
+    for x in gw.db.states() {
+        if let Some(line) = sa_line(x) {
+            writeln!(out, "{line}")?;
+        }
+    }
     out.flush()?;
     Ok(())
+}
+
+/// One SA's counters, as `ip -s xfrm state` shows them (lifetime use, the replay and
+/// integrity drops of x->stats, the output sequence number) plus its nonzero /proc counters;
+/// None for an SA that has seen nothing yet.
+fn sa_line(x: &crate::xfrm::state::SecurityAssociation) -> Option<String> {
+    let packets = x.curlft_packets();
+    let input = x.input().stats;
+    let own = x.stats.render_nonzero();
+    if packets == 0 && own.is_empty() {
+        return None;
+    }
+    let mut line = format!(
+        "  sa {:?} spi 0x{:08x} {:?} {} > {}: {} pkts {} bytes, oseq {}",
+        x.cfg.id.proto,
+        x.spi(),
+        x.cfg.mode,
+        x.saddr(),
+        x.daddr(),
+        packets,
+        x.curlft_bytes(),
+        x.oseq(),
+    );
+    if input.replay_window + input.replay + input.integrity_failed > 0 {
+        line.push_str(&format!(
+            ", replay-window {} replay {} integrity-failed {}",
+            input.replay_window, input.replay, input.integrity_failed
+        ));
+    }
+    if !own.is_empty() {
+        line.push_str(" | ");
+        line.push_str(own.replace('\n', " ").trim_end());
+    }
+    Some(line)
 }
 
 /// SIGINT and SIGTERM through tokio, when the caller wants them (the command line; a test
@@ -574,7 +614,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                     }
                     _ = &mut deadline, if opts.duration.is_some() => break,
                     _ = report.tick() => {
-                        write_counters(out, &dp, &wstats, &gw.stats)?;
+                        write_counters(out, &dp, &wstats, &gw)?;
                     }
                     _ = check.tick() => {
                         if stop.load(Ordering::Relaxed) {
@@ -679,6 +719,28 @@ mod tests {
         };
         p[26..28].copy_from_slice(&v.to_be_bytes());
         p
+    }
+
+    #[test]
+    fn sa_lines_show_use_and_drops() {
+        use crate::sa::XfrmMode;
+        use crate::xfrm::state::tests::esp_cfg;
+        let cfg = esp_cfg(0x1000, "10.2.0.1", "10.3.0.2", XfrmMode::Tunnel);
+        let db = XfrmDb::new(vec![cfg], vec![]).unwrap();
+        let x = &db.states()[0];
+        assert_eq!(sa_line(x), None, "unused: no line");
+        x.xfrm_replay_overflow().unwrap();
+        x.add_curlft(1400);
+        x.count(&XfrmStats::new(), XfrmStat::XfrmOutStateExpired);
+        let line = sa_line(x).unwrap();
+        assert!(
+            line.starts_with(
+                "  sa Esp spi 0x00001000 Tunnel 10.2.0.1 > 10.3.0.2: 1 pkts 1400 bytes, oseq 1"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("| XfrmOutStateExpired"), "{line}");
+        assert!(!line.contains("replay"), "no replay drops: {line}");
     }
 
     #[test]
