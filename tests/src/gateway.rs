@@ -72,6 +72,8 @@ pub struct NetOpts {
     pub host_tx_checksum: bool,
     /// Interface MTU everywhere.
     pub mtu: u32,
+    /// Queues of every link, and `xfrm-user run --queues` on both gateways.
+    pub queues: u32,
 }
 
 impl Default for NetOpts {
@@ -79,6 +81,7 @@ impl Default for NetOpts {
         Self {
             host_tx_checksum: false,
             mtu: 1500,
+            queues: 1,
         }
     }
 }
@@ -102,6 +105,8 @@ pub struct GatewayNet {
     /// gw-a is one-armed ([`GatewayNet::one_armed`]): `lan_a` then joins host-a to `wire`,
     /// and gw-a's inside is its outside port.
     pub one_armed_a: bool,
+    /// Queues per link ([`NetOpts::queues`]): the gateways serve each with a worker.
+    pub queues: u32,
 }
 
 /// One side of the topology.
@@ -131,10 +136,12 @@ impl GatewayNet {
         let lan = VethOpts {
             mtu: opts.mtu,
             tx_checksum: opts.host_tx_checksum,
+            queues: opts.queues,
             ..VethOpts::default()
         };
         let wan = VethOpts {
             mtu: opts.mtu,
+            queues: opts.queues,
             ..VethOpts::default()
         };
         let lan_a = topo.add_veth(host_a, gw_a, lan)?;
@@ -153,6 +160,7 @@ impl GatewayNet {
             wan_b,
             lan_b,
             one_armed_a: false,
+            queues: opts.queues.max(1),
         };
         net.configure()?;
         Ok(net)
@@ -184,10 +192,12 @@ impl GatewayNet {
         let lan = VethOpts {
             mtu: opts.mtu,
             tx_checksum: opts.host_tx_checksum,
+            queues: opts.queues,
             ..VethOpts::default()
         };
         let wan = VethOpts {
             mtu: opts.mtu,
+            queues: opts.queues,
             ..VethOpts::default()
         };
         let lan_a = topo.add_veth(host_a, wire, lan)?;
@@ -206,6 +216,7 @@ impl GatewayNet {
             wan_b,
             lan_b,
             one_armed_a: true,
+            queues: opts.queues.max(1),
         };
         net.configure()?;
         let t = &net.topo;

@@ -106,7 +106,7 @@ pub fn spawn_gateway(net: &GatewayNet, case: &Case, s: Side) -> Result<Daemon> {
             inside: net.inside(s).ifname.clone(),
             outside: net.outside(s).ifname.clone(),
             xdp_mode: "native",
-            queues: None,
+            queues: (net.queues > 1).then_some(net.queues),
             own_process_group: false,
         },
     )
@@ -266,6 +266,66 @@ pub fn run_case(case: &Case, opts: NetOpts, size: u64) -> Result<Times> {
     Ok(times)
 }
 
+/// How many frames the XDP program on `ifname` (in `ns`) redirected, per receive queue
+/// (veth's `ethtool -S` counters).
+pub fn xdp_redirects_per_queue(ns: &crate::topology::Netns, ifname: &str) -> Result<Vec<u64>> {
+    let out = ns.exec("ethtool", &["-S", ifname])?;
+    let mut v = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((name, value)) = line.trim().split_once(": ") else {
+            continue;
+        };
+        let Some(q) = name
+            .strip_prefix("rx_queue_")
+            .and_then(|r| r.strip_suffix("_xdp_redirect"))
+        else {
+            continue;
+        };
+        let q: usize = q.parse()?;
+        if v.len() <= q {
+            v.resize(q + 1, 0);
+        }
+        v[q] = value.trim().parse()?;
+    }
+    Ok(v)
+}
+
+/// With several queues per link: short transfers on fresh ports (new flow hashes) from
+/// each host until every receive queue of both gateways' inside interfaces has handed
+/// frames to its worker, each transfer checked end to end. Fails if a queue is never used
+/// after 32 flows per side (the odds of that by chance are 2^-31 with two queues).
+pub fn spread_over_queues(net: &GatewayNet, case: &Case) -> Result<String> {
+    let mut report = String::new();
+    for s in [Side::A, Side::B] {
+        let inside = &net.inside(s).ifname;
+        let gw = net.topo.ns(net.gw(s));
+        for i in 0..32u16 {
+            let per_q = xdp_redirects_per_queue(gw, inside)?;
+            if per_q.len() >= net.queues as usize && per_q.iter().all(|&n| n > 0) {
+                let _ = write!(report, "gw-{s:?} inside {per_q:?} after {i} extra flows; ");
+                break;
+            }
+            if i == 31 {
+                bail!("gw-{s:?}: receive queues never all used: {per_q:?}");
+            }
+            let size = 256 << 10;
+            let r = tcp_transfer(
+                net.topo.ns(case.traffic_ns(net, s)),
+                net.topo.ns(case.traffic_ns(net, s.other())),
+                case.traffic_addr(net, s.other()),
+                6100 + i,
+                stream_of(s),
+                size,
+                transfer_deadline(size),
+            )?;
+            if r.sent != r.received || r.received.sha256 != expected_sha256(stream_of(s), size) {
+                bail!("extra flow {i} from {s:?}: {r}");
+            }
+        }
+    }
+    Ok(report)
+}
+
 /// The daemons' logs, for an error message.
 pub fn daemon_logs(ds: &[&Daemon]) -> String {
     let mut s = String::from("logs of the gateways:");
@@ -297,6 +357,10 @@ fn case_traffic(
     t = times.add("ping", t);
     let [ra, rb] = transfers_both_ways(net, case, size, 5001)?;
     eprintln!("  A->B {ra}\n  B->A {rb}");
+    if net.queues > 1 {
+        let q = spread_over_queues(net, case)?;
+        eprintln!("  queues: {q}");
+    }
     t = times.add("transfer", t);
     a.check_alive()?;
     b.check_alive()?;

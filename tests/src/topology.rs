@@ -317,6 +317,9 @@ pub struct VethOpts {
     pub peer_gro: bool,
     /// The pair will run native XDP: enforce the MTU limit.
     pub native_xdp: bool,
+    /// TX and RX queues of each end (veth hands a frame to the peer's RX queue of the
+    /// sender's TX queue, which the sender picks by flow hash).
+    pub queues: u32,
 }
 
 impl Default for VethOpts {
@@ -326,6 +329,7 @@ impl Default for VethOpts {
             tx_checksum: true,
             peer_gro: false,
             native_xdp: true,
+            queues: 1,
         }
     }
 }
@@ -412,15 +416,24 @@ impl Topology {
         // namespace; then the b end moves to b.
         let ns_a = &self.namespaces[a];
         let ns_b = &self.namespaces[b];
+        let q = opts.queues.max(1).to_string();
         ns_a.ip(&[
             "link",
             "add",
             &link.a.ifname,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
             "type",
             "veth",
             "peer",
             "name",
             &link.b.ifname,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
         ])?;
         ns_a.ip(&["link", "set", &link.b.ifname, "netns", ns_b.name()])?;
         for (ns, p) in [(ns_a, &link.a), (ns_b, &link.b)] {

@@ -125,6 +125,19 @@ fn gateway_bundle_esp_then_ah() {
     run("gateway_bundle_esp_then_ah", case, NetOpts::default(), 256);
 }
 
+/// Two queues on every link and `xfrm-user run --queues 2` on both gateways: one worker per
+/// queue, both on the same SAs (and two TAP queues), each queue shown to carry traffic.
+#[test]
+fn gateway_two_queues() {
+    let case = Case::new("esp-tunnel-v4-2q", Endpoints::Hosts, Family::V4, Family::V4)
+        .sa(SaSpec::new(Mode::Tunnel, GCM128));
+    let opts = NetOpts {
+        queues: 2,
+        ..NetOpts::default()
+    };
+    run("gateway_two_queues", case, opts, 64);
+}
+
 /// Hosts with veth's TX checksum offload on: their TCP checksums reach the gateway partial
 /// (CHECKSUM_PARTIAL), which AF_XDP does not report; the far host must still get valid ones.
 #[test]
