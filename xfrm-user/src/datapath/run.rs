@@ -278,8 +278,9 @@ pub fn csum_partial(pkt: &[u8], info: &flow::FlowInfo) -> bool {
         (IpAddr::V6(s), IpAddr::V6(d)) => checksum::pseudo_header_v6(s, d, info.key.proto, len),
         _ => return false,
     };
-    let full_ok = checksum::combine(&[pseudo, checksum::data(l4)]) == 0xffff;
-    !full_ok && field == pseudo
+    // The cheap test first: a complete checksum equals the pseudo-header sum only by chance
+    // (1 in 65536), and only then does the whole segment need summing to tell them apart.
+    field == pseudo && checksum::combine(&[pseudo, checksum::data(l4)]) != 0xffff
 }
 
 #[derive(Clone, Debug)]

@@ -41,8 +41,14 @@ pub struct XfrmDb {
     inp: Vec<Policy>,
     fwd: Vec<Policy>,
     by_id: HashMap<XfrmId, usize>,
+    /// What a template names of an SA (daddr, proto, mode, reqid) → the SAs that have it, in
+    /// index order: xfrm_state_find's bydst hash, so a lookup meets the few candidates and
+    /// not every SA.
+    by_tmpl: HashMap<TmplKey, Vec<usize>>,
     clock: Arc<dyn Clock>,
 }
+
+type TmplKey = (IpAddr, XfrmProto, XfrmMode, u32);
 
 impl std::fmt::Debug for XfrmDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,12 +131,21 @@ impl XfrmDb {
         sort_like_the_kernel(&mut out);
         sort_like_the_kernel(&mut inp);
         sort_like_the_kernel(&mut fwd);
+        let mut by_tmpl: HashMap<TmplKey, Vec<usize>> = HashMap::new();
+        for x in &sas {
+            let c = &x.cfg;
+            by_tmpl
+                .entry((c.id.daddr, c.id.proto, c.mode, c.reqid))
+                .or_default()
+                .push(x.index);
+        }
         Ok(Self {
             states: sas,
             out,
             inp,
             fwd,
             by_id,
+            by_tmpl,
             clock,
         })
     }
@@ -185,13 +200,13 @@ impl XfrmDb {
             (None, XfrmMode::Tunnel) => None,
         };
         let mut best: Option<&SaRef> = None;
-        for x in &self.states {
+        let candidates = self
+            .by_tmpl
+            .get(&(t.dst, t.proto, t.mode, t.reqid))
+            .map_or(&[][..], Vec::as_slice);
+        for x in candidates.iter().filter_map(|&i| self.states.get(i)) {
             let c = &x.cfg;
-            if c.id.daddr != t.dst
-                || c.id.proto != t.proto
-                || c.mode != t.mode
-                || c.reqid != t.reqid
-                || t.spi.is_some_and(|s| s != c.id.spi)
+            if t.spi.is_some_and(|s| s != c.id.spi)
                 || src.is_some_and(|s| s != c.saddr)
                 || !x.is_valid()
                 || !sa_covers_flow(c, flow)
@@ -373,6 +388,82 @@ mod tests {
         );
         q.dir = PolicyDir::In;
         assert!(XfrmDb::new(vec![], vec![p, q]).is_ok());
+    }
+
+    /// The indexed lookup finds what a scan of every SA (the definition) finds, over many
+    /// SAs that share addresses, protocols, modes and reqids, some of them dying.
+    #[test]
+    fn indexed_state_find_agrees_with_a_full_scan() {
+        let scan = |db: &XfrmDb, t: &Template, f: &FlowKey| -> Option<u32> {
+            let src = match (t.src, t.mode) {
+                (Some(s), _) => Some(s),
+                (None, XfrmMode::Transport) => Some(f.src),
+                (None, XfrmMode::Tunnel) => None,
+            };
+            let mut best: Option<&SaRef> = None;
+            for x in db.states() {
+                let c = &x.cfg;
+                if c.id.daddr != t.dst
+                    || c.id.proto != t.proto
+                    || c.mode != t.mode
+                    || c.reqid != t.reqid
+                    || t.spi.is_some_and(|s| s != c.id.spi)
+                    || src.is_some_and(|s| s != c.saddr)
+                    || !x.is_valid()
+                {
+                    continue;
+                }
+                best = match best {
+                    Some(b) if !b.is_dying() && x.is_dying() => Some(b),
+                    Some(b) if b.is_dying() == x.is_dying() && b.index > x.index => Some(b),
+                    _ => Some(x),
+                };
+            }
+            best.map(|x| x.spi())
+        };
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let addrs = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "10.1.0.1"];
+        let modes = [XfrmMode::Tunnel, XfrmMode::Transport];
+        let mut states = Vec::new();
+        for spi in 0x100..0x100 + 300u32 {
+            let mut c = esp_cfg(
+                spi,
+                addrs[next(4) as usize],
+                addrs[next(4) as usize],
+                modes[next(2) as usize],
+            );
+            c.reqid = next(3) as u32;
+            states.push(c);
+        }
+        let db = XfrmDb::new(states, vec![]).unwrap();
+        for i in 0..db.states().len() {
+            if next(4) == 0 {
+                db.state(i).unwrap().set_dying();
+            }
+        }
+        let mut found = 0;
+        for _ in 0..2000 {
+            let mut t = tmpl(
+                addrs[next(4) as usize],
+                XfrmProto::Esp,
+                modes[next(2) as usize],
+                next(3) as u32,
+            );
+            if next(5) == 0 {
+                t.spi = Some(0x100 + next(300) as u32);
+            }
+            let f = flow(addrs[next(4) as usize], addrs[next(4) as usize]);
+            let want = scan(&db, &t, &f);
+            assert_eq!(db.state_find(&t, &f).map(|x| x.spi()), want, "{t:?} {f:?}");
+            found += usize::from(want.is_some());
+        }
+        assert!(found > 500, "the cases must mostly find an SA: {found}");
     }
 
     #[test]
