@@ -40,15 +40,19 @@ pub struct XfrmDb {
     out: Vec<Policy>,
     inp: Vec<Policy>,
     fwd: Vec<Policy>,
-    by_id: HashMap<XfrmId, usize>,
+    by_id: FastMap<XfrmId, usize>,
     /// What a template names of an SA (daddr, proto, mode, reqid) → the SAs that have it, in
     /// index order: xfrm_state_find's bydst hash, so a lookup meets the few candidates and
     /// not every SA.
-    by_tmpl: HashMap<TmplKey, Vec<usize>>,
+    by_tmpl: FastMap<TmplKey, Vec<usize>>,
     clock: Arc<dyn Clock>,
 }
 
 type TmplKey = (IpAddr, XfrmProto, XfrmMode, u32);
+
+/// The per-packet tables: filled once at start, then only read, so a packet cannot grow a
+/// collision chain; foldhash instead of SipHash halves the lookup (benches/lookup.rs).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl std::fmt::Debug for XfrmDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -105,7 +109,7 @@ impl XfrmDb {
             });
         }
         let now = clock.now();
-        let mut by_id = HashMap::new();
+        let mut by_id = FastMap::default();
         let mut sas = Vec::with_capacity(states.len());
         for (i, (cfg, slot)) in states.into_iter().zip(slots).enumerate() {
             if by_id.insert(cfg.id, i).is_some() {
@@ -131,7 +135,7 @@ impl XfrmDb {
         sort_like_the_kernel(&mut out);
         sort_like_the_kernel(&mut inp);
         sort_like_the_kernel(&mut fwd);
-        let mut by_tmpl: HashMap<TmplKey, Vec<usize>> = HashMap::new();
+        let mut by_tmpl: FastMap<TmplKey, Vec<usize>> = FastMap::default();
         for x in &sas {
             let c = &x.cfg;
             by_tmpl
