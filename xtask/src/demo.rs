@@ -252,9 +252,14 @@ pub fn gateways(duration: Option<u64>, xdp_mode: &str) -> Result<()> {
                 println!("        {l}");
             }
             for (g, tail) in ["gw-a", "gw-b"].iter().zip(&mut tails) {
-                // The gateway's latest status: its XDP verdicts and its transform counters.
+                // The gateway's latest report: its XDP/TC verdicts, its transform counters
+                // and a line per SA in use (a report starts with `xdp inside:`).
                 let lines = tail.lines();
-                for l in lines.iter().skip(lines.len().saturating_sub(2)) {
+                let from = lines
+                    .iter()
+                    .rposition(|l| l.starts_with("xdp inside:"))
+                    .unwrap_or(lines.len().saturating_sub(2));
+                for l in &lines[from..] {
                     println!("  [{g}] {l}");
                 }
             }

@@ -120,11 +120,6 @@ impl GatewayTransform {
         let Ok(info) = flow::parse(frame.data()) else {
             return self.drop_with(XfrmStat::XfrmOutError);
         };
-        // The kernel's own multicast on the TAP (MLD reports when IPv6 forwarding is on):
-        // not something TC redirected, and nothing to protect.
-        if info.key.dst.is_multicast() {
-            return Action::Drop;
-        }
         // TC redirects only what a protect rule covers; a frame without one means the tables
         // disagree (or the kernel wrote to the TAP on its own): never send it in clear.
         let Some(id) = self.db.policy_lookup_index(PolicyDir::Out, &info.key) else {

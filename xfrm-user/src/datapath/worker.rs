@@ -843,6 +843,12 @@ impl<T: Transform> Worker<T> {
                 break;
             }
             let len = r as usize;
+            if room[0] & 1 != 0 {
+                // To a multicast MAC: the kernel's own chatter on the TAP (its MLD reports
+                // once IPv6 forwarding is on), nothing TC sends us; not a frame to count.
+                self.free.push(base);
+                continue;
+            }
             if len == room.len() {
                 // Possibly cut short: not a frame we can trust (the TAP's MTU keeps them
                 // well below this).
