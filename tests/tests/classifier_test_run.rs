@@ -484,32 +484,9 @@ fn randomized_agrees_with_reference_lookup() {
         let mut h = Harness::with_db(database(policies, true), true);
         for _ in 0..300 {
             let v6 = rng.gen_bool(0.5);
-            let addr = |rng: &mut StdRng| -> IpAddr {
-                if v6 {
-                    format!("fd00:{:x}::{:x}", rng.gen_range(0..4), rng.gen_range(0..4))
-                        .parse()
-                        .unwrap()
-                } else {
-                    format!("10.{}.0.{}", rng.gen_range(0..4), rng.gen_range(0..4))
-                        .parse()
-                        .unwrap()
-                }
-            };
-            let mut proto = protos[1 + rng.gen_range(0..protos.len() - 1)];
-            if proto == IPPROTO_ICMP && v6 {
-                proto = IPPROTO_ICMPV6;
-            } else if proto == IPPROTO_ICMPV6 && !v6 {
-                proto = IPPROTO_ICMP;
-            }
-            let (src, dst) = (addr(&mut rng), addr(&mut rng));
-            let mut spec = FrameSpec::new(
-                "10.0.0.1",
-                "10.0.0.1",
-                proto,
-                rng.gen_range(0..4),
-                rng.gen_range(0..4),
-            );
-            (spec.src, spec.dst) = (src, dst);
+            let proto = random_proto(&mut rng, &protos, v6);
+            let (src, dst) = (random_addr(&mut rng, v6), random_addr(&mut rng, v6));
+            let mut spec = random_spec(&mut rng, src, dst, proto);
             if proto == IPPROTO_ICMPV6 {
                 // Keep clear of ND types 133..137 (always pass) except on purpose.
                 spec.sport = [128, 129, 1, 135][rng.gen_range(0..4)];
@@ -549,6 +526,42 @@ fn randomized_agrees_with_reference_lookup() {
         }
     }
     println!("{checked} packets agreed with XfrmDb::policy_lookup");
+}
+
+/// An address of the small space the randomized tests draw from (4 × 4 per family), so that
+/// random rules and packets meet often.
+fn random_addr(rng: &mut StdRng, v6: bool) -> IpAddr {
+    if v6 {
+        format!("fd00:{:x}::{:x}", rng.gen_range(0..4), rng.gen_range(0..4))
+            .parse()
+            .unwrap()
+    } else {
+        format!("10.{}.0.{}", rng.gen_range(0..4), rng.gen_range(0..4))
+            .parse()
+            .unwrap()
+    }
+}
+
+/// One of `protos` but the first (0, "any"), ICMP made to match the family.
+fn random_proto(rng: &mut StdRng, protos: &[u8], v6: bool) -> u8 {
+    match protos[1 + rng.gen_range(0..protos.len() - 1)] {
+        IPPROTO_ICMP if v6 => IPPROTO_ICMPV6,
+        IPPROTO_ICMPV6 if !v6 => IPPROTO_ICMP,
+        p => p,
+    }
+}
+
+/// A frame from `src` to `dst` of `proto` with small random ports (or ICMP type/code).
+fn random_spec(rng: &mut StdRng, src: IpAddr, dst: IpAddr, proto: u8) -> FrameSpec {
+    let mut spec = FrameSpec::new(
+        "10.0.0.1",
+        "10.0.0.1",
+        proto,
+        rng.gen_range(0..4),
+        rng.gen_range(0..4),
+    );
+    (spec.src, spec.dst) = (src, dst);
+    spec
 }
 
 // ---- The outside program: inbound IPsec by (daddr, SPI, protocol) ----
@@ -1501,38 +1514,15 @@ fn randomized_in_fwd_check_agrees_with_library() {
             let mut want_refused = [0u64; 2];
             for _ in 0..300 {
                 let v6 = rng.gen_bool(0.5);
-                let addr = |rng: &mut StdRng| -> IpAddr {
-                    if v6 {
-                        format!("fd00:{:x}::{:x}", rng.gen_range(0..4), rng.gen_range(0..4))
-                            .parse()
-                            .unwrap()
-                    } else {
-                        format!("10.{}.0.{}", rng.gen_range(0..4), rng.gen_range(0..4))
-                            .parse()
-                            .unwrap()
-                    }
-                };
-                let mut proto = protos[1 + rng.gen_range(0..protos.len() - 1)];
-                if proto == IPPROTO_ICMP && v6 {
-                    proto = IPPROTO_ICMPV6;
-                } else if proto == IPPROTO_ICMPV6 && !v6 {
-                    proto = IPPROTO_ICMP;
-                }
-                let src = addr(&mut rng);
+                let proto = random_proto(&mut rng, &protos, v6);
+                let src = random_addr(&mut rng, v6);
                 // A local destination more often than the address space alone would give.
                 let dst = if rng.gen_bool(0.25) {
                     ip(LOCAL[2 * usize::from(v6) + rng.gen_range(0..2)])
                 } else {
-                    addr(&mut rng)
+                    random_addr(&mut rng, v6)
                 };
-                let mut spec = FrameSpec::new(
-                    "10.0.0.1",
-                    "10.0.0.1",
-                    proto,
-                    rng.gen_range(0..4),
-                    rng.gen_range(0..4),
-                );
-                (spec.src, spec.dst) = (src, dst);
+                let mut spec = random_spec(&mut rng, src, dst, proto);
                 match proto {
                     IPPROTO_ICMPV6 => spec.sport = [128, 129, 1][rng.gen_range(0..3)],
                     IPPROTO_GRE => (spec.sport, spec.dport) = (0, 0),
