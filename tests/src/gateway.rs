@@ -127,6 +127,14 @@ impl Side {
 
 impl GatewayNet {
     pub fn new(opts: NetOpts) -> Result<Self> {
+        let net = Self::build(opts, false)?;
+        net.configure()?;
+        Ok(net)
+    }
+
+    /// The five namespaces and four links; one-armed, host-a's link goes to the wire router
+    /// instead of gw-a.
+    fn build(opts: NetOpts, one_armed_a: bool) -> Result<Self> {
         let mut topo = Topology::new()?;
         let host_a = topo.add_netns("ha")?;
         let gw_a = topo.add_netns("ga")?;
@@ -144,11 +152,11 @@ impl GatewayNet {
             queues: opts.queues,
             ..VethOpts::default()
         };
-        let lan_a = topo.add_veth(host_a, gw_a, lan)?;
+        let lan_a = topo.add_veth(host_a, if one_armed_a { wire } else { gw_a }, lan)?;
         let wan_a = topo.add_veth(gw_a, wire, wan)?;
         let wan_b = topo.add_veth(wire, gw_b, wan)?;
         let lan_b = topo.add_veth(gw_b, host_b, lan)?;
-        let net = Self {
+        Ok(Self {
             topo,
             host_a,
             gw_a,
@@ -159,11 +167,9 @@ impl GatewayNet {
             wan_a,
             wan_b,
             lan_b,
-            one_armed_a: false,
+            one_armed_a,
             queues: opts.queues.max(1),
-        };
-        net.configure()?;
-        Ok(net)
+        })
     }
 
     /// The same namespaces with gw-a one-armed: one interface (its `wan_a` port, inside =
@@ -183,43 +189,10 @@ impl GatewayNet {
     /// plaintext that gw-a sent on instead of protecting would cross `wan b` in clear, where
     /// a capture ([`crate::scenario::wire_capture_at`] on side B) sees it.
     pub fn one_armed(opts: NetOpts) -> Result<Self> {
-        let mut topo = Topology::new()?;
-        let host_a = topo.add_netns("ha")?;
-        let gw_a = topo.add_netns("ga")?;
-        let wire = topo.add_netns("wire")?;
-        let gw_b = topo.add_netns("gb")?;
-        let host_b = topo.add_netns("hb")?;
-        let lan = VethOpts {
-            mtu: opts.mtu,
-            tx_checksum: opts.host_tx_checksum,
-            queues: opts.queues,
-            ..VethOpts::default()
-        };
-        let wan = VethOpts {
-            mtu: opts.mtu,
-            queues: opts.queues,
-            ..VethOpts::default()
-        };
-        let lan_a = topo.add_veth(host_a, wire, lan)?;
-        let wan_a = topo.add_veth(gw_a, wire, wan)?;
-        let wan_b = topo.add_veth(wire, gw_b, wan)?;
-        let lan_b = topo.add_veth(gw_b, host_b, lan)?;
-        let net = Self {
-            topo,
-            host_a,
-            gw_a,
-            wire,
-            gw_b,
-            host_b,
-            lan_a,
-            wan_a,
-            wan_b,
-            lan_b,
-            one_armed_a: true,
-            queues: opts.queues.max(1),
-        };
+        let net = Self::build(opts, true)?;
         net.configure()?;
         let t = &net.topo;
+        let (gw_a, wire) = (net.gw_a, net.wire);
         // gw-a's kernel forwards what its program passes back out of the same interface:
         // no ICMP redirects to the router about it.
         t.ns(gw_a).sysctl("net.ipv4.conf.all.send_redirects", "0")?;
