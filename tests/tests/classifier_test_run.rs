@@ -434,11 +434,7 @@ fn randomized_agrees_with_reference_lookup() {
     if !root_or_skip("randomized_agrees_with_reference_lookup") {
         return;
     }
-    let seed: u64 = std::env::var("XFRM_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5846_0002);
-    println!("seed {seed} (XFRM_TEST_SEED to replay)");
+    let seed = test_seed(0x5846_0002);
     let mut rng = StdRng::seed_from_u64(seed);
     let protos = [
         0u8,
@@ -526,6 +522,16 @@ fn randomized_agrees_with_reference_lookup() {
         }
     }
     println!("{checked} packets agreed with XfrmDb::policy_lookup");
+}
+
+/// The randomized tests' seed: $XFRM_TEST_SEED, else `default`; printed, to replay a failure.
+fn test_seed(default: u64) -> u64 {
+    let seed = std::env::var("XFRM_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    println!("seed {seed} (XFRM_TEST_SEED to replay)");
+    seed
 }
 
 /// An address of the small space the randomized tests draw from (4 × 4 per family), so that
@@ -888,11 +894,7 @@ fn randomized_outside_agrees_with_state_lookup() {
     if !root_or_skip("randomized_outside_agrees_with_state_lookup") {
         return;
     }
-    let seed: u64 = std::env::var("XFRM_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5846_0005);
-    println!("seed {seed} (XFRM_TEST_SEED to replay)");
+    let seed = test_seed(0x5846_0005);
     let mut rng = StdRng::seed_from_u64(seed);
     // Few addresses and SPIs, so that packets hit, nearly hit (same SPI, other address or
     // protocol) and miss.
@@ -1451,11 +1453,7 @@ fn randomized_in_fwd_check_agrees_with_library() {
     if !root_or_skip("randomized_in_fwd_check_agrees_with_library") {
         return;
     }
-    let seed: u64 = std::env::var("XFRM_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5846_0006);
-    println!("seed {seed} (XFRM_TEST_SEED to replay)");
+    let seed = test_seed(0x5846_0006);
     in_route_ns(|ifindex| {
         let mut rng = StdRng::seed_from_u64(seed);
         let protos = [
