@@ -416,25 +416,19 @@ impl Topology {
         // namespace; then the b end moves to b.
         let ns_a = &self.namespaces[a];
         let ns_b = &self.namespaces[b];
-        let q = opts.queues.max(1).to_string();
-        ns_a.ip(&[
-            "link",
-            "add",
-            &link.a.ifname,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &link.b.ifname,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-        ])?;
+        // Queue counts only when asked: veth's default (as many as CPUs, one in use) lets a
+        // test raise the count later with `ethtool -L`.
+        let q = opts.queues.to_string();
+        let queues: &[&str] = if opts.queues > 1 {
+            &["numtxqueues", &q, "numrxqueues", &q]
+        } else {
+            &[]
+        };
+        let mut args = vec!["link", "add", &link.a.ifname];
+        args.extend_from_slice(queues);
+        args.extend_from_slice(&["type", "veth", "peer", "name", &link.b.ifname]);
+        args.extend_from_slice(queues);
+        ns_a.ip(&args)?;
         ns_a.ip(&["link", "set", &link.b.ifname, "netns", ns_b.name()])?;
         for (ns, p) in [(ns_a, &link.a), (ns_b, &link.b)] {
             let mac = p
