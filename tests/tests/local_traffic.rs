@@ -146,6 +146,27 @@ fn own_traffic_is_protected_and_fails_closed_after_kill9() {
     assert_eq!(local_out_filters(t.ns(gw), &outside), 1);
     let (clear, esp) = rx.probe(&sender, to, 10);
     assert_eq!((clear, esp), (0, 10), "daemon 1: all protected");
+
+    // A second daemon in the same namespace is refused (the TAP's name is taken) before it
+    // touches anything; daemon 1 goes on protecting.
+    let conf2 = dir.path().join("gw2.conf");
+    std::fs::copy(&conf, &conf2).unwrap();
+    let mut dup = start(t.ns(gw), &conf2, &inside, &outside, &[]);
+    let end = Instant::now() + Duration::from_secs(15);
+    let st = loop {
+        if let Some(st) = dup.try_wait() {
+            break st;
+        }
+        assert!(Instant::now() < end, "second daemon still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!st.success(), "second daemon: {st}");
+    assert!(
+        dup.log().contains("an interface of that name exists"),
+        "{}",
+        dup.log()
+    );
+    assert_eq!(rx.probe(&sender, to, 5), (0, 5), "daemon 1 still protects");
     assert!(
         ping(t.ns(gw), &h2_addr.to_string()),
         "ICMP is not protected"

@@ -10,7 +10,6 @@ use std::{
     os::fd::{AsFd, AsRawFd, RawFd},
     path::{Path, PathBuf},
     sync::Arc,
-    thread::JoinHandle,
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -34,6 +33,7 @@ use xfrm_common::{
 };
 
 use super::rules::{compile_db, compile_inbound, compile_sas, encap_ports, PolicyIndex};
+use super::sys::{ControlTask, LentFd};
 use crate::policy::PolicyDir;
 use crate::xfrm::{InputTables, XfrmDb};
 
@@ -989,78 +989,45 @@ fn rcu_grace_period() {
 /// A task that waits on the aya-log ring buffer and forwards records to `log`.
 struct LogPump {
     logger: Arc<std::sync::Mutex<EbpfLogger<&'static dyn log::Log>>>,
-    stop: Arc<tokio::sync::Notify>,
-    host: Option<LogHost>,
-}
-
-/// Where the pump runs: a task on the runtime current at load (the gateway's control plane),
-/// or a thread with a runtime of its own.
-enum LogHost {
-    Task(tokio::task::JoinHandle<()>),
-    Thread(JoinHandle<()>),
-}
-
-/// The logger's fd for tokio's readiness (the logger keeps owning it).
-struct LogFd(RawFd);
-
-impl AsRawFd for LogFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
+    _task: ControlTask,
 }
 
 impl LogPump {
     fn start(logger: EbpfLogger<&'static dyn log::Log>) -> Result<Self> {
         let fd = logger.as_fd().as_raw_fd();
         let logger = Arc::new(std::sync::Mutex::new(logger));
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let pump = {
-            let (logger, stop) = (logger.clone(), stop.clone());
-            async move {
-                // SAFETY: the fd is the logger's ring buffer, owned by `logger`, which this
-                // task holds (an Arc) for longer than the registration.
-                let afd = match unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        LogFd(fd),
-                        tokio::io::Interest::READABLE,
-                    )
-                } {
-                    Ok(a) => a,
-                    Err(e) => {
-                        log::warn!("eBPF logs: {e}");
-                        return;
-                    }
-                };
-                loop {
-                    tokio::select! {
-                        _ = stop.notified() => break,
-                        ready = afd.readable() => {
-                            let Ok(mut guard) = ready else { break };
-                            guard.clear_ready();
-                            logger.lock().unwrap_or_else(|e| e.into_inner()).flush();
-                        }
+        let pumped = logger.clone();
+        let task = ControlTask::start("ebpf-log", move |stop| async move {
+            // SAFETY: the fd is the logger's ring buffer, owned by `pumped`, which this task
+            // holds (an Arc) for longer than the registration.
+            let afd = match unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    LentFd(fd),
+                    tokio::io::Interest::READABLE,
+                )
+            } {
+                Ok(a) => a,
+                Err(e) => {
+                    log::warn!("eBPF logs: {e}");
+                    return;
+                }
+            };
+            let flush = || pumped.lock().unwrap_or_else(|e| e.into_inner()).flush();
+            loop {
+                tokio::select! {
+                    _ = stop.notified() => break,
+                    ready = afd.readable() => {
+                        let Ok(mut guard) = ready else { break };
+                        guard.clear_ready();
+                        flush();
                     }
                 }
-                logger.lock().unwrap_or_else(|e| e.into_inner()).flush();
             }
-        };
-        let host = match tokio::runtime::Handle::try_current() {
-            Ok(h) => LogHost::Task(h.spawn(pump)),
-            Err(_) => {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                LogHost::Thread(
-                    std::thread::Builder::new()
-                        .name("ebpf-log".into())
-                        .spawn(move || rt.block_on(pump))?,
-                )
-            }
-        };
+            flush();
+        })?;
         Ok(Self {
             logger,
-            stop,
-            host: Some(host),
+            _task: task,
         })
     }
 
@@ -1075,14 +1042,7 @@ impl LogPump {
 
 impl Drop for LogPump {
     fn drop(&mut self) {
-        self.stop.notify_one();
-        match self.host.take() {
-            Some(LogHost::Thread(t)) => {
-                let _ = t.join();
-            }
-            Some(LogHost::Task(t)) => t.abort(),
-            None => {}
-        }
+        // The task is stopped (its field drops after this); what it had not read yet:
         self.flush_now();
     }
 }

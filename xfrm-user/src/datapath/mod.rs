@@ -7,6 +7,7 @@ pub mod neigh;
 pub mod reasm;
 pub mod rules;
 pub mod run;
+pub mod sys;
 pub mod tap;
 pub mod umem;
 pub mod worker;

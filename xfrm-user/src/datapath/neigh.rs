@@ -31,12 +31,11 @@ use std::{
     collections::{hash_map::Entry, HashMap, HashSet},
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -45,6 +44,8 @@ use tokio::{
     io::{unix::AsyncFd, Interest},
     sync::{mpsc, Notify},
 };
+
+use super::sys::{setsockopt_int, socket, ControlTask, LentFd};
 
 // ---------------------------------------------------------------------------------------
 // rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/neighbour.h, if_link.h)
@@ -200,19 +201,11 @@ struct NlSocket {
 
 impl NlSocket {
     fn open(groups: &[u32]) -> io::Result<Self> {
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh, valid descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )?;
         // SAFETY: zeroed sockaddr_nl is valid; we set the family.
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as u16;
@@ -228,32 +221,16 @@ impl NlSocket {
             return Err(io::Error::last_os_error());
         }
         for &g in groups {
-            // SAFETY: valid fd, int option.
-            let r = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_NETLINK,
-                    libc::NETLINK_ADD_MEMBERSHIP,
-                    (&g as *const u32).cast(),
-                    4,
-                )
-            };
-            if r < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            setsockopt_int(
+                &fd,
+                libc::SOL_NETLINK,
+                libc::NETLINK_ADD_MEMBERSHIP,
+                g as i32,
+            )?;
         }
         if !groups.is_empty() {
-            let size: libc::c_int = 1 << 20;
-            // SAFETY: valid fd, int option. Best effort: a smaller buffer only means resyncs.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUF,
-                    (&size as *const libc::c_int).cast(),
-                    4,
-                )
-            };
+            // Best effort: a smaller buffer only means resyncs.
+            let _ = setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 1 << 20);
         }
         Ok(Self {
             fd,
@@ -727,10 +704,24 @@ pub struct L2 {
 /// address towards every destination with a route (known before its neighbour is).
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    resolved: HashMap<IpAddr, L2>,
-    prefsrc: HashMap<IpAddr, IpAddr>,
+    resolved: FastMap<IpAddr, L2>,
+    prefsrc: FastMap<IpAddr, IpAddr>,
     /// Destinations that are our own addresses (the kernel's route is local).
-    local: HashSet<IpAddr>,
+    local: FastSet<IpAddr>,
+}
+
+/// Per-packet lookups in tables rebuilt whole on change: a fast hash (the keys come from
+/// packets only after they were authenticated or classified, and never grow the table).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
+/// Where a packet for a destination goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hop {
+    /// Out of an interface, to this next hop.
+    Via(L2),
+    /// One of this host's own addresses.
+    Local,
 }
 
 impl Snapshot {
@@ -741,9 +732,13 @@ impl Snapshot {
     pub fn src_towards(&self, dst: &IpAddr) -> Option<IpAddr> {
         self.prefsrc.get(dst).copied()
     }
-    /// `dst` is one of this host's addresses (known once a lookup asked for it).
-    pub fn is_local(&self, dst: &IpAddr) -> bool {
-        self.local.contains(dst)
+    /// Where `dst` goes, once it resolved (one lookup for the usual case, a remote one).
+    pub fn hop(&self, dst: &IpAddr) -> Option<Hop> {
+        match self.resolved.get(dst) {
+            Some(l2) => Some(Hop::Via(*l2)),
+            None if self.local.contains(dst) => Some(Hop::Local),
+            None => None,
+        }
     }
     pub fn len(&self) -> usize {
         self.resolved.len()
@@ -775,15 +770,6 @@ pub struct NeighReader {
     /// To the control task; `try_send` never blocks (a full queue drops the request, the
     /// next miss asks again).
     requests: mpsc::Sender<IpAddr>,
-}
-
-/// The event socket's fd for tokio's readiness (the socket itself stays owned by NlSocket).
-struct RawSocket(std::os::fd::RawFd);
-
-impl AsRawFd for RawSocket {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0
-    }
 }
 
 impl Clone for NeighReader {
@@ -826,10 +812,13 @@ impl NeighReader {
         &self.snap
     }
 
-    /// `dst` is one of this host's addresses. Known once resolution was asked for it
-    /// ([`Self::lookup`] of it missed); false until then.
-    pub fn is_local(&self, dst: IpAddr) -> bool {
-        self.snap.is_local(&dst)
+    /// [`Snapshot::hop`], asking for resolution on a miss like [`Self::lookup`].
+    pub fn next_hop(&self, dst: IpAddr) -> Option<Hop> {
+        let r = self.snap.hop(&dst);
+        if r.is_none() {
+            let _ = self.requests.try_send(dst);
+        }
+        r
     }
 
     /// Our address towards `dst` (for ICMP errors we send there); needs only the route, not
@@ -865,15 +854,7 @@ impl Default for NeighOptions {
 pub struct NeighService {
     shared: Arc<Shared>,
     requests: mpsc::Sender<IpAddr>,
-    stop: Arc<Notify>,
-    host: Host,
-}
-
-/// Where the control task runs: on the runtime that was current at start (the gateway's
-/// control plane), or on a thread with a runtime of its own (tests, tools).
-enum Host {
-    Task(tokio::task::JoinHandle<()>),
-    Thread(Option<JoinHandle<()>>),
+    _task: ControlTask,
 }
 
 impl NeighService {
@@ -896,7 +877,6 @@ impl NeighService {
         for &d in prime {
             let _ = tx.try_send(d);
         }
-        let stop = Arc::new(Notify::new());
         let ctl = Control {
             rtnl,
             events,
@@ -906,26 +886,12 @@ impl NeighService {
             neighs: HashMap::new(),
             links: HashMap::new(),
         };
-        let run = ctl.run(rx, stop.clone());
-        let host = match tokio::runtime::Handle::try_current() {
-            Ok(h) => Host::Task(h.spawn(run)),
-            Err(_) => {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("neighbour runtime")?;
-                let thread = std::thread::Builder::new()
-                    .name("xfrm-neigh".into())
-                    .spawn(move || rt.block_on(run))
-                    .context("spawn neighbour thread")?;
-                Host::Thread(Some(thread))
-            }
-        };
+        let task = ControlTask::start("xfrm-neigh", |stop| ctl.run(rx, stop))
+            .context("start the neighbour task")?;
         Ok(Self {
             shared,
             requests: tx,
-            stop,
-            host,
+            _task: task,
         })
     }
 
@@ -961,21 +927,6 @@ impl NeighService {
     }
 }
 
-impl Drop for NeighService {
-    fn drop(&mut self) {
-        // A permit if the task is not waiting right now: it stops at its next turn.
-        self.stop.notify_one();
-        match &mut self.host {
-            Host::Task(t) => t.abort(),
-            Host::Thread(t) => {
-                if let Some(t) = t.take() {
-                    let _ = t.join();
-                }
-            }
-        }
-    }
-}
-
 /// Destinations the cache follows at most (each costs a route lookup on every route
 /// change); beyond it new ones stay unresolved and their packets are dropped.
 const MAX_TRACKED: usize = 65536;
@@ -1005,7 +956,7 @@ impl Control {
     /// The control loop: workers' requests, kernel events, and the two timers (re-probe
     /// STALE next hops; retry the unresolved), until `stop`.
     async fn run(mut self, mut requests: mpsc::Receiver<IpAddr>, stop: Arc<Notify>) {
-        let raw = RawSocket(self.events.fd.as_raw_fd());
+        let raw = LentFd(self.events.fd.as_raw_fd());
         // SAFETY: the fd belongs to self.events, which outlives this local (a parameter is
         // dropped after the function's locals) and is not closed or replaced meanwhile.
         let events = match unsafe { AsyncFd::register_with_interest(raw, Interest::READABLE) } {
@@ -1254,9 +1205,9 @@ impl Control {
     }
 
     fn publish(&self) {
-        let mut resolved = HashMap::new();
-        let mut prefsrc = HashMap::new();
-        let mut local = HashSet::new();
+        let mut resolved = FastMap::default();
+        let mut prefsrc = FastMap::default();
+        let mut local = FastSet::default();
         for (&d, st) in &self.dsts {
             if st.local {
                 local.insert(d);
@@ -1441,9 +1392,8 @@ mod tests {
             next_hop: d,
         };
         shared.publish(Snapshot {
-            resolved: HashMap::from([(d, l2)]),
-            prefsrc: HashMap::new(),
-            local: HashSet::new(),
+            resolved: FastMap::from_iter([(d, l2)]),
+            ..Snapshot::default()
         });
         assert!(r.lookup(d).is_none(), "not before refresh");
         r.refresh();

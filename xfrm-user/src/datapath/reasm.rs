@@ -17,10 +17,12 @@
 use std::{
     io,
     net::Ipv6Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
 };
 
 use anyhow::{Context, Result};
+
+use super::sys::{setsockopt_int, socket};
 
 const IPPROTO_ESP: i32 = 50;
 const IPPROTO_AH: i32 = 51;
@@ -38,36 +40,11 @@ struct RawSock {
 }
 
 fn raw_socket(family: i32, proto: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); owned at once.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            proto,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn set_int(fd: &OwnedFd, level: i32, name: i32, v: i32) -> io::Result<()> {
-    // SAFETY: an int option of a valid socket.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&v as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    socket(
+        family,
+        libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        proto,
+    )
 }
 
 impl Reassembled {
@@ -90,7 +67,7 @@ impl Reassembled {
                         libc::IPV6_RECVHOPLIMIT,
                         libc::IPV6_RECVTCLASS,
                     ] {
-                        set_int(&s, libc::IPPROTO_IPV6, opt, 1)
+                        setsockopt_int(&s, libc::IPPROTO_IPV6, opt, 1)
                             .with_context(|| format!("raw IPv6 socket option {opt}"))?;
                     }
                     socks.push(RawSock {

@@ -17,7 +17,7 @@
 //! The gateway's own traffic (transport mode between the gateways, say) never passes XDP:
 //! the TC egress program `xfrm_local_out` on the outside interface sends what an out policy
 //! protects to the daemon's TAP device (tap.rs), the workers read it and classify it here
-//! with the same rules ([`XfrmDb::policy_lookup_index`]), and decapsulated packets for one of
+//! with the same rules ([`XfrmDb::policy_lookup`]), and decapsulated packets for one of
 //! the host's addresses go back to it through the TAP. A SYN the host sends has its MSS
 //! clamped to what the bundle leaves, since its stack cannot know the ESP overhead.
 //!
@@ -39,7 +39,7 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use xfrm_common::{XdpMeta, XDP_META_MAGIC};
+use xfrm_common::XdpMeta;
 
 use super::{
     loader::{AttachMode, Datapath, Program},
@@ -50,7 +50,7 @@ use super::{
     worker::{port_info, too_big, Action, Ctx, Side, Transform, Worker, WorkerConfig},
 };
 use crate::frame::Frame;
-use crate::policy::{PolicyAction, PolicyDir};
+use crate::policy::{Policy, PolicyAction, PolicyDir};
 use crate::stats::{XfrmStat, XfrmStats};
 use crate::wire::{checksum, flow, proto, tcp::TcpPacket};
 use crate::xfrm::{
@@ -122,32 +122,16 @@ impl GatewayTransform {
         };
         // TC redirects only what a protect rule covers; a frame without one means the tables
         // disagree (or the kernel wrote to the TAP on its own): never send it in clear.
-        let Some(id) = self.db.policy_lookup_index(PolicyDir::Out, &info.key) else {
+        let Some(pol) = self.db.policy_lookup(PolicyDir::Out, &info.key) else {
             return self.drop_with(XfrmStat::XfrmOutPolError);
         };
-        let meta = XdpMeta {
-            magic: XDP_META_MAGIC,
-            flags: 0,
-            l3_offset: 0,
-            l4_offset: info.l4_offset as u16,
-            policy_id: id as u32,
-            sa_id: 0,
-        };
-        self.output_with(Some(&meta), frame, ctx, true)
+        if pol.action == PolicyAction::Block {
+            return self.drop_with(XfrmStat::XfrmOutPolBlock);
+        }
+        self.output_policy(pol, &info, frame, ctx, true)
     }
 
     fn output(&self, meta: Option<&XdpMeta>, frame: &mut Frame<'_>, ctx: &Ctx<'_>) -> Action {
-        self.output_with(meta, frame, ctx, false)
-    }
-
-    /// `local`: the host's own packet, whose TCP SYNs get their MSS clamped to the bundle.
-    fn output_with(
-        &self,
-        meta: Option<&XdpMeta>,
-        frame: &mut Frame<'_>,
-        ctx: &Ctx<'_>,
-        local: bool,
-    ) -> Action {
         // Fail closed: without the classifier's word we do not know the policy.
         let Some(m) = meta else {
             return self.drop_with(XfrmStat::XfrmOutPolError);
@@ -161,6 +145,19 @@ impl GatewayTransform {
         let Ok(info) = flow::parse(frame.data()) else {
             return self.drop_with(XfrmStat::XfrmOutError);
         };
+        self.output_policy(pol, &info, frame, ctx, false)
+    }
+
+    /// The packet in `frame` (parsed: `info`) under the protect policy `pol`. `local`: the
+    /// host's own packet, whose TCP SYNs get their MSS clamped to the bundle.
+    fn output_policy(
+        &self,
+        pol: &Policy,
+        info: &flow::FlowInfo,
+        frame: &mut Frame<'_>,
+        ctx: &Ctx<'_>,
+        local: bool,
+    ) -> Action {
         let mut xs = [None; XFRM_MAX_DEPTH];
         let n = match self.db.tmpl_resolve(pol, &info.key, &mut xs) {
             Ok(n) => n,
@@ -187,7 +184,7 @@ impl GatewayTransform {
         };
         let mtu = bundle_mtu(&overhead[..n], l2.mtu);
         if local {
-            clamp_mss(frame.data_mut(), &info, mtu);
+            clamp_mss(frame.data_mut(), info, mtu);
         }
         if let Some(a) = too_big(frame, mtu, ctx) {
             return a;
@@ -200,7 +197,7 @@ impl GatewayTransform {
                 refs[i].set_mtu(child);
             }
         }
-        let partial = csum_partial(frame.data(), &info);
+        let partial = csum_partial(frame.data(), info);
         match xfrm_output_bundle(&refs[..n], &self.stats, frame, partial, self.db.now()) {
             Verdict::Transformed => Action::Tx(Side::Outside),
             _ => Action::Drop,

@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use super::sys::socket;
 use super::worker::{port_info, PortInfo};
 
 // linux/if_tun.h
@@ -87,13 +88,7 @@ fn open_queue(name: &str) -> Result<OwnedFd> {
 /// An ioctl on an interface through a throwaway socket (SIOCSIFMTU, SIOCGIFFLAGS...); `T`
 /// is one of the ifreq layouts above.
 fn if_ioctl<T>(req: libc::c_ulong, ifr: &mut T) -> std::io::Result<()> {
-    // SAFETY: plain socket(2); the fd is owned below.
-    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if s < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    let s = unsafe { OwnedFd::from_raw_fd(s) };
+    let s = socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)?;
     // SAFETY: these requests take a struct ifreq, which `ifr` is laid out as.
     if unsafe { libc::ioctl(s.as_raw_fd(), req, ifr as *mut T) } < 0 {
         return Err(std::io::Error::last_os_error());
@@ -115,6 +110,7 @@ impl Tap {
     /// namespace, MTU `mtu`, up, without addresses. Fails if an interface of that name
     /// exists (two daemons must not share one).
     pub fn create(name: &str, queues: u32, mtu: u32) -> Result<Self> {
+        ifname(name)?;
         let cname = CString::new(name)?;
         // SAFETY: a valid NUL-terminated string.
         if unsafe { libc::if_nametoindex(cname.as_ptr()) } != 0 {
@@ -165,5 +161,28 @@ impl Tap {
     /// The queues, for the workers (queue i to worker i).
     pub fn take_queues(&mut self) -> Vec<OwnedFd> {
         std::mem::take(&mut self.queues)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_are_checked_before_any_syscall() {
+        assert!(ifname("xfrm-local").is_ok());
+        assert!(
+            ifname("abcdefghijklmno").is_ok(),
+            "15 characters fit IFNAMSIZ"
+        );
+        for bad in ["", "abcdefghijklmnop", "a/b", "a b", "a\0b"] {
+            let e = ifname(bad).unwrap_err().to_string();
+            assert!(e.contains("expected 1 to 15 characters"), "{bad:?}: {e}");
+        }
+        let e = Tap::create("a/b", 1, 1500)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("local device name `a/b`"), "{e}");
     }
 }

@@ -51,7 +51,7 @@ use anyhow::{bail, Context, Result};
 use xdpilone::{xdp::XdpDesc, Umem};
 use xfrm_common::{XdpMeta, XDP_META_LEN};
 
-use super::neigh::{NeighReader, L2};
+use super::neigh::{Hop, NeighReader, L2};
 use super::reasm::Reassembled;
 use super::umem::{new_umem, read_meta, Area, QueueSocket};
 use crate::frame::Frame;
@@ -626,18 +626,31 @@ impl<T: Transform> Worker<T> {
                     self.free.push(base);
                     return;
                 };
-                if to == Side::Local || (to == Side::Inside && self.neigh.is_local(dst)) {
+                if to == Side::Local {
                     self.deliver_local(frame, base, stats);
                     return;
                 }
-                match self.neigh.lookup(dst) {
-                    Some(l2) => self.transmit(to, frame, base, &l2, stats),
+                match self.neigh.next_hop(dst) {
+                    Some(hop) => self.forward(to, hop, frame, base, stats),
                     None => self.park(to, dst, &frame, base, stats),
                 }
                 return;
             }
         };
         self.send_eth(to, frame, base, dst_mac, src_mac, stats);
+    }
+
+    /// A frame whose destination resolved: to its next hop, or, decapsulated for one of the
+    /// host's own addresses, to the host (an encapsulated packet for ourselves is dropped).
+    fn forward(&mut self, to: Side, hop: Hop, frame: Frame<'_>, base: u64, stats: &WorkerStats) {
+        match hop {
+            Hop::Via(l2) => self.transmit(to, frame, base, &l2, stats),
+            Hop::Local if to == Side::Inside => self.deliver_local(frame, base, stats),
+            Hop::Local => {
+                inc(&stats.no_l2);
+                self.free.push(base);
+            }
+        }
     }
 
     /// Ethernet header for the next hop, fragments when over the route MTU, onto the TX batch.
@@ -678,25 +691,16 @@ impl<T: Transform> Worker<T> {
         let mut i = 0;
         while i < self.parked.len() {
             let p = self.parked[i];
-            if p.to == Side::Inside && self.neigh.is_local(p.dst) {
-                self.parked.swap_remove(i);
-                // SAFETY: a held frame: ours, in no ring, no other slice of it alive.
-                if let Some(buf) = unsafe { self.frame_bytes(p.base) } {
-                    let frame = Frame::new(buf, p.head, p.len);
-                    self.deliver_local(frame, p.base, stats);
-                }
-                continue;
-            }
             // Resolution was asked for when the frame was parked: only look here.
-            match self.neigh.snapshot().get(&p.dst).copied() {
-                Some(l2) => {
+            match self.neigh.snapshot().hop(&p.dst) {
+                Some(hop) => {
                     self.parked.swap_remove(i);
                     // SAFETY: a held frame: ours, in no ring, no other slice of it alive.
                     let Some(buf) = (unsafe { self.frame_bytes(p.base) }) else {
                         continue;
                     };
                     let frame = Frame::new(buf, p.head, p.len);
-                    self.transmit(p.to, frame, p.base, &l2, stats);
+                    self.forward(p.to, hop, frame, p.base, stats);
                 }
                 None if p.since.elapsed() > PARK_TIMEOUT => {
                     self.parked.swap_remove(i);

@@ -177,14 +177,6 @@ impl XfrmDb {
         self.policies(dir).iter().find(|p| p.selector.matches(flow))
     }
 
-    /// [`Self::policy_lookup`] as a position in `policies(dir)`: the id the XDP metadata
-    /// carries (`XdpMeta::policy_id`).
-    pub fn policy_lookup_index(&self, dir: PolicyDir, flow: &FlowKey) -> Option<usize> {
-        self.policies(dir)
-            .iter()
-            .position(|p| p.selector.matches(flow))
-    }
-
     /// xfrm_state_lookup: the SA an inbound ESP/AH packet names (any km state; the caller
     /// checks it is valid).
     pub fn state_lookup(&self, daddr: IpAddr, spi: u32, proto: XfrmProto) -> Option<&SaRef> {
