@@ -196,11 +196,7 @@ fn main() {
     let mut dp = Datapath::load(&bpf_object()).expect("load the XDP object");
     // A socket for queue 0 so that protect matches redirect (the redirect itself is not
     // performed by BPF_PROG_TEST_RUN).
-    // SAFETY: plain socket(2); checked.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "socket(AF_XDP)");
-    // SAFETY: a fresh fd we own.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let sock = xfrm_tests::sock::socket(libc::AF_XDP, libc::SOCK_RAW, 0).expect("AF_XDP socket");
     dp.set_socket(0, sock.as_raw_fd()).expect("XSKS[0]");
 
     let mut rows = Vec::new();

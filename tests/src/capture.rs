@@ -16,10 +16,9 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::CString,
     io::Write as _,
     net::IpAddr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -31,9 +30,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{topology::Netns, traffic::MAGIC};
+use crate::{
+    sock::{packet_socket, set_recv_timeout},
+    topology::Netns,
+    traffic::MAGIC,
+};
 
-const ETH_P_ALL: u16 = 0x0003;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ESP: u8 = 50;
 const IPPROTO_AH: u8 = 51;
@@ -465,83 +467,12 @@ impl Drop for Capture {
 }
 
 fn open_packet_socket(ifname: &str) -> Result<OwnedFd> {
-    let name = CString::new(ifname)?;
-    // SAFETY: if_nametoindex on a NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        bail!("interface {ifname}: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: plain socket(2); owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(ETH_P_ALL.to_be()),
-        )
-    };
-    if fd < 0 {
-        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // Room for bursts while the thread is descheduled (2 cores shared by everything).
-    setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20)?;
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 50_000,
-    };
-    // SAFETY: valid fd, a timeval option.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-    // SAFETY: zeroed sockaddr_ll is valid; the fields we need are set below.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_ALL.to_be();
-    sll.sll_ifindex = ifindex as i32;
-    // SAFETY: bind with a sockaddr_ll of the right size.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if r != 0 {
-        bail!(
-            "bind AF_PACKET to {ifname}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    let fd = packet_socket(ifname, 64 << 20)?;
+    set_recv_timeout(&fd, std::time::Duration::from_millis(50))?;
     // Reset the statistics: what the kernel dropped before bind is not ours to count.
     let _ = packet_drops(&fd);
     Ok(fd)
-}
-
-fn setsockopt_int(fd: &OwnedFd, level: i32, opt: i32, v: i32) -> Result<()> {
-    // SAFETY: valid fd and an int option.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            opt,
-            (&v as *const i32).cast(),
-            std::mem::size_of::<i32>() as u32,
-        )
-    };
-    if r != 0 {
-        bail!(
-            "setsockopt {level}/{opt}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
 }
 
 /// PACKET_STATISTICS: frames dropped since the last call (reading resets it).

@@ -11,6 +11,7 @@ pub mod peer;
 pub mod probe;
 pub mod sa;
 pub mod scenario;
+pub mod sock;
 pub mod topology;
 pub mod traffic;
 

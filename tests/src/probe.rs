@@ -4,13 +4,13 @@
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
-use crate::topology::Netns;
+use crate::{sock::esp_socket, topology::Netns};
 
 /// What the destination sees: the flow's UDP in clear, and ESP.
 pub struct Receiver {
@@ -31,11 +31,7 @@ impl Receiver {
         } else {
             libc::AF_INET6
         };
-        // SAFETY: plain socket(2); owned at once.
-        let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_NONBLOCK, 50) };
-        ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        // SAFETY: a fresh fd nobody else owns.
-        let esp = unsafe { OwnedFd::from_raw_fd(fd) };
+        let esp = esp_socket(family == libc::AF_INET6, libc::SOCK_NONBLOCK)?;
         Ok(Self {
             clear,
             esp,

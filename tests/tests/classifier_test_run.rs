@@ -8,7 +8,7 @@
 
 use std::{
     net::IpAddr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
 };
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -105,15 +105,7 @@ fn numbered(mut ps: Vec<Policy>) -> Vec<Policy> {
 /// An AF_XDP socket, not bound: enough for the XskMap (the program only checks presence and
 /// BPF_PROG_TEST_RUN does not perform the redirect).
 fn xdp_socket() -> OwnedFd {
-    // SAFETY: plain socket(2); checked.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    assert!(
-        fd >= 0,
-        "socket(AF_XDP): {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a fresh fd we own.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+    xfrm_tests::sock::socket(libc::AF_XDP, libc::SOCK_RAW, 0).unwrap()
 }
 
 struct Harness {

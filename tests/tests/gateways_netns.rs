@@ -17,13 +17,13 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use xfrm_tests::{
-    bpf_object, init_logging, root_or_skip,
+    bpf_object, init_logging, root_or_skip, sock,
     topology::{Topology, VethOpts},
 };
 use xfrm_user::datapath::{
@@ -55,47 +55,7 @@ fn config(me: &str, peer: &str, mine: &str, theirs: &str, spi_out: u32, spi_in: 
 /// An AF_PACKET socket on `ifname` in namespace `ns`: every frame of the wire.
 fn capture(t: &Topology, ns: usize, ifname: &str) -> OwnedFd {
     t.ns(ns)
-        .run(|| {
-            let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
-            // SAFETY: plain socket(2); owned at once.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
-            anyhow::ensure!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-            // SAFETY: a fresh fd nobody else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let name = std::ffi::CString::new(ifname)?;
-            // SAFETY: a NUL-terminated name.
-            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            // SAFETY: zeroed sockaddr_ll is valid; family, protocol and index set.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = proto as u16;
-            sll.sll_ifindex = index as i32;
-            // SAFETY: valid fd and sockaddr_ll.
-            let r = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&sll as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            anyhow::ensure!(
-                r == 0,
-                "bind AF_PACKET: {}",
-                std::io::Error::last_os_error()
-            );
-            let size: libc::c_int = 64 << 20;
-            // SAFETY: valid fd and an int option.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUFFORCE,
-                    (&size as *const libc::c_int).cast(),
-                    4,
-                )
-            };
-            Ok(fd)
-        })
+        .run(|| sock::packet_socket(ifname, 64 << 20))
         .unwrap()
 }
 

@@ -24,7 +24,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
@@ -68,11 +68,7 @@ fn frame(net: &GatewayNet, src: IpAddr, dst: IpAddr, dport: u16, payload: &[u8])
 /// Writes `frames` onto `ifname` in `ns` through a packet socket.
 fn inject(ns: &Netns, ifname: &str, frames: &[Vec<u8>]) -> Result<()> {
     ns.run(|| {
-        // SAFETY: socket(2) with constant arguments; checked.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        ensure!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-        // SAFETY: a fresh fd we own.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let sock = xfrm_tests::sock::socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?;
         let name = std::ffi::CString::new(ifname)?;
         // SAFETY: a valid NUL-terminated string.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };

@@ -10,7 +10,7 @@
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -18,7 +18,7 @@ use std::{
 use xfrm_tests::{
     bpf_object,
     daemon::xdp_attached,
-    init_logging, root_or_skip,
+    init_logging, root_or_skip, sock,
     topology::{Topology, VethOpts},
 };
 use xfrm_user::{
@@ -46,25 +46,8 @@ tmpl src 10.2.0.1 dst 10.2.0.2 proto esp reqid 3 mode tunnel
 fn esp_socket(t: &Topology, ns: usize) -> OwnedFd {
     t.ns(ns)
         .run(|| {
-            // SAFETY: plain socket(2); owned at once.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, 50) };
-            anyhow::ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            // SAFETY: a fresh fd nobody else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 200_000,
-            };
-            // SAFETY: valid fd and a timeval option.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&tv as *const libc::timeval).cast(),
-                    std::mem::size_of::<libc::timeval>() as u32,
-                )
-            };
+            let fd = sock::esp_socket(false, 0)?;
+            sock::set_recv_timeout(&fd, Duration::from_millis(200))?;
             Ok(fd)
         })
         .unwrap()

@@ -10,7 +10,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -20,7 +20,7 @@ use std::{
 
 use xfrm_common::XdpMeta;
 use xfrm_tests::{
-    bpf_object, init_logging, root_or_skip,
+    bpf_object, init_logging, root_or_skip, sock,
     topology::{Link, Topology, VethOpts},
 };
 use xfrm_user::{
@@ -448,41 +448,10 @@ tmpl src 10.2.0.1 dst 10.2.0.2 proto esp reqid 7 mode tunnel
 fn esp_socket(t: &Topology, ns: usize) -> OwnedFd {
     t.ns(ns)
         .run(|| {
-            // SAFETY: plain socket(2); owned at once.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, 50) };
-            anyhow::ensure!(
-                fd >= 0,
-                "raw ESP socket: {}",
-                std::io::Error::last_os_error()
-            );
-            // SAFETY: a fresh fd nobody else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let fd = sock::esp_socket(false, 0)?;
             // Room for a few hundred packets read after the fact (root may force it).
-            let size: libc::c_int = 8 << 20;
-            // SAFETY: valid fd and an int option.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUFFORCE,
-                    (&size as *const libc::c_int).cast(),
-                    4,
-                )
-            };
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 200_000,
-            };
-            // SAFETY: valid fd and a timeval option.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&tv as *const libc::timeval).cast(),
-                    std::mem::size_of::<libc::timeval>() as u32,
-                )
-            };
+            sock::setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20)?;
+            sock::set_recv_timeout(&fd, Duration::from_millis(200))?;
             Ok(fd)
         })
         .unwrap()

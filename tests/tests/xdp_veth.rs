@@ -21,7 +21,7 @@ use xfrm_common::{
 use xfrm_tests::{
     bpf_object, init_logging,
     packet::{self, IPPROTO_UDP},
-    root_or_skip, sa,
+    root_or_skip, sa, sock,
     topology::{Link, Topology, VethOpts},
 };
 use xfrm_user::{
@@ -317,19 +317,8 @@ fn veth_skb_redirect_tx_and_pass() {
 fn send_esp(topo: &Topology, ns: usize, to: IpAddr, spi: u32) {
     topo.ns(ns)
         .run(|| {
-            let (domain, sa) = match to {
-                IpAddr::V4(_) => (libc::AF_INET, SocketAddr::new(to, 0)),
-                IpAddr::V6(_) => (libc::AF_INET6, SocketAddr::new(to, 0)),
-            };
-            // SAFETY: socket(2) with constant arguments; checked.
-            let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 50) };
-            anyhow::ensure!(
-                fd >= 0,
-                "raw ESP socket: {}",
-                std::io::Error::last_os_error()
-            );
-            // SAFETY: a fresh fd we own.
-            let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let sa = SocketAddr::new(to, 0);
+            let sock = sock::esp_socket(to.is_ipv6(), 0)?;
             let mut payload = spi.to_be_bytes().to_vec();
             payload.extend(1u32.to_be_bytes());
             payload.extend([0xa5; 48]);
