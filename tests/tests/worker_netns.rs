@@ -471,6 +471,36 @@ fn recv_esp(fd: &OwnedFd, n: usize, wait: Duration) -> Vec<Vec<u8>> {
     got
 }
 
+/// The worker's transform for these tests: xfrm_output_bundle on the SA the classifier's
+/// metadata names; with `size_check`, first the size check against what the SA leaves of
+/// the route MTU (ICMP back when too big).
+fn esp_output(
+    db: Arc<XfrmDb>,
+    xstats: Arc<XfrmStats>,
+    size_check: bool,
+) -> impl FnMut(Side, Option<&XdpMeta>, &mut Frame<'_>, &Ctx<'_>) -> Action + Send {
+    move |from: Side, meta: Option<&XdpMeta>, frame: &mut Frame<'_>, ctx: &Ctx<'_>| {
+        let (Side::Inside, Some(m)) = (from, meta) else {
+            return Action::Drop;
+        };
+        let Some(x) = db.state(m.sa_id as usize) else {
+            return Action::Drop;
+        };
+        if size_check {
+            let Some(l2) = ctx.l2(x.daddr()) else {
+                return Action::Drop;
+            };
+            if let Some(a) = too_big(frame, bundle_mtu(&[x.overhead()], l2.mtu), ctx) {
+                return a;
+            }
+        }
+        match xfrm_output_bundle(&[&**x], &xstats, frame, false, db.now()) {
+            Verdict::Transformed => Action::Tx(Side::Outside),
+            _ => Action::Drop,
+        }
+    }
+}
+
 /// The real output path in the worker: xfrm_output_bundle on the SA the classifier's
 /// metadata names, after the size check against the bundle's MTU.
 #[test]
@@ -487,29 +517,7 @@ fn worker_runs_esp_output_in_place() {
     let rules = compile_db(&out_db).unwrap();
     let xstats = Arc::new(XfrmStats::new());
 
-    let make = || {
-        let db = out_db.clone();
-        let xstats = xstats.clone();
-        move |from: Side, meta: Option<&XdpMeta>, frame: &mut Frame<'_>, ctx: &Ctx<'_>| {
-            let (Side::Inside, Some(m)) = (from, meta) else {
-                return Action::Drop;
-            };
-            let Some(x) = db.state(m.sa_id as usize) else {
-                return Action::Drop;
-            };
-            let Some(l2) = ctx.l2(x.daddr()) else {
-                return Action::Drop;
-            };
-            let mtu = bundle_mtu(&[SaMtu::from_sa(&x.cfg)], l2.mtu);
-            if let Some(a) = too_big(frame, mtu, ctx) {
-                return a;
-            }
-            match xfrm_output_bundle(&[&**x], &xstats, frame, false, db.now()) {
-                Verdict::Transformed => Action::Tx(Side::Outside),
-                _ => Action::Drop,
-            }
-        }
-    };
+    let make = || esp_output(out_db.clone(), xstats.clone(), true);
 
     let esp = esp_socket(&e.t, e.h2);
     let h2v4 = e.l2.b.ipv4;
@@ -616,22 +624,7 @@ fn two_workers_share_one_sa() {
     let in_db = XfrmDb::new(cfg.states.clone(), cfg.policies.clone()).unwrap();
     let rules = compile_db(&out_db).unwrap();
     let xstats = Arc::new(XfrmStats::new());
-    let make = || {
-        let db = out_db.clone();
-        let xstats = xstats.clone();
-        move |from: Side, meta: Option<&XdpMeta>, frame: &mut Frame<'_>, _: &Ctx<'_>| {
-            let (Side::Inside, Some(m)) = (from, meta) else {
-                return Action::Drop;
-            };
-            let Some(x) = db.state(m.sa_id as usize) else {
-                return Action::Drop;
-            };
-            match xfrm_output_bundle(&[&**x], &xstats, frame, false, db.now()) {
-                Verdict::Transformed => Action::Tx(Side::Outside),
-                _ => Action::Drop,
-            }
-        }
-    };
+    let make = || esp_output(out_db.clone(), xstats.clone(), false);
     const FLOWS: u16 = 16;
     const PER_FLOW: usize = 25;
     let esp = esp_socket(&e.t, e.h2);
