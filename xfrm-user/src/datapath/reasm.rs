@@ -23,6 +23,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::sys::{setsockopt_int, socket};
+use crate::wire::ipv6::Ipv6Packet;
 
 const IPPROTO_ESP: i32 = 50;
 const IPPROTO_AH: i32 = 51;
@@ -97,18 +98,18 @@ impl Reassembled {
         self.socks.iter().map(|s| s.fd.as_raw_fd())
     }
 
-    /// The next datagram of socket `i` as a whole IP packet at the start of `buf`: Ok(None)
-    /// when none waits (or it did not fit `buf`, then it is consumed and dropped).
-    pub fn read(&self, i: usize, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    /// The next datagram of socket `i` as a whole IP packet at the start of `buf`.
+    pub fn read(&self, i: usize, buf: &mut [u8]) -> io::Result<Datagram> {
         let Some(sock) = self.socks.get(i) else {
-            return Ok(None);
+            return Ok(Datagram::None);
         };
         if !sock.v6 {
             return recv(sock.fd.as_raw_fd(), buf);
         }
-        let Some(payload) = buf.get_mut(IPV6_HEADER_LEN..) else {
-            return Ok(None);
-        };
+        if buf.len() <= IPV6_HEADER_LEN {
+            return Ok(Datagram::Dropped);
+        }
+        let (header, payload) = buf.split_at_mut(IPV6_HEADER_LEN);
         // SAFETY: sockaddr_in6 is plain data; all zeroes is a valid value.
         let mut src: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         let mut iov = libc::iovec {
@@ -127,10 +128,10 @@ impl Reassembled {
         // SAFETY: recvmsg into the buffers described by msg.
         let n = unsafe { libc::recvmsg(sock.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
         let Some(n) = received(n)? else {
-            return Ok(None);
+            return Ok(Datagram::None);
         };
         if msg.msg_flags & libc::MSG_TRUNC != 0 || n > u16::MAX as usize {
-            return Ok(None);
+            return Ok(Datagram::Dropped);
         }
         let (mut dst, mut hop, mut tclass) = (None, 64u8, 0u8);
         // SAFETY: walking the control buffer the kernel filled, with the libc macros.
@@ -157,24 +158,33 @@ impl Reassembled {
             }
         }
         let Some(dst) = dst else {
-            return Ok(None);
+            return Ok(Datagram::Dropped);
         };
-        let h = &mut buf[..IPV6_HEADER_LEN];
-        h[0] = 0x60 | (tclass >> 4);
-        h[1] = tclass << 4;
-        h[2] = 0;
-        h[3] = 0;
-        h[4..6].copy_from_slice(&(n as u16).to_be_bytes());
-        h[6] = sock.proto;
-        h[7] = hop;
-        h[8..24].copy_from_slice(&src.sin6_addr.s6_addr);
-        h[24..40].copy_from_slice(&dst.octets());
-        Ok(Some(IPV6_HEADER_LEN + n))
+        let mut h = Ipv6Packet::new_unchecked(header);
+        h.set_version_tc_flow(tclass, 0);
+        h.set_payload_len(n as u16);
+        h.set_next_header(sock.proto);
+        h.set_hop_limit(hop);
+        h.set_src_addr(Ipv6Addr::from(src.sin6_addr.s6_addr));
+        h.set_dst_addr(dst);
+        Ok(Datagram::Packet(IPV6_HEADER_LEN + n))
     }
 }
 
+/// What [`Reassembled::read`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Datagram {
+    /// A whole IP packet of this length.
+    Packet(usize),
+    /// Nothing waiting.
+    None,
+    /// One was consumed but cannot be used (longer than the frame, or without its
+    /// addresses): the caller counts it.
+    Dropped,
+}
+
 /// One IPv4 datagram, header included, from a raw socket.
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Datagram> {
     // SAFETY: receives at most buf.len() bytes into buf.
     let n = unsafe {
         libc::recv(
@@ -185,7 +195,11 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
         )
     };
     // MSG_TRUNC: the real length, so a datagram cut short is recognised and dropped.
-    Ok(received(n)?.filter(|&n| n <= buf.len()))
+    Ok(match received(n)? {
+        Some(n) if n <= buf.len() => Datagram::Packet(n),
+        Some(_) => Datagram::Dropped,
+        None => Datagram::None,
+    })
 }
 
 /// A recv result: Some(length), None when nothing waits, or the error.
@@ -197,5 +211,36 @@ fn received(n: isize) -> io::Result<Option<usize>> {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
         _ => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    /// A datagram longer than the frame is consumed and reported dropped (the worker counts
+    /// it), not cut short; an empty socket is `None`. (A UNIX datagram pair stands in for the
+    /// raw socket: recv's MSG_TRUNC works the same on both.)
+    #[test]
+    fn datagrams_longer_than_the_frame_are_dropped_not_truncated() {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair(2) into a two-int array.
+        let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        // SAFETY: two fresh fds we own.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let send = |n: usize| {
+            let d = vec![0x45u8; n];
+            // SAFETY: sends n bytes from d.
+            let r = unsafe { libc::send(a.as_raw_fd(), d.as_ptr().cast(), n, 0) };
+            assert_eq!(r, n as isize);
+        };
+        let mut buf = [0u8; 64];
+        send(100);
+        send(30);
+        assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), Datagram::Dropped);
+        assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), Datagram::Packet(30));
+        assert_eq!(recv(b.as_raw_fd(), &mut buf).unwrap(), Datagram::None);
     }
 }

@@ -52,7 +52,7 @@ use xdpilone::{xdp::XdpDesc, Umem};
 use xfrm_common::{XdpMeta, XDP_META_LEN};
 
 use super::neigh::{Hop, NeighReader, L2};
-use super::reasm::Reassembled;
+use super::reasm::{Datagram, Reassembled};
 use super::umem::{new_umem, read_meta, Area, QueueSocket};
 use crate::frame::Frame;
 use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, HEADER_LEN as ETH_LEN};
@@ -893,8 +893,13 @@ impl<T: Transform> Worker<T> {
                 buf[XDP_HEADROOM - XDP_META_LEN..XDP_HEADROOM].fill(0);
                 let at = XDP_HEADROOM + ETH_LEN;
                 let len = match r.read(i, &mut buf[at..FRAME_SIZE as usize - LOCAL_TAILROOM]) {
-                    Ok(Some(len)) => len,
-                    Ok(None) => {
+                    Ok(Datagram::Packet(len)) => len,
+                    Ok(Datagram::Dropped) => {
+                        inc(&stats.bad_frame);
+                        self.free.push(base);
+                        continue;
+                    }
+                    Ok(Datagram::None) => {
                         self.free.push(base);
                         break;
                     }
