@@ -4,41 +4,34 @@
 use std::net::IpAddr;
 
 use xfrm_user::sa::{
-    AeadAlgo, AuthAlgo, Encap, EncapType, Lifetime, SaAlgorithm, SaConfig, SaExtraFlags, SaFlags,
-    XfrmId, XfrmMode, XfrmProto,
+    AeadAlgo, AuthAlgo, Encap, EncapType, SaAlgorithm, SaConfig, SaFlags, XfrmId, XfrmMode,
+    XfrmProto,
 };
 
 /// ESP, AES-GCM-128 (rfc4106, 16-byte ICV), tunnel mode, from `src` to `dst`.
 pub fn esp(spi: u32, src: IpAddr, dst: IpAddr) -> SaConfig {
     SaConfig {
-        id: XfrmId {
-            daddr: dst,
-            spi,
-            proto: XfrmProto::Esp,
-        },
-        saddr: src,
-        reqid: 1,
-        mode: XfrmMode::Tunnel,
-        algorithm: SaAlgorithm::Aead {
-            algo: AeadAlgo::Rfc4106Gcm,
-            key: zeroize::Zeroizing::new((1..=16).collect()),
-            salt: [0xca, 0xfe, 0xba, 0xbe],
-            icv_bits: 128,
-        },
         replay_window: 32,
-        replay_seq: 0,
-        replay_seq_hi: 0,
-        replay_oseq: 0,
-        replay_oseq_hi: 0,
         flags: SaFlags {
             af_unspec: true,
             ..SaFlags::default()
         },
-        extra_flags: SaExtraFlags::default(),
-        encap: None,
-        tfcpad: 0,
-        lifetime: Lifetime::default(),
-        selector: None,
+        ..SaConfig::new(
+            XfrmId {
+                daddr: dst,
+                spi,
+                proto: XfrmProto::Esp,
+            },
+            src,
+            1,
+            XfrmMode::Tunnel,
+            SaAlgorithm::Aead {
+                algo: AeadAlgo::Rfc4106Gcm,
+                key: zeroize::Zeroizing::new((1..=16).collect()),
+                salt: [0xca, 0xfe, 0xba, 0xbe],
+                icv_bits: 128,
+            },
+        )
     }
 }
 

@@ -181,6 +181,36 @@ pub struct SaConfig {
 }
 
 impl SaConfig {
+    /// An SA with the rest as `ip xfrm state add` leaves it when not given: no replay
+    /// window, sequence numbers from 0, no flags, no encapsulation, no TFC padding, no
+    /// lifetime limits, no selector.
+    pub fn new(
+        id: XfrmId,
+        saddr: IpAddr,
+        reqid: u32,
+        mode: XfrmMode,
+        algorithm: SaAlgorithm,
+    ) -> Self {
+        Self {
+            id,
+            saddr,
+            reqid,
+            mode,
+            algorithm,
+            replay_window: 0,
+            replay_seq: 0,
+            replay_seq_hi: 0,
+            replay_oseq: 0,
+            replay_oseq_hi: 0,
+            flags: SaFlags::default(),
+            extra_flags: SaExtraFlags::default(),
+            encap: None,
+            tfcpad: 0,
+            lifetime: Lifetime::default(),
+            selector: None,
+        }
+    }
+
     /// The first 64-bit output sequence number minus one.
     pub fn initial_oseq(&self) -> u64 {
         (u64::from(self.replay_oseq_hi) << 32) | u64::from(self.replay_oseq)

@@ -113,26 +113,18 @@ const B6: &str = "2001:db8::2";
 pub(crate) fn sa_cfg(spi: u32, alg: Alg, mode: XfrmMode, v6: bool) -> SaConfig {
     let (src, dst) = if v6 { (A6, B6) } else { (A4, B4) };
     SaConfig {
-        id: XfrmId {
-            daddr: ip(dst),
-            spi,
-            proto: alg.proto(),
-        },
-        saddr: ip(src),
-        reqid: spi,
-        mode,
-        algorithm: alg.algorithm(spi as u8),
         replay_window: 64,
-        replay_seq: 0,
-        replay_seq_hi: 0,
-        replay_oseq: 0,
-        replay_oseq_hi: 0,
-        flags: SaFlags::default(),
-        extra_flags: SaExtraFlags::default(),
-        encap: None,
-        tfcpad: 0,
-        lifetime: Lifetime::default(),
-        selector: None,
+        ..SaConfig::new(
+            XfrmId {
+                daddr: ip(dst),
+                spi,
+                proto: alg.proto(),
+            },
+            ip(src),
+            spi,
+            mode,
+            alg.algorithm(spi as u8),
+        )
     }
 }
 

@@ -152,7 +152,7 @@ pub fn xfrm_policy_check_plaintext(policy: Option<&Policy>) -> Result<(), XfrmSt
 mod tests {
     use super::*;
     use crate::policy::PolicyDir;
-    use crate::sa::{AeadAlgo, Lifetime, SaAlgorithm, SaExtraFlags, SaFlags, XfrmId, XfrmProto};
+    use crate::sa::{AeadAlgo, SaAlgorithm, XfrmId, XfrmProto};
     use crate::selector::{Prefix, Selector};
 
     fn ip(s: &str) -> IpAddr {
@@ -168,31 +168,23 @@ mod tests {
         dst: &str,
     ) -> SaConfig {
         SaConfig {
-            id: XfrmId {
-                daddr: ip(dst),
-                spi,
-                proto,
-            },
-            saddr: ip(src),
-            reqid,
-            mode,
-            algorithm: SaAlgorithm::Aead {
-                algo: AeadAlgo::Rfc4106Gcm,
-                key: zeroize::Zeroizing::new(vec![0; 16]),
-                salt: [0; 4],
-                icv_bits: 128,
-            },
             replay_window: 32,
-            replay_seq: 0,
-            replay_seq_hi: 0,
-            replay_oseq: 0,
-            replay_oseq_hi: 0,
-            flags: SaFlags::default(),
-            extra_flags: SaExtraFlags::default(),
-            encap: None,
-            tfcpad: 0,
-            lifetime: Lifetime::default(),
-            selector: None,
+            ..SaConfig::new(
+                XfrmId {
+                    daddr: ip(dst),
+                    spi,
+                    proto,
+                },
+                ip(src),
+                reqid,
+                mode,
+                SaAlgorithm::Aead {
+                    algo: AeadAlgo::Rfc4106Gcm,
+                    key: zeroize::Zeroizing::new(vec![0; 16]),
+                    salt: [0; 4],
+                    icv_bits: 128,
+                },
+            )
         }
     }
 

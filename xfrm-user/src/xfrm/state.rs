@@ -660,31 +660,23 @@ pub(crate) mod tests {
 
     pub fn esp_cfg(spi: u32, src: &str, dst: &str, mode: XfrmMode) -> SaConfig {
         SaConfig {
-            id: XfrmId {
-                daddr: dst.parse().unwrap(),
-                spi,
-                proto: XfrmProto::Esp,
-            },
-            saddr: src.parse().unwrap(),
-            reqid: 1,
-            mode,
-            algorithm: SaAlgorithm::Aead {
-                algo: AeadAlgo::Rfc4106Gcm,
-                key: Zeroizing::new((1..=16).collect()),
-                salt: [0xca, 0xfe, 0xba, 0xbe],
-                icv_bits: 128,
-            },
             replay_window: 32,
-            replay_seq: 0,
-            replay_seq_hi: 0,
-            replay_oseq: 0,
-            replay_oseq_hi: 0,
-            flags: SaFlags::default(),
-            extra_flags: SaExtraFlags::default(),
-            encap: None,
-            tfcpad: 0,
-            lifetime: Lifetime::default(),
-            selector: None,
+            ..SaConfig::new(
+                XfrmId {
+                    daddr: dst.parse().unwrap(),
+                    spi,
+                    proto: XfrmProto::Esp,
+                },
+                src.parse().unwrap(),
+                1,
+                mode,
+                SaAlgorithm::Aead {
+                    algo: AeadAlgo::Rfc4106Gcm,
+                    key: Zeroizing::new((1..=16).collect()),
+                    salt: [0xca, 0xfe, 0xba, 0xbe],
+                    icv_bits: 128,
+                },
+            )
         }
     }
 

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::frame::OwnedFrame;
-use crate::sa::{AeadAlgo, AuthAlgo, Encap, Lifetime, SaExtraFlags, SaFlags, XfrmId};
+use crate::sa::{AeadAlgo, AuthAlgo, Encap, XfrmId};
 use crate::wire::ipv4::FLAG_DF;
 
 const V4_DF_ORIG: &[u8] = include_bytes!("testdata/v4_df_orig.bin");
@@ -426,26 +426,18 @@ fn state_mtu_is_the_largest_packet_that_fits() {
 fn sa(daddr: &str, proto: XfrmProto, mode: XfrmMode, algorithm: SaAlgorithm) -> SaConfig {
     let daddr: IpAddr = daddr.parse().unwrap();
     SaConfig {
-        id: XfrmId {
-            daddr,
-            spi: 0x100,
-            proto,
-        },
-        saddr: daddr,
-        reqid: 1,
-        mode,
-        algorithm,
         replay_window: 32,
-        replay_seq: 0,
-        replay_seq_hi: 0,
-        replay_oseq: 0,
-        replay_oseq_hi: 0,
-        flags: SaFlags::default(),
-        extra_flags: SaExtraFlags::default(),
-        encap: None,
-        tfcpad: 0,
-        lifetime: Lifetime::default(),
-        selector: None,
+        ..SaConfig::new(
+            XfrmId {
+                daddr,
+                spi: 0x100,
+                proto,
+            },
+            daddr,
+            1,
+            mode,
+            algorithm,
+        )
     }
 }
 
