@@ -29,7 +29,7 @@ pub fn socket(domain: i32, ty: i32, proto: i32) -> Result<OwnedFd> {
 }
 
 /// setsockopt(2) of an int option.
-pub fn setsockopt_int(fd: &OwnedFd, level: i32, opt: i32, v: i32) -> Result<()> {
+pub fn setsockopt_int(fd: &impl AsRawFd, level: i32, opt: i32, v: i32) -> Result<()> {
     // SAFETY: valid fd and an int option.
     let r = unsafe {
         libc::setsockopt(

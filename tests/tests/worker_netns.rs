@@ -101,20 +101,6 @@ fn forward(from: Side, meta: Option<&XdpMeta>, frame: &mut Frame<'_>, ctx: &Ctx<
     Action::Tx(Side::Outside)
 }
 
-fn set_int(s: &UdpSocket, level: i32, opt: i32, v: i32) {
-    // SAFETY: a valid socket and an int option.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            level,
-            opt,
-            (&v as *const i32).cast(),
-            std::mem::size_of::<i32>() as u32,
-        )
-    };
-    assert_eq!(r, 0, "setsockopt {level}/{opt}");
-}
-
 fn recv_all(s: &UdpSocket, n: usize, wait: Duration) -> Vec<Vec<u8>> {
     let end = Instant::now() + wait;
     let mut got = Vec::new();
@@ -354,12 +340,13 @@ fn exercise(
 
     // 2. IPv4 with DF over the 1400-byte link: fragmentation needed back to h1, whose kernel
     //    then knows the path MTU.
-    set_int(
+    sock::setsockopt_int(
         &s4,
         libc::IPPROTO_IP,
         libc::IP_MTU_DISCOVER,
         libc::IP_PMTUDISC_DO,
-    );
+    )
+    .unwrap();
     s4.send_to(&[0x55; 1422], SocketAddr::new(h2v4.into(), 5000))
         .unwrap();
     let learned = wait_route_mtu(t, h1, &h2v4.to_string(), 1400);
@@ -384,12 +371,13 @@ fn exercise(
         .ns(h1)
         .run(|| {
             let s = UdpSocket::bind("0.0.0.0:0")?;
-            set_int(
+            sock::setsockopt_int(
                 &s,
                 libc::IPPROTO_IP,
                 libc::IP_MTU_DISCOVER,
                 libc::IP_PMTUDISC_DONT,
-            );
+            )
+            .unwrap();
             Ok(s)
         })
         .unwrap();
@@ -561,12 +549,13 @@ fn worker_runs_esp_output_in_place() {
 
         // DF over what the bundle leaves of the 1400-byte link: h1 is told that MTU.
         let want = sa_mtu.state_mtu(1400);
-        set_int(
+        sock::setsockopt_int(
             &s4,
             libc::IPPROTO_IP,
             libc::IP_MTU_DISCOVER,
             libc::IP_PMTUDISC_DO,
-        );
+        )
+        .unwrap();
         s4.send_to(&[0x77; 1372], SocketAddr::new(h2v4.into(), 5000))
             .unwrap();
         assert!(

@@ -59,27 +59,17 @@ fn sa(proto: XfrmProto) -> SecurityAssociation {
             trunc_bits: 128,
         },
     };
+    let id = XfrmId {
+        daddr: "192.0.2.2".parse().unwrap(),
+        spi: 0x1000,
+        proto,
+    };
+    let saddr: IpAddr = "192.0.2.1".parse().unwrap();
     let cfg = SaConfig {
-        id: XfrmId {
-            daddr: "192.0.2.2".parse().unwrap(),
-            spi: 0x1000,
-            proto,
-        },
-        saddr: "192.0.2.1".parse::<IpAddr>().unwrap(),
-        reqid: 1,
-        mode: XfrmMode::Tunnel,
-        algorithm,
-        replay_window: 0,
-        replay_seq: 0,
-        replay_seq_hi: 0,
-        replay_oseq: 0,
-        replay_oseq_hi: 0,
         flags: SaFlags {
             esn: true, // 64-bit counter: never runs out during a benchmark
             ..Default::default()
         },
-        extra_flags: SaExtraFlags::default(),
-        encap: None,
         // Lifetimes set (and never reached), so every check runs as it would in service.
         lifetime: Lifetime {
             soft_byte_limit: 1 << 60,
@@ -91,8 +81,7 @@ fn sa(proto: XfrmProto) -> SecurityAssociation {
             soft_use_expires_seconds: 1 << 40,
             hard_use_expires_seconds: 1 << 41,
         },
-        tfcpad: 0,
-        selector: None,
+        ..SaConfig::new(id, saddr, 1, XfrmMode::Tunnel, algorithm)
     };
     SecurityAssociation::new(cfg, 0, SystemClock.now()).expect("valid SA")
 }
