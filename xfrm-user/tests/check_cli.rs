@@ -50,7 +50,7 @@ fn invalid_config_exits_2_with_every_error() {
         errors,
         [
             format!("{f}:1: word 'sideways': expected a direction: out, in or fwd"),
-            format!("{f}:3: word 'gcm128': expected an aead algorithm name: 'rfc4106(gcm(aes))' or 'rfc4543(gcm(aes))'"),
+            format!("{f}:3: word 'gcm128': expected an aead algorithm name: 'rfc4106(gcm(aes))', 'rfc4543(gcm(aes))' or 'rfc7539esp(chacha20,poly1305)'"),
         ]
     );
 }
