@@ -55,6 +55,31 @@ fn invalid_config_exits_2_with_every_error() {
     );
 }
 
+/// `check --algorithms` names every algorithm the config language takes.
+#[test]
+fn check_algorithms_lists_what_is_supported() {
+    let out = bin().args(["check", "--algorithms"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "rfc4106(gcm(aes))",
+        "rfc4543(gcm(aes))",
+        "rfc7539esp(chacha20,poly1305)",
+        "cbc(aes)",
+        "rfc3686(ctr(aes))",
+        "cipher_null",
+        "hmac(sha256)",
+        "hmac(sha384)",
+        "hmac(sha512)",
+        "hmac(sha1)",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    // Without --algorithms the config is required.
+    let out = bin().arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
 #[test]
 fn missing_file_exits_2() {
     let out = bin()
