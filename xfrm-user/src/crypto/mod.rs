@@ -58,6 +58,62 @@ pub enum CryptoError {
     NoRandom,
 }
 
+/// The AEADs of ESP whose nonce is salt || 8-byte IV and whose AAD is SPI || [seq_hi ||]
+/// seq (RFC 4106 section 5, RFC 7634 section 2.1): one ESP code path serves both, statically
+/// dispatched.
+pub trait EspAead {
+    /// Encrypts `in_out` in place, writes the ICV into `tag` (its length is the ICV's).
+    fn seal(
+        &self,
+        iv: &[u8; 8],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &mut [u8],
+    ) -> Result<(), CryptoError>;
+    /// Verifies `tag`, then decrypts in place; on Err `in_out` must not be used.
+    fn open(
+        &self,
+        iv: &[u8; 8],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), CryptoError>;
+}
+
+impl EspAead for GcmKey {
+    #[inline]
+    fn seal(
+        &self,
+        iv: &[u8; 8],
+        aad: &[u8],
+        t: &mut [u8],
+        tag: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        self.seal_in_place(iv, aad, t, tag)
+    }
+    #[inline]
+    fn open(&self, iv: &[u8; 8], aad: &[u8], t: &mut [u8], tag: &[u8]) -> Result<(), CryptoError> {
+        self.open_in_place(iv, aad, t, tag)
+    }
+}
+
+impl EspAead for ChaChaKey {
+    #[inline]
+    fn seal(
+        &self,
+        iv: &[u8; 8],
+        aad: &[u8],
+        t: &mut [u8],
+        tag: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        self.seal_in_place(iv, aad, t, tag)
+    }
+    #[inline]
+    fn open(&self, iv: &[u8; 8], aad: &[u8], t: &mut [u8], tag: &[u8]) -> Result<(), CryptoError> {
+        self.open_in_place(iv, aad, t, tag)
+    }
+}
+
 /// What an SA needs at run time, built once from its config.
 pub enum SaCrypto {
     /// ESP rfc4106(gcm(aes)): ICV of 8, 12 or 16 bytes.

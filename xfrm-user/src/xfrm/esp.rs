@@ -11,7 +11,7 @@
 //! ```
 
 use crate::crypto::cipher::MAX_IV_LEN;
-use crate::crypto::SaCrypto;
+use crate::crypto::{EspAead, SaCrypto};
 use crate::frame::Frame;
 use crate::sa::{EncapType, XfrmMode};
 use crate::wire::{checksum, esp, ipv6, proto, put16, put32, udp};
@@ -132,6 +132,40 @@ pub fn esp_iv(x: &SecurityAssociation, seq: u64) -> EspIv {
     iv
 }
 
+/// Seals `rest` (text of `clen` bytes, then the ICV of `alen`) with an AEAD whose AAD is
+/// SPI | [seq_hi |] seq.
+#[inline]
+fn esp_aead_seal<K: EspAead>(
+    key: &K,
+    x: &SecurityAssociation,
+    iv: &[u8],
+    seq: u64,
+    rest: &mut [u8],
+    clen: usize,
+    alen: usize,
+) -> Result<(), EspError> {
+    let iv: &[u8; 8] = iv.try_into().map_err(|_| EspError::Crypto)?;
+    let (aad, aad_len) = esp_aad(x.spi(), seq, x.cfg.flags.esn);
+    let (text, tag) = rest.split_at_mut(clen);
+    key.seal(iv, &aad[..aad_len], text, &mut tag[..alen])
+        .map_err(|_| EspError::Crypto)
+}
+
+/// Opens `rest` (text of `elen` bytes, then the ICV) with such an AEAD.
+#[inline]
+fn esp_aead_open<K: EspAead>(
+    key: &K,
+    x: &SecurityAssociation,
+    iv: &[u8; 8],
+    seq: u64,
+    rest: &mut [u8],
+    elen: usize,
+) -> Result<(), crate::crypto::CryptoError> {
+    let (aad, aad_len) = esp_aad(x.spi(), seq, x.cfg.flags.esn);
+    let (text, tag) = rest.split_at_mut(elen);
+    key.open(iv, &aad[..aad_len], text, tag)
+}
+
 /// What the TFC padding pads to for this packet: min(tfcpad, xfrm_state_mtu) in tunnel mode
 /// (the kernel refuses tfcpad on other modes when the SA is added).
 #[inline]
@@ -196,21 +230,9 @@ pub fn esp_output(
 
     match &x.crypto {
         SaCrypto::Gcm { key, .. } => {
-            let iv: &[u8; 8] = iv.try_into().map_err(|_| EspError::Crypto)?;
-            let (aad, alen_aad) = esp_aad(x.spi(), seq, esn);
-            let (_, rest) = data.split_at_mut(enc);
-            let (text, tag) = rest.split_at_mut(t.clen);
-            key.seal_in_place(iv, &aad[..alen_aad], text, &mut tag[..alen])
-                .map_err(|_| EspError::Crypto)?;
+            esp_aead_seal(key, x, iv, seq, &mut data[enc..], t.clen, alen)?
         }
-        SaCrypto::ChaCha { key } => {
-            let iv: &[u8; 8] = iv.try_into().map_err(|_| EspError::Crypto)?;
-            let (aad, alen_aad) = esp_aad(x.spi(), seq, esn);
-            let (_, rest) = data.split_at_mut(enc);
-            let (text, tag) = rest.split_at_mut(t.clen);
-            key.seal_in_place(iv, &aad[..alen_aad], text, &mut tag[..alen])
-                .map_err(|_| EspError::Crypto)?;
-        }
+        SaCrypto::ChaCha { key } => esp_aead_seal(key, x, iv, seq, &mut data[enc..], t.clen, alen)?,
         SaCrypto::AuthEnc(a) => {
             // Encrypt, then the ICV over SPI | seq | IV | ciphertext [| seq_hi].
             let (esp_part, icv) = data[esph..].split_at_mut(enc - esph + t.clen);
@@ -314,16 +336,8 @@ pub fn esp_input(
     let esn = x.cfg.flags.esn;
 
     let verified = match &x.crypto {
-        SaCrypto::Gcm { key, .. } => {
-            let (aad, aad_len) = esp_aad(x.spi(), seq, esn);
-            let (text, tag) = data[enc..].split_at_mut(elen);
-            key.open_in_place(&iv, &aad[..aad_len], text, tag)
-        }
-        SaCrypto::ChaCha { key } => {
-            let (aad, aad_len) = esp_aad(x.spi(), seq, esn);
-            let (text, tag) = data[enc..].split_at_mut(elen);
-            key.open_in_place(&iv, &aad[..aad_len], text, tag)
-        }
+        SaCrypto::Gcm { key, .. } => esp_aead_open(key, x, &iv, seq, &mut data[enc..], elen),
+        SaCrypto::ChaCha { key } => esp_aead_open(key, x, &iv, seq, &mut data[enc..], elen),
         SaCrypto::AuthEnc(a) => {
             let (esp_part, icv) = data[esp_off..].split_at_mut(enc - esp_off + elen);
             let hi = esn.then_some((seq >> 32) as u32);
