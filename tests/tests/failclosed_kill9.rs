@@ -185,7 +185,7 @@ fn kill9_keeps_the_program_and_drops_protected_flows() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("gw.conf");
-    std::fs::write(&conf, CONFIG).unwrap();
+    xfrm_user::keyfile::write_private(&conf, CONFIG).unwrap();
     let (inside, outside) = (l1.b.ifname.clone(), l2.a.ifname.clone());
     let h2_addr = l2.b.ipv4.to_string();
     let to = SocketAddr::new(IpAddr::V4(l2.b.ipv4), 5001);

@@ -501,7 +501,7 @@ fn ours(tag: &str, config: &str, dir: xfrm_user::pcap::Direction, input: &[Vec<u
     let cfg = base.with_extension("conf");
     let inp = base.with_extension("in.pcap");
     let out = base.with_extension("out.pcap");
-    std::fs::write(&cfg, config).unwrap();
+    xfrm_user::keyfile::write_private(&cfg, config).unwrap();
     kernel_peer::write_pcap(&inp, input);
     let mut err = Vec::new();
     let rc = xfrm_user::pcap::pcap_main(&cfg, dir, &inp, &out, &mut err);

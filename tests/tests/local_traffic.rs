@@ -106,7 +106,8 @@ fn own_traffic_is_protected_and_fails_closed_after_kill9() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("gw.conf");
     let (gw_addr, h2_addr) = (l2.a.ipv4, l2.b.ipv4);
-    std::fs::write(&conf, config(&gw_addr.to_string(), &h2_addr.to_string())).unwrap();
+    xfrm_user::keyfile::write_private(&conf, config(&gw_addr.to_string(), &h2_addr.to_string()))
+        .unwrap();
     let (inside, outside) = (l1.b.ifname.clone(), l2.a.ifname.clone());
     let to = SocketAddr::new(IpAddr::V4(h2_addr), 5001);
 
