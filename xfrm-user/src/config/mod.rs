@@ -28,6 +28,8 @@ mod state;
 mod value;
 
 #[cfg(test)]
+mod secrecy_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -92,7 +94,7 @@ pub fn parse_config(text: &str, file: &str) -> Result<Config, Vec<ConfigError>> 
                 policy_lines.insert(key, head.line);
                 policies.push(p);
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(e.redacted(words)),
         }
     }
 

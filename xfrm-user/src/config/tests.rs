@@ -195,18 +195,18 @@ fn modes() {
 fn aead_variants() {
     for icv in [64, 96, 128] {
         let line = format!("state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 1 aead 'rfc4106(gcm(aes))' {K36} {icv}");
-        match state(&line).algorithm {
+        match &state(&line).algorithm {
             SaAlgorithm::Aead {
                 algo,
                 key,
                 salt,
                 icv_bits,
             } => {
-                assert_eq!(algo, AeadAlgo::Rfc4106Gcm);
+                assert_eq!(*algo, AeadAlgo::Rfc4106Gcm);
                 assert_eq!(key.len(), 32);
                 assert_eq!(key[31], 0xff);
-                assert_eq!(salt, [0xa0, 0xa1, 0xa2, 0xa3]);
-                assert_eq!(icv_bits, icv);
+                assert_eq!(*salt, [0xa0, 0xa1, 0xa2, 0xa3]);
+                assert_eq!(*icv_bits, icv);
             }
             other => panic!("{other:?}"),
         }
@@ -214,9 +214,9 @@ fn aead_variants() {
     let line = format!(
         "state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 1 aead \"rfc4543(gcm(aes))\" {K20} 128"
     );
-    match state(&line).algorithm {
+    match &state(&line).algorithm {
         SaAlgorithm::Aead { algo, key, .. } => {
-            assert_eq!(algo, AeadAlgo::Rfc4543Gmac);
+            assert_eq!(*algo, AeadAlgo::Rfc4543Gmac);
             assert_eq!(key.len(), 16);
         }
         other => panic!("{other:?}"),
@@ -276,10 +276,10 @@ fn quoted_string_keys_are_raw_bytes() {
     let sa = state(
         "state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 7 aead 'rfc4106(gcm(aes))' 'sixteen byte keySALT' 128",
     );
-    match sa.algorithm {
+    match &sa.algorithm {
         SaAlgorithm::Aead { key, salt, .. } => {
             assert_eq!(&key[..], b"sixteen byte key");
-            assert_eq!(&salt, b"SALT");
+            assert_eq!(salt, b"SALT");
         }
         other => panic!("{other:?}"),
     }
