@@ -240,6 +240,7 @@ fn main() -> ExitCode {
                 discard_corrupt_state: a.discard_corrupt_state,
                 detach_on_exit: a.detach_on_exit,
                 handle_signals: true,
+                drop_privileges: true,
             };
             let mut out = std::io::stdout();
             match xfrm_user::datapath::run::run(&opts, &STOP, &mut out) {

@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod loader;
 pub mod neigh;
+pub mod privs;
 pub mod reasm;
 pub mod rules;
 pub mod run;

@@ -303,12 +303,17 @@ pub struct RunOptions {
     /// SIGINT/SIGTERM stop the gateway (the command line); false leaves the process's signal
     /// handling alone (a gateway run in a thread of a test).
     pub handle_signals: bool,
+    /// Once set up, drop every capability but what the running gateway needs, set
+    /// no_new_privs and make the process non-dumpable ([`super::privs`]). Capabilities are
+    /// per thread: a gateway run in a thread drops its own (and its workers').
+    pub drop_privileges: bool,
 }
 
 impl RunOptions {
     /// The defaults of the command line: one queue, native XDP, the object found by
     /// `resolve_object`, a counter line a second, until stopped, the default state file,
-    /// programs kept attached at exit, the host's own traffic through the default TAP.
+    /// programs kept attached at exit, the host's own traffic through the default TAP,
+    /// privileges dropped once set up.
     pub fn new(config: PathBuf, inside: &str, outside: &str) -> Self {
         Self {
             config,
@@ -323,6 +328,7 @@ impl RunOptions {
             discard_corrupt_state: false,
             detach_on_exit: false,
             handle_signals: false,
+            drop_privileges: true,
             local_dev: Some(super::tap::DEFAULT_LOCAL_DEV.to_string()),
         }
     }
@@ -555,6 +561,10 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     if let Some(t) = &tap {
         dp.set_local_dev(t.info.ifindex)?;
         dp.attach_local_out(&opts.outside)?;
+    }
+    // Everything that needs root is done: from here on, least privilege.
+    if opts.drop_privileges {
+        super::privs::drop_after_start().context("dropping privileges")?;
     }
     let wstats: Vec<_> = workers.iter().map(|w| w.stats()).collect();
     writeln!(

@@ -1,0 +1,132 @@
+//! Least privilege for the running gateway. Everything that needs root is done by the end of
+//! `run`'s start-up: the programs are loaded and attached (CAP_BPF, CAP_SYS_ADMIN,
+//! CAP_NET_ADMIN), the AF_XDP, raw and TAP sockets are open (CAP_NET_RAW, CAP_NET_ADMIN),
+//! the state file is written and mapped. From then on the daemon only
+//!
+//! - updates and reads maps through the fds it holds (no capability: the kernel checks
+//!   map_create and prog_load, not the updates of a map fd one already has),
+//! - moves frames on its AF_XDP, raw and TAP fds, pumps the eBPF log ring (no capability),
+//! - writes the state file through its mapping (no capability),
+//! - asks rtnetlink for routes, neighbours and links (no capability) and sends RTM_NEWNEIGH
+//!   with NTF_USE to make the kernel resolve a next hop or re-probe a stale one: a change
+//!   request, which rtnetlink refuses without CAP_NET_ADMIN (netlink_net_capable checks the
+//!   sender at send time),
+//! - at an orderly stop with `--detach-on-exit`, takes its XDP and TC programs off the
+//!   interfaces (RTM_SETLINK, RTM_DELTFILTER: CAP_NET_ADMIN).
+//!
+//! So CAP_NET_ADMIN is kept, alone, in the permitted and effective sets; the bounding,
+//! inheritable and ambient sets are emptied; no_new_privs is set (no execve can gain
+//! privileges again) and the process is made non-dumpable (no core file, no ptrace or
+//! /proc/PID/mem by a non-root user: the keys stay in this process). Capabilities are per
+//! thread: this runs on the thread that starts the workers, before it starts them, so they
+//! inherit the reduced sets.
+
+use anyhow::{bail, Context, Result};
+use caps::{CapSet, Capability, CapsHashSet};
+
+/// What the running daemon keeps (see the module's doc for why).
+pub const KEPT: &[Capability] = &[Capability::CAP_NET_ADMIN];
+
+/// The kept set as the kernel shows it in /proc/PID/status (`CapEff`, `CapPrm`): a bitmask.
+pub fn kept_mask() -> u64 {
+    KEPT.iter().map(|c| c.bitmask()).fold(0, |a, b| a | b)
+}
+
+fn kept() -> CapsHashSet {
+    KEPT.iter().copied().collect()
+}
+
+/// Drops every capability but [`KEPT`] from all five sets of the calling thread, sets
+/// no_new_privs and clears the dumpable flag. Fails (and the caller must not go on) if
+/// the permitted or effective set would keep more than [`KEPT`].
+pub fn drop_after_start() -> Result<()> {
+    let keep = kept();
+    let have = caps::read(None, CapSet::Permitted).context("capget")?;
+    // The bounding set needs CAP_SETPCAP to shrink. Without it (a daemon started with a
+    // few file capabilities, not as root) it is left as is: with no_new_privs set below,
+    // it only limits what an execve could gain, and no execve can gain anything.
+    if have.contains(&Capability::CAP_SETPCAP) {
+        caps::raise(None, CapSet::Effective, Capability::CAP_SETPCAP).context("capset")?;
+        for c in caps::all().difference(&keep) {
+            if caps::has_cap(None, CapSet::Bounding, *c).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, *c)
+                    .with_context(|| format!("drop {c} from the bounding set"))?;
+            }
+        }
+    } else {
+        log::warn!(
+            "no CAP_SETPCAP: the capability bounding set is left as it is (no_new_privs \
+             makes it moot)"
+        );
+    }
+    caps::clear(None, CapSet::Ambient).context("clear the ambient set")?;
+    caps::clear(None, CapSet::Inheritable).context("clear the inheritable set")?;
+    let keep_have: CapsHashSet = keep.intersection(&have).copied().collect();
+    // Effective first: it must stay within the permitted set at every step.
+    caps::set(None, CapSet::Effective, &keep_have).context("set the effective set")?;
+    caps::set(None, CapSet::Permitted, &keep_have).context("set the permitted set")?;
+    for set in [CapSet::Effective, CapSet::Permitted] {
+        let now = caps::read(None, set).context("capget")?;
+        if !now.is_subset(&keep) {
+            bail!("capabilities still held after the drop ({set:?}): {now:?}");
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_NO_NEW_PRIVS)");
+    }
+    // SAFETY: as above.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_DUMPABLE, 0)");
+    }
+    log::info!(
+        "privileges dropped: capabilities {:?} kept, no_new_privs set, not dumpable",
+        KEPT
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_mask_is_cap_net_admin() {
+        // CAP_NET_ADMIN is capability 12: /proc/PID/status shows 0000000000001000.
+        assert_eq!(kept_mask(), 1 << 12);
+        assert_eq!(format!("{:016x}", kept_mask()), "0000000000001000");
+    }
+
+    /// In a thread of its own (capabilities are per thread; the dumpable flag is the
+    /// process's, which a test process can do without).
+    #[test]
+    fn a_thread_keeps_only_what_it_needs() {
+        std::thread::spawn(|| {
+            drop_after_start().unwrap();
+            let eff = caps::read(None, CapSet::Effective).unwrap();
+            let perm = caps::read(None, CapSet::Permitted).unwrap();
+            assert!(eff.is_subset(&kept()) && perm.is_subset(&kept()), "{eff:?}");
+            assert!(caps::read(None, CapSet::Inheritable).unwrap().is_empty());
+            assert!(caps::read(None, CapSet::Ambient).unwrap().is_empty());
+            // SAFETY: prctl with integer arguments only.
+            let (nnp, dumpable) = unsafe {
+                (
+                    libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0),
+                    libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0),
+                )
+            };
+            assert_eq!((nnp, dumpable), (1, 0));
+            if perm.contains(&Capability::CAP_NET_ADMIN) {
+                // Root before: the bounding set is the kept one now.
+                assert_eq!(caps::read(None, CapSet::Bounding).unwrap(), kept());
+            }
+            // A second drop changes nothing and succeeds.
+            drop_after_start().unwrap();
+            // The flag is the whole test process's: set it back.
+            // SAFETY: prctl with integer arguments only.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+        })
+        .join()
+        .unwrap();
+    }
+}
