@@ -2,6 +2,8 @@
 //! table, and AF_XDP sockets (xdpilone).
 
 pub mod attach;
+pub mod doctor;
+pub mod explain;
 pub mod loader;
 pub mod neigh;
 pub mod privs;

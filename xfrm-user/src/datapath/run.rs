@@ -450,6 +450,28 @@ impl Signals {
     }
 }
 
+/// The programs onto the interfaces: inside (or one-armed), outside, then the host's own
+/// output last, once the workers hold the TAP's queues.
+fn attach_all(
+    dp: &mut Datapath,
+    opts: &RunOptions,
+    one_armed: bool,
+    tap: Option<&Tap>,
+) -> Result<()> {
+    if one_armed {
+        dp.set_one_armed(true)?;
+    } else {
+        dp.attach_persistent(Program::Inside, &opts.inside, opts.mode)?;
+    }
+    dp.attach_persistent(Program::Outside, &opts.outside, opts.mode)?;
+    if let Some(t) = tap {
+        dp.set_local_dev(t.info.ifindex)?;
+        dp.attach_local_out(&opts.outside)
+            .context("the host's own traffic (--no-local leaves it alone)")?;
+    }
+    Ok(())
+}
+
 /// Runs the gateway until `stop` (or the duration) in the calling thread's network
 /// namespace; prints counter lines to `out`.
 pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<()> {
@@ -515,6 +537,10 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     let inside = port_info(&opts.inside)?;
     let outside = port_info(&opts.outside)?;
     let one_armed = inside.ifindex == outside.ifindex;
+    log::info!(
+        "what this kernel and the interfaces offer (xfrm-user doctor probes more):\n{}",
+        super::doctor::startup_summary(&opts.inside, &opts.outside).trim_end()
+    );
     let neigh = NeighService::start(&gw.peers(), NeighOptions::default())?;
     let mut dp = Datapath::load_default(opts.bpf.as_deref())?;
     // Out policies, SAs, NAT-T ports (InputTables' rule, as the transforms use).
@@ -550,17 +576,11 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         workers.push(w);
     }
     // Netlink mode: the programs outlive a killed daemon and then drop what they would
-    // protect (fail closed); a restart swaps them atomically. See loader.rs.
-    if one_armed {
-        dp.set_one_armed(true)?;
-    } else {
-        dp.attach_persistent(Program::Inside, &opts.inside, opts.mode)?;
-    }
-    dp.attach_persistent(Program::Outside, &opts.outside, opts.mode)?;
-    // The host's own output last, once the workers hold the TAP's queues.
-    if let Some(t) = &tap {
-        dp.set_local_dev(t.info.ifindex)?;
-        dp.attach_local_out(&opts.outside)?;
+    // protect (fail closed); a restart swaps them atomically. See loader.rs. A failure
+    // half-way puts back what each interface had: nothing is left half-attached.
+    if let Err(e) = attach_all(&mut dp, opts, one_armed, tap.as_ref()) {
+        dp.rollback_persistent();
+        return Err(e);
     }
     // Everything that needs root is done: from here on, least privilege.
     if opts.drop_privileges {
