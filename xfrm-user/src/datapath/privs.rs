@@ -1,7 +1,8 @@
-//! Least privilege for the running gateway. Everything that needs root is done by the end of
-//! `run`'s start-up: the programs are loaded and attached (CAP_BPF, CAP_SYS_ADMIN,
-//! CAP_NET_ADMIN), the AF_XDP, raw and TAP sockets are open (CAP_NET_RAW, CAP_NET_ADMIN),
-//! the state file is written and mapped. From then on the daemon only
+//! Least privilege for the running gateway. What needs more than CAP_NET_ADMIN is done before
+//! `run` attaches its programs: they are loaded (CAP_BPF, CAP_SYS_ADMIN), the AF_XDP, raw and
+//! TAP sockets are open (CAP_NET_RAW, CAP_NET_ADMIN), the state file is written and mapped.
+//! Attaching (netlink: RTM_SETLINK, the clsact qdisc and the TC filter) needs CAP_NET_ADMIN
+//! only, and so does what the daemon does from then on:
 //!
 //! - updates and reads maps through the fds it holds (no capability: the kernel checks
 //!   map_create and prog_load, not the updates of a map fd one already has),
@@ -17,7 +18,7 @@
 //! So CAP_NET_ADMIN is kept, alone, in the permitted and effective sets; the bounding,
 //! inheritable and ambient sets are emptied; no_new_privs is set (no execve can gain
 //! privileges again) and the process is made non-dumpable (no core file, no ptrace or
-//! /proc/PID/mem by a non-root user: the keys stay in this process). Capabilities are per
+//! /proc/PID/mem without CAP_SYS_PTRACE: the keys stay in this process). Capabilities are per
 //! thread: this runs on the thread that starts the workers, before it starts them, so they
 //! inherit the reduced sets.
 

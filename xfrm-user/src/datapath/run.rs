@@ -575,16 +575,17 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         dp.set_outside_socket(q, fd_out)?;
         workers.push(w);
     }
+    // Everything but the attachments is set up: least privilege from here on. Attaching
+    // needs only CAP_NET_ADMIN, which is kept; a failed drop leaves nothing attached.
+    if opts.drop_privileges {
+        super::privs::drop_after_start().context("dropping privileges")?;
+    }
     // Netlink mode: the programs outlive a killed daemon and then drop what they would
     // protect (fail closed); a restart swaps them atomically. See loader.rs. A failure
     // half-way puts back what each interface had: nothing is left half-attached.
     if let Err(e) = attach_all(&mut dp, opts, one_armed, tap.as_ref()) {
         dp.rollback_persistent();
         return Err(e);
-    }
-    // Everything that needs root is done: from here on, least privilege.
-    if opts.drop_privileges {
-        super::privs::drop_after_start().context("dropping privileges")?;
     }
     let wstats: Vec<_> = workers.iter().map(|w| w.stats()).collect();
     writeln!(
