@@ -1285,7 +1285,7 @@ fn scapy_peer_decrypts_linux() {
     let mut jobs = Vec::new();
     for r in runs {
         let sa = dir.join(format!("{}.sa.json", r.v.name));
-        std::fs::write(&sa, peer_sa_json(&r.v)).unwrap();
+        xfrm_user::keyfile::write_private(&sa, peer_sa_json(&r.v)).unwrap();
         jobs.push(format!(
             r#"{{"cmd": "decrypt", "name": "{}", "sa": "{}", "in": "{}", "out": "{}", "report": "{}"}}"#,
             r.v.name,

@@ -1004,7 +1004,11 @@ fn run_matrix(title: &str, cases: &[Case]) -> Option<Vec<Outcome>> {
         for dir in [Dir::Out, Dir::In] {
             let tag = if dir == Dir::Out { "out" } else { "in" };
             let sa = d.join(format!("{ci}-{tag}.json"));
-            fs::write(&sa, serde_json::to_vec_pretty(&c.peer_sas(dir)).unwrap()).unwrap();
+            xfrm_user::keyfile::write_private(
+                &sa,
+                serde_json::to_vec_pretty(&c.peer_sas(dir)).unwrap(),
+            )
+            .unwrap();
             let plain = d.join(format!("{ci}-{tag}-plain.pcap"));
             let mut pkts = c.plaintexts(dir);
             if dir == Dir::Out {
@@ -1578,8 +1582,8 @@ fn tshark_case(tshark: &Path, c: &Case, d: &Path) -> Result<String, String> {
     let cfg = d.join("t.conf");
     xfrm_user::keyfile::write_private(&cfg, c.config()).unwrap();
     // the peer's view of the same SA, kept beside the config for debugging (INTEROP_KEEP)
-    fs::write(
-        d.join("t-out.json"),
+    xfrm_user::keyfile::write_private(
+        &d.join("t-out.json"),
         serde_json::to_vec_pretty(&c.peer_sas(Dir::Out)).unwrap(),
     )
     .unwrap();
