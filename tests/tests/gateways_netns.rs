@@ -261,6 +261,7 @@ fn two_gateways(name: &str, p: &Plan) {
         detach_on_exit: true,
         handle_signals: false,
         drop_privileges: true,
+        user: None,
     };
     let oa = opts(
         conf_a,

@@ -8,12 +8,13 @@
 //! runs with CAP_NET_ADMIN alone in every thread (permitted, effective, bounding), nothing
 //! inheritable or ambient, no_new_privs, not dumpable; with its neighbour cache flushed it
 //! still resolves the next hop (the one thing it keeps CAP_NET_ADMIN for) and protects; after
-//! `kill -9` a new daemon takes over. Everything the daemons and the CLIs print at
+//! `kill -9` a new daemon takes over, and one with `--user nobody` does the same as uid
+//! 65534. Everything the daemons and the CLIs print at
 //! `-vvv`/`RUST_LOG=trace`, errors on key lines included, holds no key in any form.
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::Path,
     process::Command,
     time::{Duration, Instant, SystemTime},
@@ -103,9 +104,18 @@ fn find_key(text: &[u8]) -> Option<String> {
 }
 
 /// `xfrm-user run` in `ns` at the highest verbosity.
-fn start(ns: &Netns, label: &str, bin: &Path, conf: &Path, state: &Path, ifs: &[&str]) -> Proc {
+fn start(
+    ns: &Netns,
+    label: &str,
+    bin: &Path,
+    (conf, state): (&Path, &Path),
+    ifs: &[&str],
+    extra: &[&str],
+) -> Proc {
     let mut cmd = ns.command(bin.to_str().unwrap());
-    cmd.args(["-vvv", "run", "--config"])
+    cmd.args(["-vvv", "run"])
+        .args(extra)
+        .arg("--config")
         .arg(conf)
         .arg("--state")
         .arg(state)
@@ -185,6 +195,34 @@ fn mem_opens_without_ptrace_cap(pid: u32) -> bool {
         .output()
         .expect("setpriv (util-linux)");
     o.status.success()
+}
+
+/// Flushes the gateway's neighbour cache: the daemon must have the kernel resolve h2 again
+/// (RTM_NEWNEIGH with NTF_USE, what CAP_NET_ADMIN is kept for), then protect all.
+fn flush_neighbours_and_probe(
+    gw: &Netns,
+    outside: &str,
+    rx: &Receiver,
+    sender: &UdpSocket,
+    to: SocketAddr,
+    d: &Proc,
+) {
+    gw.ip(&["neigh", "flush", "dev", outside]).unwrap();
+    // Until a whole probe arrives (the worker's cache may still hold the flushed entry for
+    // the first packets, then drops while the kernel resolves), at most 10 s.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (clear, esp) = rx.probe(sender, to, 10);
+        assert_eq!(clear, 0, "in clear after the flush");
+        if esp == 10 {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "not all protected 10 s after the neighbour flush:\n{}",
+            d.log()
+        );
+    }
 }
 
 /// `xfrm-user -vvv ARGS` with RUST_LOG=trace in `ns` (or here): (exit code, stdout+stderr).
@@ -272,7 +310,8 @@ fn run_keeps_least_privilege_and_no_output_shows_a_key() {
     }
     std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600)).unwrap();
 
-    let mut d1 = start(t.ns(gw), "gw-1", &bin, &conf, &state, &ifs);
+    let files = (conf.as_path(), state.as_path());
+    let mut d1 = start(t.ns(gw), "gw-1", &bin, files, &ifs, &[]);
     wait_protected(&rx, &sender, to, &mut d1);
     let pid1 = d1.pid().unwrap();
     assert_least_privilege(pid1);
@@ -300,26 +339,14 @@ fn run_keeps_least_privilege_and_no_output_shows_a_key() {
 
     let (clear, esp) = rx.probe(&sender, to, 10);
     assert_eq!((clear, esp), (0, 10), "daemon 1: all protected");
-    // The neighbour cache flushed: the daemon has the kernel resolve h2 again (RTM_NEWNEIGH
-    // with NTF_USE, what CAP_NET_ADMIN is kept for).
-    t.ns(gw).ip(&["neigh", "flush", "dev", &outside]).unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    let mut esp = 0;
-    while esp == 0 && Instant::now() < end {
-        let (clear, e) = rx.probe(&sender, to, 3);
-        assert_eq!(clear, 0, "in clear after the flush");
-        esp = e;
-    }
-    assert!(esp > 0, "no ESP after the neighbour flush:\n{}", d1.log());
-    let (clear, esp) = rx.probe(&sender, to, 10);
-    assert_eq!((clear, esp), (0, 10), "after the flush: all protected");
+    flush_neighbours_and_probe(t.ns(gw), &outside, &rx, &sender, to, &d1);
     assert!(ping(t.ns(h1), &h2_addr), "unprotected traffic passes");
     let max1 = rx.take_seqs().into_iter().max().unwrap();
 
     // kill -9 and a new daemon: it takes over, with the same privileges.
     d1.kill9();
     printed.push(("daemon 1".into(), d1.log().into_bytes()));
-    let mut d2 = start(t.ns(gw), "gw-2", &bin, &conf, &state, &ifs);
+    let mut d2 = start(t.ns(gw), "gw-2", &bin, files, &ifs, &[]);
     wait_protected(&rx, &sender, to, &mut d2);
     assert_least_privilege(d2.pid().unwrap());
     let (clear, esp) = rx.probe(&sender, to, 10);
@@ -329,6 +356,31 @@ fn run_keeps_least_privilege_and_no_output_shows_a_key() {
     let st = d2.stop(libc::SIGTERM, Duration::from_secs(10));
     assert!(st.success(), "SIGTERM: {st}\n{}", d2.log());
     printed.push(("daemon 2".into(), d2.log().into_bytes()));
+
+    // --user nobody: the same, under uid 65534. Its /proc files stay root's (a dumpable
+    // process's belong to its uid: the flag seen from outside again).
+    let mut d3 = start(t.ns(gw), "gw-3", &bin, files, &ifs, &["--user", "nobody"]);
+    wait_protected(&rx, &sender, to, &mut d3);
+    let pid3 = d3.pid().unwrap();
+    assert_least_privilege(pid3);
+    let status = std::fs::read_to_string(format!("/proc/{pid3}/status")).unwrap();
+    let ids = |f| field(&status, f).split_whitespace().collect::<Vec<_>>();
+    assert_eq!(ids("Uid"), ["65534"; 4], "uid");
+    assert_eq!(ids("Groups"), Vec::<&str>::new(), "no supplementary groups");
+    let nobody_gid = privs::lookup_user("nobody").unwrap().1.to_string();
+    assert_eq!(ids("Gid"), [nobody_gid.as_str(); 4], "gid");
+    let owner = std::fs::metadata(format!("/proc/{pid3}/status"))
+        .unwrap()
+        .uid();
+    assert_eq!(owner, 0, "/proc/{pid3} belongs to uid {owner}: dumpable");
+    flush_neighbours_and_probe(t.ns(gw), &outside, &rx, &sender, to, &d3);
+    let st = d3.stop(libc::SIGTERM, Duration::from_secs(10));
+    assert!(st.success(), "SIGTERM: {st}\n{}", d3.log());
+    assert!(
+        xfrm_tests::daemon::xdp_attached(t.ns(gw), &inside).unwrap(),
+        "kept attached after an orderly stop"
+    );
+    printed.push(("daemon 3 (--user nobody)".into(), d3.log().into_bytes()));
     let (code, text) = cli(
         Some(t.ns(gw)),
         &bin,

@@ -86,6 +86,7 @@ fn gateway_protects_outbound_with_partial_checksums() {
         detach_on_exit: false,
         handle_signals: false,
         drop_privileges: true,
+        user: None,
     };
     let esp = esp_socket(&t, h2);
     let stop = AtomicBool::new(false);

@@ -21,6 +21,11 @@
 //! /proc/PID/mem without CAP_SYS_PTRACE: the keys stay in this process). Capabilities are per
 //! thread: this runs on the thread that starts the workers, before it starts them, so they
 //! inherit the reduced sets.
+//!
+//! With a user (`run --user NAME`) the daemon also leaves uid 0: its uid and primary gid
+//! become the user's, without supplementary groups, CAP_NET_ADMIN kept across the change
+//! (PR_SET_KEEPCAPS). Root's files are then closed to it; what it holds open (the state
+//! file's mapping and lock, the sockets) stays usable.
 
 use anyhow::{bail, Context, Result};
 use caps::{CapSet, Capability, CapsHashSet};
@@ -37,10 +42,56 @@ fn kept() -> CapsHashSet {
     KEPT.iter().copied().collect()
 }
 
-/// Drops every capability but [`KEPT`] from all five sets of the calling thread, sets
-/// no_new_privs and clears the dumpable flag. Fails (and the caller must not go on) if
-/// the permitted or effective set would keep more than [`KEPT`].
-pub fn drop_after_start() -> Result<()> {
+/// A user's uid and primary gid, from the passwd database.
+pub fn lookup_user(name: &str) -> Result<(libc::uid_t, libc::gid_t)> {
+    let c = std::ffi::CString::new(name).context("user name")?;
+    // SAFETY: a zeroed passwd is a valid out-parameter for getpwnam_r.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut res: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; buf's length is passed.
+    let r = unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) };
+    if r != 0 {
+        return Err(std::io::Error::from_raw_os_error(r)).with_context(|| format!("user {name}"));
+    }
+    if res.is_null() {
+        bail!("user {name}: no such user");
+    }
+    Ok((pw.pw_uid, pw.pw_gid))
+}
+
+/// Becomes `uid`/`gid` (real, effective, saved; no supplementary groups) keeping the
+/// permitted capabilities. glibc applies each call to every thread of the process.
+fn become_user(uid: libc::uid_t, gid: libc::gid_t) -> Result<()> {
+    let os = |what: &str| Err(std::io::Error::last_os_error()).context(what.to_string());
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+        return os("prctl(PR_SET_KEEPCAPS)");
+    }
+    // SAFETY: no groups: a null list of length 0.
+    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+        return os("setgroups");
+    }
+    // SAFETY: integer arguments only.
+    if unsafe { libc::setresgid(gid, gid, gid) } != 0 {
+        return os("setresgid");
+    }
+    // SAFETY: integer arguments only.
+    if unsafe { libc::setresuid(uid, uid, uid) } != 0 {
+        return os("setresuid");
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) } != 0 {
+        return os("prctl(PR_SET_KEEPCAPS, 0)");
+    }
+    Ok(())
+}
+
+/// Drops every capability but [`KEPT`] from all five sets of the calling thread, becomes
+/// `user` (uid, gid) if given, sets no_new_privs and clears the dumpable flag. Fails (and
+/// the caller must not go on) if the permitted or effective set would keep more than
+/// [`KEPT`].
+pub fn drop_after_start(user: Option<(libc::uid_t, libc::gid_t)>) -> Result<()> {
     let keep = kept();
     let have = caps::read(None, CapSet::Permitted).context("capget")?;
     // The bounding set needs CAP_SETPCAP to shrink. Without it (a daemon started with a
@@ -59,6 +110,9 @@ pub fn drop_after_start() -> Result<()> {
             "no CAP_SETPCAP: the capability bounding set is left as it is (no_new_privs \
              makes it moot)"
         );
+    }
+    if let Some((uid, gid)) = user {
+        become_user(uid, gid)?;
     }
     caps::clear(None, CapSet::Ambient).context("clear the ambient set")?;
     caps::clear(None, CapSet::Inheritable).context("clear the inheritable set")?;
@@ -80,9 +134,11 @@ pub fn drop_after_start() -> Result<()> {
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_DUMPABLE, 0)");
     }
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
     log::info!(
-        "privileges dropped: capabilities {:?} kept, no_new_privs set, not dumpable",
-        KEPT
+        "privileges dropped: capabilities {KEPT:?} kept, uid {uid}, no_new_privs set, not \
+         dumpable"
     );
     Ok(())
 }
@@ -90,6 +146,13 @@ pub fn drop_after_start() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users_are_looked_up() {
+        assert_eq!(lookup_user("root").unwrap(), (0, 0));
+        let e = lookup_user("no-such-user-xfrm").unwrap_err().to_string();
+        assert_eq!(e, "user no-such-user-xfrm: no such user");
+    }
 
     #[test]
     fn the_kept_mask_is_cap_net_admin() {
@@ -103,7 +166,7 @@ mod tests {
     #[test]
     fn a_thread_keeps_only_what_it_needs() {
         std::thread::spawn(|| {
-            drop_after_start().unwrap();
+            drop_after_start(None).unwrap();
             let eff = caps::read(None, CapSet::Effective).unwrap();
             let perm = caps::read(None, CapSet::Permitted).unwrap();
             assert!(eff.is_subset(&kept()) && perm.is_subset(&kept()), "{eff:?}");
@@ -122,7 +185,7 @@ mod tests {
                 assert_eq!(caps::read(None, CapSet::Bounding).unwrap(), kept());
             }
             // A second drop changes nothing and succeeds.
-            drop_after_start().unwrap();
+            drop_after_start(None).unwrap();
             // The flag is the whole test process's: set it back.
             // SAFETY: prctl with integer arguments only.
             unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };

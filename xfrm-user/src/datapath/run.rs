@@ -307,6 +307,9 @@ pub struct RunOptions {
     /// no_new_privs and make the process non-dumpable ([`super::privs`]). Capabilities are
     /// per thread: a gateway run in a thread drops its own (and its workers').
     pub drop_privileges: bool,
+    /// With `drop_privileges`: also become this user (uid, primary gid), keeping
+    /// CAP_NET_ADMIN. The state file stays open (mapped) but its directory is root's.
+    pub user: Option<String>,
 }
 
 impl RunOptions {
@@ -329,6 +332,7 @@ impl RunOptions {
             detach_on_exit: false,
             handle_signals: false,
             drop_privileges: true,
+            user: None,
             local_dev: Some(super::tap::DEFAULT_LOCAL_DEV.to_string()),
         }
     }
@@ -484,6 +488,11 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     let _enter = rt.enter();
     // Before anything is set up: a signal that arrives meanwhile is kept for the loop.
     let mut signals = Signals::new(opts.handle_signals)?;
+    // A user that does not exist is refused before anything is set up.
+    let user = match &opts.user {
+        Some(name) => Some(super::privs::lookup_user(name)?),
+        None => None,
+    };
     let cfg = crate::config::load_config(&opts.config).map_err(|errs| {
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         anyhow!("invalid configuration:\n{}", lines.join("\n"))
@@ -578,7 +587,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     // Everything but the attachments is set up: least privilege from here on. Attaching
     // needs only CAP_NET_ADMIN, which is kept; a failed drop leaves nothing attached.
     if opts.drop_privileges {
-        super::privs::drop_after_start().context("dropping privileges")?;
+        super::privs::drop_after_start(user).context("dropping privileges")?;
     }
     // Netlink mode: the programs outlive a killed daemon and then drop what they would
     // protect (fail closed); a restart swaps them atomically. See loader.rs. A failure
