@@ -13,7 +13,7 @@
 //! `-vvv`/`RUST_LOG=trace`, errors on key lines included, holds no key in any form.
 
 use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::Path,
     process::Command,
@@ -26,9 +26,9 @@ use xfrm_tests::{
     daemon::xfrm_user_bin,
     init_logging,
     packet::FrameSpec,
-    probe::{ping_once as ping, Receiver},
+    probe::{ping_once as ping, Line, Receiver},
     root_or_skip,
-    topology::{Netns, Proc, Topology, VethOpts},
+    topology::{Netns, Proc},
 };
 use xfrm_user::datapath::privs;
 
@@ -124,21 +124,6 @@ fn start(
         .arg(bpf_object())
         .env("RUST_LOG", "trace");
     Proc::spawn(label, cmd).unwrap()
-}
-
-/// Until the daemon protects (ESP at h2), at most 20 s.
-fn wait_protected(rx: &Receiver, sender: &UdpSocket, to: SocketAddr, d: &mut Proc) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < end {
-        let (_, esp) = rx.probe(sender, to, 3);
-        if esp > 0 {
-            return;
-        }
-        if let Some(st) = d.try_wait() {
-            panic!("xfrm-user run exited: {st}\n{}", d.log());
-        }
-    }
-    panic!("no ESP at h2 within 20 s:\n{}", d.log());
 }
 
 /// `Name:\tvalue` of a /proc status file.
@@ -249,34 +234,16 @@ fn run_keeps_least_privilege_and_no_output_shows_a_key() {
     }
     init_logging();
     let bin = xfrm_user_bin();
-    let mut t = Topology::new().unwrap();
-    let h1 = t.add_netns("h1").unwrap();
-    let gw = t.add_netns("gw").unwrap();
-    let h2 = t.add_netns("h2").unwrap();
-    let l1 = t.add_veth(h1, gw, VethOpts::default()).unwrap();
-    let l2 = t.add_veth(gw, h2, VethOpts::default()).unwrap();
-    t.ns(h1)
-        .ip(&["route", "add", "10.2.0.0/24", "via", &l1.b.ipv4.to_string()])
-        .unwrap();
-    t.ns(h2)
-        .ip(&["route", "add", "10.1.0.0/24", "via", &l2.a.ipv4.to_string()])
-        .unwrap();
-    t.ns(gw)
-        .exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("gw.conf");
-    let state = dir.path().join("gw.state");
-    xfrm_user::keyfile::write_private(&conf, config()).unwrap();
-    let (inside, outside) = (l1.b.ifname.clone(), l2.a.ifname.clone());
+    let line = Line::new().unwrap();
+    let (t, rx, sender, to) = (&line.t, &line.rx, &line.sender, line.to);
+    let (h1, gw) = (line.h1, line.gw);
+    let (inside, outside) = (&line.l1.b.ifname, &line.l2.a.ifname);
     let ifs = [inside.as_str(), outside.as_str()];
-    let h2_addr = l2.b.ipv4.to_string();
-    let to = SocketAddr::new(IpAddr::V4(l2.b.ipv4), 5001);
-    let sender = t
-        .ns(h1)
-        .run(|| Ok(UdpSocket::bind(SocketAddr::new(l1.a.ipv4.into(), 4001))?))
-        .unwrap();
-    let rx = t.ns(h2).run(|| Receiver::bind(to)).unwrap();
+    let h2_addr = line.l2.b.ipv4.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (conf, state) = (dir.path().join("gw.conf"), dir.path().join("gw.state"));
+    xfrm_user::keyfile::write_private(&conf, config()).unwrap();
+    let within = Duration::from_secs(20);
     // Everything printed, checked for keys at the end.
     let mut printed: Vec<(String, Vec<u8>)> = Vec::new();
 
@@ -303,7 +270,7 @@ fn run_keeps_least_privilege_and_no_output_shows_a_key() {
         assert!(s.contains(&want), "{s}");
         assert!(!state.exists(), "refused before the state file");
         assert!(
-            !xfrm_tests::daemon::xdp_attached(t.ns(gw), &inside).unwrap(),
+            !xfrm_tests::daemon::xdp_attached(t.ns(gw), inside).unwrap(),
             "refused before attaching"
         );
         printed.push((format!("run with a {mode:o} config"), text));
@@ -312,7 +279,7 @@ fn run_keeps_least_privilege_and_no_output_shows_a_key() {
 
     let files = (conf.as_path(), state.as_path());
     let mut d1 = start(t.ns(gw), "gw-1", &bin, files, &ifs, &[]);
-    wait_protected(&rx, &sender, to, &mut d1);
+    rx.wait_protected(sender, to, &mut d1, within);
     let pid1 = d1.pid().unwrap();
     assert_least_privilege(pid1);
     // Not dumpable, told apart from a dumpable root process (the control, without
@@ -337,9 +304,9 @@ fn run_keeps_least_privilege_and_no_output_shows_a_key() {
         "the daemon is dumpable"
     );
 
-    let (clear, esp) = rx.probe(&sender, to, 10);
+    let (clear, esp) = rx.probe(sender, to, 10);
     assert_eq!((clear, esp), (0, 10), "daemon 1: all protected");
-    flush_neighbours_and_probe(t.ns(gw), &outside, &rx, &sender, to, &d1);
+    flush_neighbours_and_probe(t.ns(gw), outside, rx, sender, to, &d1);
     assert!(ping(t.ns(h1), &h2_addr), "unprotected traffic passes");
     let max1 = rx.take_seqs().into_iter().max().unwrap();
 
@@ -347,9 +314,9 @@ fn run_keeps_least_privilege_and_no_output_shows_a_key() {
     d1.kill9();
     printed.push(("daemon 1".into(), d1.log().into_bytes()));
     let mut d2 = start(t.ns(gw), "gw-2", &bin, files, &ifs, &[]);
-    wait_protected(&rx, &sender, to, &mut d2);
+    rx.wait_protected(sender, to, &mut d2, within);
     assert_least_privilege(d2.pid().unwrap());
-    let (clear, esp) = rx.probe(&sender, to, 10);
+    let (clear, esp) = rx.probe(sender, to, 10);
     assert_eq!((clear, esp), (0, 10), "daemon 2: all protected");
     let min2 = rx.take_seqs().into_iter().min().unwrap();
     assert!(min2 > max1, "daemon 2 sent seq {min2} after {max1}");
@@ -360,7 +327,7 @@ fn run_keeps_least_privilege_and_no_output_shows_a_key() {
     // --user nobody: the same, under uid 65534. Its /proc files stay root's (a dumpable
     // process's belong to its uid: the flag seen from outside again).
     let mut d3 = start(t.ns(gw), "gw-3", &bin, files, &ifs, &["--user", "nobody"]);
-    wait_protected(&rx, &sender, to, &mut d3);
+    rx.wait_protected(sender, to, &mut d3, within);
     let pid3 = d3.pid().unwrap();
     assert_least_privilege(pid3);
     let status = std::fs::read_to_string(format!("/proc/{pid3}/status")).unwrap();
@@ -373,18 +340,18 @@ fn run_keeps_least_privilege_and_no_output_shows_a_key() {
         .unwrap()
         .uid();
     assert_eq!(owner, 0, "/proc/{pid3} belongs to uid {owner}: dumpable");
-    flush_neighbours_and_probe(t.ns(gw), &outside, &rx, &sender, to, &d3);
+    flush_neighbours_and_probe(t.ns(gw), outside, rx, sender, to, &d3);
     let st = d3.stop(libc::SIGTERM, Duration::from_secs(10));
     assert!(st.success(), "SIGTERM: {st}\n{}", d3.log());
     assert!(
-        xfrm_tests::daemon::xdp_attached(t.ns(gw), &inside).unwrap(),
+        xfrm_tests::daemon::xdp_attached(t.ns(gw), inside).unwrap(),
         "kept attached after an orderly stop"
     );
     printed.push(("daemon 3 (--user nobody)".into(), d3.log().into_bytes()));
     let (code, text) = cli(
         Some(t.ns(gw)),
         &bin,
-        &["detach", "--inside", &inside, "--outside", &outside],
+        &["detach", "--inside", inside, "--outside", outside],
     );
     assert_eq!(code, Some(0), "{}", String::from_utf8_lossy(&text));
     printed.push(("detach".into(), text));
