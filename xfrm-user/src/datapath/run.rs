@@ -308,7 +308,8 @@ pub struct RunOptions {
     /// per thread: a gateway run in a thread drops its own (and its workers').
     pub drop_privileges: bool,
     /// With `drop_privileges`: also become this user (uid, primary gid), keeping
-    /// CAP_NET_ADMIN. The state file stays open (mapped) but its directory is root's.
+    /// CAP_NET_ADMIN. The state file stays open (mapped) but its directory is root's. The ids
+    /// are the whole process's (glibc changes every thread's): for the command line.
     pub user: Option<String>,
 }
 
