@@ -138,6 +138,10 @@ struct RunArgs {
     /// they stay attached and drop what they would protect until the next start.
     #[arg(long)]
     detach_on_exit: bool,
+    /// Once set up, run as this user (its uid and primary gid, no other groups), keeping
+    /// only CAP_NET_ADMIN as always: root's files are then out of the daemon's reach.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -267,6 +271,8 @@ fn main() -> ExitCode {
                 discard_corrupt_state: a.discard_corrupt_state,
                 detach_on_exit: a.detach_on_exit,
                 handle_signals: true,
+                drop_privileges: true,
+                user: a.user,
             };
             let mut out = std::io::stdout();
             match xfrm_user::datapath::run::run(&opts, &STOP, &mut out) {

@@ -303,12 +303,21 @@ pub struct RunOptions {
     /// SIGINT/SIGTERM stop the gateway (the command line); false leaves the process's signal
     /// handling alone (a gateway run in a thread of a test).
     pub handle_signals: bool,
+    /// Once set up, drop every capability but what the running gateway needs, set
+    /// no_new_privs and make the process non-dumpable ([`super::privs`]). Capabilities are
+    /// per thread: a gateway run in a thread drops its own (and its workers').
+    pub drop_privileges: bool,
+    /// With `drop_privileges`: also become this user (uid, primary gid), keeping
+    /// CAP_NET_ADMIN. The state file stays open (mapped) but its directory is root's. The ids
+    /// are the whole process's (glibc changes every thread's): for the command line.
+    pub user: Option<String>,
 }
 
 impl RunOptions {
     /// The defaults of the command line: one queue, native XDP, the object found by
     /// `resolve_object`, a counter line a second, until stopped, the default state file,
-    /// programs kept attached at exit, the host's own traffic through the default TAP.
+    /// programs kept attached at exit, the host's own traffic through the default TAP,
+    /// privileges dropped once set up.
     pub fn new(config: PathBuf, inside: &str, outside: &str) -> Self {
         Self {
             config,
@@ -323,6 +332,8 @@ impl RunOptions {
             discard_corrupt_state: false,
             detach_on_exit: false,
             handle_signals: false,
+            drop_privileges: true,
+            user: None,
             local_dev: Some(super::tap::DEFAULT_LOCAL_DEV.to_string()),
         }
     }
@@ -478,6 +489,11 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     let _enter = rt.enter();
     // Before anything is set up: a signal that arrives meanwhile is kept for the loop.
     let mut signals = Signals::new(opts.handle_signals)?;
+    // A user that does not exist is refused before anything is set up.
+    let user = match &opts.user {
+        Some(name) => Some(super::privs::lookup_user(name)?),
+        None => None,
+    };
     let cfg = crate::config::load_config(&opts.config).map_err(|errs| {
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         anyhow!("invalid configuration:\n{}", lines.join("\n"))
@@ -568,6 +584,11 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         }
         dp.set_outside_socket(q, fd_out)?;
         workers.push(w);
+    }
+    // Everything but the attachments is set up: least privilege from here on. Attaching
+    // needs only CAP_NET_ADMIN, which is kept; a failed drop leaves nothing attached.
+    if opts.drop_privileges {
+        super::privs::drop_after_start(user).context("dropping privileges")?;
     }
     // Netlink mode: the programs outlive a killed daemon and then drop what they would
     // protect (fail closed); a restart swaps them atomically. See loader.rs. A failure
