@@ -230,6 +230,20 @@ impl std::fmt::Debug for SaAlgorithm {
                 .field("key", &format_args!("<{} bytes>", key.len()))
                 .field("trunc_bits", trunc_bits)
                 .finish(),
+            SaAlgorithm::EncAuth {
+                enc,
+                enc_key,
+                auth,
+                auth_key,
+                trunc_bits,
+            } => f
+                .debug_struct("EncAuth")
+                .field("enc", enc)
+                .field("enc_key", &format_args!("<{} bytes>", enc_key.len()))
+                .field("auth", auth)
+                .field("auth_key", &format_args!("<{} bytes>", auth_key.len()))
+                .field("trunc_bits", trunc_bits)
+                .finish(),
         }
     }
 }
