@@ -244,8 +244,14 @@ pub fn parse(pkt: &[u8], sas: &[SaKeys], esn_hi: Option<u32>) -> Result<Parsed, 
                         if let Some(hi) = esn_hi {
                             aad.splice(4..4, hi.to_be_bytes());
                         }
-                        k.open_in_place(iv.try_into().unwrap(), &aad, &mut body, &pkt[body_end..])
-                            .map_err(|e| format!("ESP SPI {spi:#x}: ChaCha20-Poly1305: {e}"))?;
+                        xfrm_user::crypto::EspAead::open(
+                            &k,
+                            iv.try_into().unwrap(),
+                            &aad,
+                            &mut body,
+                            &pkt[body_end..],
+                        )
+                        .map_err(|e| format!("ESP SPI {spi:#x}: ChaCha20-Poly1305: {e}"))?;
                     }
                     _ => {}
                 }

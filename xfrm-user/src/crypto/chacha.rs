@@ -7,7 +7,7 @@
 
 use ring::aead;
 
-use super::CryptoError;
+use super::{CryptoError, EspAead};
 
 /// Key length (RFC 7634 section 2: 256 bits, plus the salt).
 pub const KEY_LEN: usize = 32;
@@ -41,10 +41,12 @@ impl ChaChaKey {
         n[4..].copy_from_slice(iv);
         aead::Nonce::assume_unique_for_key(n)
     }
+}
 
+impl EspAead for ChaChaKey {
     /// Encrypts in place and writes the 16-byte tag.
     #[inline]
-    pub fn seal_in_place(
+    fn seal(
         &self,
         iv: &[u8; 8],
         aad: &[u8],
@@ -64,7 +66,7 @@ impl ChaChaKey {
 
     /// Verifies the tag, then decrypts in place. On Err `in_out` must not be used.
     #[inline]
-    pub fn open_in_place(
+    fn open(
         &self,
         iv: &[u8; 8],
         aad: &[u8],
@@ -89,6 +91,7 @@ impl ChaChaKey {
 mod tests {
     use super::*;
     use crate::crypto::test_hex as hex;
+    use crate::crypto::EspAead;
 
     /// RFC 8439 section 2.8.2 (the AEAD example; its nonce is 4 bytes "salt" + 8 bytes IV,
     /// as RFC 7634 builds it).
@@ -109,16 +112,16 @@ mod tests {
         let iv: [u8; 8] = nonce[4..].try_into().unwrap();
         let mut d = ptext.to_vec();
         let mut t = [0u8; 16];
-        k.seal_in_place(&iv, &aad, &mut d, &mut t).unwrap();
+        k.seal(&iv, &aad, &mut d, &mut t).unwrap();
         assert_eq!(d, ctext);
         assert_eq!(t[..], tag[..]);
-        k.open_in_place(&iv, &aad, &mut d, &t).unwrap();
+        k.open(&iv, &aad, &mut d, &t).unwrap();
         assert_eq!(d, ptext);
         let mut bad = t;
         bad[15] ^= 1;
         let mut d2 = ctext.clone();
-        assert!(k.open_in_place(&iv, &aad, &mut d2, &bad).is_err());
-        assert!(k.open_in_place(&iv, &aad, &mut d2, &t[..12]).is_err());
+        assert!(k.open(&iv, &aad, &mut d2, &bad).is_err());
+        assert!(k.open(&iv, &aad, &mut d2, &t[..12]).is_err());
     }
 
     /// Wycheproof chacha20_poly1305_test.json, the vectors with ESP's 12-byte nonce and
@@ -136,7 +139,7 @@ mod tests {
                 let k = ChaChaKey::new(&t.key, t.nonce[..4].try_into().unwrap()).unwrap();
                 let iv: [u8; 8] = t.nonce[4..].try_into().unwrap();
                 let mut d = t.ct.to_vec();
-                let r = k.open_in_place(&iv, &t.aad, &mut d, &t.tag);
+                let r = k.open(&iv, &t.aad, &mut d, &t.tag);
                 if t.result.must_fail() {
                     assert!(r.is_err(), "tcId {}", t.tc_id);
                     invalid += 1;
@@ -144,7 +147,7 @@ mod tests {
                     r.unwrap();
                     assert_eq!(d[..], t.pt[..], "tcId {}", t.tc_id);
                     let mut tag = [0u8; 16];
-                    k.seal_in_place(&iv, &t.aad, &mut d, &mut tag).unwrap();
+                    k.seal(&iv, &t.aad, &mut d, &mut tag).unwrap();
                     assert_eq!(
                         (&d[..], &tag[..]),
                         (&t.ct[..], &t.tag[..]),

@@ -97,23 +97,6 @@ impl EspAead for GcmKey {
     }
 }
 
-impl EspAead for ChaChaKey {
-    #[inline]
-    fn seal(
-        &self,
-        iv: &[u8; 8],
-        aad: &[u8],
-        t: &mut [u8],
-        tag: &mut [u8],
-    ) -> Result<(), CryptoError> {
-        self.seal_in_place(iv, aad, t, tag)
-    }
-    #[inline]
-    fn open(&self, iv: &[u8; 8], aad: &[u8], t: &mut [u8], tag: &[u8]) -> Result<(), CryptoError> {
-        self.open_in_place(iv, aad, t, tag)
-    }
-}
-
 /// What an SA needs at run time, built once from its config.
 pub enum SaCrypto {
     /// ESP rfc4106(gcm(aes)): ICV of 8, 12 or 16 bytes.
