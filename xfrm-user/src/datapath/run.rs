@@ -585,6 +585,12 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         dp.set_outside_socket(q, fd_out)?;
         workers.push(w);
     }
+    // What the interfaces run now, to put back if attaching fails half-way (opening a
+    // program by id needs the privileges dropped next).
+    if !one_armed {
+        dp.remember_previous(&opts.inside, opts.mode);
+    }
+    dp.remember_previous(&opts.outside, opts.mode);
     // Everything but the attachments is set up: least privilege from here on. Attaching
     // needs only CAP_NET_ADMIN, which is kept; a failed drop leaves nothing attached.
     if opts.drop_privileges {
