@@ -35,19 +35,26 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, Context, Result};
 use xfrm_common::XdpMeta;
 
 use super::{
-    loader::{AttachMode, Datapath, Program},
+    loader::{AttachMode, Datapath, Program, Table},
     neigh::{NeighOptions, NeighService},
     reasm::Reassembled,
-    rules::compile_db,
+    rules::{compile_db, compile_inbound, compile_sas, encap_ports},
     tap::Tap,
     worker::{port_info, too_big, Action, Ctx, Side, Transform, Worker, WorkerConfig},
+};
+use crate::config::request::Request;
+use crate::ctl::{
+    handover::{Handover, Reader},
+    render::Show,
+    server::Server,
+    store::{Executed, Store, Tables},
 };
 use crate::frame::Frame;
 use crate::policy::{Policy, PolicyAction, PolicyDir};
@@ -57,40 +64,40 @@ use crate::xfrm::{
     persist::{self, SaIdentity, StateFile},
     pmtu::{bundle_mtu, SaMtu},
     spd::XFRM_MAX_DEPTH,
-    xfrm_input, xfrm_output_bundle, InputTables, InputVerdict, SystemClock, Verdict, XfrmDb,
+    xfrm_input, xfrm_output_bundle, InputVerdict, SystemClock, Verdict, XfrmDb,
 };
 
-/// What the workers share: the SA/policy database, the input tables, the counters.
+/// What the workers share: the tables (SAD, SPD, input tables), handed over whole at each
+/// change (ctl::handover), and the counters.
 pub struct Gateway {
-    pub db: Arc<XfrmDb>,
-    pub tables: Arc<InputTables>,
+    pub tables: Handover<Tables>,
     pub stats: Arc<XfrmStats>,
 }
 
 impl Gateway {
     pub fn new(db: XfrmDb) -> Self {
-        let tables = InputTables::new(&db);
         Self {
-            db: Arc::new(db),
-            tables: Arc::new(tables),
+            tables: Handover::new(Tables::new(db)),
             stats: Arc::new(XfrmStats::new()),
         }
     }
 
     /// A transform for one worker (cheap: shares everything).
-    pub fn transform(&self) -> GatewayTransform {
-        GatewayTransform {
-            db: self.db.clone(),
-            tables: self.tables.clone(),
+    pub fn transform(&self) -> Result<GatewayTransform> {
+        Ok(GatewayTransform {
+            tables: self
+                .tables
+                .reader()
+                .context("the worker's wake-up eventfd")?,
             stats: self.stats.clone(),
-        }
+        })
     }
 
     /// The addresses the gateway sends to: SA destinations and NAT-T peers (resolved at
     /// start so the first packets find their MAC).
     pub fn peers(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = Vec::new();
-        for x in self.db.states() {
+        for x in self.tables.current().db.states() {
             v.push(x.daddr());
             if let Some(e) = x.cfg.encap {
                 v.push(e.oaddr);
@@ -103,8 +110,8 @@ impl Gateway {
 }
 
 pub struct GatewayTransform {
-    db: Arc<XfrmDb>,
-    tables: Arc<InputTables>,
+    /// This worker's snapshot of the tables, renewed between batches.
+    tables: Reader<Tables>,
     stats: Arc<XfrmStats>,
 }
 
@@ -112,6 +119,10 @@ impl GatewayTransform {
     fn drop_with(&self, s: XfrmStat) -> Action {
         self.stats.inc(s);
         Action::Drop
+    }
+
+    fn db(&self) -> &XfrmDb {
+        &self.tables.get().db
     }
 
     /// A frame of the host's own (from the TAP): the classifier's work done here, with the
@@ -122,7 +133,7 @@ impl GatewayTransform {
         };
         // TC redirects only what a protect rule covers; a frame without one means the tables
         // disagree (or the kernel wrote to the TAP on its own): never send it in clear.
-        let Some(pol) = self.db.policy_lookup(PolicyDir::Out, &info.key) else {
+        let Some(pol) = self.db().policy_lookup(PolicyDir::Out, &info.key) else {
             return self.drop_with(XfrmStat::XfrmOutPolError);
         };
         if pol.action == PolicyAction::Block {
@@ -136,15 +147,22 @@ impl GatewayTransform {
         let Some(m) = meta else {
             return self.drop_with(XfrmStat::XfrmOutPolError);
         };
-        let Some(pol) = self.db.policies(PolicyDir::Out).get(m.policy_id as usize) else {
+        let Ok(info) = flow::parse(frame.data()) else {
+            return self.drop_with(XfrmStat::XfrmOutError);
+        };
+        // The classifier's rule is of our tables, or of the ones before or after a change
+        // (its tag says): then our own lookup decides, so the packet sees one version.
+        let db = self.db();
+        let pol = match db.policy_by_id(m.policy_id) {
+            Some(p) => Some(p),
+            None => db.policy_lookup(PolicyDir::Out, &info.key),
+        };
+        let Some(pol) = pol else {
             return self.drop_with(XfrmStat::XfrmOutPolError);
         };
         if pol.action == PolicyAction::Block {
             return self.drop_with(XfrmStat::XfrmOutPolBlock);
         }
-        let Ok(info) = flow::parse(frame.data()) else {
-            return self.drop_with(XfrmStat::XfrmOutError);
-        };
         self.output_policy(pol, &info, frame, ctx, false)
     }
 
@@ -159,7 +177,8 @@ impl GatewayTransform {
         local: bool,
     ) -> Action {
         let mut xs = [None; XFRM_MAX_DEPTH];
-        let n = match self.db.tmpl_resolve(pol, &info.key, &mut xs) {
+        let db = self.db();
+        let n = match db.tmpl_resolve(pol, &info.key, &mut xs) {
             Ok(n) => n,
             Err(s) => return self.drop_with(s),
         };
@@ -198,7 +217,7 @@ impl GatewayTransform {
             }
         }
         let partial = csum_partial(frame.data(), info);
-        match xfrm_output_bundle(&refs[..n], &self.stats, frame, partial, self.db.now()) {
+        match xfrm_output_bundle(&refs[..n], &self.stats, frame, partial, db.now()) {
             Verdict::Transformed => Action::Tx(Side::Outside),
             _ => Action::Drop,
         }
@@ -218,11 +237,22 @@ impl Transform for GatewayTransform {
             Side::Local => self.output_local(frame, ctx),
             // To the inner destination; the worker hands it to the host when that is one of
             // its own addresses.
-            Side::Outside => match xfrm_input(&self.db, &self.tables, &self.stats, frame) {
-                InputVerdict::Decapsulated => Action::Tx(Side::Inside),
-                _ => Action::Drop,
-            },
+            Side::Outside => {
+                let t = self.tables.get();
+                match xfrm_input(&t.db, &t.input, &self.stats, frame) {
+                    InputVerdict::Decapsulated => Action::Tx(Side::Inside),
+                    _ => Action::Drop,
+                }
+            }
         }
+    }
+
+    fn between_batches(&mut self) {
+        self.tables.refresh();
+    }
+
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.tables.wake_fd())
     }
 }
 
@@ -303,6 +333,8 @@ pub struct RunOptions {
     /// SIGINT/SIGTERM stop the gateway (the command line); false leaves the process's signal
     /// handling alone (a gateway run in a thread of a test).
     pub handle_signals: bool,
+    /// The control socket (None: beside the state file, `.ctl` for `.state`).
+    pub ctl: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -323,6 +355,7 @@ impl RunOptions {
             discard_corrupt_state: false,
             detach_on_exit: false,
             handle_signals: false,
+            ctl: None,
             local_dev: Some(super::tap::DEFAULT_LOCAL_DEV.to_string()),
         }
     }
@@ -372,7 +405,7 @@ fn write_counters(
         sum(|w| w.dropped.load(Ordering::Relaxed)),
         stats.render_nonzero().replace('\n', " ").trim_end(),
     )?;
-    for x in gw.db.states() {
+    for x in gw.tables.current().db.states() {
         if let Some(line) = sa_line(x) {
             writeln!(out, "{line}")?;
         }
@@ -444,6 +477,81 @@ impl Signals {
     }
 }
 
+/// How long a change waits for every worker to take the new tables (a worker takes them
+/// between two batches, within a millisecond or so; one that does not is stuck).
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One control request: a read is answered from the store; a change is prepared (a refused
+/// one changes nothing), compiled for the XDP maps (a table too large is refused before
+/// anything moves), handed to the workers and acknowledged by each, written to the maps,
+/// and only then committed, told to `monitor` and answered.
+///
+/// The workers go first: what the maps newly send them (a new SA's SPI) finds tables that
+/// know it. Between the two, a packet classified by the old XDP rules carries an id of the
+/// old policy table, which the worker's tag check turns into its own lookup.
+fn control(
+    req: &Request,
+    show: Show,
+    sad: &mut Store,
+    gw: &Gateway,
+    dp: &mut Datapath,
+    events: &tokio::sync::broadcast::Sender<String>,
+) -> Result<String, String> {
+    let mut p = match sad.execute(req, show, Instant::now())? {
+        Executed::Read(body) => return Ok(body),
+        Executed::Change(p) => *p,
+    };
+    let mut late = None;
+    if let Some(t) = p.tables.take() {
+        let compiled = (|| -> Result<_> {
+            let sas = compile_sas(&t.db)?;
+            let ports = encap_ports(&t.input)?;
+            let rules = if p.policies_changed {
+                Some((
+                    compile_db(&t.db)?,
+                    compile_inbound(&t.db, PolicyDir::In)?,
+                    compile_inbound(&t.db, PolicyDir::Fwd)?,
+                ))
+            } else {
+                None
+            };
+            Ok((sas, ports, rules))
+        })();
+        let (sas, ports, rules) =
+            compiled.map_err(|e| format!("request: {e:#} (nothing applied)"))?;
+        let g = gw.tables.publish(t);
+        if let Err(e) = gw.tables.wait(g, HANDOVER_TIMEOUT) {
+            log::error!("control: {e}");
+            late = Some(e.to_string());
+        }
+        let maps = (|| -> Result<()> {
+            dp.set_sas(&sas)?;
+            if let Some((out, inp, fwd)) = &rules {
+                dp.set_out_policies(out)?;
+                dp.set_policies(Table::In, inp)?;
+                dp.set_policies(Table::Fwd, fwd)?;
+            }
+            dp.set_encap_ports(ports)
+        })();
+        if let Err(e) = maps {
+            // The workers have the new tables; the store must say what they run.
+            log::error!("control: the XDP maps refused the change: {e:#}");
+            late.get_or_insert(format!("the XDP maps refused the change: {e:#}"));
+        }
+    }
+    let body = std::mem::take(&mut p.body);
+    let evs = std::mem::take(&mut p.events);
+    sad.commit(p);
+    for e in evs {
+        // No subscriber is not an error.
+        let _ = events.send(e);
+    }
+    match late {
+        Some(e) => Err(format!("internal: {e}; the change is in the tables")),
+        None => Ok(body),
+    }
+}
+
 /// Runs the gateway until `stop` (or the duration) in the calling thread's network
 /// namespace; prints counter lines to `out`.
 pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<()> {
@@ -473,6 +581,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         .collect::<Result<Vec<_>>>()?;
     let db = XfrmDb::with_slots(cfg.states, cfg.policies, Arc::new(SystemClock), slots)
         .map_err(|e| anyhow!("{e}"))?;
+    let mut sad = Store::new(&db);
     let gw = Gateway::new(db);
     let r = store.report();
     let state_line = format!(
@@ -491,7 +600,8 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             ""
         }
     );
-    for x in gw
+    let start = gw.tables.current();
+    for x in start
         .db
         .states()
         .iter()
@@ -505,14 +615,14 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             x.persisted_in_top()
         );
     }
-    let rules = compile_db(&gw.db)?;
+    let rules = compile_db(&start.db)?;
     let inside = port_info(&opts.inside)?;
     let outside = port_info(&opts.outside)?;
     let one_armed = inside.ifindex == outside.ifindex;
     let neigh = NeighService::start(&gw.peers(), NeighOptions::default())?;
     let mut dp = Datapath::load_default(opts.bpf.as_deref())?;
     // Out policies, SAs, NAT-T ports (InputTables' rule, as the transforms use).
-    dp.install(&gw.db)?;
+    dp.install(&start.db)?;
     let mut tap = match &opts.local_dev {
         Some(name) => Some(Tap::create(name, opts.queues.max(1), outside.mtu)?),
         None => None,
@@ -526,7 +636,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     for q in 0..opts.queues.max(1) {
         let mut w = Worker::new(
             WorkerConfig::new(inside.clone(), outside.clone(), q),
-            gw.transform(),
+            gw.transform()?,
             neigh.reader(),
         )
         .with_context(|| format!("worker for queue {q}"))?;
@@ -564,7 +674,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         opts.inside,
         opts.outside,
         opts.mode,
-        gw.db.states().len(),
+        start.db.states().len(),
         rules.len(),
         workers.len(),
         match &tap {
@@ -573,6 +683,17 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         }
     )?;
     writeln!(out, "xfrm-user: {state_line}")?;
+    // The first tables are the store's and the workers' now; a deleted SA must not live on
+    // here (its key would stay in memory).
+    drop(start);
+    // The control socket last: a request is only taken once everything it changes exists.
+    let ctl_path = opts
+        .ctl
+        .clone()
+        .unwrap_or_else(|| crate::ctl::socket::default_path(&state_path));
+    let mut ctl = Server::start(&ctl_path)
+        .with_context(|| format!("control socket {}", ctl_path.display()))?;
+    writeln!(out, "xfrm-user: control socket {}", ctl_path.display())?;
     out.flush()?;
     let workers_stop = AtomicBool::new(false);
     std::thread::scope(|s| -> Result<()> {
@@ -606,6 +727,10 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                         break;
                     }
                     _ = &mut deadline, if opts.duration.is_some() => break,
+                    Some(call) = ctl.calls.recv() => {
+                        let r = control(&call.request, call.show, &mut sad, &gw, &mut dp, &ctl.events);
+                        let _ = call.reply.send(r);
+                    }
                     _ = report.tick() => {
                         write_counters(out, &dp, &wstats, &gw)?;
                     }
@@ -652,6 +777,8 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             None => Ok(()),
         }
     })?;
+    drop(ctl);
+    let _ = std::fs::remove_file(&ctl_path);
     // Orderly stop (the stop flag or the duration). The workers and their sockets are gone;
     // the counters are in the file (msync for a file on disk; the page cache has them).
     if let Err(e) = store.sync() {

@@ -420,6 +420,10 @@ impl SecurityAssociation {
     pub fn oseq(&self) -> u64 {
         self.slot.oseq().load(Ordering::Relaxed)
     }
+    /// Where this SA keeps its sequence counters, shared (see [`SeqSlot::share`]).
+    pub fn share_slot(&self) -> SeqSlot {
+        self.slot.share()
+    }
     /// The inbound window's top as kept for a restart (equal to `input().replay.top()`).
     pub fn persisted_in_top(&self) -> u64 {
         self.slot.in_top().load(Ordering::Relaxed)
