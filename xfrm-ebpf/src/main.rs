@@ -2,8 +2,8 @@
 //!
 //! - `xfrm_classify`, on the inside (plaintext) interface: what the kernel's `xfrm_lookup`
 //!   decides before any transform (does a policy cover this packet?), done at the driver.
-//!   protect → redirect to the AF_XDP socket of the receiving queue, with [`XdpMeta`] in
-//!   front of the packet; block → XDP_DROP; no policy / bypass → XDP_PASS.
+//!   protect → redirect to the AF_XDP socket of the receiving queue, with [`XdpMeta`] pushed
+//!   in front of the frame; block → XDP_DROP; no policy / bypass → XDP_PASS.
 //! - `xfrm_outside`, on the outside (wire) interface: ESP, AH and ESP-in-UDP addressed to one
 //!   of our SAs → redirect with the SA id; then the inbound policy check on what is left
 //!   (policy_check.rs): clear text that the in/fwd policy covering it wants protected, or
@@ -29,7 +29,7 @@ mod policy_check;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_redirect, bpf_xdp_adjust_meta},
+    helpers::{bpf_redirect, bpf_xdp_adjust_head},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, XskMap},
     programs::{TcContext, XdpContext},
@@ -37,8 +37,9 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, trace};
 use xfrm_common::{
     Config, Counter, PolicyRule, PortKey, PrefixKey, RuleAction, RuleBitmap, SaKey, XdpMeta,
-    CFG_ONE_ARMED, COUNTER_COUNT, MAX_POLICIES, MAX_PORT_KEYS, MAX_PREFIXES, MAX_QUEUES, MAX_SAS,
-    META_F_INBOUND, NO_POLICY, PROTO_ENTRIES, TABLE_SLOTS, XDP_META_LEN, XDP_META_MAGIC,
+    CFG_ONE_ARMED, CFG_TEST_REWIND, COUNTER_COUNT, MAX_POLICIES, MAX_PORT_KEYS, MAX_PREFIXES,
+    MAX_QUEUES, MAX_SAS, META_F_INBOUND, NO_POLICY, PROTO_ENTRIES, TABLE_SLOTS, XDP_META_LEN,
+    XDP_META_MAGIC,
 };
 
 use crate::parse::Parsed;
@@ -237,11 +238,14 @@ fn policy(ctx: &XdpContext, flow: &parse::Flow, side: &Side) -> u32 {
     }
 }
 
-/// Hand the packet to the worker: metadata first, then the redirect; any failure drops.
+/// Hand the packet to the worker: [`XdpMeta`] pushed in front of the frame, then the
+/// redirect; any failure drops. The header goes in the frame itself (`bpf_xdp_adjust_head`),
+/// not in `data_meta`: kernels and drivers without XDP metadata refuse or fail
+/// `bpf_xdp_adjust_meta`, every XDP driver has the headroom. The contract is in xfrm-common.
 #[inline(always)]
 fn to_worker(ctx: &XdpContext, side: &Side, m: &XdpMeta, ok: Counter, no_socket: Counter) -> u32 {
     let queue = ctx.rx_queue_index();
-    // Checked before the metadata is written so that a missing socket is counted as such
+    // Checked before the header is pushed so that a missing socket is counted as such
     // (bpf_redirect_map alone would only return its fallback action).
     if side.xsks.get(queue).is_none() {
         side.count(no_socket);
@@ -251,28 +255,21 @@ fn to_worker(ctx: &XdpContext, side: &Side, m: &XdpMeta, ok: Counter, no_socket:
         );
         return xdp_action::XDP_DROP;
     }
-    // Exactly XDP_META_LEN bytes of metadata end where the packet starts. A driver starts
-    // with none; a second run on the same buffer (BPF_PROG_TEST_RUN repeat) finds ours and
-    // rewrites it in place instead of growing it.
-    let mut have = ctx.metadata() + XDP_META_LEN <= ctx.data();
-    have &= ctx.metadata() + XDP_META_LEN + 1 > ctx.data();
-    if !have {
-        // SAFETY: the helper only moves data_meta; every pointer is re-read and checked below.
-        let ret = unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(XDP_META_LEN as i32)) };
-        if ret != 0 {
-            side.count(Counter::DropMeta);
-            return xdp_action::XDP_DROP;
-        }
-    }
-    let meta = ctx.metadata();
-    if meta + XDP_META_LEN > ctx.data() {
+    // SAFETY: the helper only moves ctx->data into the headroom; every packet pointer is
+    // re-read and bounds-checked below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(XDP_META_LEN as i32)) } != 0 {
         side.count(Counter::DropMeta);
         return xdp_action::XDP_DROP;
     }
-    // SAFETY: [meta, meta + XDP_META_LEN) was bounds-checked against data just above.
-    unsafe { core::ptr::write_unaligned(meta as *mut XdpMeta, *m) };
+    let start = ctx.data();
+    if start + XDP_META_LEN > ctx.data_end() {
+        side.count(Counter::DropMeta);
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: [start, start + XDP_META_LEN) was bounds-checked against data_end just above.
+    unsafe { core::ptr::write_unaligned(start as *mut XdpMeta, *m) };
     // Fallback XDP_DROP: should the socket vanish between the check and here, still no clear.
-    match side.xsks.redirect(queue, u64::from(xdp_action::XDP_DROP)) {
+    let action = match side.xsks.redirect(queue, u64::from(xdp_action::XDP_DROP)) {
         Ok(action) => {
             side.count(ok);
             trace!(
@@ -286,9 +283,19 @@ fn to_worker(ctx: &XdpContext, side: &Side, m: &XdpMeta, ok: Counter, no_socket:
         }
         Err(_) => {
             side.count(no_socket);
-            xdp_action::XDP_DROP
+            return xdp_action::XDP_DROP;
         }
+    };
+    if CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & CFG_TEST_REWIND != 0)
+    {
+        // BPF_PROG_TEST_RUN with `repeat` runs again on the same buffer (it performs no
+        // redirect): take the header off so that the next run sees the same packet.
+        // SAFETY: as above; the pointers are not used after this.
+        unsafe { bpf_xdp_adjust_head(ctx.ctx, XDP_META_LEN as i32) };
     }
+    action
 }
 
 /// Headers `xfrm_local_out` needs in the skb's linear part: up to the transport ports at the

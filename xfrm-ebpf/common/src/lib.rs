@@ -326,6 +326,10 @@ pub const MAX_ENCAP_PORTS: usize = 4;
 /// [`Config::flags`]: the outside program also classifies what is not inbound IPsec against
 /// the out policies, as the inside program does (one-armed gateway: inside = outside).
 pub const CFG_ONE_ARMED: u32 = 1 << 0;
+/// BPF_PROG_TEST_RUN only (benchmarks with `repeat`, which re-run one buffer): the programs
+/// take the [`XdpMeta`] they pushed off again after the redirect call. Never set on an
+/// attached program.
+pub const CFG_TEST_REWIND: u32 = 1 << 1;
 
 /// The single value of the CONFIG array.
 #[repr(C)]
@@ -343,14 +347,28 @@ pub struct Config {
     pub fwd: TableRef,
 }
 
-/// Written with `bpf_xdp_adjust_meta` just before the packet of a redirected frame: in the
-/// UMEM frame it ends where the packet starts. The worker checks `magic` before trusting it.
+/// The classifier's word to the worker, carried **in the frame**: the XDP program pushes it
+/// with `bpf_xdp_adjust_head` in front of the Ethernet header of every frame it redirects to
+/// an AF_XDP socket, so the RX descriptor starts at it and the packet follows
+/// [`XDP_META_LEN`] bytes later. The contract (docs/architecture.md, "XdpMeta"):
+///
+/// - Only our programs redirect into XSKS/XSKS_OUT, and they push the header on every
+///   redirect, before the redirect: every frame on our sockets has it. The worker takes the
+///   first [`XDP_META_LEN`] bytes of each RX descriptor as the header, checks `magic` and
+///   that the offsets fit the frame, and drops (counting `bad_meta`) any frame that fails —
+///   it never guesses whether a frame has a header.
+/// - The worker transmits from the packet's start (or the outer headers it pushed in front of
+///   it), so the header never reaches a wire.
+/// - `data_meta` (`bpf_xdp_adjust_meta`) is not used: some kernels refuse the helper in XDP
+///   programs and drivers without metadata support fail it at run time; `adjust_head` works
+///   wherever XDP does, native or generic.
 ///
 /// From the inside program: `policy_id` and `sa_id` of the matching protect rule. From the
 /// outside program for inbound IPsec ([`META_F_INBOUND`]): `policy_id` = [`NO_POLICY`],
 /// `sa_id` = the SA the (daddr, SPI, protocol) names, `l4_offset` = the header after the IP
 /// headers (ESP or AH; UDP with [`META_F_UDP_ENCAP`], the ESP header then following 8 bytes
-/// later, 16 with [`META_F_NON_IKE`]).
+/// later, 16 with [`META_F_NON_IKE`]). Offsets count from the Ethernet header, not from the
+/// start of the header.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XdpMeta {
@@ -381,7 +399,8 @@ pub const META_F_NON_IKE: u16 = 1 << 5;
 /// `XdpMeta::policy_id` of inbound IPsec.
 pub const NO_POLICY: u32 = u32::MAX;
 
-// The kernel wants metadata in 4-byte units and at most 32 bytes.
+// Keeps the packet behind it 4-byte aligned as the driver placed it (the IP header stays
+// where the NIC's alignment put it).
 const _: () = assert!(XDP_META_LEN.is_multiple_of(4) && XDP_META_LEN <= 32);
 
 /// Per-CPU verdict counters: indexes into COUNTERS (inside program) and COUNTERS_OUT
@@ -408,8 +427,8 @@ pub enum Counter {
     DropBlock,
     /// Fail closed: a protect rule matched but no socket serves this queue.
     DropNoSocket,
-    /// Fail closed: a protect rule (or inbound SA) matched but the metadata could not be
-    /// written (a driver without metadata support).
+    /// Fail closed: a protect rule (or inbound SA) matched but the [`XdpMeta`] header could
+    /// not be pushed in front of the frame (no headroom).
     DropMeta,
     /// Fail closed: an IPv6 extension header chain too long to follow to the transport
     /// header, or a first fragment too short to hold its ports (RFC 1858). The outside

@@ -25,15 +25,16 @@ use aya::{
 use aya_log::EbpfLogger;
 use xfrm_common::{
     Config, EncapPort, PolicyRule, PortKey, PrefixKey, RuleBitmap, SaKey, TableRef, XdpMeta,
-    CFG_ONE_ARMED, COUNTER_COUNT, COUNTER_NAMES, FAMILY_V4, FAMILY_V6, MAP_CONFIG, MAP_COUNTERS,
-    MAP_COUNTERS_LOCAL, MAP_COUNTERS_OUT, MAP_LOCAL_DEV, MAP_POLICY_PORT, MAP_POLICY_PREFIX,
-    MAP_POLICY_PROTO, MAP_POLICY_RULES, MAP_SAS, MAP_XSKS, MAP_XSKS_OUT, MAX_ENCAP_PORTS, MAX_SAS,
-    PROG_CLASSIFY, PROG_LOCAL_OUT, PROG_OUTSIDE, PROG_PASS, TABLE_FWD, TABLE_IN, TABLE_OUT,
-    TABLE_SLOTS, XDP_META_LEN,
+    CFG_ONE_ARMED, CFG_TEST_REWIND, COUNTER_COUNT, COUNTER_NAMES, FAMILY_V4, FAMILY_V6, MAP_CONFIG,
+    MAP_COUNTERS, MAP_COUNTERS_LOCAL, MAP_COUNTERS_OUT, MAP_LOCAL_DEV, MAP_POLICY_PORT,
+    MAP_POLICY_PREFIX, MAP_POLICY_PROTO, MAP_POLICY_RULES, MAP_SAS, MAP_XSKS, MAP_XSKS_OUT,
+    MAX_ENCAP_PORTS, MAX_SAS, PROG_CLASSIFY, PROG_LOCAL_OUT, PROG_OUTSIDE, PROG_PASS, TABLE_FWD,
+    TABLE_IN, TABLE_OUT, TABLE_SLOTS, XDP_META_LEN,
 };
 
 use super::rules::{compile_db, compile_inbound, compile_sas, encap_ports, PolicyIndex};
 use super::sys::{ControlTask, LentFd};
+use super::umem::take_meta;
 use crate::policy::PolicyDir;
 use crate::xfrm::{InputTables, XfrmDb};
 
@@ -244,7 +245,7 @@ impl std::fmt::Display for Counters {
 pub struct TestRunOutcome {
     /// The XDP action (xdp_action::XDP_*).
     pub action: u32,
-    /// The metadata the program wrote in front of the packet, if any.
+    /// The [`XdpMeta`] header the program pushed in front of the packet (on a redirect).
     pub meta: Option<XdpMeta>,
     /// The packet as the program left it.
     pub packet: Vec<u8>,
@@ -868,8 +869,9 @@ impl Datapath {
 
     /// Run `prog` `repeat` times on `packet` through BPF_PROG_TEST_RUN; the outcome is the
     /// last run's, `ns_per_run` the kernel's own measure (total time / repeat). The kernel
-    /// does not reset the packet between runs, so the program must leave it as it found it
-    /// (ours do: they only write metadata, always exactly [`XDP_META_LEN`] bytes of it).
+    /// does not reset the packet between runs, so with `repeat` > 1 the programs are told
+    /// to take the header they push off again ([`CFG_TEST_REWIND`]): the outcome then has
+    /// no `meta`.
     pub fn test_run_prog(
         &mut self,
         prog: Program,
@@ -889,6 +891,11 @@ impl Datapath {
         repeat: u32,
         ifindex: u32,
     ) -> Result<TestRunOutcome> {
+        let rewind = repeat > 1;
+        if (self.config.flags & CFG_TEST_REWIND != 0) != rewind {
+            self.config.flags ^= CFG_TEST_REWIND;
+            self.write_config()?;
+        }
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex. In: no metadata (data = 0), data_end = the packet length; ifindex 0
         // means the loopback device's queue 0.
@@ -911,21 +918,18 @@ impl Datapath {
             })
             .context("BPF_PROG_TEST_RUN")?;
         data_out.truncate(res.data_size_out as usize);
-        // ctx_out.data - ctx_out.data_meta = the metadata length; data_out starts at data_meta.
-        let word = |i: usize| u32::from_ne_bytes(ctx_out[4 * i..4 * i + 4].try_into().unwrap());
-        let meta_len = word(0).saturating_sub(word(2)) as usize;
-        if meta_len > data_out.len() {
-            bail!(
-                "test run: metadata length {meta_len} > output {}",
-                data_out.len()
-            );
-        }
-        let meta = (meta_len == XDP_META_LEN).then(|| {
-            // SAFETY: XdpMeta is plain integers; the slice has exactly its size.
-            unsafe { std::ptr::read_unaligned(data_out.as_ptr() as *const XdpMeta) }
-        });
+        // A redirect pushes the XdpMeta header in front of the frame: the output is longer
+        // than the input by exactly its size, and starts with it.
+        let meta_len = data_out.len().saturating_sub(packet.len());
+        let meta = match meta_len {
+            0 => None,
+            XDP_META_LEN => take_meta(&data_out, 0, data_out.len()).map(|r| r.meta),
+            n => bail!(
+                "test run: output {n} bytes longer than the input, expected 0 or {XDP_META_LEN}"
+            ),
+        };
         if meta_len != 0 && meta.is_none() {
-            bail!("test run: metadata of {meta_len} bytes, expected 0 or {XDP_META_LEN}");
+            bail!("test run: a {XDP_META_LEN}-byte header in front of the packet without a valid XdpMeta");
         }
         Ok(TestRunOutcome {
             action: res.return_value,

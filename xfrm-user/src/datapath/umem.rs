@@ -1,6 +1,6 @@
 //! The AF_XDP building blocks both socket users share (the gateway's workers in worker.rs
 //! and the single test/diagnostic socket in xsk.rs): the UMEM area, one socket bound to an
-//! interface queue with its four rings, and the classifier's metadata in front of a frame.
+//! interface queue with its four rings, and the classifier's header at the start of a frame.
 
 use std::{ffi::CString, num::NonZeroU32, ptr::NonNull};
 
@@ -130,12 +130,33 @@ impl QueueSocket {
     }
 }
 
-/// The [`XdpMeta`] that ends at `head` in a frame, if it carries the magic.
-pub fn read_meta(buf: &[u8], head: usize) -> Option<XdpMeta> {
-    let m = buf.get(head.checked_sub(XDP_META_LEN)?..head)?;
-    // SAFETY: XDP_META_LEN bytes of plain integers.
-    let m: XdpMeta = unsafe { std::ptr::read_unaligned(m.as_ptr() as *const XdpMeta) };
-    (m.magic == XDP_META_MAGIC).then_some(m)
+/// A received frame split by the in-frame contract of [`XdpMeta`]: the header the XDP
+/// program pushed, and where the packet behind it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub meta: XdpMeta,
+    /// Offset of the packet (its Ethernet header) in the frame.
+    pub head: usize,
+    pub len: usize,
+}
+
+/// The frame `buf` holds a descriptor of `len` bytes at `head`: the [`XdpMeta`] header at its
+/// start, the packet after it. None (the frame is not one our program redirected, or is cut
+/// short) unless the magic is there and the offsets it gives lie inside the packet.
+pub fn take_meta(buf: &[u8], head: usize, len: usize) -> Option<Received> {
+    let m = buf.get(head..head.checked_add(XDP_META_LEN)?)?;
+    // SAFETY: XDP_META_LEN bytes of plain integers, read unaligned.
+    let meta: XdpMeta = unsafe { std::ptr::read_unaligned(m.as_ptr() as *const XdpMeta) };
+    let len = len.checked_sub(XDP_META_LEN)?;
+    let head = head + XDP_META_LEN;
+    if meta.magic != XDP_META_MAGIC
+        || buf.len() < head + len
+        || usize::from(meta.l3_offset) > len
+        || usize::from(meta.l4_offset) > len
+    {
+        return None;
+    }
+    Some(Received { meta, head, len })
 }
 
 #[cfg(test)]
@@ -143,9 +164,15 @@ mod tests {
     use super::*;
     use xfrm_common::META_F_INBOUND;
 
-    #[test]
-    fn metadata_ends_where_the_packet_starts() {
+    fn frame_with(m: XdpMeta, at: usize) -> Vec<u8> {
         let mut buf = vec![0u8; 4096];
+        // SAFETY: XDP_META_LEN bytes of plain integers into a large enough buffer.
+        unsafe { std::ptr::write_unaligned(buf[at..].as_mut_ptr() as *mut XdpMeta, m) };
+        buf
+    }
+
+    #[test]
+    fn the_header_starts_the_descriptor_and_the_packet_follows() {
         let m = XdpMeta {
             magic: XDP_META_MAGIC,
             flags: META_F_INBOUND,
@@ -154,13 +181,33 @@ mod tests {
             policy_id: 7,
             sa_id: 9,
         };
-        // SAFETY: XDP_META_LEN bytes of plain integers into a large enough buffer.
-        unsafe {
-            std::ptr::write_unaligned(buf[256 - XDP_META_LEN..].as_mut_ptr() as *mut XdpMeta, m)
-        };
-        assert_eq!(read_meta(&buf, 256), Some(m));
-        assert_eq!(read_meta(&buf, 255), None, "not where the magic is");
-        assert_eq!(read_meta(&buf, 4), None, "no room for metadata");
-        assert_eq!(read_meta(&buf, 5000), None, "outside the frame");
+        let buf = frame_with(m, 240);
+        let r = take_meta(&buf, 240, 16 + 100).expect("valid header");
+        assert_eq!(
+            r,
+            Received {
+                meta: m,
+                head: 256,
+                len: 100
+            }
+        );
+        assert_eq!(take_meta(&buf, 241, 116), None, "not where the magic is");
+        assert_eq!(take_meta(&buf, 240, 15), None, "shorter than the header");
+        assert_eq!(
+            take_meta(&buf, 240, 16 + 33),
+            None,
+            "l4_offset beyond the packet"
+        );
+        assert_eq!(take_meta(&buf, 4090, 100), None, "outside the frame");
+        assert_eq!(take_meta(&buf, 240, 4000), None, "packet beyond the frame");
+    }
+
+    #[test]
+    fn packet_bytes_are_never_taken_for_a_header() {
+        // A frame whose first bytes are not ours (a packet that reached the socket without
+        // the header, e.g. a stray frame): dropped, whatever the bytes say otherwise.
+        let mut buf = vec![0u8; 4096];
+        buf[256..262].copy_from_slice(&[0xff; 6]);
+        assert_eq!(take_meta(&buf, 256, 64), None);
     }
 }

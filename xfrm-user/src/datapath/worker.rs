@@ -49,11 +49,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use xdpilone::{xdp::XdpDesc, Umem};
-use xfrm_common::{XdpMeta, XDP_META_LEN};
+use xfrm_common::XdpMeta;
 
 use super::neigh::{Hop, NeighReader, L2};
 use super::reasm::{Datagram, Reassembled};
-use super::umem::{new_umem, read_meta, Area, QueueSocket};
+use super::umem::{new_umem, take_meta, Area, QueueSocket};
 use crate::frame::Frame;
 use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, HEADER_LEN as ETH_LEN};
 use crate::wire::{ip_version, ipv4::Ipv4Packet, ipv6::Ipv6Packet};
@@ -234,6 +234,8 @@ pub struct WorkerStats {
     pub tx: [AtomicU64; 3],
     /// Frames without an Ethernet + IP header.
     pub bad_frame: AtomicU64,
+    /// Frames from an AF_XDP socket without a valid [`XdpMeta`] header at their start.
+    pub bad_meta: AtomicU64,
     /// The transform dropped the frame.
     pub dropped: AtomicU64,
     /// No route or neighbour yet for the destination.
@@ -554,11 +556,16 @@ impl<T: Transform> Worker<T> {
         let one_armed = self.side_port[0] == self.side_port[1];
         for i in 0..n {
             let d = self.rx_batch[i];
+            let Some((meta, packet)) = self.take_meta(d) else {
+                inc(&stats.bad_meta);
+                continue;
+            };
             let from = if one_armed {
                 // One socket for both directions: the XDP program says which it saw.
-                match self.meta_at(d.addr) {
-                    Some(m) if m.flags & META_F_INBOUND != 0 => Side::Outside,
-                    _ => Side::Inside,
+                if meta.flags & META_F_INBOUND != 0 {
+                    Side::Outside
+                } else {
+                    Side::Inside
                 }
             } else if pi == self.side_port[0] {
                 Side::Inside
@@ -566,28 +573,47 @@ impl<T: Transform> Worker<T> {
                 Side::Outside
             };
             inc(&stats.rx[from as usize]);
-            self.handle(from, d, &stats);
+            self.handle(from, Some(meta), packet, &stats);
         }
         n
     }
 
-    /// The classifier's metadata in front of the packet at `addr`, if valid.
-    fn meta_at(&self, addr: u64) -> Option<XdpMeta> {
+    /// The classifier's header at the start of a received descriptor and the packet behind
+    /// it (the contract at [`XdpMeta`]); None gives the frame back to the free list.
+    fn take_meta(&mut self, d: XdpDesc) -> Option<(XdpMeta, XdpDesc)> {
+        let base = d.addr & !(u64::from(FRAME_SIZE) - 1);
         // SAFETY: a received frame (ours), read only; the slice ends before `handle` makes
         // its own.
-        let buf = unsafe { self.frame_bytes(addr) }?;
-        read_meta(buf, (addr & (u64::from(FRAME_SIZE) - 1)) as usize)
+        let Some(buf) = (unsafe { self.frame_bytes(d.addr) }) else {
+            return None; // outside the UMEM: cannot be ours, nothing to give back
+        };
+        match take_meta(buf, (d.addr - base) as usize, d.len as usize) {
+            Some(r) => Some((
+                r.meta,
+                XdpDesc {
+                    addr: base + r.head as u64,
+                    len: r.len as u32,
+                    options: d.options,
+                },
+            )),
+            None => {
+                self.free.push(base);
+                None
+            }
+        }
     }
 
-    /// One received frame: metadata, Ethernet off, transform, Ethernet on, maybe fragments,
-    /// onto a TX batch (or back to the free list).
-    fn handle(&mut self, from: Side, d: XdpDesc, stats: &WorkerStats) {
+    /// One packet: Ethernet off, transform, Ethernet on, maybe fragments, onto a TX batch
+    /// (or back to the free list). `meta` is the classifier's header for frames from an
+    /// AF_XDP socket, None for those the worker read itself (TAP, reassembly sockets).
+    fn handle(&mut self, from: Side, meta: Option<XdpMeta>, d: XdpDesc, stats: &WorkerStats) {
         let mask = !(u64::from(FRAME_SIZE) - 1);
         let base = d.addr & mask;
         let head = (d.addr - base) as usize;
         let len = d.len as usize;
-        // SAFETY: the kernel handed this frame over in the RX ring; it is ours until we put
-        // it in a ring or the free list, and this is the only slice of it.
+        // SAFETY: the kernel handed this frame over in the RX ring (or it came from the free
+        // list); it is ours until we put it in a ring or the free list, and this is the only
+        // slice of it.
         let Some(buf) = (unsafe { self.frame_bytes(d.addr) }) else {
             inc(&stats.bad_frame);
             return; // outside the UMEM: cannot be ours, nothing to give back
@@ -597,10 +623,9 @@ impl<T: Transform> Worker<T> {
             self.free.push(base);
             return;
         }
-        let meta = read_meta(buf, head);
         let mut eth = [0u8; ETH_LEN];
         eth.copy_from_slice(&buf[head..head + ETH_LEN]);
-        // The classifier said where IP starts (VLAN tags); without metadata, plain Ethernet.
+        // The classifier said where IP starts (VLAN tags); without its header, plain Ethernet.
         let l3 = meta
             .map(|m| usize::from(m.l3_offset))
             .unwrap_or(ETH_LEN)
@@ -845,8 +870,6 @@ impl<T: Transform> Worker<T> {
             let Some(buf) = (unsafe { self.frame_bytes(base) }) else {
                 break;
             };
-            // No classifier metadata: clear what an earlier packet may have left there.
-            buf[XDP_HEADROOM - XDP_META_LEN..XDP_HEADROOM].fill(0);
             let room = &mut buf[XDP_HEADROOM..FRAME_SIZE as usize - LOCAL_TAILROOM];
             // SAFETY: reads at most room.len() bytes into room.
             let r = unsafe { libc::read(fd, room.as_mut_ptr().cast(), room.len()) };
@@ -879,7 +902,7 @@ impl<T: Transform> Worker<T> {
                 len: len as u32,
                 options: 0,
             };
-            self.handle(Side::Local, desc, &stats);
+            self.handle(Side::Local, None, desc, &stats);
         }
         n
     }
@@ -902,7 +925,6 @@ impl<T: Transform> Worker<T> {
                 let Some(buf) = (unsafe { self.frame_bytes(base) }) else {
                     break 'socks;
                 };
-                buf[XDP_HEADROOM - XDP_META_LEN..XDP_HEADROOM].fill(0);
                 let at = XDP_HEADROOM + ETH_LEN;
                 let len = match r.read(i, &mut buf[at..FRAME_SIZE as usize - LOCAL_TAILROOM]) {
                     Ok(Datagram::Packet(len)) => len,
@@ -935,7 +957,7 @@ impl<T: Transform> Worker<T> {
                     len: (ETH_LEN + len) as u32,
                     options: 0,
                 };
-                self.handle(Side::Outside, desc, &stats);
+                self.handle(Side::Outside, None, desc, &stats);
             }
         }
         self.reasm = Some(r);

@@ -14,7 +14,7 @@ use xdpilone::{xdp::XdpDesc, BufIdx, Umem};
 use xfrm_common::XdpMeta;
 
 pub use super::umem::FRAME_SIZE;
-use super::umem::{new_umem, read_meta, Area, QueueSocket};
+use super::umem::{new_umem, take_meta, Area, QueueSocket};
 
 #[derive(Clone, Copy, Debug)]
 pub struct XskConfig {
@@ -131,23 +131,29 @@ impl XskSocket {
             }
             r.release();
         }
+        let frame_mask = !(u64::from(FRAME_SIZE) - 1);
         for d in &descs {
-            let Some(packet) = self.bytes(d.addr, d.len as usize) else {
+            let base = d.addr & frame_mask;
+            let Some(frame) = self.bytes(base, FRAME_SIZE as usize) else {
                 continue;
             };
-            let meta = self.meta_before(d.addr);
-            f(RxFrame { meta, packet });
+            let head = (d.addr - base) as usize;
+            // Our programs push the header on every redirect; a frame without one is shown
+            // whole, as it came.
+            let f_ = match take_meta(frame, head, d.len as usize) {
+                Some(r) => RxFrame {
+                    meta: Some(r.meta),
+                    packet: &frame[r.head..r.head + r.len],
+                },
+                None => match frame.get(head..head + d.len as usize) {
+                    Some(packet) => RxFrame { meta: None, packet },
+                    None => continue,
+                },
+            };
+            f(f_);
         }
-        let frame_mask = !(u64::from(FRAME_SIZE) - 1);
         self.refill(descs.iter().map(|d| d.addr & frame_mask));
         Ok(descs.len())
-    }
-
-    /// The XdpMeta that ends at `addr`, if it is there and carries the magic.
-    fn meta_before(&self, addr: u64) -> Option<XdpMeta> {
-        let frame_start = addr & !(u64::from(FRAME_SIZE) - 1);
-        let frame = self.bytes(frame_start, FRAME_SIZE as usize)?;
-        read_meta(frame, (addr - frame_start) as usize)
     }
 
     /// Copy `packet` into a free frame and put it on the TX ring; reap completions first.
