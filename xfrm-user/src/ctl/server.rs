@@ -107,16 +107,20 @@ async fn serve(
     calls: mpsc::Sender<Call>,
     events: broadcast::Sender<String>,
 ) {
-    if uid != 0 {
-        let e = format!(
-            "permission denied: the control socket takes requests from root only (peer uid {uid})"
-        );
-        let _ = send_reply(&conn, &Err(e)).await;
-        return;
-    }
     // One byte more than the limit, so that the real length (MSG_TRUNC) tells an oversized
     // request even where the kernel would not report it.
     let mut buf = vec![0u8; protocol::MAX_REQUEST + 1];
+    if uid != 0 {
+        // Its first request is answered with the reason (not read), then it is cut off:
+        // a client that is told before it sends would only see a broken pipe.
+        if matches!(recv(&conn, &mut buf).await, Ok(n) if n > 0) {
+            let e = format!(
+                "permission denied: the control socket takes requests from root only (peer uid {uid})"
+            );
+            let _ = send_reply(&conn, &Err(e)).await;
+        }
+        return;
+    }
     loop {
         let n = match recv(&conn, &mut buf).await {
             Ok(0) | Err(_) => return,
