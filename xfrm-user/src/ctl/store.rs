@@ -6,6 +6,7 @@
 //! failed request changes nothing. Unchanged SAs are the same `Arc`s in the new database:
 //! their sequence numbers, replay windows and counters go on.
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use crate::config::normalized_selector;
 use crate::config::request::{AllocSpi, PolicyId, Request, StateFilter, StateId};
 use crate::policy::{Policy, PolicyDir};
 use crate::sa::{SaConfig, XfrmId};
+use crate::selector::FlowKey;
 use crate::xfrm::persist::key_fingerprint;
 use crate::xfrm::state::SaRef;
 use crate::xfrm::{Clock, InputTables, KmState, SecurityAssociation, XfrmDb};
@@ -55,6 +57,21 @@ pub struct Store {
     larval: Vec<Larval>,
     clock: Arc<dyn Clock>,
     rng: u64,
+    /// SAs (by index) whose soft expiry was reported.
+    soft_reported: HashSet<usize>,
+    /// Acquires reported, until when (per policy and flow, as the kernel's larval state
+    /// holds one acquire for XFRM_ACQ_EXPIRES).
+    acquired: HashMap<(u32, FlowKey), u64>,
+}
+
+/// How long one acquire stands for its (policy, flow) (XFRM_ACQ_EXPIRES).
+pub const ACQUIRE_INTERVAL_SECS: u64 = 30;
+
+/// A packet met a policy whose template found no SA (the worker's report).
+#[derive(Clone, Debug)]
+pub struct Acquire {
+    pub policy: Policy,
+    pub flow: FlowKey,
 }
 
 /// A change ready to go live; nothing in the [`Store`] has moved yet.
@@ -107,6 +124,8 @@ impl Store {
             larval: Vec::new(),
             clock: db.clock().clone(),
             rng: random_seed(),
+            soft_reported: HashSet::new(),
+            acquired: HashMap::new(),
         }
     }
 
@@ -388,6 +407,56 @@ impl Store {
         self.next_random();
     }
 
+    /// The lifetime timer (xfrm_timer_handler): an `Expired … hard 0` event for each SA
+    /// that reached a soft limit (once), an `Expired … hard 1` event for each past a hard
+    /// one, and those SAs' ids: the caller deletes them, as the kernel does.
+    pub fn expiries(&mut self) -> (Vec<String>, Vec<StateId>) {
+        let now = self.clock.now();
+        let (mut events, mut hard) = (Vec::new(), Vec::new());
+        for x in &self.sas {
+            let (soft_now, hard_now) = x.lifetime_tick(now);
+            let text = || render::state_text(x, Show::default());
+            if hard_now {
+                events.push(format!("Expired {}\thard 1\n", text()));
+                hard.push(StateId {
+                    src: Some(x.cfg.saddr),
+                    dst: x.cfg.id.daddr,
+                    proto: x.cfg.id.proto,
+                    spi: x.cfg.id.spi,
+                });
+            } else if soft_now && self.soft_reported.insert(x.index) {
+                events.push(format!("Expired {}\thard 0\n", text()));
+            }
+        }
+        let live: HashSet<usize> = self.sas.iter().map(|x| x.index).collect();
+        self.soft_reported.retain(|i| live.contains(i));
+        (events, hard)
+    }
+
+    /// An `acquire` event for a worker's report, unless one was made for the same policy
+    /// and flow within [`ACQUIRE_INTERVAL_SECS`].
+    pub fn acquire(&mut self, a: &Acquire) -> Option<String> {
+        let now = self.clock.now();
+        self.acquired.retain(|_, until| *until > now);
+        let key = (a.policy.index, a.flow);
+        if self.acquired.contains_key(&key) {
+            return None;
+        }
+        self.acquired.insert(key, now + ACQUIRE_INTERVAL_SECS);
+        let t = a.policy.templates.first()?;
+        let f = &a.flow;
+        Some(format!(
+            "acquire proto {}\n\tsel src {} dst {} proto {} sport {} dport {}\n\tpolicy {}",
+            proto_name(t.proto),
+            f.src,
+            f.dst,
+            f.proto,
+            f.sport,
+            f.dport,
+            render::policy_text(&a.policy)
+        ))
+    }
+
     fn next_random(&mut self) -> u64 {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
@@ -655,6 +724,60 @@ mod tests {
             run(&mut s, "policy count").unwrap(),
             "SPD IN  0 OUT 0 FWD 0\n"
         );
+    }
+
+    #[test]
+    fn expiries_are_reported_once_and_hard_ones_named_for_deletion() {
+        let clock = Arc::new(ManualClock::new(1000));
+        let db = XfrmDb::with_clock(vec![], vec![], clock.clone()).unwrap();
+        let mut s = Store::new(&db);
+        run(
+            &mut s,
+            &(sa(0x10, 1) + " limit time-soft 10 limit time-hard 20"),
+        )
+        .unwrap();
+        run(&mut s, &sa(0x11, 1)).unwrap();
+        assert_eq!(s.expiries(), (vec![], vec![]));
+        clock.set(1010);
+        let (ev, hard) = s.expiries();
+        assert_eq!(ev.len(), 1);
+        assert!(
+            ev[0].starts_with("Expired src 192.0.2.1") && ev[0].ends_with("\thard 0\n"),
+            "{ev:?}"
+        );
+        assert!(hard.is_empty());
+        assert_eq!(s.expiries(), (vec![], vec![]), "soft once");
+        clock.set(1020);
+        let (ev, hard) = s.expiries();
+        assert!(ev.len() == 1 && ev[0].ends_with("\thard 1\n"), "{ev:?}");
+        assert_eq!(hard.len(), 1);
+        assert_eq!(hard[0].spi, 0x10);
+        // Acquires: one per policy and flow per interval.
+        let pol = parse_request("policy add src 10.1.0.0/16 dst 10.2.0.0/16 dir out tmpl src 192.0.2.1 dst 192.0.2.2 proto esp mode tunnel reqid 1", "request").unwrap();
+        let Request::PolicyAdd(pol) = pol else {
+            panic!()
+        };
+        let flow = crate::selector::FlowKey {
+            src: "10.1.0.1".parse().unwrap(),
+            dst: "10.2.0.1".parse().unwrap(),
+            proto: 17,
+            sport: 1,
+            dport: 2,
+        };
+        let a = Acquire { policy: *pol, flow };
+        let ev = s.acquire(&a).unwrap();
+        assert!(
+            ev.starts_with("acquire proto esp\n\tsel src 10.1.0.1 dst 10.2.0.1"),
+            "{ev}"
+        );
+        assert!(s.acquire(&a).is_none());
+        let other = Acquire {
+            flow: crate::selector::FlowKey { sport: 3, ..flow },
+            ..a.clone()
+        };
+        assert!(s.acquire(&other).is_some());
+        clock.advance(ACQUIRE_INTERVAL_SECS);
+        assert!(s.acquire(&a).is_some());
     }
 
     #[test]

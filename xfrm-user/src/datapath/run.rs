@@ -28,11 +28,14 @@
 //! (fail closed; `--detach-on-exit` or `xfrm-user detach` take them off).
 
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     io::Write,
     net::IpAddr,
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, SyncSender},
         Arc,
     },
     time::{Duration, Instant},
@@ -54,10 +57,11 @@ use crate::ctl::{
     handover::{Handover, Reader},
     render::Show,
     server::Server,
-    store::{Executed, Store, Tables},
+    store::{Acquire, Executed, Store, Tables, ACQUIRE_INTERVAL_SECS},
 };
 use crate::frame::Frame;
 use crate::policy::{Policy, PolicyAction, PolicyDir};
+use crate::selector::FlowKey;
 use crate::stats::{XfrmStat, XfrmStats};
 use crate::wire::{checksum, flow, proto, tcp::TcpPacket};
 use crate::xfrm::{
@@ -72,13 +76,23 @@ use crate::xfrm::{
 pub struct Gateway {
     pub tables: Handover<Tables>,
     pub stats: Arc<XfrmStats>,
+    /// The workers' acquires (a packet met a policy without SA), for the control plane.
+    acquire_tx: SyncSender<Acquire>,
+    pub acquires: Receiver<Acquire>,
 }
+
+/// Acquires waiting for the control plane at most; more are dropped (the next packet of
+/// the flow raises it again after the interval).
+const ACQUIRE_QUEUE: usize = 256;
 
 impl Gateway {
     pub fn new(db: XfrmDb) -> Self {
+        let (acquire_tx, acquires) = std::sync::mpsc::sync_channel(ACQUIRE_QUEUE);
         Self {
             tables: Handover::new(Tables::new(db)),
             stats: Arc::new(XfrmStats::new()),
+            acquire_tx,
+            acquires,
         }
     }
 
@@ -90,6 +104,8 @@ impl Gateway {
                 .reader()
                 .context("the worker's wake-up eventfd")?,
             stats: self.stats.clone(),
+            acquire: self.acquire_tx.clone(),
+            acquired: RefCell::new(HashMap::new()),
         })
     }
 
@@ -113,6 +129,10 @@ pub struct GatewayTransform {
     /// This worker's snapshot of the tables, renewed between batches.
     tables: Reader<Tables>,
     stats: Arc<XfrmStats>,
+    acquire: SyncSender<Acquire>,
+    /// The acquires this worker raised, until when: one per policy and flow per interval
+    /// (the control plane dedups across workers).
+    acquired: RefCell<HashMap<(u32, FlowKey), u64>>,
 }
 
 impl GatewayTransform {
@@ -123,6 +143,25 @@ impl GatewayTransform {
 
     fn db(&self) -> &XfrmDb {
         &self.tables.get().db
+    }
+
+    /// km_query: tell the key manager a flow needs an SA, once per policy and flow and
+    /// interval; never blocks (a full queue drops it).
+    #[cold]
+    fn raise_acquire(&self, pol: &Policy, flow: &FlowKey, now: u64) {
+        let mut m = self.acquired.borrow_mut();
+        let key = (pol.index, *flow);
+        if m.get(&key).is_some_and(|&until| until > now) {
+            return;
+        }
+        if m.len() >= 1024 {
+            m.retain(|_, until| *until > now);
+        }
+        m.insert(key, now + ACQUIRE_INTERVAL_SECS);
+        let _ = self.acquire.try_send(Acquire {
+            policy: pol.clone(),
+            flow: *flow,
+        });
     }
 
     /// A frame of the host's own (from the TAP): the classifier's work done here, with the
@@ -180,7 +219,12 @@ impl GatewayTransform {
         let db = self.db();
         let n = match db.tmpl_resolve(pol, &info.key, &mut xs) {
             Ok(n) => n,
-            Err(s) => return self.drop_with(s),
+            Err(s) => {
+                if s == XfrmStat::XfrmOutNoStates {
+                    self.raise_acquire(pol, &info.key, db.now());
+                }
+                return self.drop_with(s);
+            }
         };
         // A policy without SA to apply would mean clear text: the classifier passes those,
         // so getting one here means the tables disagree. Never send it in clear.
@@ -716,6 +760,9 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::MAX));
             tokio::pin!(deadline);
             let mut check = tokio::time::interval(Duration::from_millis(50));
+            // Lifetimes by time and the workers' acquires (the kernel's timers count in
+            // seconds; a quarter of one is soon enough).
+            let mut lifetimes = tokio::time::interval(Duration::from_millis(250));
             let mut report = tokio::time::interval_at(
                 tokio::time::Instant::now() + opts.interval,
                 opts.interval,
@@ -727,6 +774,24 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                         break;
                     }
                     _ = &mut deadline, if opts.duration.is_some() => break,
+                    _ = lifetimes.tick() => {
+                        while let Ok(a) = gw.acquires.try_recv() {
+                            if let Some(ev) = sad.acquire(&a) {
+                                let _ = ctl.events.send(ev);
+                            }
+                        }
+                        let (evs, hard) = sad.expiries();
+                        for ev in evs {
+                            let _ = ctl.events.send(ev);
+                        }
+                        // Past a hard limit the SA goes, as the kernel deletes it.
+                        for id in hard {
+                            let req = Request::StateDelete(id);
+                            if let Err(e) = control(&req, Show::default(), &mut sad, &gw, &mut dp, &ctl.events) {
+                                log::error!("expired SA spi 0x{:08x}: delete: {e}", id.spi);
+                            }
+                        }
+                    }
                     Some(call) = ctl.calls.recv() => {
                         let r = control(&call.request, call.show, &mut sad, &gw, &mut dp, &ctl.events);
                         let _ = call.reply.send(r);
