@@ -249,6 +249,27 @@ impl Daemon {
             .map_or(0, |(_, v)| v)
     }
 
+    /// Packets the workers took but did not pass on, from the last counter line: inside or
+    /// local ones not sent to the wire, plus wire ones not delivered (whatever the reason:
+    /// xfrm drops, no neighbour, no TX room).
+    pub fn datapath_gap(&self) -> u64 {
+        let log = self.proc.log();
+        let Some(line) = log.lines().rev().find(|l| l.starts_with("out ")) else {
+            return 0;
+        };
+        // "out X pkts + local Y -> wire Z, in A (reassembled B) -> inside C + local D, …"
+        let n: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|w| !w.is_empty())
+            .take(7)
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        match n[..] {
+            [x, y, z, a, _b, c, d] => (x + y).saturating_sub(z) + a.saturating_sub(c + d),
+            _ => 0,
+        }
+    }
+
     /// Every nonzero xfrm counter of the daemon's last counter line.
     pub fn xfrm_counters(&self) -> Vec<(String, u64)> {
         let log = self.proc.log();

@@ -241,16 +241,10 @@ fn state_filter(args: &[Word]) -> LineResult<StateFilter> {
     let mut proto: At<XfrmProto> = None;
     let mut spi: At<u32> = None;
     while let Some(kw) = cur.next() {
+        if id_word(kw, &mut cur, [&mut src, &mut dst], &mut proto)? {
+            continue;
+        }
         match kw.text.as_str() {
-            "src" | "dst" => {
-                let val = cur.value(kw, "an address")?;
-                let a = host_of(val)?;
-                set_once(if kw.is("src") { &mut src } else { &mut dst }, kw, val, a)?;
-            }
-            "proto" => {
-                let val = cur.value(kw, "esp or ah")?;
-                set_once(&mut proto, kw, val, xfrm_proto_of(val)?)?;
-            }
             "spi" => {
                 let val = cur.value(kw, "an SPI")?;
                 set_once(&mut spi, kw, val, u32_of(val)?)?;
@@ -271,6 +265,28 @@ fn state_filter(args: &[Word]) -> LineResult<StateFilter> {
     })
 }
 
+/// `src ADDR`, `dst ADDR` or `proto esp|ah` of an SA id; false for another word.
+fn id_word<'w>(
+    kw: &'w Word,
+    cur: &mut Cursor<'w>,
+    [src, dst]: [&mut At<'w, IpAddr>; 2],
+    proto: &mut At<'w, XfrmProto>,
+) -> LineResult<bool> {
+    match kw.text.as_str() {
+        "src" | "dst" => {
+            let val = cur.value(kw, "an address")?;
+            let a = host_of(val)?;
+            set_once(if kw.is("src") { src } else { dst }, kw, val, a)?;
+        }
+        "proto" => {
+            let val = cur.value(kw, "esp or ah")?;
+            set_once(proto, kw, val, xfrm_proto_of(val)?)?;
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 fn parse_allocspi(cmd: &Word, args: &[Word]) -> LineResult<Request> {
     let mut cur = Cursor::new(args);
     let (mut src, mut dst): (At<IpAddr>, At<IpAddr>) = (None, None);
@@ -278,16 +294,10 @@ fn parse_allocspi(cmd: &Word, args: &[Word]) -> LineResult<Request> {
     let mut mode: At<XfrmMode> = None;
     let (mut reqid, mut min, mut max): (At<u32>, At<u32>, At<u32>) = (None, None, None);
     while let Some(kw) = cur.next() {
+        if id_word(kw, &mut cur, [&mut src, &mut dst], &mut proto)? {
+            continue;
+        }
         match kw.text.as_str() {
-            "src" | "dst" => {
-                let val = cur.value(kw, "an address")?;
-                let a = host_of(val)?;
-                set_once(if kw.is("src") { &mut src } else { &mut dst }, kw, val, a)?;
-            }
-            "proto" => {
-                let val = cur.value(kw, "esp or ah")?;
-                set_once(&mut proto, kw, val, xfrm_proto_of(val)?)?;
-            }
             "mode" => {
                 let val = cur.value(kw, "a mode")?;
                 set_once(&mut mode, kw, val, state::mode_of(val)?)?;

@@ -94,6 +94,20 @@ pub struct Prepared {
     removed: Vec<SaRef>,
 }
 
+impl Prepared {
+    /// A new SA (the newest of its template), filling its larval reservation if any.
+    fn add_sa(&mut self, cfg: &SaConfig, now: u64, what: &str) -> Result<(), String> {
+        self.larval.retain(|l| l.id != cfg.id);
+        let x = SecurityAssociation::new(cfg.clone(), self.next_sa, now)
+            .map_err(|e| format!("{what}: {e}"))?;
+        self.next_sa += 1;
+        let x = Arc::new(x);
+        self.events.push(render::state_text(&x, Show::default()));
+        self.sas.push(x);
+        Ok(())
+    }
+}
+
 /// The answer to a request that reads.
 pub enum Executed {
     Read(String),
@@ -231,25 +245,13 @@ impl Store {
                         cfg.id.daddr, cfg.id.spi, proto_name(cfg.id.proto)
                     ));
                 }
-                p.larval.retain(|l| l.id != cfg.id);
-                let x = SecurityAssociation::new((**cfg).clone(), p.next_sa, clock_now)
-                    .map_err(|e| format!("state add: {e}"))?;
-                p.next_sa += 1;
-                let x = Arc::new(x);
-                p.events.push(render::state_text(&x, no_keys));
-                p.sas.push(x);
+                p.add_sa(cfg, clock_now, "state add")?;
             }
             Request::StateUpdate(cfg) => {
                 let Some(pos) = self.sas.iter().position(|x| x.cfg.id == cfg.id) else {
                     // A larval SA from allocspi is filled by update, as IKE daemons do.
                     if p.larval.iter().any(|l| l.id == cfg.id) {
-                        p.larval.retain(|l| l.id != cfg.id);
-                        let x = SecurityAssociation::new((**cfg).clone(), p.next_sa, clock_now)
-                            .map_err(|e| format!("state update: {e}"))?;
-                        p.next_sa += 1;
-                        let x = Arc::new(x);
-                        p.events.push(render::state_text(&x, no_keys));
-                        p.sas.push(x);
+                        p.add_sa(cfg, clock_now, "state update")?;
                         return self.finish(p);
                     }
                     return Err(format!(
@@ -416,6 +418,11 @@ impl Store {
         for x in &self.sas {
             let (soft_now, hard_now) = x.lifetime_tick(now);
             let text = || render::state_text(x, Show::default());
+            // A soft limit passed on the way to a hard one between two ticks is still
+            // told first, as the packet that crossed it would have.
+            if soft_now && x.is_dying() && self.soft_reported.insert(x.index) {
+                events.push(format!("Expired {}\thard 0\n", text()));
+            }
             if hard_now {
                 events.push(format!("Expired {}\thard 1\n", text()));
                 hard.push(StateId {
@@ -752,6 +759,30 @@ mod tests {
         assert!(ev.len() == 1 && ev[0].ends_with("\thard 1\n"), "{ev:?}");
         assert_eq!(hard.len(), 1);
         assert_eq!(hard[0].spi, 0x10);
+        // Both limits passed by packets between two ticks: the soft event still comes,
+        // first.
+        run(&mut s, "state delete dst 192.0.2.2 proto esp spi 0x10").unwrap();
+        run(
+            &mut s,
+            &(sa(0x12, 1) + " limit packet-soft 2 limit packet-hard 4"),
+        )
+        .unwrap();
+        let x = s.sas().iter().find(|x| x.spi() == 0x12).unwrap().clone();
+        for _ in 0..5 {
+            let _ = x.xfrm_state_check_expire(1020);
+            let _ = x.xfrm_replay_overflow();
+        }
+        let (ev, hard) = s.expiries();
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert!(
+            ev[0].contains("spi 0x00000012") && ev[0].ends_with("\thard 0\n"),
+            "{ev:?}"
+        );
+        assert!(
+            ev[1].contains("spi 0x00000012") && ev[1].ends_with("\thard 1\n"),
+            "{ev:?}"
+        );
+        assert_eq!(hard.len(), 1);
         // Acquires: one per policy and flow per interval.
         let pol = parse_request("policy add src 10.1.0.0/16 dst 10.2.0.0/16 dir out tmpl src 192.0.2.1 dst 192.0.2.2 proto esp mode tunnel reqid 1", "request").unwrap();
         let Request::PolicyAdd(pol) = pol else {

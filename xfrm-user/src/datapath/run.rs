@@ -435,7 +435,7 @@ fn write_counters(
     writeln!(
         out,
         "out {} pkts + local {} -> wire {}, in {} (reassembled {}) -> inside {} + local {}, \
-         icmp {}, frags {}, no-l2 {}, drops {} | {}",
+         icmp {}, frags {}, no-l2 {}, no-buffer {}, too-big {}, drops {} | {}",
         sum(|w| w.rx[0].load(Ordering::Relaxed)),
         sum(|w| w.rx[2].load(Ordering::Relaxed)),
         sum(|w| w.tx[1].load(Ordering::Relaxed)),
@@ -446,6 +446,8 @@ fn write_counters(
         sum(|w| w.replies.load(Ordering::Relaxed)),
         sum(|w| w.fragments.load(Ordering::Relaxed)),
         sum(|w| w.no_l2.load(Ordering::Relaxed)),
+        sum(|w| w.no_buffer.load(Ordering::Relaxed)),
+        sum(|w| w.too_big.load(Ordering::Relaxed)),
         sum(|w| w.dropped.load(Ordering::Relaxed)),
         stats.render_nonzero().replace('\n', " ").trim_end(),
     )?;
