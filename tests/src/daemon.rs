@@ -313,25 +313,45 @@ impl Daemon {
     /// `xfrm-user xfrm --ctl SOCKET ARGS…` in the daemon's namespace, with `stdin` as its
     /// standard input (for `-batch -`: keys never on a command line).
     pub fn xfrm(&self, args: &[&str], stdin: &str) -> Result<std::process::Output> {
+        self.client("xfrm", args, stdin)
+    }
+
+    /// `xfrm-user reload --ctl SOCKET`; its standard output.
+    pub fn reload(&self) -> Result<String> {
+        let o = self.client("reload", &[], "")?;
+        if !o.status.success() {
+            bail!(
+                "xfrm-user reload: {}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// `xfrm-user SUBCOMMAND --ctl SOCKET ARGS…` in the daemon's namespace.
+    fn client(&self, sub: &str, args: &[&str], stdin: &str) -> Result<std::process::Output> {
         use std::io::Write;
         let ctl = self.ctl_path();
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns])
             .arg(&self.bin)
-            .args(["xfrm", "--ctl"])
+            .args([sub, "--ctl"])
             .arg(&ctl)
             .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .context("xfrm-user xfrm")?;
+            .with_context(|| format!("xfrm-user {sub}"))?;
         child
             .stdin
             .take()
             .context("stdin")?
             .write_all(stdin.as_bytes())?;
-        child.wait_with_output().context("xfrm-user xfrm")
+        child
+            .wait_with_output()
+            .with_context(|| format!("xfrm-user {sub}"))
     }
 
     /// [`Self::xfrm`] that must succeed; its standard output.

@@ -8,6 +8,8 @@
 //! - Lifetimes: SAs added with packet, byte and time limits raise their soft and hard
 //!   `Expired` events in `monitor`; after the hard one the SA is gone and the flow's next
 //!   packet raises an `acquire` instead of leaving in clear.
+//! - Reload (`xfrm-user reload`, SIGHUP) applies what changed in the file and nothing else:
+//!   an SA added at run time stays, the unchanged SAs go on counting.
 //! - Bad requests (an unknown SPI, malformed words, a non-root client, an oversized message,
 //!   10 000 random byte strings) each get a clear error, change nothing, and the gateway
 //!   goes on forwarding.
@@ -503,4 +505,86 @@ fn lifetimes_raise_events(net: &GatewayNet, case: &Case, gws: &mut [Daemon]) -> 
         let _ = ev;
     }
     Ok(out)
+}
+
+#[test]
+fn control_reload_applies_the_difference() {
+    run(
+        "control_reload_applies_the_difference",
+        false,
+        reload_applies_the_difference,
+    );
+}
+
+/// The outbound SA's last sequence number, from `state list -j`.
+fn oseq(d: &Daemon, spi: u32) -> Result<u64> {
+    let v: serde_json::Value = serde_json::from_str(&d.xfrm_ok(&["-j", "state", "list"], "")?)?;
+    v.as_array()
+        .and_then(|a| a.iter().find(|x| x["spi"] == spi))
+        .and_then(|x| x["oseq"].as_u64())
+        .with_context(|| format!("SA {spi:#x} in {v}"))
+}
+
+fn reload_applies_the_difference(
+    net: &GatewayNet,
+    case: &Case,
+    gws: &mut [Daemon],
+) -> Result<String> {
+    wait_path(net, case, &mut || {
+        for d in gws.iter_mut() {
+            d.check_alive()?;
+        }
+        Ok(())
+    })?;
+    let out_spi = case.bundle(net, Side::A)[0].spi;
+    let d = &mut gws[0];
+    // An SA added at run time (a reqid no template names: unused).
+    let extra = lines_of(&case.config(net, Side::A), "state ")
+        .lines()
+        .next()
+        .context("a state line")?
+        .replace(&format!("spi {out_spi:#010x}"), "spi 0x00007000")
+        .replace(" reqid ", " reqid 9")
+        + "\n";
+    d.xfrm_ok(&["-batch", "-"], &extra)?;
+    ping_both_ways(net, case, 3)?;
+    let before = oseq(d, out_spi)?;
+    // The file gains a policy: only that is applied.
+    let original = std::fs::read_to_string(d.config_path())?;
+    std::fs::write(
+        d.config_path(),
+        format!("{original}policy add src 10.99.0.0/16 dst 10.98.0.0/16 dir out action block\n"),
+    )?;
+    let r = d.reload()?;
+    if !r.contains(
+        "SAs 0 added, 0 changed, 0 deleted, 2 unchanged; policies 1 added, 0 changed, 0 deleted",
+    ) {
+        bail!("reload: {r}");
+    }
+    assert_eq!(d.xfrm_ok(&["state", "count"], "")?, "SAD count 3\n");
+    assert_eq!(
+        d.xfrm_ok(&["policy", "count"], "")?,
+        "SPD IN  1 OUT 2 FWD 1\n"
+    );
+    let pings = ping_both_ways(net, case, 3)?;
+    let after = oseq(d, out_spi)?;
+    if after < before + 3 {
+        bail!("the unchanged SA's sequence numbers did not go on: {before} then {after}");
+    }
+    // SIGHUP with the file as it was: the policy goes again, the run-time SA stays.
+    std::fs::write(d.config_path(), &original)?;
+    d.proc().signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.xfrm_ok(&["policy", "count"], "")? != "SPD IN  1 OUT 1 FWD 1\n" {
+        if Instant::now() > deadline {
+            bail!("SIGHUP: the policy is still there; log:\n{}", d.log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(d.xfrm_ok(&["state", "count"], "")?, "SAD count 3\n");
+    d.check_alive()?;
+    Ok(format!(
+        "{}oseq {before} before the reload, {after} after; {pings}",
+        r.trim_end().to_string() + "; "
+    ))
 }

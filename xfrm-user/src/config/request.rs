@@ -73,6 +73,9 @@ pub enum Request {
     PolicyFlush,
     PolicyCount,
     Monitor,
+    /// Re-read the daemon's configuration file and apply what changed in it (`xfrm-user
+    /// reload`, or SIGHUP).
+    Reload,
 }
 
 impl Request {
@@ -139,11 +142,17 @@ fn parse_words(words: &[Word]) -> LineResult<Request> {
         }
         return Ok(Request::Monitor);
     }
+    if head.is("reload") {
+        if let Some(w) = rest.get(1) {
+            return Err(LineError::at(w, "expected nothing after 'reload'"));
+        }
+        return Ok(Request::Reload);
+    }
     let is_state = head.is("state");
     if !is_state && !head.is("policy") {
         return Err(LineError::at(
             head,
-            "expected an object: 'state', 'policy' or 'monitor'",
+            "expected an object: 'state', 'policy', 'monitor' or 'reload'",
         ));
     }
     let Some(cmd) = rest.get(1) else {
@@ -532,6 +541,8 @@ mod tests {
         assert_eq!(ok("policy flush"), Request::PolicyFlush);
         assert_eq!(ok("policy count"), Request::PolicyCount);
         assert_eq!(ok("monitor"), Request::Monitor);
+        assert_eq!(ok("reload"), Request::Reload);
+        assert!(ok("reload").is_change());
         assert!(!ok("state list").is_change());
         assert!(ok("state flush").is_change());
     }
