@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use serde_json::{json, Value};
 
 use crate::policy::{Policy, PolicyAction, PolicyDir, TmplLevel};
-use crate::sa::{AeadAlgo, AuthAlgo, EncapType, SaAlgorithm, XfrmMode, XfrmProto};
+use crate::sa::{EncapType, SaAlgorithm, XfrmMode, XfrmProto};
 use crate::selector::Selector;
 use crate::xfrm::SecurityAssociation;
 
@@ -51,8 +51,9 @@ fn hex(b: &[u8]) -> String {
     s
 }
 
-/// (ip's name, key as ip prints it, length in bits) of an SA's algorithm.
-fn algorithm(alg: &SaAlgorithm) -> (&'static str, &'static str, Vec<u8>, u32) {
+/// (keyword, ip's name, key as ip prints it, length in bits) of each of an SA's algorithms,
+/// in the order `ip xfrm state` prints them (auth-trunc before enc).
+fn algorithms(alg: &SaAlgorithm) -> Vec<(&'static str, &'static str, Vec<u8>, Option<u32>)> {
     match alg {
         SaAlgorithm::Aead {
             algo,
@@ -60,25 +61,30 @@ fn algorithm(alg: &SaAlgorithm) -> (&'static str, &'static str, Vec<u8>, u32) {
             salt,
             icv_bits,
         } => {
-            let name = match algo {
-                AeadAlgo::Rfc4106Gcm => "rfc4106(gcm(aes))",
-                AeadAlgo::Rfc4543Gmac => "rfc4543(gcm(aes))",
-            };
             let mut k = key.to_vec();
             k.extend_from_slice(salt);
-            ("aead", name, k, *icv_bits)
+            vec![("aead", algo.name(), k, Some(*icv_bits))]
         }
         SaAlgorithm::Auth {
             algo,
             key,
             trunc_bits,
-        } => {
-            let name = match algo {
-                AuthAlgo::HmacSha256 => "hmac(sha256)",
-                AuthAlgo::HmacSha1 => "hmac(sha1)",
-            };
-            ("auth-trunc", name, key.to_vec(), *trunc_bits)
-        }
+        } => vec![("auth-trunc", algo.name(), key.to_vec(), Some(*trunc_bits))],
+        SaAlgorithm::EncAuth {
+            enc,
+            enc_key,
+            auth,
+            auth_key,
+            trunc_bits,
+        } => vec![
+            (
+                "auth-trunc",
+                auth.name(),
+                auth_key.to_vec(),
+                Some(*trunc_bits),
+            ),
+            ("enc", enc.name(), enc_key.to_vec(), None),
+        ],
     }
 }
 
@@ -158,13 +164,17 @@ pub fn state_text(x: &SecurityAssociation, show: Show) -> String {
         let _ = write!(s, " flag {}", fl.join(" "));
     }
     s.push('\n');
-    let (kw, name, key, bits) = algorithm(&c.algorithm);
-    let key = if show.keys {
-        hex(&key)
-    } else {
-        "(key hidden: --keys)".to_string()
-    };
-    let _ = writeln!(s, "\t{kw} {name} {key} {bits}");
+    for (kw, name, key, bits) in algorithms(&c.algorithm) {
+        let key = if show.keys {
+            hex(&key)
+        } else {
+            "(key hidden: --keys)".to_string()
+        };
+        let _ = match bits {
+            Some(bits) => writeln!(s, "\t{kw} {name} {key} {bits}"),
+            None => writeln!(s, "\t{kw} {name} {key}"),
+        };
+    }
     if let Some(e) = c.encap {
         let t = match e.kind {
             EncapType::EspInUdp => "espinudp",
@@ -231,7 +241,6 @@ pub fn state_text(x: &SecurityAssociation, show: Show) -> String {
 
 pub fn state_json(x: &SecurityAssociation, show: Show) -> Value {
     let c = &x.cfg;
-    let (kw, name, key, bits) = algorithm(&c.algorithm);
     let mut v = json!({
         "src": c.saddr.to_string(),
         "dst": c.id.daddr.to_string(),
@@ -241,7 +250,6 @@ pub fn state_json(x: &SecurityAssociation, show: Show) -> Value {
         "mode": mode_name(c.mode),
         "replay-window": c.replay_window,
         "flags": flags(x),
-        kw: { "name": name, "bits": bits },
         "oseq": x.oseq(),
         "encap": c.encap.map(|e| json!({
             "type": match e.kind { EncapType::EspInUdp => "espinudp", EncapType::EspInUdpNonIke => "espinudp-nonike" },
@@ -249,8 +257,11 @@ pub fn state_json(x: &SecurityAssociation, show: Show) -> Value {
         })),
         "sel": c.selector.as_ref().map(selector_json),
     });
-    if show.keys {
-        v[kw]["key"] = json!(hex(&key));
+    for (kw, name, key, bits) in algorithms(&c.algorithm) {
+        v[kw] = json!({ "name": name, "bits": bits });
+        if show.keys {
+            v[kw]["key"] = json!(hex(&key));
+        }
     }
     if show.stats {
         let l = &c.lifetime;
@@ -385,5 +396,38 @@ mod tests {
         );
         assert_eq!(j["lifetime"]["current"]["packets"], 0);
         assert_eq!(j["spi"], 0x10);
+    }
+
+    /// enc + auth: both lines, as `ip xfrm state` prints them (auth-trunc, then enc), keys
+    /// hidden unless asked.
+    #[test]
+    fn enc_auth_shows_both_algorithms() {
+        let mut c = esp_cfg(0x11, "192.0.2.1", "192.0.2.2", XfrmMode::Tunnel);
+        c.algorithm = SaAlgorithm::EncAuth {
+            enc: crate::sa::EncAlgo::AesCbc,
+            enc_key: zeroize::Zeroizing::new(vec![0xab; 16]),
+            auth: crate::sa::AuthAlgo::HmacSha256,
+            auth_key: zeroize::Zeroizing::new(vec![0xcd; 32]),
+            trunc_bits: 128,
+        };
+        let x = SecurityAssociation::new(c, 0, 0).unwrap();
+        let t = state_text(&x, Show::default());
+        assert!(
+            t.contains("\tauth-trunc hmac(sha256) (key hidden: --keys) 128\n\tenc cbc(aes) (key hidden: --keys)\n"),
+            "{t}"
+        );
+        let keys = Show {
+            keys: true,
+            ..Show::default()
+        };
+        assert!(state_text(&x, keys).contains(&format!("\tenc cbc(aes) 0x{}\n", "ab".repeat(16))));
+        let j = state_json(&x, keys);
+        assert_eq!(
+            (j["enc"]["name"].as_str(), j["auth-trunc"]["bits"].as_u64()),
+            (Some("cbc(aes)"), Some(128))
+        );
+        assert!(!state_json(&x, Show::default())
+            .to_string()
+            .contains("abababab"));
     }
 }
