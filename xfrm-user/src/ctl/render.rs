@@ -51,9 +51,17 @@ fn hex(b: &[u8]) -> String {
     s
 }
 
-/// (keyword, ip's name, key as ip prints it, length in bits) of each of an SA's algorithms,
-/// in the order `ip xfrm state` prints them (auth-trunc before enc).
-fn algorithms(alg: &SaAlgorithm) -> Vec<(&'static str, &'static str, Vec<u8>, Option<u32>)> {
+/// An SA's algorithms as ip prints them: (keyword, name, key, length in bits); two for ESP
+/// with a cipher and an integrity algorithm (`auth-trunc`, then `enc`). Key copies are
+/// wiped when dropped.
+type AlgoLine = (
+    &'static str,
+    &'static str,
+    zeroize::Zeroizing<Vec<u8>>,
+    Option<u32>,
+);
+
+fn algorithms(alg: &SaAlgorithm) -> Vec<AlgoLine> {
     match alg {
         SaAlgorithm::Aead {
             algo,
@@ -61,7 +69,7 @@ fn algorithms(alg: &SaAlgorithm) -> Vec<(&'static str, &'static str, Vec<u8>, Op
             salt,
             icv_bits,
         } => {
-            let mut k = key.to_vec();
+            let mut k = zeroize::Zeroizing::new(key.to_vec());
             k.extend_from_slice(salt);
             vec![("aead", algo.name(), k, Some(*icv_bits))]
         }
@@ -69,7 +77,7 @@ fn algorithms(alg: &SaAlgorithm) -> Vec<(&'static str, &'static str, Vec<u8>, Op
             algo,
             key,
             trunc_bits,
-        } => vec![("auth-trunc", algo.name(), key.to_vec(), Some(*trunc_bits))],
+        } => vec![("auth-trunc", algo.name(), key.clone(), Some(*trunc_bits))],
         SaAlgorithm::EncAuth {
             enc,
             enc_key,
@@ -80,10 +88,10 @@ fn algorithms(alg: &SaAlgorithm) -> Vec<(&'static str, &'static str, Vec<u8>, Op
             (
                 "auth-trunc",
                 auth.name(),
-                auth_key.to_vec(),
+                auth_key.clone(),
                 Some(*trunc_bits),
             ),
-            ("enc", enc.name(), enc_key.to_vec(), None),
+            ("enc", enc.name(), enc_key.clone(), None),
         ],
     }
 }
@@ -170,10 +178,8 @@ pub fn state_text(x: &SecurityAssociation, show: Show) -> String {
         } else {
             "(key hidden: --keys)".to_string()
         };
-        let _ = match bits {
-            Some(bits) => writeln!(s, "\t{kw} {name} {key} {bits}"),
-            None => writeln!(s, "\t{kw} {name} {key}"),
-        };
+        let bits = bits.map(|b| format!(" {b}")).unwrap_or_default();
+        let _ = writeln!(s, "\t{kw} {name} {key}{bits}");
     }
     if let Some(e) = c.encap {
         let t = match e.kind {
@@ -241,6 +247,7 @@ pub fn state_text(x: &SecurityAssociation, show: Show) -> String {
 
 pub fn state_json(x: &SecurityAssociation, show: Show) -> Value {
     let c = &x.cfg;
+    let algos = algorithms(&c.algorithm);
     let mut v = json!({
         "src": c.saddr.to_string(),
         "dst": c.id.daddr.to_string(),
@@ -257,10 +264,10 @@ pub fn state_json(x: &SecurityAssociation, show: Show) -> Value {
         })),
         "sel": c.selector.as_ref().map(selector_json),
     });
-    for (kw, name, key, bits) in algorithms(&c.algorithm) {
-        v[kw] = json!({ "name": name, "bits": bits });
+    for (kw, name, key, bits) in &algos {
+        v[*kw] = json!({ "name": name, "bits": bits });
         if show.keys {
-            v[kw]["key"] = json!(hex(&key));
+            v[*kw]["key"] = json!(hex(key));
         }
     }
     if show.stats {
