@@ -49,7 +49,9 @@ pub struct EspTrailer {
 #[inline]
 pub fn esp_trailer_len(payload_len: usize, tfc_padto: usize, blksize: usize) -> EspTrailer {
     let tfclen = tfc_padto.saturating_sub(payload_len);
-    let clen = (payload_len + 2 + tfclen).div_ceil(blksize) * blksize;
+    // blksize is a power of two (4, or 16 for CBC): a mask, not a division per packet.
+    debug_assert!(blksize.is_power_of_two());
+    let clen = (payload_len + 2 + tfclen + blksize - 1) & !(blksize - 1);
     EspTrailer {
         tfclen,
         plen: clen - payload_len - tfclen,
