@@ -138,6 +138,10 @@ struct RunArgs {
     /// they stay attached and drop what they would protect until the next start.
     #[arg(long)]
     detach_on_exit: bool,
+    /// Benchmark aid for `cargo xtask bench --gateway`: forward every frame UNENCRYPTED
+    /// through the workers (see datapath/bench.rs). Never on a real gateway.
+    #[arg(long, hide = true)]
+    bench_null_transform: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -267,6 +271,7 @@ fn main() -> ExitCode {
                 discard_corrupt_state: a.discard_corrupt_state,
                 detach_on_exit: a.detach_on_exit,
                 handle_signals: true,
+                bench_null_transform: a.bench_null_transform,
             };
             let mut out = std::io::stdout();
             match xfrm_user::datapath::run::run(&opts, &STOP, &mut out) {

@@ -42,6 +42,7 @@ use anyhow::{anyhow, Context, Result};
 use xfrm_common::XdpMeta;
 
 use super::{
+    bench::NullOr,
     loader::{AttachMode, Datapath, Program},
     neigh::{NeighOptions, NeighService},
     reasm::Reassembled,
@@ -303,6 +304,8 @@ pub struct RunOptions {
     /// SIGINT/SIGTERM stop the gateway (the command line); false leaves the process's signal
     /// handling alone (a gateway run in a thread of a test).
     pub handle_signals: bool,
+    /// Benchmark aid (bench.rs): forward every frame unencrypted, both ways through a worker.
+    pub bench_null_transform: bool,
 }
 
 impl RunOptions {
@@ -324,6 +327,7 @@ impl RunOptions {
             detach_on_exit: false,
             handle_signals: false,
             local_dev: Some(super::tap::DEFAULT_LOCAL_DEV.to_string()),
+            bench_null_transform: false,
         }
     }
 }
@@ -452,9 +456,11 @@ fn attach_all(
     one_armed: bool,
     tap: Option<&Tap>,
 ) -> Result<()> {
-    if one_armed {
+    // (The null-transform benchmark takes clear text from the wire to a worker as well.)
+    if one_armed || opts.bench_null_transform {
         dp.set_one_armed(true)?;
-    } else {
+    }
+    if !one_armed {
         dp.attach_persistent(Program::Inside, &opts.inside, opts.mode)?;
     }
     dp.attach_persistent(Program::Outside, &opts.outside, opts.mode)?;
@@ -552,7 +558,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     for q in 0..opts.queues.max(1) {
         let mut w = Worker::new(
             WorkerConfig::new(inside.clone(), outside.clone(), q),
-            gw.transform(),
+            NullOr::new(gw.transform(), opts.bench_null_transform),
             neigh.reader(),
         )
         .with_context(|| format!("worker for queue {q}"))?;
@@ -593,6 +599,13 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         }
     )?;
     writeln!(out, "xfrm-user: {state_line}")?;
+    if opts.bench_null_transform {
+        log::warn!("--bench-null-transform: every frame is forwarded UNENCRYPTED");
+        writeln!(
+            out,
+            "xfrm-user: BENCHMARK AID --bench-null-transform: frames are forwarded unencrypted"
+        )?;
+    }
     out.flush()?;
     let workers_stop = AtomicBool::new(false);
     std::thread::scope(|s| -> Result<()> {
