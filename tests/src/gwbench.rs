@@ -147,8 +147,10 @@ pub struct Figure {
     /// TCP: the sender's retransmissions.
     pub retransmits: Option<u64>,
     /// Both daemons' CPU time over the run per packet both gateways transmitted (routes
-    /// through xfrm-user).
+    /// through xfrm-user), and the user-space part of it (the kernel part includes the
+    /// receiving namespaces' softirq work that veth runs inside the daemon's transmit).
     pub cpu_ns_per_packet: Option<f64>,
+    pub user_ns_per_packet: Option<f64>,
     /// The client's command line.
     pub command: String,
 }
@@ -351,9 +353,11 @@ pub fn worker_counts(log: &str) -> Option<(u64, u64)> {
     Some((after(" -> wire ")?, after(" -> inside ")?))
 }
 
-/// CPU ticks of each daemon and packets each gateway transmitted, at one moment.
+/// CPU ticks of the daemons (user, system) and packets the gateways transmitted, at one
+/// moment.
 struct Sample {
-    ticks: u64,
+    user: u64,
+    system: u64,
     packets: u64,
 }
 
@@ -362,14 +366,17 @@ fn sample(net: &GatewayNet, daemons: &mut [Daemon]) -> Result<Option<Sample>> {
         return Ok(None);
     }
     let mut s = Sample {
-        ticks: 0,
+        user: 0,
+        system: 0,
         packets: 0,
     };
     for d in daemons.iter_mut() {
         let pid = d.proc().pid().context("the daemon has exited")?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .with_context(|| format!("/proc/{pid}/stat"))?;
-        s.ticks += cpu_ticks(&stat).context("/proc/PID/stat: no utime/stime")?;
+        let (user, system) = cpu_ticks(&stat).context("/proc/PID/stat: no utime/stime")?;
+        s.user += user;
+        s.system += system;
     }
     for side in [Side::A, Side::B] {
         let ns = net.topo.ns(net.gw(side));
@@ -380,12 +387,12 @@ fn sample(net: &GatewayNet, daemons: &mut [Daemon]) -> Result<Option<Sample>> {
     Ok(Some(s))
 }
 
-/// utime + stime (fields 14 and 15 of /proc/PID/stat, all threads), in clock ticks.
-pub fn cpu_ticks(stat: &str) -> Option<u64> {
+/// utime and stime (fields 14 and 15 of /proc/PID/stat, all threads), in clock ticks.
+pub fn cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     // The command name (field 2) may hold spaces: count from the closing parenthesis.
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
 }
 
 fn tx_packets(ns: &Netns, ifname: &str) -> Result<u64> {
@@ -441,8 +448,11 @@ fn measure(
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let packets = a.packets.saturating_sub(b.packets);
         if packets > 0 {
-            f.cpu_ns_per_packet =
-                Some(a.ticks.saturating_sub(b.ticks) as f64 / hz * 1e9 / packets as f64);
+            let per_packet = |ticks: u64| ticks as f64 / hz * 1e9 / packets as f64;
+            let user = a.user.saturating_sub(b.user);
+            let system = a.system.saturating_sub(b.system);
+            f.cpu_ns_per_packet = Some(per_packet(user + system));
+            f.user_ns_per_packet = Some(per_packet(user));
         }
     }
     Ok(f)
@@ -519,6 +529,7 @@ pub fn parse_iperf3(json: &str, load: Load) -> Result<Figure> {
         udp,
         retransmits,
         cpu_ns_per_packet: None,
+        user_ns_per_packet: None,
         command: String::new(),
     })
 }
@@ -531,8 +542,8 @@ fn describe(f: &Figure) -> String {
     if let Some(r) = f.retransmits {
         let _ = write!(s, ", {r} retransmits");
     }
-    if let Some(c) = f.cpu_ns_per_packet {
-        let _ = write!(s, ", daemons {c:.0} ns CPU/packet");
+    if let (Some(c), Some(u)) = (f.cpu_ns_per_packet, f.user_ns_per_packet) {
+        let _ = write!(s, ", daemons {c:.0} ns CPU/packet ({u:.0} ns user)");
     }
     s
 }
@@ -545,7 +556,7 @@ impl Report {
     /// The table (Markdown), one row per route and load.
     pub fn table(&self) -> String {
         let mut s = String::from(
-            "| route | load | Mbit/s received | packets/s received | loss | daemons' CPU per packet |\n\
+            "| route | load | Mbit/s received | packets/s received | loss | daemons' CPU per packet (user) |\n\
              |---|---|---:|---:|---:|---:|\n",
         );
         for f in &self.figures {
@@ -553,10 +564,10 @@ impl Report {
                 Some((p, l)) => (format!("{p:.0}"), format!("{l:.1} %")),
                 None => ("—".into(), "—".into()),
             };
-            let cpu = f
-                .cpu_ns_per_packet
-                .map(|c| format!("{c:.0} ns"))
-                .unwrap_or_else(|| "—".into());
+            let cpu = match (f.cpu_ns_per_packet, f.user_ns_per_packet) {
+                (Some(c), Some(u)) => format!("{c:.0} ns ({u:.0} ns)"),
+                _ => "—".into(),
+            };
             let _ = writeln!(
                 s,
                 "| {} | {} | {:.0} | {pps} | {loss} | {cpu} |",
@@ -607,12 +618,9 @@ impl Report {
             }
         }
         for f in &self.figures {
-            if let Some(c) = f.cpu_ns_per_packet {
-                out.push(format!(
-                    "cpu_ns_per_packet_{}_{}={c:.0}",
-                    f.route.key(),
-                    f.load.key()
-                ));
+            if let (Some(c), Some(u)) = (f.cpu_ns_per_packet, f.user_ns_per_packet) {
+                let (r, l) = (f.route.key(), f.load.key());
+                out.push(format!("cpu_ns_per_packet_{r}_{l}={c:.0} user={u:.0}"));
             }
         }
         out
@@ -627,7 +635,7 @@ mod tests {
     fn proc_stat_cpu_ticks() {
         let stat = "4242 (xfrm user) S 1 4242 4242 0 -1 4194560 500 0 0 0 731 269 0 0 20 0 3 0 \
                     100 1000 100 18446744073709551615";
-        assert_eq!(cpu_ticks(stat), Some(1000));
+        assert_eq!(cpu_ticks(stat), Some((731, 269)));
         assert_eq!(cpu_ticks("1 (x) S"), None);
     }
 
@@ -664,6 +672,7 @@ mod tests {
             udp: None,
             retransmits: None,
             cpu_ns_per_packet: None,
+            user_ns_per_packet: None,
             command: String::new(),
         };
         let rep = Report {
