@@ -5,6 +5,7 @@ pub mod config;
 pub mod crypto;
 pub mod datapath;
 pub mod frame;
+pub mod keyfile;
 pub mod pcap;
 pub mod policy;
 pub mod sa;

@@ -142,6 +142,10 @@ struct RunArgs {
     /// through the workers (see datapath/bench.rs). Never on a real gateway.
     #[arg(long, hide = true)]
     bench_null_transform: bool,
+    /// Once set up, run as this user (its uid and primary gid, no other groups), keeping
+    /// only CAP_NET_ADMIN as always: root's files are then out of the daemon's reach.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -272,6 +276,8 @@ fn main() -> ExitCode {
                 detach_on_exit: a.detach_on_exit,
                 handle_signals: true,
                 bench_null_transform: a.bench_null_transform,
+                drop_privileges: true,
+                user: a.user,
             };
             let mut out = std::io::stdout();
             match xfrm_user::datapath::run::run(&opts, &STOP, &mut out) {

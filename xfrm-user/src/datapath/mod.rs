@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod explain;
 pub mod loader;
 pub mod neigh;
+pub mod privs;
 pub mod reasm;
 pub mod rules;
 pub mod run;

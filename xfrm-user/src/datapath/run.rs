@@ -306,12 +306,21 @@ pub struct RunOptions {
     pub handle_signals: bool,
     /// Benchmark aid (bench.rs): forward every frame unencrypted, both ways through a worker.
     pub bench_null_transform: bool,
+    /// Once set up, drop every capability but what the running gateway needs, set
+    /// no_new_privs and make the process non-dumpable ([`super::privs`]). Capabilities are
+    /// per thread: a gateway run in a thread drops its own (and its workers').
+    pub drop_privileges: bool,
+    /// With `drop_privileges`: also become this user (uid, primary gid), keeping
+    /// CAP_NET_ADMIN. The state file stays open (mapped) but its directory is root's. The ids
+    /// are the whole process's (glibc changes every thread's): for the command line.
+    pub user: Option<String>,
 }
 
 impl RunOptions {
     /// The defaults of the command line: one queue, native XDP, the object found by
     /// `resolve_object`, a counter line a second, until stopped, the default state file,
-    /// programs kept attached at exit, the host's own traffic through the default TAP.
+    /// programs kept attached at exit, the host's own traffic through the default TAP,
+    /// privileges dropped once set up.
     pub fn new(config: PathBuf, inside: &str, outside: &str) -> Self {
         Self {
             config,
@@ -326,6 +335,8 @@ impl RunOptions {
             discard_corrupt_state: false,
             detach_on_exit: false,
             handle_signals: false,
+            drop_privileges: true,
+            user: None,
             local_dev: Some(super::tap::DEFAULT_LOCAL_DEV.to_string()),
             bench_null_transform: false,
         }
@@ -484,6 +495,11 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     let _enter = rt.enter();
     // Before anything is set up: a signal that arrives meanwhile is kept for the loop.
     let mut signals = Signals::new(opts.handle_signals)?;
+    // A user that does not exist is refused before anything is set up.
+    let user = match &opts.user {
+        Some(name) => Some(super::privs::lookup_user(name)?),
+        None => None,
+    };
     let cfg = crate::config::load_config(&opts.config).map_err(|errs| {
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         anyhow!("invalid configuration:\n{}", lines.join("\n"))
@@ -574,6 +590,17 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         }
         dp.set_outside_socket(q, fd_out)?;
         workers.push(w);
+    }
+    // What the interfaces run now, to put back if attaching fails half-way (opening a
+    // program by id needs the privileges dropped next).
+    if !one_armed {
+        dp.remember_previous(&opts.inside, opts.mode);
+    }
+    dp.remember_previous(&opts.outside, opts.mode);
+    // Everything but the attachments is set up: least privilege from here on. Attaching
+    // needs only CAP_NET_ADMIN, which is kept; a failed drop leaves nothing attached.
+    if opts.drop_privileges {
+        super::privs::drop_after_start(user).context("dropping privileges")?;
     }
     // Netlink mode: the programs outlive a killed daemon and then drop what they would
     // protect (fail closed); a restart swaps them atomically. See loader.rs. A failure
