@@ -244,6 +244,133 @@ impl Daemon {
         &self.state
     }
 
+    /// The last value of an xfrm counter (`/proc/net/xfrm_stat` names) in the daemon's
+    /// counter lines (0 when absent: only nonzero counters are printed).
+    pub fn xfrm_counter(&self, name: &str) -> u64 {
+        self.xfrm_counters()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| v)
+    }
+
+    /// Packets the workers took but did not pass on, from the last counter line: inside or
+    /// local ones not sent to the wire, plus wire ones not delivered (whatever the reason:
+    /// xfrm drops, no neighbour, no TX room).
+    pub fn datapath_gap(&self) -> u64 {
+        let log = self.proc.log();
+        let Some(line) = log.lines().rev().find(|l| l.starts_with("out ")) else {
+            return 0;
+        };
+        // "out X pkts + local Y -> wire Z, in A (reassembled B) -> inside C + local D, …"
+        let n: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|w| !w.is_empty())
+            .take(7)
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        match n[..] {
+            [x, y, z, a, _b, c, d] => (x + y).saturating_sub(z) + a.saturating_sub(c + d),
+            _ => 0,
+        }
+    }
+
+    /// Every nonzero xfrm counter of the daemon's last counter line.
+    pub fn xfrm_counters(&self) -> Vec<(String, u64)> {
+        let log = self.proc.log();
+        let Some(line) = log.lines().rev().find(|l| l.starts_with("out ")) else {
+            return Vec::new();
+        };
+        let Some((_, xfrm)) = line.split_once(" | ") else {
+            return Vec::new();
+        };
+        let w: Vec<&str> = xfrm.split_whitespace().collect();
+        w.chunks_exact(2)
+            .filter_map(|p| Some((p[0].to_string(), p[1].parse().ok()?)))
+            .collect()
+    }
+
+    /// Its control socket (the default: beside the state file).
+    pub fn ctl_path(&self) -> PathBuf {
+        self.state.with_extension("ctl")
+    }
+
+    /// Waits until the control socket answers (the daemon opens it last, once everything
+    /// a request changes exists). Fails at once if the daemon exits.
+    pub fn wait_ctl(&mut self, timeout: std::time::Duration) -> Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            self.check_alive()?;
+            if xfrm_user::ctl::client::Client::connect(&self.ctl_path()).is_ok() {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "{}: no control socket after {timeout:?}; log:\n{}",
+                    self.proc.label(),
+                    self.proc.log()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// `xfrm-user xfrm --ctl SOCKET ARGS…` in the daemon's namespace, with `stdin` as its
+    /// standard input (for `-batch -`: keys never on a command line).
+    pub fn xfrm(&self, args: &[&str], stdin: &str) -> Result<std::process::Output> {
+        self.client("xfrm", args, stdin)
+    }
+
+    /// `xfrm-user reload --ctl SOCKET`; its standard output.
+    pub fn reload(&self) -> Result<String> {
+        let o = self.client("reload", &[], "")?;
+        if !o.status.success() {
+            bail!(
+                "xfrm-user reload: {}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// `xfrm-user SUBCOMMAND --ctl SOCKET ARGS…` in the daemon's namespace.
+    fn client(&self, sub: &str, args: &[&str], stdin: &str) -> Result<std::process::Output> {
+        use std::io::Write;
+        let ctl = self.ctl_path();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(&self.bin)
+            .args([sub, "--ctl"])
+            .arg(&ctl)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("xfrm-user {sub}"))?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(stdin.as_bytes())?;
+        child
+            .wait_with_output()
+            .with_context(|| format!("xfrm-user {sub}"))
+    }
+
+    /// [`Self::xfrm`] that must succeed; its standard output.
+    pub fn xfrm_ok(&self, args: &[&str], stdin: &str) -> Result<String> {
+        let o = self.xfrm(args, stdin)?;
+        if !o.status.success() {
+            bail!(
+                "xfrm-user xfrm {args:?}: {}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
     fn ifaces(&self) -> Vec<String> {
         let mut v = vec![self.inside.clone(), self.outside.clone()];
         v.dedup();

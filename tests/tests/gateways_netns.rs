@@ -261,6 +261,7 @@ fn two_gateways(name: &str, p: &Plan) {
         detach_on_exit: true,
         handle_signals: false,
         bench_null_transform: false,
+        ctl: None,
         drop_privileges: true,
         user: None,
     };

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod ctl;
 pub mod datapath;
 pub mod frame;
 pub mod keyfile;

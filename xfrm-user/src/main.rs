@@ -43,6 +43,16 @@ enum Command {
     /// Ctrl-C. Inside may equal outside (one-armed). The XDP programs stay attached when it
     /// stops (fail closed: protected traffic is dropped until it runs again); see `detach`.
     Run(RunArgs),
+    /// Talk to a running gateway with ip xfrm's words: `xfrm-user xfrm state add …`,
+    /// `state delete|get|list|flush|count|allocspi|update`, `policy add|delete|get|list|
+    /// flush|count|update`, `monitor`; `-batch FILE` (or `-`) sends one request per line, so
+    /// that keys stay out of the command line.
+    Xfrm(XfrmArgs),
+    /// Make a running gateway re-read its configuration file and apply what changed in it,
+    /// as one atomic change (SIGHUP does the same). What was added through `xfrm-user xfrm`
+    /// stays; SAs and policies the file did not change keep their counters and sequence
+    /// numbers.
+    Reload(ReloadArgs),
     /// Take the XDP programs a stopped or killed `run` left attached off the interfaces
     /// (only xfrm-user's own programs; another program is refused). The kernel then routes
     /// the protected flows, in clear unless its own xfrm protects them.
@@ -142,10 +152,40 @@ struct RunArgs {
     /// through the workers (see datapath/bench.rs). Never on a real gateway.
     #[arg(long, hide = true)]
     bench_null_transform: bool,
+    /// The control socket (`xfrm-user xfrm …` talks to it; default: beside the state file,
+    /// .ctl for .state).
+    #[arg(long, value_name = "PATH")]
+    ctl: Option<PathBuf>,
     /// Once set up, run as this user (its uid and primary gid, no other groups), keeping
     /// only CAP_NET_ADMIN as always: root's files are then out of the daemon's reach.
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ReloadArgs {
+    /// The daemon's control socket (default: the one of this network namespace's daemon).
+    #[arg(long, value_name = "PATH")]
+    ctl: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct XfrmArgs {
+    /// The daemon's control socket (default: the one of this network namespace's daemon).
+    #[arg(long, value_name = "PATH")]
+    ctl: Option<PathBuf>,
+    /// Counters, as `ip -s xfrm state` prints them.
+    #[arg(short = 's', long = "stats")]
+    stats: bool,
+    /// JSON, as `ip -j`.
+    #[arg(short = 'j', long = "json")]
+    json: bool,
+    /// Print key material (never printed otherwise).
+    #[arg(long)]
+    keys: bool,
+    /// What follows `ip xfrm`: `state …`, `policy …`, `monitor`, or `-batch FILE|-`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    words: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -276,6 +316,7 @@ fn main() -> ExitCode {
                 detach_on_exit: a.detach_on_exit,
                 handle_signals: true,
                 bench_null_transform: a.bench_null_transform,
+                ctl: a.ctl,
                 drop_privileges: true,
                 user: a.user,
             };
@@ -288,6 +329,14 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Xfrm(a) => ExitCode::from(xfrm_client(a)),
+        Command::Reload(a) => ExitCode::from(xfrm_client(XfrmArgs {
+            ctl: a.ctl,
+            stats: false,
+            json: false,
+            keys: false,
+            words: vec!["reload".to_string()],
+        })),
         Command::Detach(a) => {
             let ifaces: Vec<&str> = [a.inside.as_deref(), a.outside.as_deref()]
                 .into_iter()
@@ -341,6 +390,103 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `xfrm-user xfrm …`: 0 when every request succeeded, 1 on a refused request, 2 when the
+/// daemon cannot be reached.
+fn xfrm_client(a: XfrmArgs) -> u8 {
+    use xfrm_user::ctl::{client, render::Show};
+    let show = Show {
+        stats: a.stats,
+        json: a.json,
+        keys: a.keys,
+    };
+    let path = match a.ctl.map(Ok).unwrap_or_else(client::default_ctl) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("xfrm-user: {e}");
+            return 2;
+        }
+    };
+    let mut c = match client::Client::connect(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("xfrm-user: {e}");
+            return 2;
+        }
+    };
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    if a.words[0] == "-batch" {
+        let Some(file) = a.words.get(1).filter(|_| a.words.len() == 2) else {
+            eprintln!("xfrm-user: expected '-batch FILE' (or '-batch -' for standard input)");
+            return 2;
+        };
+        let r = if file == "-" {
+            client::batch(
+                &mut c,
+                show,
+                "-",
+                &mut std::io::stdin().lock(),
+                &mut out,
+                &mut err,
+            )
+        } else {
+            match std::fs::File::open(file) {
+                Ok(f) => client::batch(
+                    &mut c,
+                    show,
+                    file,
+                    &mut std::io::BufReader::new(f),
+                    &mut out,
+                    &mut err,
+                ),
+                Err(e) => {
+                    eprintln!("xfrm-user: {file}: {e}");
+                    return 2;
+                }
+            }
+        };
+        return r.unwrap_or_else(|e| {
+            eprintln!("xfrm-user: {e}");
+            2
+        });
+    }
+    let cmd = client::join_words(&a.words);
+    if a.words.len() == 1 && a.words[0] == "monitor" {
+        if let Err(e) = c.monitor() {
+            eprintln!("xfrm-user: {e}");
+            return 1;
+        }
+        loop {
+            match c.next_event() {
+                Ok(ev) => {
+                    use std::io::Write;
+                    if out
+                        .write_all(ev.as_bytes())
+                        .and_then(|_| out.flush())
+                        .is_err()
+                    {
+                        return 0;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("xfrm-user: {e}");
+                    return 2;
+                }
+            }
+        }
+    }
+    match c.request(show, &cmd) {
+        Ok(body) => {
+            use std::io::Write;
+            let _ = out.write_all(body.as_bytes());
+            0
+        }
+        Err(e) => {
+            eprintln!("xfrm-user: {e}");
+            1
         }
     }
 }

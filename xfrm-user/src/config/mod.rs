@@ -23,6 +23,7 @@ mod cursor;
 mod error;
 mod lexer;
 mod policy;
+pub mod request;
 mod sel;
 mod state;
 mod value;
@@ -39,6 +40,8 @@ use std::path::Path;
 pub use error::ConfigError;
 pub use policy::MAX_TEMPLATES;
 pub use state::REPLAY_WINDOW_MAX;
+
+pub(crate) use sel::normalized as normalized_selector;
 
 use self::error::{LineError, LineResult};
 use self::lexer::Word;

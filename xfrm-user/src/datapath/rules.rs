@@ -215,11 +215,16 @@ pub fn sa_for_template(states: &[SaConfig], t: &Template) -> Option<u32> {
 /// matching the first template by dst/proto/mode/spi/reqid/src, when there is one.
 pub fn compile_db(db: &XfrmDb) -> Result<Vec<PolicyRule>> {
     let states: Vec<SaConfig> = db.states().iter().map(|x| x.cfg.clone()).collect();
-    compile_sorted(db.policies(PolicyDir::Out), |p| {
+    let mut rules = compile_sorted(db.policies(PolicyDir::Out), |p| {
         p.templates
             .first()
             .and_then(|t| sa_for_template(&states, t))
-    })
+    })?;
+    // The database's tag on each id: see `XfrmDb::policy_by_id`.
+    for (i, r) in rules.iter_mut().enumerate() {
+        r.policy_id = db.policy_id(i);
+    }
+    Ok(rules)
 }
 
 /// Network-order words of an address, as the XDP program loads them (IPv4 in word 0).

@@ -28,14 +28,17 @@
 //! (fail closed; `--detach-on-exit` or `xfrm-user detach` take them off).
 
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     io::Write,
     net::IpAddr,
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, SyncSender},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, Context, Result};
@@ -43,55 +46,75 @@ use xfrm_common::XdpMeta;
 
 use super::{
     bench::NullOr,
-    loader::{AttachMode, Datapath, Program},
+    loader::{AttachMode, Datapath, Program, Table},
     neigh::{NeighOptions, NeighService},
     reasm::Reassembled,
-    rules::compile_db,
+    rules::{compile_db, compile_inbound, compile_sas, encap_ports},
     tap::Tap,
     worker::{port_info, too_big, Action, Ctx, Side, Transform, Worker, WorkerConfig},
 };
+use crate::config::request::Request;
+use crate::ctl::{
+    handover::{Handover, Reader},
+    render::Show,
+    server::Server,
+    store::{Acquire, Executed, Store, Tables, ACQUIRE_INTERVAL_SECS},
+};
 use crate::frame::Frame;
 use crate::policy::{Policy, PolicyAction, PolicyDir};
+use crate::selector::FlowKey;
 use crate::stats::{XfrmStat, XfrmStats};
 use crate::wire::{checksum, flow, proto, tcp::TcpPacket};
 use crate::xfrm::{
     persist::{self, SaIdentity, StateFile},
     pmtu::{bundle_mtu, SaMtu},
     spd::XFRM_MAX_DEPTH,
-    xfrm_input, xfrm_output_bundle, InputTables, InputVerdict, SystemClock, Verdict, XfrmDb,
+    xfrm_input, xfrm_output_bundle, InputVerdict, SystemClock, Verdict, XfrmDb,
 };
 
-/// What the workers share: the SA/policy database, the input tables, the counters.
+/// What the workers share: the tables (SAD, SPD, input tables), handed over whole at each
+/// change (ctl::handover), and the counters.
 pub struct Gateway {
-    pub db: Arc<XfrmDb>,
-    pub tables: Arc<InputTables>,
+    pub tables: Handover<Tables>,
     pub stats: Arc<XfrmStats>,
+    /// The workers' acquires (a packet met a policy without SA), for the control plane.
+    acquire_tx: SyncSender<Acquire>,
+    pub acquires: Receiver<Acquire>,
 }
+
+/// Acquires waiting for the control plane at most; more are dropped (the next packet of
+/// the flow raises it again after the interval).
+const ACQUIRE_QUEUE: usize = 256;
 
 impl Gateway {
     pub fn new(db: XfrmDb) -> Self {
-        let tables = InputTables::new(&db);
+        let (acquire_tx, acquires) = std::sync::mpsc::sync_channel(ACQUIRE_QUEUE);
         Self {
-            db: Arc::new(db),
-            tables: Arc::new(tables),
+            tables: Handover::new(Tables::new(db)),
             stats: Arc::new(XfrmStats::new()),
+            acquire_tx,
+            acquires,
         }
     }
 
     /// A transform for one worker (cheap: shares everything).
-    pub fn transform(&self) -> GatewayTransform {
-        GatewayTransform {
-            db: self.db.clone(),
-            tables: self.tables.clone(),
+    pub fn transform(&self) -> Result<GatewayTransform> {
+        Ok(GatewayTransform {
+            tables: self
+                .tables
+                .reader()
+                .context("the worker's wake-up eventfd")?,
             stats: self.stats.clone(),
-        }
+            acquire: self.acquire_tx.clone(),
+            acquired: RefCell::new(HashMap::new()),
+        })
     }
 
     /// The addresses the gateway sends to: SA destinations and NAT-T peers (resolved at
     /// start so the first packets find their MAC).
     pub fn peers(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = Vec::new();
-        for x in self.db.states() {
+        for x in self.tables.current().db.states() {
             v.push(x.daddr());
             if let Some(e) = x.cfg.encap {
                 v.push(e.oaddr);
@@ -104,15 +127,42 @@ impl Gateway {
 }
 
 pub struct GatewayTransform {
-    db: Arc<XfrmDb>,
-    tables: Arc<InputTables>,
+    /// This worker's snapshot of the tables, renewed between batches.
+    tables: Reader<Tables>,
     stats: Arc<XfrmStats>,
+    acquire: SyncSender<Acquire>,
+    /// The acquires this worker raised, until when: one per policy and flow per interval
+    /// (the control plane dedups across workers).
+    acquired: RefCell<HashMap<(u32, FlowKey), u64>>,
 }
 
 impl GatewayTransform {
     fn drop_with(&self, s: XfrmStat) -> Action {
         self.stats.inc(s);
         Action::Drop
+    }
+
+    fn db(&self) -> &XfrmDb {
+        &self.tables.get().db
+    }
+
+    /// km_query: tell the key manager a flow needs an SA, once per policy and flow and
+    /// interval; never blocks (a full queue drops it).
+    #[cold]
+    fn raise_acquire(&self, pol: &Policy, flow: &FlowKey, now: u64) {
+        let mut m = self.acquired.borrow_mut();
+        let key = (pol.index, *flow);
+        if m.get(&key).is_some_and(|&until| until > now) {
+            return;
+        }
+        if m.len() >= 1024 {
+            m.retain(|_, until| *until > now);
+        }
+        m.insert(key, now + ACQUIRE_INTERVAL_SECS);
+        let _ = self.acquire.try_send(Acquire {
+            policy: pol.clone(),
+            flow: *flow,
+        });
     }
 
     /// A frame of the host's own (from the TAP): the classifier's work done here, with the
@@ -123,7 +173,7 @@ impl GatewayTransform {
         };
         // TC redirects only what a protect rule covers; a frame without one means the tables
         // disagree (or the kernel wrote to the TAP on its own): never send it in clear.
-        let Some(pol) = self.db.policy_lookup(PolicyDir::Out, &info.key) else {
+        let Some(pol) = self.db().policy_lookup(PolicyDir::Out, &info.key) else {
             return self.drop_with(XfrmStat::XfrmOutPolError);
         };
         if pol.action == PolicyAction::Block {
@@ -137,15 +187,22 @@ impl GatewayTransform {
         let Some(m) = meta else {
             return self.drop_with(XfrmStat::XfrmOutPolError);
         };
-        let Some(pol) = self.db.policies(PolicyDir::Out).get(m.policy_id as usize) else {
+        let Ok(info) = flow::parse(frame.data()) else {
+            return self.drop_with(XfrmStat::XfrmOutError);
+        };
+        // The classifier's rule is of our tables, or of the ones before or after a change
+        // (its tag says): then our own lookup decides, so the packet sees one version.
+        let db = self.db();
+        let pol = match db.policy_by_id(m.policy_id) {
+            Some(p) => Some(p),
+            None => db.policy_lookup(PolicyDir::Out, &info.key),
+        };
+        let Some(pol) = pol else {
             return self.drop_with(XfrmStat::XfrmOutPolError);
         };
         if pol.action == PolicyAction::Block {
             return self.drop_with(XfrmStat::XfrmOutPolBlock);
         }
-        let Ok(info) = flow::parse(frame.data()) else {
-            return self.drop_with(XfrmStat::XfrmOutError);
-        };
         self.output_policy(pol, &info, frame, ctx, false)
     }
 
@@ -160,9 +217,15 @@ impl GatewayTransform {
         local: bool,
     ) -> Action {
         let mut xs = [None; XFRM_MAX_DEPTH];
-        let n = match self.db.tmpl_resolve(pol, &info.key, &mut xs) {
+        let db = self.db();
+        let n = match db.tmpl_resolve(pol, &info.key, &mut xs) {
             Ok(n) => n,
-            Err(s) => return self.drop_with(s),
+            Err(s) => {
+                if s == XfrmStat::XfrmOutNoStates {
+                    self.raise_acquire(pol, &info.key, db.now());
+                }
+                return self.drop_with(s);
+            }
         };
         // A policy without SA to apply would mean clear text: the classifier passes those,
         // so getting one here means the tables disagree. Never send it in clear.
@@ -199,7 +262,7 @@ impl GatewayTransform {
             }
         }
         let partial = csum_partial(frame.data(), info);
-        match xfrm_output_bundle(&refs[..n], &self.stats, frame, partial, self.db.now()) {
+        match xfrm_output_bundle(&refs[..n], &self.stats, frame, partial, db.now()) {
             Verdict::Transformed => Action::Tx(Side::Outside),
             _ => Action::Drop,
         }
@@ -219,11 +282,22 @@ impl Transform for GatewayTransform {
             Side::Local => self.output_local(frame, ctx),
             // To the inner destination; the worker hands it to the host when that is one of
             // its own addresses.
-            Side::Outside => match xfrm_input(&self.db, &self.tables, &self.stats, frame) {
-                InputVerdict::Decapsulated => Action::Tx(Side::Inside),
-                _ => Action::Drop,
-            },
+            Side::Outside => {
+                let t = self.tables.get();
+                match xfrm_input(&t.db, &t.input, &self.stats, frame) {
+                    InputVerdict::Decapsulated => Action::Tx(Side::Inside),
+                    _ => Action::Drop,
+                }
+            }
         }
+    }
+
+    fn between_batches(&mut self) {
+        self.tables.refresh();
+    }
+
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.tables.wake_fd())
     }
 }
 
@@ -306,6 +380,8 @@ pub struct RunOptions {
     pub handle_signals: bool,
     /// Benchmark aid (bench.rs): forward every frame unencrypted, both ways through a worker.
     pub bench_null_transform: bool,
+    /// The control socket (None: beside the state file, `.ctl` for `.state`).
+    pub ctl: Option<PathBuf>,
     /// Once set up, drop every capability but what the running gateway needs, set
     /// no_new_privs and make the process non-dumpable ([`super::privs`]). Capabilities are
     /// per thread: a gateway run in a thread drops its own (and its workers').
@@ -335,6 +411,7 @@ impl RunOptions {
             discard_corrupt_state: false,
             detach_on_exit: false,
             handle_signals: false,
+            ctl: None,
             drop_privileges: true,
             user: None,
             local_dev: Some(super::tap::DEFAULT_LOCAL_DEV.to_string()),
@@ -373,7 +450,7 @@ fn write_counters(
     writeln!(
         out,
         "out {} pkts + local {} -> wire {}, in {} (reassembled {}) -> inside {} + local {}, \
-         icmp {}, frags {}, no-l2 {}, drops {} | {}",
+         icmp {}, frags {}, no-l2 {}, no-buffer {}, too-big {}, drops {} | {}",
         sum(|w| w.rx[0].load(Ordering::Relaxed)),
         sum(|w| w.rx[2].load(Ordering::Relaxed)),
         sum(|w| w.tx[1].load(Ordering::Relaxed)),
@@ -384,10 +461,12 @@ fn write_counters(
         sum(|w| w.replies.load(Ordering::Relaxed)),
         sum(|w| w.fragments.load(Ordering::Relaxed)),
         sum(|w| w.no_l2.load(Ordering::Relaxed)),
+        sum(|w| w.no_buffer.load(Ordering::Relaxed)),
+        sum(|w| w.too_big.load(Ordering::Relaxed)),
         sum(|w| w.dropped.load(Ordering::Relaxed)),
         stats.render_nonzero().replace('\n', " ").trim_end(),
     )?;
-    for x in gw.db.states() {
+    for x in gw.tables.current().db.states() {
         if let Some(line) = sa_line(x) {
             writeln!(out, "{line}")?;
         }
@@ -430,9 +509,16 @@ fn sa_line(x: &crate::xfrm::state::SecurityAssociation) -> Option<String> {
     Some(line)
 }
 
-/// SIGINT and SIGTERM through tokio, when the caller wants them (the command line; a test
-/// running the gateway in a thread keeps the process's own handling).
-struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+/// SIGINT and SIGTERM (stop) and SIGHUP (reload the configuration) through tokio, when the
+/// caller wants them (the command line; a test running the gateway in a thread keeps the
+/// process's own handling).
+struct Signals(
+    Option<(
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+    )>,
+);
 
 impl Signals {
     fn new(on: bool) -> Result<Self> {
@@ -441,6 +527,7 @@ impl Signals {
             Some((
                 signal(SignalKind::interrupt()).context("SIGINT handler")?,
                 signal(SignalKind::terminate()).context("SIGTERM handler")?,
+                signal(SignalKind::hangup()).context("SIGHUP handler")?,
             ))
         } else {
             None
@@ -450,12 +537,102 @@ impl Signals {
     /// The next signal's name; never, without handlers.
     async fn recv(&mut self) -> &'static str {
         match &mut self.0 {
-            Some((int, term)) => tokio::select! {
+            Some((int, term, hup)) => tokio::select! {
                 _ = int.recv() => "SIGINT",
                 _ = term.recv() => "SIGTERM",
+                _ = hup.recv() => "SIGHUP",
             },
             None => std::future::pending().await,
         }
+    }
+}
+
+/// How long a change waits for every worker to take the new tables (a worker takes them
+/// between two batches, within a millisecond or so; one that does not is stuck).
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One control request: a read is answered from the store; a change is prepared (a refused
+/// one changes nothing), compiled for the XDP maps (a table too large is refused before
+/// anything moves), handed to the workers and acknowledged by each, written to the maps,
+/// and only then committed, told to `monitor` and answered.
+///
+/// The workers go first: what the maps newly send them (a new SA's SPI) finds tables that
+/// know it. Between the two, a packet classified by the old XDP rules carries an id of the
+/// old policy table, which the worker's tag check turns into its own lookup.
+#[allow(clippy::too_many_arguments)]
+fn control(
+    req: &Request,
+    show: Show,
+    config: &std::path::Path,
+    sad: &mut Store,
+    gw: &Gateway,
+    dp: &mut Datapath,
+    events: &tokio::sync::broadcast::Sender<String>,
+) -> Result<String, String> {
+    let mut p = if *req == Request::Reload {
+        // All or nothing, as at start: a file with an error changes nothing.
+        let cfg = crate::config::load_config(config).map_err(|errs| {
+            let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            format!(
+                "reload: invalid configuration (nothing applied): {}",
+                lines.join("; ")
+            )
+        })?;
+        sad.prepare_reload(cfg, Instant::now())?
+    } else {
+        match sad.execute(req, show, Instant::now())? {
+            Executed::Read(body) => return Ok(body),
+            Executed::Change(p) => *p,
+        }
+    };
+    let mut late = None;
+    if let Some(t) = p.tables.take() {
+        let compiled = (|| -> Result<_> {
+            let sas = compile_sas(&t.db)?;
+            let ports = encap_ports(&t.input)?;
+            let rules = if p.policies_changed {
+                Some((
+                    compile_db(&t.db)?,
+                    compile_inbound(&t.db, PolicyDir::In)?,
+                    compile_inbound(&t.db, PolicyDir::Fwd)?,
+                ))
+            } else {
+                None
+            };
+            Ok((sas, ports, rules))
+        })();
+        let (sas, ports, rules) =
+            compiled.map_err(|e| format!("request: {e:#} (nothing applied)"))?;
+        let g = gw.tables.publish(t);
+        if let Err(e) = gw.tables.wait(g, HANDOVER_TIMEOUT) {
+            log::error!("control: {e}");
+            late = Some(e.to_string());
+        }
+        let maps = (|| -> Result<()> {
+            dp.set_sas(&sas)?;
+            if let Some((out, inp, fwd)) = &rules {
+                dp.set_out_policies(out)?;
+                dp.set_policies(Table::In, inp)?;
+                dp.set_policies(Table::Fwd, fwd)?;
+            }
+            dp.set_encap_ports(ports)
+        })();
+        if let Err(e) = maps {
+            // The workers have the new tables; the store must say what they run.
+            log::error!("control: the XDP maps refused the change: {e:#}");
+            late.get_or_insert(format!("the XDP maps refused the change: {e:#}"));
+        }
+    }
+    let body = std::mem::take(&mut p.body);
+    let evs = std::mem::take(&mut p.events);
+    sad.commit(p);
+    for e in evs {
+        // No subscriber is not an error.
+        let _ = events.send(e);
+    }
+    match late {
+        Some(e) => Err(format!("internal: {e}; the change is in the tables")),
+        None => Ok(body),
     }
 }
 
@@ -517,6 +694,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         .collect::<Result<Vec<_>>>()?;
     let db = XfrmDb::with_slots(cfg.states, cfg.policies, Arc::new(SystemClock), slots)
         .map_err(|e| anyhow!("{e}"))?;
+    let mut sad = Store::new(&db);
     let gw = Gateway::new(db);
     let r = store.report();
     let state_line = format!(
@@ -535,7 +713,8 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             ""
         }
     );
-    for x in gw
+    let start = gw.tables.current();
+    for x in start
         .db
         .states()
         .iter()
@@ -549,7 +728,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             x.persisted_in_top()
         );
     }
-    let rules = compile_db(&gw.db)?;
+    let rules = compile_db(&start.db)?;
     let inside = port_info(&opts.inside)?;
     let outside = port_info(&opts.outside)?;
     let one_armed = inside.ifindex == outside.ifindex;
@@ -560,7 +739,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     let neigh = NeighService::start(&gw.peers(), NeighOptions::default())?;
     let mut dp = Datapath::load_default(opts.bpf.as_deref())?;
     // Out policies, SAs, NAT-T ports (InputTables' rule, as the transforms use).
-    dp.install(&gw.db)?;
+    dp.install(&start.db)?;
     let mut tap = match &opts.local_dev {
         Some(name) => Some(Tap::create(name, opts.queues.max(1), outside.mtu)?),
         None => None,
@@ -574,7 +753,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     for q in 0..opts.queues.max(1) {
         let mut w = Worker::new(
             WorkerConfig::new(inside.clone(), outside.clone(), q),
-            NullOr::new(gw.transform(), opts.bench_null_transform),
+            NullOr::new(gw.transform()?, opts.bench_null_transform),
             neigh.reader(),
         )
         .with_context(|| format!("worker for queue {q}"))?;
@@ -597,6 +776,14 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         dp.remember_previous(&opts.inside, opts.mode);
     }
     dp.remember_previous(&opts.outside, opts.mode);
+    // The control socket while its directory (root's) is still ours to write in. Requests
+    // are taken only once the loop below runs: when everything they change exists.
+    let ctl_path = opts
+        .ctl
+        .clone()
+        .unwrap_or_else(|| crate::ctl::socket::default_path(&state_path));
+    let mut ctl = Server::start(&ctl_path)
+        .with_context(|| format!("control socket {}", ctl_path.display()))?;
     // Everything but the attachments is set up: least privilege from here on. Attaching
     // needs only CAP_NET_ADMIN, which is kept; a failed drop leaves nothing attached.
     if opts.drop_privileges {
@@ -617,7 +804,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         opts.inside,
         opts.outside,
         opts.mode,
-        gw.db.states().len(),
+        start.db.states().len(),
         rules.len(),
         workers.len(),
         match &tap {
@@ -633,6 +820,10 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             "xfrm-user: BENCHMARK AID --bench-null-transform: frames are forwarded unencrypted"
         )?;
     }
+    // The first tables are the store's and the workers' now; a deleted SA must not live on
+    // here (its key would stay in memory).
+    drop(start);
+    writeln!(out, "xfrm-user: control socket {}", ctl_path.display())?;
     out.flush()?;
     let workers_stop = AtomicBool::new(false);
     std::thread::scope(|s| -> Result<()> {
@@ -655,6 +846,9 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::MAX));
             tokio::pin!(deadline);
             let mut check = tokio::time::interval(Duration::from_millis(50));
+            // Lifetimes by time and the workers' acquires (the kernel's timers count in
+            // seconds; a quarter of one is soon enough).
+            let mut lifetimes = tokio::time::interval(Duration::from_millis(250));
             let mut report = tokio::time::interval_at(
                 tokio::time::Instant::now() + opts.interval,
                 opts.interval,
@@ -662,10 +856,39 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             loop {
                 tokio::select! {
                     sig = signals.recv() => {
+                        if sig == "SIGHUP" {
+                            match control(&Request::Reload, Show::default(), &opts.config, &mut sad, &gw, &mut dp, &ctl.events) {
+                                Ok(r) => log::info!("SIGHUP: {}", r.trim_end()),
+                                Err(e) => log::error!("SIGHUP: {e}"),
+                            }
+                            continue;
+                        }
                         log::info!("{sig}: stopping");
                         break;
                     }
                     _ = &mut deadline, if opts.duration.is_some() => break,
+                    _ = lifetimes.tick() => {
+                        while let Ok(a) = gw.acquires.try_recv() {
+                            if let Some(ev) = sad.acquire(&a) {
+                                let _ = ctl.events.send(ev);
+                            }
+                        }
+                        let (evs, hard) = sad.expiries();
+                        for ev in evs {
+                            let _ = ctl.events.send(ev);
+                        }
+                        // Past a hard limit the SA goes, as the kernel deletes it.
+                        for id in hard {
+                            let req = Request::StateDelete(id);
+                            if let Err(e) = control(&req, Show::default(), &opts.config, &mut sad, &gw, &mut dp, &ctl.events) {
+                                log::error!("expired SA spi 0x{:08x}: delete: {e}", id.spi);
+                            }
+                        }
+                    }
+                    Some(call) = ctl.calls.recv() => {
+                        let r = control(&call.request, call.show, &opts.config, &mut sad, &gw, &mut dp, &ctl.events);
+                        let _ = call.reply.send(r);
+                    }
                     _ = report.tick() => {
                         write_counters(out, &dp, &wstats, &gw)?;
                     }
@@ -712,6 +935,8 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             None => Ok(()),
         }
     })?;
+    drop(ctl);
+    let _ = std::fs::remove_file(&ctl_path);
     // Orderly stop (the stop flag or the duration). The workers and their sockets are gone;
     // the counters are in the file (msync for a file on disk; the page cache has them).
     if let Err(e) = store.sync() {

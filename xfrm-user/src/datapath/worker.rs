@@ -126,6 +126,16 @@ pub trait Transform: Send {
         frame: &mut Frame<'_>,
         ctx: &Ctx<'_>,
     ) -> Action;
+
+    /// Called between two batches, with no frame in hand: where a transform may move to
+    /// new tables, so that each packet sees one version of them.
+    fn between_batches(&mut self) {}
+
+    /// A descriptor the worker polls with its sockets: readable when
+    /// [`Self::between_batches`] has something to do.
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 impl<F> Transform for F
@@ -397,6 +407,7 @@ impl<T: Transform> Worker<T> {
 
     /// One iteration of the loop; waits up to `wait` for frames when there is nothing to do.
     pub fn step(&mut self, wait: Duration) -> Result<usize> {
+        self.transform.between_batches();
         self.reap();
         self.refill();
         self.neigh.refresh();
@@ -444,12 +455,13 @@ impl<T: Transform> Worker<T> {
             fd: -1,
             events: 0,
             revents: 0,
-        }; 7];
+        }; 8];
         let rx = self.ports.iter().map(|p| p.sock.rx.as_raw_fd());
         let local = self.local.as_ref().map(|f| f.as_raw_fd());
         let reasm = self.reasm.iter().flat_map(|r| r.fds());
+        let wake = self.transform.wake_fd();
         let mut n = 0;
-        for fd in rx.chain(local).chain(reasm).take(fds.len()) {
+        for fd in rx.chain(local).chain(reasm).chain(wake).take(fds.len()) {
             fds[n] = libc::pollfd {
                 fd,
                 events: libc::POLLIN,

@@ -189,6 +189,16 @@ impl SeqSlot {
         }
     }
 
+    /// The same counters, for the SA that replaces this one's (`state update`): it goes on
+    /// from the numbers this one handed out.
+    pub fn share(&self) -> Self {
+        Self {
+            oseq: self.oseq,
+            in_top: self.in_top,
+            _region: self._region.clone(),
+        }
+    }
+
     /// The last output sequence number handed out (the SA's x->replay.oseq).
     #[inline]
     pub fn oseq(&self) -> &AtomicU64 {

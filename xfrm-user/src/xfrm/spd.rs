@@ -46,6 +46,7 @@ pub struct XfrmDb {
     /// not every SA.
     by_tmpl: FastMap<TmplKey, Vec<usize>>,
     clock: Arc<dyn Clock>,
+    policy_tag: u16,
 }
 
 type TmplKey = (IpAddr, XfrmProto, XfrmMode, u32);
@@ -108,14 +109,33 @@ impl XfrmDb {
                 slots: slots.len(),
             });
         }
+        let mut ids = std::collections::HashSet::new();
+        if let Some(i) = states.iter().position(|c| !ids.insert(c.id)) {
+            return Err(DbError::DuplicateState(i));
+        }
         let now = clock.now();
-        let mut by_id = FastMap::default();
         let mut sas = Vec::with_capacity(states.len());
         for (i, (cfg, slot)) in states.into_iter().zip(slots).enumerate() {
-            if by_id.insert(cfg.id, i).is_some() {
+            sas.push(Arc::new(SecurityAssociation::with_slot(cfg, i, now, slot)?));
+        }
+        Self::from_sas(sas, policies, clock, 0)
+    }
+
+    /// From running SAs (shared with an earlier database, so their counters, sequence
+    /// numbers and replay windows go on) and policies. A newer SA has a higher `index`, which
+    /// is what `state_find` prefers. `policy_tag` marks the out-policy ids of this database
+    /// in the XDP rule table (see [`Self::policy_by_id`]).
+    pub fn from_sas(
+        sas: Vec<SaRef>,
+        policies: Vec<Policy>,
+        clock: Arc<dyn Clock>,
+        policy_tag: u16,
+    ) -> Result<Self, DbError> {
+        let mut by_id = FastMap::default();
+        for (i, x) in sas.iter().enumerate() {
+            if by_id.insert(x.cfg.id, i).is_some() {
                 return Err(DbError::DuplicateState(i));
             }
-            sas.push(Arc::new(SecurityAssociation::with_slot(cfg, i, now, slot)?));
         }
         let (mut out, mut inp, mut fwd) = (Vec::new(), Vec::new(), Vec::new());
         for (i, p) in policies.into_iter().enumerate() {
@@ -136,12 +156,12 @@ impl XfrmDb {
         sort_like_the_kernel(&mut inp);
         sort_like_the_kernel(&mut fwd);
         let mut by_tmpl: FastMap<TmplKey, Vec<usize>> = FastMap::default();
-        for x in &sas {
+        for (i, x) in sas.iter().enumerate() {
             let c = &x.cfg;
             by_tmpl
                 .entry((c.id.daddr, c.id.proto, c.mode, c.reqid))
                 .or_default()
-                .push(x.index);
+                .push(i);
         }
         Ok(Self {
             states: sas,
@@ -151,7 +171,32 @@ impl XfrmDb {
             by_id,
             by_tmpl,
             clock,
+            policy_tag,
         })
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The tag of this database's out-policy ids (0 for a database built at start).
+    pub fn policy_tag(&self) -> u16 {
+        self.policy_tag
+    }
+
+    /// The id the XDP rule table carries for the out policy at `pos`: the position, tagged
+    /// with the database it comes from, so that a worker already on a newer database does
+    /// not take a position in the old table for one in its own.
+    pub fn policy_id(&self, pos: usize) -> u32 {
+        (u32::from(self.policy_tag) << 16) | pos as u32
+    }
+
+    /// The out policy an XDP rule's id names, if the id is of this database.
+    pub fn policy_by_id(&self, id: u32) -> Option<&Policy> {
+        if (id >> 16) as u16 != self.policy_tag {
+            return None;
+        }
+        self.out.get((id & 0xffff) as usize)
     }
 
     pub fn now(&self) -> u64 {

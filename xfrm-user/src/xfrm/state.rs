@@ -420,6 +420,10 @@ impl SecurityAssociation {
     pub fn oseq(&self) -> u64 {
         self.slot.oseq().load(Ordering::Relaxed)
     }
+    /// Where this SA keeps its sequence counters, shared (see [`SeqSlot::share`]).
+    pub fn share_slot(&self) -> SeqSlot {
+        self.slot.share()
+    }
     /// The inbound window's top as kept for a restart (equal to `input().replay.top()`).
     pub fn persisted_in_top(&self) -> u64 {
         self.slot.in_top().load(Ordering::Relaxed)
@@ -495,6 +499,34 @@ impl SecurityAssociation {
         self.check_expire_limits(now, bytes, packets, use_time)
     }
 
+    /// Valid → Expired (a hard limit); true for the one caller that made the change.
+    fn expire_hard(&self) -> bool {
+        self.km_state
+            .compare_exchange(
+                KmState::Valid as u8,
+                KmState::Expired as u8,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// The control plane's timer (xfrm_timer_handler): the time limits without a packet,
+    /// since an idle SA must expire too. Returns (soft reached, hard reached), including
+    /// what the packet paths found (bytes, packets, sequence numbers exhausted).
+    pub fn lifetime_tick(&self, now: u64) -> (bool, bool) {
+        // Never used: the use-time limits do not run yet (the kernel's use_time 0).
+        let use_time = match self.use_time.load(Ordering::Relaxed) {
+            0 => u64::MAX,
+            t => t,
+        };
+        let hard = self
+            .check_expire_limits(now, self.curlft_bytes(), self.curlft_packets(), use_time)
+            .is_err()
+            || self.km_state() == KmState::Expired;
+        (self.is_dying() || hard, hard)
+    }
+
     /// The first packet sets use_time (once, whichever worker gets there first).
     #[cold]
     fn first_use(&self, now: u64) -> u64 {
@@ -525,16 +557,7 @@ impl SecurityAssociation {
             || packets >= lft.hard_packet_limit
             || timed_out(lft.hard_add_expires_seconds, lft.hard_use_expires_seconds)
         {
-            if self
-                .km_state
-                .compare_exchange(
-                    KmState::Valid as u8,
-                    KmState::Expired as u8,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
+            if self.expire_hard() {
                 log::warn!(
                     "SA spi 0x{:08x} dst {}: hard lifetime reached ({} bytes, {} packets), state expired",
                     self.spi(),
@@ -605,11 +628,15 @@ impl SecurityAssociation {
             })
             .map(|old| old + 1)
             .map_err(|_| {
-                log::warn!(
-                    "SA spi 0x{:08x} dst {}: output sequence number overflow",
-                    self.spi(),
-                    self.daddr()
-                );
+                // Without ESN or oseq-may-wrap, running out of numbers is a hard expiry
+                // (xfrm_replay_overflow: XFRM_MSG_EXPIRE hard, so IKE rekeys).
+                if self.expire_hard() {
+                    log::warn!(
+                        "SA spi 0x{:08x} dst {}: output sequence number overflow, state expired",
+                        self.spi(),
+                        self.daddr()
+                    );
+                }
                 SeqOverflow
             })
     }
@@ -920,6 +947,32 @@ pub(crate) mod tests {
         assert_eq!(s.use_time(), 5000);
         s.xfrm_state_check_expire(5004).unwrap();
         assert_eq!(s.xfrm_state_check_expire(5005), Err(StateExpired));
+    }
+
+    /// Idle SAs expire by time too (the control plane's timer), and what a packet path
+    /// found shows in the tick.
+    #[test]
+    fn lifetime_tick_without_traffic() {
+        let mut c = esp_cfg(1, "192.0.2.1", "192.0.2.2", XfrmMode::Tunnel);
+        c.lifetime.soft_add_expires_seconds = 10;
+        c.lifetime.hard_add_expires_seconds = 20;
+        c.lifetime.hard_use_expires_seconds = 3;
+        let s = sa(c); // added at 1000, never used: the use limit does not run
+        assert_eq!(s.lifetime_tick(1009), (false, false));
+        assert_eq!(s.lifetime_tick(1010), (true, false));
+        assert_eq!(s.soft_expiries(), 1);
+        assert_eq!(s.lifetime_tick(1011), (true, false));
+        assert_eq!(s.soft_expiries(), 1, "soft once");
+        assert_eq!(s.lifetime_tick(1020), (true, true));
+        assert_eq!(s.km_state(), KmState::Expired);
+        // Sequence numbers exhausted (no ESN): a hard expiry.
+        let mut c = esp_cfg(2, "192.0.2.1", "192.0.2.2", XfrmMode::Tunnel);
+        c.replay_oseq = u32::MAX;
+        let s = sa(c);
+        assert_eq!(s.lifetime_tick(1000), (false, false));
+        assert_eq!(s.xfrm_replay_overflow(), Err(SeqOverflow));
+        assert_eq!(s.km_state(), KmState::Expired);
+        assert_eq!(s.lifetime_tick(1000), (true, true));
     }
 
     #[test]

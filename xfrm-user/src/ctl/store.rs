@@ -1,0 +1,1047 @@
+//! The control plane's copy of the SAD and SPD, and what each request does to it.
+//!
+//! A change is prepared against the current tables without touching them ([`Store::prepare`]):
+//! the new SA list, policy list and the database built from them, or an error. Only when the
+//! caller has made the prepared tables live does it [`Store::commit`] them, so a rejected or
+//! failed request changes nothing. Unchanged SAs are the same `Arc`s in the new database:
+//! their sequence numbers, replay windows and counters go on.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xfrm_common::{MAX_POLICIES, MAX_SAS};
+
+use super::render::{self, proto_name, Show};
+use crate::config::normalized_selector;
+use crate::config::request::{AllocSpi, PolicyId, Request, StateFilter, StateId};
+use crate::policy::{Policy, PolicyDir};
+use crate::sa::{SaConfig, XfrmId};
+use crate::selector::{FlowKey, Selector};
+use crate::xfrm::persist::key_fingerprint;
+use crate::xfrm::state::SaRef;
+use crate::xfrm::{Clock, InputTables, KmState, SecurityAssociation, XfrmDb};
+
+/// What the workers run on: the databases and the input tables derived from them.
+pub struct Tables {
+    pub db: XfrmDb,
+    pub input: InputTables,
+}
+
+impl Tables {
+    pub fn new(db: XfrmDb) -> Self {
+        let input = InputTables::new(&db);
+        Self { db, input }
+    }
+}
+
+/// How long an `allocspi` reservation lasts (the kernel's larval state: XFRM_ACQ_EXPIRES).
+pub const LARVAL_LIFETIME: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug)]
+struct Larval {
+    id: XfrmId,
+    expires: Instant,
+}
+
+pub struct Store {
+    /// In the order they were added (an SA's `index` grows with it: newer is preferred).
+    sas: Vec<SaRef>,
+    /// Every direction, in the order they were added (`index` grows with it).
+    policies: Vec<Policy>,
+    next_sa: usize,
+    next_policy: u32,
+    /// The out-policy id tag of the live database (`XfrmDb::policy_tag`).
+    tag: u16,
+    larval: Vec<Larval>,
+    clock: Arc<dyn Clock>,
+    rng: u64,
+    /// SAs (by index) whose soft expiry was reported.
+    soft_reported: HashSet<usize>,
+    /// Acquires reported, until when (per policy and flow, as the kernel's larval state
+    /// holds one acquire for XFRM_ACQ_EXPIRES).
+    acquired: HashMap<(u32, FlowKey), u64>,
+    /// What the configuration file brought (a reload changes only these; what was added
+    /// at run time stays).
+    from_config: HashSet<XfrmId>,
+    policies_from_config: HashSet<PolicyKey>,
+}
+
+/// How long one acquire stands for its (policy, flow) (XFRM_ACQ_EXPIRES).
+pub const ACQUIRE_INTERVAL_SECS: u64 = 30;
+
+/// A packet met a policy whose template found no SA (the worker's report).
+#[derive(Clone, Debug)]
+pub struct Acquire {
+    pub policy: Policy,
+    pub flow: FlowKey,
+}
+
+/// A change ready to go live; nothing in the [`Store`] has moved yet.
+pub struct Prepared {
+    /// The new tables, when the request changes them (`allocspi` only reserves).
+    pub tables: Option<Tables>,
+    /// Whether any policy changed (the XDP policy tables must be rewritten).
+    pub policies_changed: bool,
+    /// The reply's body.
+    pub body: String,
+    /// What `monitor` subscribers are told once it is live.
+    pub events: Vec<String>,
+    sas: Vec<SaRef>,
+    policies: Vec<Policy>,
+    next_sa: usize,
+    next_policy: u32,
+    tag: u16,
+    larval: Vec<Larval>,
+    /// SAs that are gone once this is live (marked dead then).
+    removed: Vec<SaRef>,
+    /// A reload's new view of what came from the configuration.
+    from_config: Option<(HashSet<XfrmId>, HashSet<PolicyKey>)>,
+}
+
+impl Prepared {
+    /// A new SA (the newest of its template), filling its larval reservation if any.
+    fn add_sa(&mut self, cfg: &SaConfig, now: u64, what: &str) -> Result<(), String> {
+        self.larval.retain(|l| l.id != cfg.id);
+        let x = SecurityAssociation::new(cfg.clone(), self.next_sa, now)
+            .map_err(|e| format!("{what}: {e}"))?;
+        self.next_sa += 1;
+        let x = Arc::new(x);
+        self.events.push(render::state_text(&x, Show::default()));
+        self.sas.push(x);
+        Ok(())
+    }
+}
+
+/// The answer to a request that reads.
+pub enum Executed {
+    Read(String),
+    Change(Box<Prepared>),
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(1);
+    h.finish() | 1
+}
+
+impl Store {
+    /// The tables of the database the gateway started with.
+    pub fn new(db: &XfrmDb) -> Self {
+        let mut policies: Vec<Policy> = [PolicyDir::Out, PolicyDir::In, PolicyDir::Fwd]
+            .iter()
+            .flat_map(|&d| db.policies(d).iter().cloned())
+            .collect();
+        policies.sort_by_key(|p| p.index);
+        Self {
+            sas: db.states().to_vec(),
+            next_sa: db.states().iter().map(|x| x.index + 1).max().unwrap_or(0),
+            next_policy: policies.last().map_or(0, |p| p.index + 1),
+            policies,
+            tag: db.policy_tag(),
+            larval: Vec::new(),
+            clock: db.clock().clone(),
+            rng: random_seed(),
+            soft_reported: HashSet::new(),
+            acquired: HashMap::new(),
+            from_config: db.states().iter().map(|x| x.cfg.id).collect(),
+            policies_from_config: Default::default(),
+        }
+        .with_config_policies()
+    }
+
+    fn with_config_policies(mut self) -> Self {
+        self.policies_from_config = self.policies.iter().map(policy_key).collect();
+        self
+    }
+
+    pub fn sas(&self) -> &[SaRef] {
+        &self.sas
+    }
+
+    /// Answers a request that only reads, or prepares a change.
+    pub fn execute(&self, req: &Request, show: Show, now: Instant) -> Result<Executed, String> {
+        match req {
+            Request::StateGet(id) => {
+                let x = self.find(id).ok_or_else(|| no_state(id))?;
+                Ok(Executed::Read(
+                    self.show_states(std::slice::from_ref(x), show),
+                ))
+            }
+            Request::StateList(f) => {
+                let v: Vec<SaRef> = self.sas.iter().filter(|x| matches(x, f)).cloned().collect();
+                Ok(Executed::Read(self.show_states(&v, show)))
+            }
+            Request::StateCount => Ok(Executed::Read(format!("SAD count {}\n", self.sas.len()))),
+            Request::PolicyGet(id) => {
+                let p = self.find_policy(id).ok_or_else(|| no_policy(id))?;
+                Ok(Executed::Read(show_policies(&[&self.policies[p]], show)))
+            }
+            Request::PolicyList(dir) => {
+                // Each direction in lookup order, as ip lists a table.
+                let mut v: Vec<&Policy> = self
+                    .policies
+                    .iter()
+                    .filter(|p| dir.is_none_or(|d| d == p.dir))
+                    .collect();
+                v.sort_by_key(|p| (dir_order(p.dir), p.priority, p.index));
+                Ok(Executed::Read(show_policies(&v, show)))
+            }
+            Request::PolicyCount => {
+                let n = |d| self.policies.iter().filter(|p| p.dir == d).count();
+                Ok(Executed::Read(format!(
+                    "SPD IN  {} OUT {} FWD {}\n",
+                    n(PolicyDir::In),
+                    n(PolicyDir::Out),
+                    n(PolicyDir::Fwd)
+                )))
+            }
+            Request::Monitor => Ok(Executed::Read(String::new())),
+            _ => self
+                .prepare(req, now)
+                .map(|p| Executed::Change(Box::new(p))),
+        }
+    }
+
+    fn show_states(&self, v: &[SaRef], show: Show) -> String {
+        if show.json {
+            let a: Vec<_> = v.iter().map(|x| render::state_json(x, show)).collect();
+            format!("{}\n", serde_json::Value::Array(a))
+        } else {
+            v.iter().map(|x| render::state_text(x, show)).collect()
+        }
+    }
+
+    fn find(&self, id: &StateId) -> Option<&SaRef> {
+        self.sas.iter().find(|x| {
+            x.cfg.id.daddr == id.dst
+                && x.cfg.id.spi == id.spi
+                && x.cfg.id.proto == id.proto
+                && id.src.is_none_or(|s| s == x.cfg.saddr)
+        })
+    }
+
+    fn find_policy(&self, id: &PolicyId) -> Option<usize> {
+        let want = (id.dir, normalized_selector(&id.selector));
+        self.policies.iter().position(|p| policy_key(p) == want)
+    }
+
+    /// A change that changes nothing yet: the current lists to edit.
+    fn empty_change(&self, now: Instant) -> Prepared {
+        Prepared {
+            tables: None,
+            policies_changed: false,
+            body: String::new(),
+            events: Vec::new(),
+            sas: self.sas.clone(),
+            policies: self.policies.clone(),
+            next_sa: self.next_sa,
+            next_policy: self.next_policy,
+            tag: self.tag,
+            larval: self
+                .larval
+                .iter()
+                .filter(|l| l.expires > now)
+                .copied()
+                .collect(),
+            removed: Vec::new(),
+            from_config: None,
+        }
+    }
+
+    fn prepare(&self, req: &Request, now: Instant) -> Result<Prepared, String> {
+        let mut p = self.empty_change(now);
+        let clock_now = self.clock.now();
+        let no_keys = Show::default();
+        match req {
+            Request::StateAdd(cfg) => {
+                if self.sas.iter().any(|x| x.cfg.id == cfg.id) {
+                    return Err(format!(
+                        "state add: an SA with dst {} spi 0x{:08x} proto {} exists already (File exists)",
+                        cfg.id.daddr, cfg.id.spi, proto_name(cfg.id.proto)
+                    ));
+                }
+                p.add_sa(cfg, clock_now, "state add")?;
+            }
+            Request::StateUpdate(cfg) => {
+                let Some(pos) = self.sas.iter().position(|x| x.cfg.id == cfg.id) else {
+                    // A larval SA from allocspi is filled by update, as IKE daemons do.
+                    if p.larval.iter().any(|l| l.id == cfg.id) {
+                        p.add_sa(cfg, clock_now, "state update")?;
+                        return self.finish(p);
+                    }
+                    return Err(format!(
+                        "state update: no SA with dst {} spi 0x{:08x} proto {} (No such process)",
+                        cfg.id.daddr,
+                        cfg.id.spi,
+                        proto_name(cfg.id.proto)
+                    ));
+                };
+                let old = &self.sas[pos];
+                check_update(&old.cfg, cfg)?;
+                let x = SecurityAssociation::with_slot(
+                    (**cfg).clone(),
+                    old.index,
+                    clock_now,
+                    old.share_slot(),
+                )
+                .map_err(|e| format!("state update: {e}"))?;
+                let x = Arc::new(x);
+                p.events
+                    .push(format!("Updated {}", render::state_text(&x, no_keys)));
+                p.removed.push(old.clone());
+                p.sas[pos] = x;
+            }
+            Request::StateDelete(id) => {
+                let x = self.find(id).ok_or_else(|| no_state(id))?.clone();
+                p.sas.retain(|y| !Arc::ptr_eq(y, &x));
+                p.events
+                    .push(format!("Deleted {}", render::state_text(&x, no_keys)));
+                p.removed.push(x);
+            }
+            Request::StateFlush(proto) => {
+                let (gone, kept): (Vec<SaRef>, Vec<SaRef>) = p
+                    .sas
+                    .drain(..)
+                    .partition(|x| proto.is_none_or(|q| q == x.cfg.id.proto));
+                p.sas = kept;
+                p.removed = gone;
+                p.events.push(match proto {
+                    Some(q) => format!("Flushed state proto {}\n", proto_name(*q)),
+                    None => "Flushed state proto any\n".to_string(),
+                });
+            }
+            Request::StateAllocSpi(a) => {
+                let spi = self.free_spi(a, &p.larval)?;
+                let id = XfrmId {
+                    daddr: a.dst,
+                    spi,
+                    proto: a.proto,
+                };
+                p.larval.push(Larval {
+                    id,
+                    expires: now + LARVAL_LIFETIME,
+                });
+                p.body = format!(
+                    "src {} dst {}\n\tproto {} spi 0x{spi:08x} reqid {} mode {}\n",
+                    a.src,
+                    a.dst,
+                    proto_name(a.proto),
+                    a.reqid,
+                    match a.mode {
+                        crate::sa::XfrmMode::Transport => "transport",
+                        crate::sa::XfrmMode::Tunnel => "tunnel",
+                    }
+                );
+                return Ok(p);
+            }
+            Request::PolicyAdd(pol) | Request::PolicyUpdate(pol) => {
+                let mut pol = (**pol).clone();
+                let id = PolicyId {
+                    dir: pol.dir,
+                    selector: pol.selector,
+                };
+                match (self.find_policy(&id), matches!(req, Request::PolicyAdd(_))) {
+                    (Some(_), true) => {
+                        return Err(format!(
+                            "policy add: a dir {} policy with this selector exists already (File exists)",
+                            render::dir_name(pol.dir)
+                        ))
+                    }
+                    (Some(i), false) => {
+                        pol.index = self.policies[i].index;
+                        p.events.push(format!("Updated {}", render::policy_text(&pol)));
+                        p.policies[i] = pol;
+                    }
+                    (None, _) => {
+                        pol.index = p.next_policy;
+                        p.next_policy += 1;
+                        p.events.push(render::policy_text(&pol));
+                        p.policies.push(pol);
+                    }
+                }
+                p.policies_changed = true;
+            }
+            Request::PolicyDelete(id) => {
+                let i = self.find_policy(id).ok_or_else(|| no_policy(id))?;
+                let gone = p.policies.remove(i);
+                p.events
+                    .push(format!("Deleted {}", render::policy_text(&gone)));
+                p.policies_changed = true;
+            }
+            Request::PolicyFlush => {
+                p.policies.clear();
+                p.policies_changed = true;
+                p.events.push("Flushed policy\n".to_string());
+            }
+            _ => return Err("internal: not a change".to_string()),
+        }
+        self.finish(p)
+    }
+
+    /// A reload: the configuration `cfg` (read again) against what the last one brought.
+    /// An SA or policy unchanged stays as it is (same object: counters, sequence numbers,
+    /// replay window); one changed is replaced (an SA keeping its key goes on from its
+    /// sequence numbers); one no longer there goes; one new is added. What was added at
+    /// run time is left alone. One atomic change, like any request.
+    pub fn prepare_reload(
+        &self,
+        cfg: crate::config::Config,
+        now: Instant,
+    ) -> Result<Prepared, String> {
+        let mut p = self.empty_change(now);
+        let clock_now = self.clock.now();
+        let (mut added, mut changed, mut deleted, mut kept) = (0, 0, 0, 0);
+        let new_ids: HashSet<XfrmId> = cfg.states.iter().map(|c| c.id).collect();
+        // SAs of the old configuration that the new one drops.
+        let gone: Vec<SaRef> = p
+            .sas
+            .iter()
+            .filter(|x| self.from_config.contains(&x.cfg.id) && !new_ids.contains(&x.cfg.id))
+            .cloned()
+            .collect();
+        for x in gone {
+            p.sas.retain(|y| !Arc::ptr_eq(y, &x));
+            p.events.push(format!(
+                "Deleted {}",
+                render::state_text(&x, Show::default())
+            ));
+            p.removed.push(x);
+            deleted += 1;
+        }
+        for c in &cfg.states {
+            match p.sas.iter().position(|x| x.cfg.id == c.id) {
+                Some(i) if p.sas[i].cfg == *c => kept += 1,
+                Some(i) => {
+                    let old = p.sas[i].clone();
+                    // The same key goes on from its numbers; a new key starts afresh.
+                    let x = if check_update(&old.cfg, c).is_ok() {
+                        SecurityAssociation::with_slot(
+                            c.clone(),
+                            old.index,
+                            clock_now,
+                            old.share_slot(),
+                        )
+                    } else {
+                        p.next_sa += 1;
+                        SecurityAssociation::new(c.clone(), p.next_sa - 1, clock_now)
+                    }
+                    .map_err(|e| format!("reload: {e}"))?;
+                    let x = Arc::new(x);
+                    p.events.push(format!(
+                        "Updated {}",
+                        render::state_text(&x, Show::default())
+                    ));
+                    p.sas[i] = x;
+                    p.removed.push(old);
+                    changed += 1;
+                }
+                None => {
+                    p.add_sa(c, clock_now, "reload")?;
+                    added += 1;
+                }
+            }
+        }
+        let new_keys: HashSet<PolicyKey> = cfg.policies.iter().map(policy_key).collect();
+        let before = p.policies.len();
+        p.policies.retain(|q| {
+            let k = policy_key(q);
+            !self.policies_from_config.contains(&k) || new_keys.contains(&k)
+        });
+        let pol_deleted = before - p.policies.len();
+        let (mut pol_added, mut pol_changed) = (0, 0);
+        for q in cfg.policies {
+            let k = policy_key(&q);
+            match p.policies.iter().position(|o| policy_key(o) == k) {
+                Some(i) => {
+                    let mut q = q;
+                    q.index = p.policies[i].index;
+                    if p.policies[i] != q {
+                        p.events
+                            .push(format!("Updated {}", render::policy_text(&q)));
+                        p.policies[i] = q;
+                        pol_changed += 1;
+                    }
+                }
+                None => {
+                    let mut q = q;
+                    q.index = p.next_policy;
+                    p.next_policy += 1;
+                    p.events.push(render::policy_text(&q));
+                    p.policies.push(q);
+                    pol_added += 1;
+                }
+            }
+        }
+        p.policies_changed = pol_added + pol_changed + pol_deleted > 0;
+        p.from_config = Some((new_ids, new_keys));
+        p.body = format!(
+            "reload: SAs {added} added, {changed} changed, {deleted} deleted, {kept} unchanged; \
+             policies {pol_added} added, {pol_changed} changed, {pol_deleted} deleted\n"
+        );
+        self.finish(p)
+    }
+
+    /// Limits of the XDP tables, then the database built (its own checks: duplicates).
+    fn finish(&self, mut p: Prepared) -> Result<Prepared, String> {
+        if p.sas.len() > MAX_SAS as usize {
+            return Err(format!(
+                "state add: {} SAs: the XDP SA table holds {MAX_SAS}",
+                p.sas.len()
+            ));
+        }
+        for d in [PolicyDir::Out, PolicyDir::In, PolicyDir::Fwd] {
+            let n = p.policies.iter().filter(|q| q.dir == d).count();
+            if n > MAX_POLICIES as usize {
+                return Err(format!(
+                    "policy add: {n} dir {} policies: the XDP table holds {MAX_POLICIES}",
+                    render::dir_name(d)
+                ));
+            }
+        }
+        if p.policies_changed {
+            // Never the tag of NO_POLICY's upper half.
+            p.tag = match p.tag.wrapping_add(1) {
+                0xffff => 0,
+                t => t,
+            };
+        }
+        let db = XfrmDb::from_sas(p.sas.clone(), p.policies.clone(), self.clock.clone(), p.tag)
+            .map_err(|e| format!("internal: {e}"))?;
+        p.tables = Some(Tables::new(db));
+        Ok(p)
+    }
+
+    /// Makes a prepared change the store's own (call once it is live). The SAs it removed
+    /// are marked dead: a worker still holding one would not use it any more.
+    pub fn commit(&mut self, p: Prepared) {
+        for x in &p.removed {
+            x.set_km_state(KmState::Dead);
+        }
+        self.sas = p.sas;
+        self.policies = p.policies;
+        self.next_sa = p.next_sa;
+        self.next_policy = p.next_policy;
+        self.tag = p.tag;
+        self.larval = p.larval;
+        if let Some((sas, pols)) = p.from_config {
+            self.from_config = sas;
+            self.policies_from_config = pols;
+        }
+        // The next allocspi draws other numbers.
+        self.next_random();
+    }
+
+    /// The lifetime timer (xfrm_timer_handler): an `Expired … hard 0` event for each SA
+    /// that reached a soft limit (once), an `Expired … hard 1` event for each past a hard
+    /// one, and those SAs' ids: the caller deletes them, as the kernel does.
+    pub fn expiries(&mut self) -> (Vec<String>, Vec<StateId>) {
+        let now = self.clock.now();
+        let (mut events, mut hard) = (Vec::new(), Vec::new());
+        for x in &self.sas {
+            let (soft_now, hard_now) = x.lifetime_tick(now);
+            let text = || render::state_text(x, Show::default());
+            // A soft limit passed on the way to a hard one between two ticks is still
+            // told first, as the packet that crossed it would have.
+            if soft_now && x.is_dying() && self.soft_reported.insert(x.index) {
+                events.push(format!("Expired {}\thard 0\n", text()));
+            }
+            if hard_now {
+                events.push(format!("Expired {}\thard 1\n", text()));
+                hard.push(StateId {
+                    src: Some(x.cfg.saddr),
+                    dst: x.cfg.id.daddr,
+                    proto: x.cfg.id.proto,
+                    spi: x.cfg.id.spi,
+                });
+            } else if soft_now && self.soft_reported.insert(x.index) {
+                events.push(format!("Expired {}\thard 0\n", text()));
+            }
+        }
+        let live: HashSet<usize> = self.sas.iter().map(|x| x.index).collect();
+        self.soft_reported.retain(|i| live.contains(i));
+        (events, hard)
+    }
+
+    /// An `acquire` event for a worker's report, unless one was made for the same policy
+    /// and flow within [`ACQUIRE_INTERVAL_SECS`].
+    pub fn acquire(&mut self, a: &Acquire) -> Option<String> {
+        let now = self.clock.now();
+        self.acquired.retain(|_, until| *until > now);
+        let key = (a.policy.index, a.flow);
+        if self.acquired.contains_key(&key) {
+            return None;
+        }
+        self.acquired.insert(key, now + ACQUIRE_INTERVAL_SECS);
+        let t = a.policy.templates.first()?;
+        let f = &a.flow;
+        Some(format!(
+            "acquire proto {}\n\tsel src {} dst {} proto {} sport {} dport {}\n\tpolicy {}",
+            proto_name(t.proto),
+            f.src,
+            f.dst,
+            f.proto,
+            f.sport,
+            f.dport,
+            render::policy_text(&a.policy)
+        ))
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// xfrm_alloc_spi: a random SPI in [min, max] that no SA or reservation of (dst, proto)
+    /// holds; tries random ones, then walks the range from a random start.
+    fn free_spi(&self, a: &AllocSpi, larval: &[Larval]) -> Result<u32, String> {
+        let taken = |spi: u32| {
+            self.sas.iter().any(|x| {
+                x.cfg.id.spi == spi && x.cfg.id.daddr == a.dst && x.cfg.id.proto == a.proto
+            }) || larval
+                .iter()
+                .any(|l| l.id.spi == spi && l.id.daddr == a.dst && l.id.proto == a.proto)
+        };
+        let span = u64::from(a.max - a.min) + 1;
+        let mut r = self.rng;
+        let mut next = || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            r
+        };
+        for _ in 0..64 {
+            let spi = a.min + (next() % span) as u32;
+            if !taken(spi) {
+                return Ok(spi);
+            }
+        }
+        let start = next() % span;
+        for k in 0..span.min(1 << 20) {
+            let spi = a.min + ((start + k) % span) as u32;
+            if !taken(spi) {
+                return Ok(spi);
+            }
+        }
+        Err(format!(
+            "state allocspi: no free SPI in 0x{:x}..0x{:x} for dst {} proto {} (No such file or directory)",
+            a.min,
+            a.max,
+            a.dst,
+            proto_name(a.proto)
+        ))
+    }
+}
+
+/// What names a policy: its direction and selector (addresses masked to their prefix).
+type PolicyKey = (PolicyDir, Selector);
+
+fn policy_key(p: &Policy) -> PolicyKey {
+    (p.dir, normalized_selector(&p.selector))
+}
+
+fn dir_order(d: PolicyDir) -> u8 {
+    match d {
+        PolicyDir::Out => 0,
+        PolicyDir::In => 1,
+        PolicyDir::Fwd => 2,
+    }
+}
+
+fn show_policies(v: &[&Policy], show: Show) -> String {
+    if show.json {
+        let a: Vec<_> = v.iter().map(|p| render::policy_json(p)).collect();
+        format!("{}\n", serde_json::Value::Array(a))
+    } else {
+        v.iter().map(|p| render::policy_text(p)).collect()
+    }
+}
+
+fn matches(x: &SecurityAssociation, f: &StateFilter) -> bool {
+    f.src.is_none_or(|a| a == x.cfg.saddr)
+        && f.dst.is_none_or(|a| a == x.cfg.id.daddr)
+        && f.proto.is_none_or(|p| p == x.cfg.id.proto)
+        && f.spi.is_none_or(|s| s == x.cfg.id.spi)
+}
+
+fn no_state(id: &StateId) -> String {
+    format!(
+        "no SA with dst {} spi 0x{:08x} proto {}{} (No such process)",
+        id.dst,
+        id.spi,
+        proto_name(id.proto),
+        id.src
+            .map_or(String::new(), |s: IpAddr| format!(" src {s}"))
+    )
+}
+
+fn no_policy(id: &PolicyId) -> String {
+    format!(
+        "no dir {} policy with selector {} (No such file or directory)",
+        render::dir_name(id.dir),
+        render::policy_text(&Policy {
+            selector: id.selector,
+            dir: id.dir,
+            priority: 0,
+            action: crate::policy::PolicyAction::Allow,
+            templates: Vec::new(),
+            index: 0,
+        })
+        .lines()
+        .next()
+        .unwrap_or_default()
+    )
+}
+
+/// xfrm_state_update changes what may change on a live SA (lifetimes, encap, selector,
+/// flags); a new key, algorithm, mode or source is a new SA: delete and add.
+fn check_update(old: &SaConfig, new: &SaConfig) -> Result<(), String> {
+    let what = if key_fingerprint(&old.algorithm) != key_fingerprint(&new.algorithm) {
+        Some("algorithm or key")
+    } else if old.mode != new.mode {
+        Some("mode")
+    } else if old.saddr != new.saddr {
+        Some("src")
+    } else if old.reqid != new.reqid {
+        Some("reqid")
+    } else {
+        None
+    };
+    match what {
+        Some(w) => Err(format!(
+            "state update: the {w} of SA spi 0x{:08x} cannot change (a new key is a new SA: add it, then delete the old one)",
+            new.id.spi
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::request::parse_request;
+    use crate::sa::XfrmProto;
+    use crate::xfrm::ManualClock;
+
+    const KEY: &str = "0x0102030405060708090a0b0c0d0e0f1011121314";
+
+    fn sa(spi: u32, reqid: u32) -> String {
+        format!(
+            "state add src 192.0.2.1 dst 192.0.2.2 proto esp spi {spi:#x} reqid {reqid} mode tunnel aead 'rfc4106(gcm(aes))' {KEY} 128"
+        )
+    }
+
+    fn run(s: &mut Store, req: &str) -> Result<String, String> {
+        let r = parse_request(req, "request").map_err(|e| e.to_string())?;
+        match s.execute(&r, Show::default(), Instant::now())? {
+            Executed::Read(b) => Ok(b),
+            Executed::Change(p) => {
+                let body = p.body.clone();
+                s.commit(*p);
+                Ok(body)
+            }
+        }
+    }
+
+    fn store() -> Store {
+        let db = XfrmDb::with_clock(vec![], vec![], Arc::new(ManualClock::new(1000))).unwrap();
+        Store::new(&db)
+    }
+
+    #[test]
+    fn add_delete_get_list_flush() {
+        let mut s = store();
+        run(&mut s, &sa(0x10, 1)).unwrap();
+        run(&mut s, &sa(0x11, 1)).unwrap();
+        let e = run(&mut s, &sa(0x10, 1)).unwrap_err();
+        assert!(e.contains("exists already (File exists)"), "{e}");
+        assert_eq!(run(&mut s, "state count").unwrap(), "SAD count 2\n");
+        let g = run(&mut s, "state get dst 192.0.2.2 proto esp spi 0x11").unwrap();
+        assert!(g.contains("spi 0x00000011"), "{g}");
+        let e = run(&mut s, "state delete dst 192.0.2.2 proto esp spi 0x12").unwrap_err();
+        assert!(e.contains("No such process"), "{e}");
+        let old = s.sas()[0].clone();
+        run(&mut s, "state delete dst 192.0.2.2 proto esp spi 0x10").unwrap();
+        assert_eq!(old.km_state(), KmState::Dead);
+        let l = run(&mut s, "state list").unwrap();
+        assert_eq!(l.matches("\nsrc ").count() + 1, 1, "{l}");
+        run(&mut s, "state flush proto ah").unwrap();
+        assert_eq!(s.sas().len(), 1);
+        run(&mut s, "state flush").unwrap();
+        assert!(s.sas().is_empty());
+    }
+
+    /// A rejected change leaves everything as it was; unchanged SAs are the same objects
+    /// (counters, sequence numbers) in the new database.
+    #[test]
+    fn prepare_changes_nothing_and_unchanged_sas_carry_over() {
+        let mut s = store();
+        run(&mut s, &sa(0x10, 1)).unwrap();
+        let x = s.sas()[0].clone();
+        x.xfrm_replay_overflow().unwrap();
+        x.xfrm_replay_overflow().unwrap();
+        let r = parse_request(&sa(0x11, 1), "request").unwrap();
+        let Executed::Change(p) = s.execute(&r, Show::default(), Instant::now()).unwrap() else {
+            panic!()
+        };
+        // Prepared but not committed: the store still has one SA.
+        assert_eq!(s.sas().len(), 1);
+        let t = p.tables.as_ref().unwrap();
+        assert!(Arc::ptr_eq(&t.db.states()[0], &x));
+        assert_eq!(t.db.states()[0].oseq(), 2);
+        // Newest valid SA of the template wins (make-before-break on output).
+        let tm = crate::policy::Template {
+            src: None,
+            dst: "192.0.2.2".parse().unwrap(),
+            proto: XfrmProto::Esp,
+            spi: None,
+            reqid: 1,
+            mode: crate::sa::XfrmMode::Tunnel,
+            level: crate::policy::TmplLevel::Required,
+        };
+        let flow = crate::selector::FlowKey {
+            src: "192.0.2.1".parse().unwrap(),
+            dst: "192.0.2.2".parse().unwrap(),
+            proto: 17,
+            sport: 1,
+            dport: 2,
+        };
+        assert_eq!(t.db.state_find(&tm, &flow).unwrap().spi(), 0x11);
+        drop(p);
+        // An update may not change the key.
+        let other = sa(0x10, 1)
+            .replace("0x0102", "0x0902")
+            .replace("add", "update");
+        let e = run(&mut s, &other).unwrap_err();
+        assert!(e.contains("algorithm or key"), "{e}");
+        // An update that may goes on from the old sequence numbers.
+        run(
+            &mut s,
+            &(sa(0x10, 1).replace("add", "update") + " limit packet-hard 1000"),
+        )
+        .unwrap();
+        assert_eq!(s.sas()[0].oseq(), 2);
+        assert_eq!(s.sas()[0].cfg.lifetime.hard_packet_limit, 1000);
+    }
+
+    #[test]
+    fn policies_are_tagged_and_named_by_dir_and_selector() {
+        let mut s = store();
+        let pol = "policy add src 10.1.0.0/16 dst 10.2.0.0/16 dir out tmpl src 192.0.2.1 dst 192.0.2.2 proto esp mode tunnel reqid 1";
+        let r = parse_request(pol, "request").unwrap();
+        let Executed::Change(p) = s.execute(&r, Show::default(), Instant::now()).unwrap() else {
+            panic!()
+        };
+        assert!(p.policies_changed);
+        let tag = p.tables.as_ref().unwrap().db.policy_tag();
+        assert_ne!(tag, 0);
+        s.commit(*p);
+        assert!(run(&mut s, pol).unwrap_err().contains("File exists"));
+        // Another spelling of the same selector names the same policy.
+        let g = run(&mut s, "policy get dir out src 10.1.7.0/16 dst 10.2.0.0/16").unwrap();
+        assert!(g.contains("dir out"), "{g}");
+        assert_eq!(
+            run(&mut s, "policy count").unwrap(),
+            "SPD IN  0 OUT 1 FWD 0\n"
+        );
+        let e = run(
+            &mut s,
+            "policy delete dir in src 10.1.0.0/16 dst 10.2.0.0/16",
+        )
+        .unwrap_err();
+        assert!(e.contains("No such file or directory"), "{e}");
+        run(
+            &mut s,
+            "policy delete dir out src 10.1.0.0/16 dst 10.2.0.0/16",
+        )
+        .unwrap();
+        assert_eq!(
+            run(&mut s, "policy count").unwrap(),
+            "SPD IN  0 OUT 0 FWD 0\n"
+        );
+    }
+
+    #[test]
+    fn expiries_are_reported_once_and_hard_ones_named_for_deletion() {
+        let clock = Arc::new(ManualClock::new(1000));
+        let db = XfrmDb::with_clock(vec![], vec![], clock.clone()).unwrap();
+        let mut s = Store::new(&db);
+        run(
+            &mut s,
+            &(sa(0x10, 1) + " limit time-soft 10 limit time-hard 20"),
+        )
+        .unwrap();
+        run(&mut s, &sa(0x11, 1)).unwrap();
+        assert_eq!(s.expiries(), (vec![], vec![]));
+        clock.set(1010);
+        let (ev, hard) = s.expiries();
+        assert_eq!(ev.len(), 1);
+        assert!(
+            ev[0].starts_with("Expired src 192.0.2.1") && ev[0].ends_with("\thard 0\n"),
+            "{ev:?}"
+        );
+        assert!(hard.is_empty());
+        assert_eq!(s.expiries(), (vec![], vec![]), "soft once");
+        clock.set(1020);
+        let (ev, hard) = s.expiries();
+        assert!(ev.len() == 1 && ev[0].ends_with("\thard 1\n"), "{ev:?}");
+        assert_eq!(hard.len(), 1);
+        assert_eq!(hard[0].spi, 0x10);
+        // Both limits passed by packets between two ticks: the soft event still comes,
+        // first.
+        run(&mut s, "state delete dst 192.0.2.2 proto esp spi 0x10").unwrap();
+        run(
+            &mut s,
+            &(sa(0x12, 1) + " limit packet-soft 2 limit packet-hard 4"),
+        )
+        .unwrap();
+        let x = s.sas().iter().find(|x| x.spi() == 0x12).unwrap().clone();
+        for _ in 0..5 {
+            let _ = x.xfrm_state_check_expire(1020);
+            let _ = x.xfrm_replay_overflow();
+        }
+        let (ev, hard) = s.expiries();
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert!(
+            ev[0].contains("spi 0x00000012") && ev[0].ends_with("\thard 0\n"),
+            "{ev:?}"
+        );
+        assert!(
+            ev[1].contains("spi 0x00000012") && ev[1].ends_with("\thard 1\n"),
+            "{ev:?}"
+        );
+        assert_eq!(hard.len(), 1);
+        // Acquires: one per policy and flow per interval.
+        let pol = parse_request("policy add src 10.1.0.0/16 dst 10.2.0.0/16 dir out tmpl src 192.0.2.1 dst 192.0.2.2 proto esp mode tunnel reqid 1", "request").unwrap();
+        let Request::PolicyAdd(pol) = pol else {
+            panic!()
+        };
+        let flow = crate::selector::FlowKey {
+            src: "10.1.0.1".parse().unwrap(),
+            dst: "10.2.0.1".parse().unwrap(),
+            proto: 17,
+            sport: 1,
+            dport: 2,
+        };
+        let a = Acquire { policy: *pol, flow };
+        let ev = s.acquire(&a).unwrap();
+        assert!(
+            ev.starts_with("acquire proto esp\n\tsel src 10.1.0.1 dst 10.2.0.1"),
+            "{ev}"
+        );
+        assert!(s.acquire(&a).is_none());
+        let other = Acquire {
+            flow: crate::selector::FlowKey { sport: 3, ..flow },
+            ..a.clone()
+        };
+        assert!(s.acquire(&other).is_some());
+        clock.advance(ACQUIRE_INTERVAL_SECS);
+        assert!(s.acquire(&a).is_some());
+    }
+
+    #[test]
+    fn reload_applies_only_the_difference() {
+        let conf = |extra: &str| {
+            let text = format!(
+                "{}\n{}\npolicy add src 10.1.0.0/16 dst 10.2.0.0/16 dir out tmpl src 192.0.2.1 dst 192.0.2.2 proto esp mode tunnel reqid 1\n{extra}",
+                sa(0x10, 1),
+                sa(0x11, 1)
+            );
+            crate::config::parse_config(&text, "site.conf").unwrap()
+        };
+        let c0 = conf("");
+        let db =
+            XfrmDb::with_clock(c0.states, c0.policies, Arc::new(ManualClock::new(1000))).unwrap();
+        let mut s = Store::new(&db);
+        // Added at run time: a reload leaves it alone.
+        run(&mut s, &sa(0x20, 1)).unwrap();
+        let x10 = s.sas()[0].clone();
+        x10.xfrm_replay_overflow().unwrap();
+        let reload = |s: &mut Store, c| {
+            let p = s.prepare_reload(c, Instant::now()).unwrap();
+            let body = p.body.clone();
+            s.commit(p);
+            body
+        };
+        // The same file: nothing changes, the SAs are the same objects.
+        let b = reload(&mut s, conf(""));
+        assert!(b.contains("SAs 0 added, 0 changed, 0 deleted, 2 unchanged; policies 0 added, 0 changed, 0 deleted"), "{b}");
+        assert!(Arc::ptr_eq(&s.sas()[0], &x10));
+        // 0x11 gets a lifetime (changed, same key: goes on), a new SA and a policy appear.
+        let mut c = conf(&format!(
+            "{}\npolicy add src 10.3.0.0/16 dst 10.4.0.0/16 dir out action block",
+            sa(0x12, 1)
+        ));
+        c.states[1].lifetime.hard_packet_limit = 99;
+        let x11 = s.sas()[1].clone();
+        x11.xfrm_replay_overflow().unwrap();
+        x11.xfrm_replay_overflow().unwrap();
+        let b = reload(&mut s, c);
+        assert!(
+            b.contains("SAs 1 added, 1 changed, 0 deleted, 1 unchanged; policies 1 added"),
+            "{b}"
+        );
+        let n11 = s.sas().iter().find(|x| x.spi() == 0x11).unwrap();
+        assert_eq!(
+            n11.oseq(),
+            2,
+            "a changed SA with its key goes on from its numbers"
+        );
+        assert_eq!(x11.km_state(), KmState::Dead);
+        // Dropped from the file: 0x10, 0x12 and the block policy go; 0x20 (run time) stays.
+        let mut c = conf("");
+        c.states.remove(0);
+        c.states[0].lifetime.hard_packet_limit = 99;
+        let b = reload(&mut s, c);
+        assert!(b.contains("SAs 0 added, 0 changed, 2 deleted, 1 unchanged; policies 0 added, 0 changed, 1 deleted"), "{b}");
+        let spis: Vec<u32> = s.sas().iter().map(|x| x.spi()).collect();
+        assert!(
+            spis.contains(&0x11) && spis.contains(&0x20) && !spis.contains(&0x10),
+            "{spis:?}"
+        );
+        // 0x12 came from the file and is no longer in it.
+        assert!(!spis.contains(&0x12), "{spis:?}");
+    }
+
+    #[test]
+    fn allocspi_reserves_then_update_fills() {
+        let mut s = store();
+        run(&mut s, &sa(0x150, 1)).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let b = run(
+                &mut s,
+                "state allocspi src 192.0.2.1 dst 192.0.2.2 proto esp min 0x140 max 0x163",
+            )
+            .unwrap();
+            let spi =
+                u32::from_str_radix(b.split("spi 0x").nth(1).unwrap()[..8].trim(), 16).unwrap();
+            assert!((0x140..=0x163).contains(&spi) && spi != 0x150, "{b}");
+            assert!(seen.insert(spi), "SPI {spi:#x} handed out twice");
+        }
+        // 36 in the range, one used by an SA, 20 reserved: 15 left, then none.
+        for _ in 0..15 {
+            run(
+                &mut s,
+                "state allocspi src 192.0.2.1 dst 192.0.2.2 proto esp min 0x140 max 0x163",
+            )
+            .unwrap();
+        }
+        let e = run(
+            &mut s,
+            "state allocspi src 192.0.2.1 dst 192.0.2.2 proto esp min 0x140 max 0x163",
+        )
+        .unwrap_err();
+        assert!(e.contains("no free SPI"), "{e}");
+        // update fills a reserved SPI (as IKE daemons do); a plain update of nothing fails.
+        let spi = *seen.iter().next().unwrap();
+        run(&mut s, &sa(spi, 1).replace("add", "update")).unwrap();
+        assert!(run(&mut s, &sa(0x1000, 1).replace("add", "update"))
+            .unwrap_err()
+            .contains("No such process"));
+    }
+}
