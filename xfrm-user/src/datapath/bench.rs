@@ -1,0 +1,67 @@
+//! A benchmark aid, not a gateway: `xfrm-user run --bench-null-transform` (hidden) forwards
+//! every frame the programs hand to a worker **unchanged and unencrypted** to the other
+//! side, so that `cargo xtask bench --gateway` can measure the plumbing alone (XDP →
+//! AF_XDP → worker → neighbour → TX) beside the ESP transform in the same topology.
+//!
+//! Both directions must pass a worker, as with ESP: the outside program then also
+//! classifies clear text from the wire against the out table (its one-armed mode), so the
+//! configuration holds an out policy for each direction and no in/fwd policy that requires
+//! a template (that would drop the clear text). The cost when off: one predictable branch
+//! per frame.
+
+use xfrm_common::XdpMeta;
+
+use super::worker::{Action, Ctx, Side, Transform};
+use crate::frame::Frame;
+
+/// `inner`, or, when `null` is set, the null transform for frames from the two interfaces
+/// (the host's own frames, from the TAP, still go through `inner`).
+pub struct NullOr<T> {
+    inner: T,
+    null: bool,
+}
+
+impl<T: Transform> NullOr<T> {
+    pub fn new(inner: T, null: bool) -> Self {
+        Self { inner, null }
+    }
+}
+
+/// Where the null transform sends a frame from `from`: straight to the other interface.
+fn null_action(from: Side) -> Option<Action> {
+    match from {
+        Side::Inside => Some(Action::Tx(Side::Outside)),
+        Side::Outside => Some(Action::Tx(Side::Inside)),
+        Side::Local => None,
+    }
+}
+
+impl<T: Transform> Transform for NullOr<T> {
+    #[inline]
+    fn process(
+        &mut self,
+        from: Side,
+        meta: Option<&XdpMeta>,
+        frame: &mut Frame<'_>,
+        ctx: &Ctx<'_>,
+    ) -> Action {
+        if self.null {
+            if let Some(a) = null_action(from) {
+                return a;
+            }
+        }
+        self.inner.process(from, meta, frame, ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_crosses_over_and_leaves_the_host_path_alone() {
+        assert_eq!(null_action(Side::Inside), Some(Action::Tx(Side::Outside)));
+        assert_eq!(null_action(Side::Outside), Some(Action::Tx(Side::Inside)));
+        assert_eq!(null_action(Side::Local), None);
+    }
+}
