@@ -6,6 +6,7 @@ mod demo;
 mod ebpf;
 mod run;
 mod setup;
+mod strongswan;
 mod util;
 
 use anyhow::{bail, Context, Result};
