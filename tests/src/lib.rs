@@ -12,6 +12,7 @@ pub mod probe;
 pub mod sa;
 pub mod scenario;
 pub mod sock;
+pub mod strongswan;
 pub mod topology;
 pub mod traffic;
 
