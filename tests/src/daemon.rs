@@ -249,6 +249,27 @@ impl Daemon {
             .map_or(0, |(_, v)| v)
     }
 
+    /// Packets the workers took but did not pass on, from the last counter line: inside or
+    /// local ones not sent to the wire, plus wire ones not delivered (whatever the reason:
+    /// xfrm drops, no neighbour, no TX room).
+    pub fn datapath_gap(&self) -> u64 {
+        let log = self.proc.log();
+        let Some(line) = log.lines().rev().find(|l| l.starts_with("out ")) else {
+            return 0;
+        };
+        // "out X pkts + local Y -> wire Z, in A (reassembled B) -> inside C + local D, …"
+        let n: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|w| !w.is_empty())
+            .take(7)
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        match n[..] {
+            [x, y, z, a, _b, c, d] => (x + y).saturating_sub(z) + a.saturating_sub(c + d),
+            _ => 0,
+        }
+    }
+
     /// Every nonzero xfrm counter of the daemon's last counter line.
     pub fn xfrm_counters(&self) -> Vec<(String, u64)> {
         let log = self.proc.log();
@@ -292,25 +313,45 @@ impl Daemon {
     /// `xfrm-user xfrm --ctl SOCKET ARGS…` in the daemon's namespace, with `stdin` as its
     /// standard input (for `-batch -`: keys never on a command line).
     pub fn xfrm(&self, args: &[&str], stdin: &str) -> Result<std::process::Output> {
+        self.client("xfrm", args, stdin)
+    }
+
+    /// `xfrm-user reload --ctl SOCKET`; its standard output.
+    pub fn reload(&self) -> Result<String> {
+        let o = self.client("reload", &[], "")?;
+        if !o.status.success() {
+            bail!(
+                "xfrm-user reload: {}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// `xfrm-user SUBCOMMAND --ctl SOCKET ARGS…` in the daemon's namespace.
+    fn client(&self, sub: &str, args: &[&str], stdin: &str) -> Result<std::process::Output> {
         use std::io::Write;
         let ctl = self.ctl_path();
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns])
             .arg(&self.bin)
-            .args(["xfrm", "--ctl"])
+            .args([sub, "--ctl"])
             .arg(&ctl)
             .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .context("xfrm-user xfrm")?;
+            .with_context(|| format!("xfrm-user {sub}"))?;
         child
             .stdin
             .take()
             .context("stdin")?
             .write_all(stdin.as_bytes())?;
-        child.wait_with_output().context("xfrm-user xfrm")
+        child
+            .wait_with_output()
+            .with_context(|| format!("xfrm-user {sub}"))
     }
 
     /// [`Self::xfrm`] that must succeed; its standard output.

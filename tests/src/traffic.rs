@@ -168,6 +168,24 @@ pub fn tcp_transfer_progress(
     deadline: Instant,
     progress: Arc<AtomicU64>,
 ) -> Result<TransferReport> {
+    tcp_transfer_paced(from, to, dst, port, stream, size, deadline, progress, None)
+}
+
+/// [`tcp_transfer_progress`], the sender paced at `pacing` bytes per second
+/// (SO_MAX_PACING_RATE) when given: load that leaves the gateways room, for tests that
+/// must tell a loss caused by what they test from one caused by saturation.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_transfer_paced(
+    from: &Netns,
+    to: &Netns,
+    dst: IpAddr,
+    port: u16,
+    stream: u8,
+    size: u64,
+    deadline: Instant,
+    progress: Arc<AtomicU64>,
+    pacing: Option<u64>,
+) -> Result<TransferReport> {
     let bind = SocketAddr::new(
         match dst {
             IpAddr::V4(_) => IpAddr::from([0u8; 4]),
@@ -180,6 +198,17 @@ pub fn tcp_transfer_progress(
     let start = Instant::now();
     let receiver = std::thread::spawn(move || receive(listener, deadline, &progress));
     let conn = from.run(|| connect(SocketAddr::new(dst, port), deadline));
+    let conn = conn.and_then(|c| {
+        if let Some(rate) = pacing {
+            crate::sock::setsockopt_int(
+                &c,
+                libc::SOL_SOCKET,
+                libc::SO_MAX_PACING_RATE,
+                rate.min(i32::MAX as u64) as i32,
+            )?;
+        }
+        Ok(c)
+    });
     let sent = conn.and_then(|s| send(s, stream, size, deadline));
     let received = receiver
         .join()

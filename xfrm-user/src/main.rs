@@ -48,6 +48,11 @@ enum Command {
     /// flush|count|update`, `monitor`; `-batch FILE` (or `-`) sends one request per line, so
     /// that keys stay out of the command line.
     Xfrm(XfrmArgs),
+    /// Make a running gateway re-read its configuration file and apply what changed in it,
+    /// as one atomic change (SIGHUP does the same). What was added through `xfrm-user xfrm`
+    /// stays; SAs and policies the file did not change keep their counters and sequence
+    /// numbers.
+    Reload(ReloadArgs),
     /// Take the XDP programs a stopped or killed `run` left attached off the interfaces
     /// (only xfrm-user's own programs; another program is refused). The kernel then routes
     /// the protected flows, in clear unless its own xfrm protects them.
@@ -118,6 +123,13 @@ struct RunArgs {
     detach_on_exit: bool,
     /// The control socket (`xfrm-user xfrm …` talks to it; default: beside the state file,
     /// .ctl for .state).
+    #[arg(long, value_name = "PATH")]
+    ctl: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ReloadArgs {
+    /// The daemon's control socket (default: the one of this network namespace's daemon).
     #[arg(long, value_name = "PATH")]
     ctl: Option<PathBuf>,
 }
@@ -280,6 +292,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Xfrm(a) => ExitCode::from(xfrm_client(a)),
+        Command::Reload(a) => ExitCode::from(xfrm_client(XfrmArgs {
+            ctl: a.ctl,
+            stats: false,
+            json: false,
+            keys: false,
+            words: vec!["reload".to_string()],
+        })),
         Command::Detach(a) => {
             let ifaces: Vec<&str> = [a.inside.as_deref(), a.outside.as_deref()]
                 .into_iter()

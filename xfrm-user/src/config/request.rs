@@ -73,6 +73,9 @@ pub enum Request {
     PolicyFlush,
     PolicyCount,
     Monitor,
+    /// Re-read the daemon's configuration file and apply what changed in it (`xfrm-user
+    /// reload`, or SIGHUP).
+    Reload,
 }
 
 impl Request {
@@ -139,11 +142,17 @@ fn parse_words(words: &[Word]) -> LineResult<Request> {
         }
         return Ok(Request::Monitor);
     }
+    if head.is("reload") {
+        if let Some(w) = rest.get(1) {
+            return Err(LineError::at(w, "expected nothing after 'reload'"));
+        }
+        return Ok(Request::Reload);
+    }
     let is_state = head.is("state");
     if !is_state && !head.is("policy") {
         return Err(LineError::at(
             head,
-            "expected an object: 'state', 'policy' or 'monitor'",
+            "expected an object: 'state', 'policy', 'monitor' or 'reload'",
         ));
     }
     let Some(cmd) = rest.get(1) else {
@@ -241,16 +250,10 @@ fn state_filter(args: &[Word]) -> LineResult<StateFilter> {
     let mut proto: At<XfrmProto> = None;
     let mut spi: At<u32> = None;
     while let Some(kw) = cur.next() {
+        if id_word(kw, &mut cur, [&mut src, &mut dst], &mut proto)? {
+            continue;
+        }
         match kw.text.as_str() {
-            "src" | "dst" => {
-                let val = cur.value(kw, "an address")?;
-                let a = host_of(val)?;
-                set_once(if kw.is("src") { &mut src } else { &mut dst }, kw, val, a)?;
-            }
-            "proto" => {
-                let val = cur.value(kw, "esp or ah")?;
-                set_once(&mut proto, kw, val, xfrm_proto_of(val)?)?;
-            }
             "spi" => {
                 let val = cur.value(kw, "an SPI")?;
                 set_once(&mut spi, kw, val, u32_of(val)?)?;
@@ -271,6 +274,28 @@ fn state_filter(args: &[Word]) -> LineResult<StateFilter> {
     })
 }
 
+/// `src ADDR`, `dst ADDR` or `proto esp|ah` of an SA id; false for another word.
+fn id_word<'w>(
+    kw: &'w Word,
+    cur: &mut Cursor<'w>,
+    [src, dst]: [&mut At<'w, IpAddr>; 2],
+    proto: &mut At<'w, XfrmProto>,
+) -> LineResult<bool> {
+    match kw.text.as_str() {
+        "src" | "dst" => {
+            let val = cur.value(kw, "an address")?;
+            let a = host_of(val)?;
+            set_once(if kw.is("src") { src } else { dst }, kw, val, a)?;
+        }
+        "proto" => {
+            let val = cur.value(kw, "esp or ah")?;
+            set_once(proto, kw, val, xfrm_proto_of(val)?)?;
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 fn parse_allocspi(cmd: &Word, args: &[Word]) -> LineResult<Request> {
     let mut cur = Cursor::new(args);
     let (mut src, mut dst): (At<IpAddr>, At<IpAddr>) = (None, None);
@@ -278,16 +303,10 @@ fn parse_allocspi(cmd: &Word, args: &[Word]) -> LineResult<Request> {
     let mut mode: At<XfrmMode> = None;
     let (mut reqid, mut min, mut max): (At<u32>, At<u32>, At<u32>) = (None, None, None);
     while let Some(kw) = cur.next() {
+        if id_word(kw, &mut cur, [&mut src, &mut dst], &mut proto)? {
+            continue;
+        }
         match kw.text.as_str() {
-            "src" | "dst" => {
-                let val = cur.value(kw, "an address")?;
-                let a = host_of(val)?;
-                set_once(if kw.is("src") { &mut src } else { &mut dst }, kw, val, a)?;
-            }
-            "proto" => {
-                let val = cur.value(kw, "esp or ah")?;
-                set_once(&mut proto, kw, val, xfrm_proto_of(val)?)?;
-            }
             "mode" => {
                 let val = cur.value(kw, "a mode")?;
                 set_once(&mut mode, kw, val, state::mode_of(val)?)?;
@@ -522,6 +541,8 @@ mod tests {
         assert_eq!(ok("policy flush"), Request::PolicyFlush);
         assert_eq!(ok("policy count"), Request::PolicyCount);
         assert_eq!(ok("monitor"), Request::Monitor);
+        assert_eq!(ok("reload"), Request::Reload);
+        assert!(ok("reload").is_change());
         assert!(!ok("state list").is_change());
         assert!(ok("state flush").is_change());
     }

@@ -18,7 +18,7 @@ use crate::config::normalized_selector;
 use crate::config::request::{AllocSpi, PolicyId, Request, StateFilter, StateId};
 use crate::policy::{Policy, PolicyDir};
 use crate::sa::{SaConfig, XfrmId};
-use crate::selector::FlowKey;
+use crate::selector::{FlowKey, Selector};
 use crate::xfrm::persist::key_fingerprint;
 use crate::xfrm::state::SaRef;
 use crate::xfrm::{Clock, InputTables, KmState, SecurityAssociation, XfrmDb};
@@ -62,6 +62,10 @@ pub struct Store {
     /// Acquires reported, until when (per policy and flow, as the kernel's larval state
     /// holds one acquire for XFRM_ACQ_EXPIRES).
     acquired: HashMap<(u32, FlowKey), u64>,
+    /// What the configuration file brought (a reload changes only these; what was added
+    /// at run time stays).
+    from_config: HashSet<XfrmId>,
+    policies_from_config: HashSet<PolicyKey>,
 }
 
 /// How long one acquire stands for its (policy, flow) (XFRM_ACQ_EXPIRES).
@@ -92,6 +96,22 @@ pub struct Prepared {
     larval: Vec<Larval>,
     /// SAs that are gone once this is live (marked dead then).
     removed: Vec<SaRef>,
+    /// A reload's new view of what came from the configuration.
+    from_config: Option<(HashSet<XfrmId>, HashSet<PolicyKey>)>,
+}
+
+impl Prepared {
+    /// A new SA (the newest of its template), filling its larval reservation if any.
+    fn add_sa(&mut self, cfg: &SaConfig, now: u64, what: &str) -> Result<(), String> {
+        self.larval.retain(|l| l.id != cfg.id);
+        let x = SecurityAssociation::new(cfg.clone(), self.next_sa, now)
+            .map_err(|e| format!("{what}: {e}"))?;
+        self.next_sa += 1;
+        let x = Arc::new(x);
+        self.events.push(render::state_text(&x, Show::default()));
+        self.sas.push(x);
+        Ok(())
+    }
 }
 
 /// The answer to a request that reads.
@@ -126,7 +146,15 @@ impl Store {
             rng: random_seed(),
             soft_reported: HashSet::new(),
             acquired: HashMap::new(),
+            from_config: db.states().iter().map(|x| x.cfg.id).collect(),
+            policies_from_config: Default::default(),
         }
+        .with_config_policies()
+    }
+
+    fn with_config_policies(mut self) -> Self {
+        self.policies_from_config = self.policies.iter().map(policy_key).collect();
+        self
     }
 
     pub fn sas(&self) -> &[SaRef] {
@@ -196,14 +224,13 @@ impl Store {
     }
 
     fn find_policy(&self, id: &PolicyId) -> Option<usize> {
-        let want = normalized_selector(&id.selector);
-        self.policies
-            .iter()
-            .position(|p| p.dir == id.dir && normalized_selector(&p.selector) == want)
+        let want = (id.dir, normalized_selector(&id.selector));
+        self.policies.iter().position(|p| policy_key(p) == want)
     }
 
-    fn prepare(&self, req: &Request, now: Instant) -> Result<Prepared, String> {
-        let mut p = Prepared {
+    /// A change that changes nothing yet: the current lists to edit.
+    fn empty_change(&self, now: Instant) -> Prepared {
+        Prepared {
             tables: None,
             policies_changed: false,
             body: String::new(),
@@ -220,7 +247,12 @@ impl Store {
                 .copied()
                 .collect(),
             removed: Vec::new(),
-        };
+            from_config: None,
+        }
+    }
+
+    fn prepare(&self, req: &Request, now: Instant) -> Result<Prepared, String> {
+        let mut p = self.empty_change(now);
         let clock_now = self.clock.now();
         let no_keys = Show::default();
         match req {
@@ -231,25 +263,13 @@ impl Store {
                         cfg.id.daddr, cfg.id.spi, proto_name(cfg.id.proto)
                     ));
                 }
-                p.larval.retain(|l| l.id != cfg.id);
-                let x = SecurityAssociation::new((**cfg).clone(), p.next_sa, clock_now)
-                    .map_err(|e| format!("state add: {e}"))?;
-                p.next_sa += 1;
-                let x = Arc::new(x);
-                p.events.push(render::state_text(&x, no_keys));
-                p.sas.push(x);
+                p.add_sa(cfg, clock_now, "state add")?;
             }
             Request::StateUpdate(cfg) => {
                 let Some(pos) = self.sas.iter().position(|x| x.cfg.id == cfg.id) else {
                     // A larval SA from allocspi is filled by update, as IKE daemons do.
                     if p.larval.iter().any(|l| l.id == cfg.id) {
-                        p.larval.retain(|l| l.id != cfg.id);
-                        let x = SecurityAssociation::new((**cfg).clone(), p.next_sa, clock_now)
-                            .map_err(|e| format!("state update: {e}"))?;
-                        p.next_sa += 1;
-                        let x = Arc::new(x);
-                        p.events.push(render::state_text(&x, no_keys));
-                        p.sas.push(x);
+                        p.add_sa(cfg, clock_now, "state update")?;
                         return self.finish(p);
                     }
                     return Err(format!(
@@ -361,6 +381,109 @@ impl Store {
         self.finish(p)
     }
 
+    /// A reload: the configuration `cfg` (read again) against what the last one brought.
+    /// An SA or policy unchanged stays as it is (same object: counters, sequence numbers,
+    /// replay window); one changed is replaced (an SA keeping its key goes on from its
+    /// sequence numbers); one no longer there goes; one new is added. What was added at
+    /// run time is left alone. One atomic change, like any request.
+    pub fn prepare_reload(
+        &self,
+        cfg: crate::config::Config,
+        now: Instant,
+    ) -> Result<Prepared, String> {
+        let mut p = self.empty_change(now);
+        let clock_now = self.clock.now();
+        let (mut added, mut changed, mut deleted, mut kept) = (0, 0, 0, 0);
+        let new_ids: HashSet<XfrmId> = cfg.states.iter().map(|c| c.id).collect();
+        // SAs of the old configuration that the new one drops.
+        let gone: Vec<SaRef> = p
+            .sas
+            .iter()
+            .filter(|x| self.from_config.contains(&x.cfg.id) && !new_ids.contains(&x.cfg.id))
+            .cloned()
+            .collect();
+        for x in gone {
+            p.sas.retain(|y| !Arc::ptr_eq(y, &x));
+            p.events.push(format!(
+                "Deleted {}",
+                render::state_text(&x, Show::default())
+            ));
+            p.removed.push(x);
+            deleted += 1;
+        }
+        for c in &cfg.states {
+            match p.sas.iter().position(|x| x.cfg.id == c.id) {
+                Some(i) if p.sas[i].cfg == *c => kept += 1,
+                Some(i) => {
+                    let old = p.sas[i].clone();
+                    // The same key goes on from its numbers; a new key starts afresh.
+                    let x = if check_update(&old.cfg, c).is_ok() {
+                        SecurityAssociation::with_slot(
+                            c.clone(),
+                            old.index,
+                            clock_now,
+                            old.share_slot(),
+                        )
+                    } else {
+                        p.next_sa += 1;
+                        SecurityAssociation::new(c.clone(), p.next_sa - 1, clock_now)
+                    }
+                    .map_err(|e| format!("reload: {e}"))?;
+                    let x = Arc::new(x);
+                    p.events.push(format!(
+                        "Updated {}",
+                        render::state_text(&x, Show::default())
+                    ));
+                    p.sas[i] = x;
+                    p.removed.push(old);
+                    changed += 1;
+                }
+                None => {
+                    p.add_sa(c, clock_now, "reload")?;
+                    added += 1;
+                }
+            }
+        }
+        let new_keys: HashSet<PolicyKey> = cfg.policies.iter().map(policy_key).collect();
+        let before = p.policies.len();
+        p.policies.retain(|q| {
+            let k = policy_key(q);
+            !self.policies_from_config.contains(&k) || new_keys.contains(&k)
+        });
+        let pol_deleted = before - p.policies.len();
+        let (mut pol_added, mut pol_changed) = (0, 0);
+        for q in cfg.policies {
+            let k = policy_key(&q);
+            match p.policies.iter().position(|o| policy_key(o) == k) {
+                Some(i) => {
+                    let mut q = q;
+                    q.index = p.policies[i].index;
+                    if p.policies[i] != q {
+                        p.events
+                            .push(format!("Updated {}", render::policy_text(&q)));
+                        p.policies[i] = q;
+                        pol_changed += 1;
+                    }
+                }
+                None => {
+                    let mut q = q;
+                    q.index = p.next_policy;
+                    p.next_policy += 1;
+                    p.events.push(render::policy_text(&q));
+                    p.policies.push(q);
+                    pol_added += 1;
+                }
+            }
+        }
+        p.policies_changed = pol_added + pol_changed + pol_deleted > 0;
+        p.from_config = Some((new_ids, new_keys));
+        p.body = format!(
+            "reload: SAs {added} added, {changed} changed, {deleted} deleted, {kept} unchanged; \
+             policies {pol_added} added, {pol_changed} changed, {pol_deleted} deleted\n"
+        );
+        self.finish(p)
+    }
+
     /// Limits of the XDP tables, then the database built (its own checks: duplicates).
     fn finish(&self, mut p: Prepared) -> Result<Prepared, String> {
         if p.sas.len() > MAX_SAS as usize {
@@ -403,6 +526,10 @@ impl Store {
         self.next_policy = p.next_policy;
         self.tag = p.tag;
         self.larval = p.larval;
+        if let Some((sas, pols)) = p.from_config {
+            self.from_config = sas;
+            self.policies_from_config = pols;
+        }
         // The next allocspi draws other numbers.
         self.next_random();
     }
@@ -416,6 +543,11 @@ impl Store {
         for x in &self.sas {
             let (soft_now, hard_now) = x.lifetime_tick(now);
             let text = || render::state_text(x, Show::default());
+            // A soft limit passed on the way to a hard one between two ticks is still
+            // told first, as the packet that crossed it would have.
+            if soft_now && x.is_dying() && self.soft_reported.insert(x.index) {
+                events.push(format!("Expired {}\thard 0\n", text()));
+            }
             if hard_now {
                 events.push(format!("Expired {}\thard 1\n", text()));
                 hard.push(StateId {
@@ -503,6 +635,13 @@ impl Store {
             proto_name(a.proto)
         ))
     }
+}
+
+/// What names a policy: its direction and selector (addresses masked to their prefix).
+type PolicyKey = (PolicyDir, Selector);
+
+fn policy_key(p: &Policy) -> PolicyKey {
+    (p.dir, normalized_selector(&p.selector))
 }
 
 fn dir_order(d: PolicyDir) -> u8 {
@@ -752,6 +891,30 @@ mod tests {
         assert!(ev.len() == 1 && ev[0].ends_with("\thard 1\n"), "{ev:?}");
         assert_eq!(hard.len(), 1);
         assert_eq!(hard[0].spi, 0x10);
+        // Both limits passed by packets between two ticks: the soft event still comes,
+        // first.
+        run(&mut s, "state delete dst 192.0.2.2 proto esp spi 0x10").unwrap();
+        run(
+            &mut s,
+            &(sa(0x12, 1) + " limit packet-soft 2 limit packet-hard 4"),
+        )
+        .unwrap();
+        let x = s.sas().iter().find(|x| x.spi() == 0x12).unwrap().clone();
+        for _ in 0..5 {
+            let _ = x.xfrm_state_check_expire(1020);
+            let _ = x.xfrm_replay_overflow();
+        }
+        let (ev, hard) = s.expiries();
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert!(
+            ev[0].contains("spi 0x00000012") && ev[0].ends_with("\thard 0\n"),
+            "{ev:?}"
+        );
+        assert!(
+            ev[1].contains("spi 0x00000012") && ev[1].ends_with("\thard 1\n"),
+            "{ev:?}"
+        );
+        assert_eq!(hard.len(), 1);
         // Acquires: one per policy and flow per interval.
         let pol = parse_request("policy add src 10.1.0.0/16 dst 10.2.0.0/16 dir out tmpl src 192.0.2.1 dst 192.0.2.2 proto esp mode tunnel reqid 1", "request").unwrap();
         let Request::PolicyAdd(pol) = pol else {
@@ -778,6 +941,70 @@ mod tests {
         assert!(s.acquire(&other).is_some());
         clock.advance(ACQUIRE_INTERVAL_SECS);
         assert!(s.acquire(&a).is_some());
+    }
+
+    #[test]
+    fn reload_applies_only_the_difference() {
+        let conf = |extra: &str| {
+            let text = format!(
+                "{}\n{}\npolicy add src 10.1.0.0/16 dst 10.2.0.0/16 dir out tmpl src 192.0.2.1 dst 192.0.2.2 proto esp mode tunnel reqid 1\n{extra}",
+                sa(0x10, 1),
+                sa(0x11, 1)
+            );
+            crate::config::parse_config(&text, "site.conf").unwrap()
+        };
+        let c0 = conf("");
+        let db =
+            XfrmDb::with_clock(c0.states, c0.policies, Arc::new(ManualClock::new(1000))).unwrap();
+        let mut s = Store::new(&db);
+        // Added at run time: a reload leaves it alone.
+        run(&mut s, &sa(0x20, 1)).unwrap();
+        let x10 = s.sas()[0].clone();
+        x10.xfrm_replay_overflow().unwrap();
+        let reload = |s: &mut Store, c| {
+            let p = s.prepare_reload(c, Instant::now()).unwrap();
+            let body = p.body.clone();
+            s.commit(p);
+            body
+        };
+        // The same file: nothing changes, the SAs are the same objects.
+        let b = reload(&mut s, conf(""));
+        assert!(b.contains("SAs 0 added, 0 changed, 0 deleted, 2 unchanged; policies 0 added, 0 changed, 0 deleted"), "{b}");
+        assert!(Arc::ptr_eq(&s.sas()[0], &x10));
+        // 0x11 gets a lifetime (changed, same key: goes on), a new SA and a policy appear.
+        let mut c = conf(&format!(
+            "{}\npolicy add src 10.3.0.0/16 dst 10.4.0.0/16 dir out action block",
+            sa(0x12, 1)
+        ));
+        c.states[1].lifetime.hard_packet_limit = 99;
+        let x11 = s.sas()[1].clone();
+        x11.xfrm_replay_overflow().unwrap();
+        x11.xfrm_replay_overflow().unwrap();
+        let b = reload(&mut s, c);
+        assert!(
+            b.contains("SAs 1 added, 1 changed, 0 deleted, 1 unchanged; policies 1 added"),
+            "{b}"
+        );
+        let n11 = s.sas().iter().find(|x| x.spi() == 0x11).unwrap();
+        assert_eq!(
+            n11.oseq(),
+            2,
+            "a changed SA with its key goes on from its numbers"
+        );
+        assert_eq!(x11.km_state(), KmState::Dead);
+        // Dropped from the file: 0x10, 0x12 and the block policy go; 0x20 (run time) stays.
+        let mut c = conf("");
+        c.states.remove(0);
+        c.states[0].lifetime.hard_packet_limit = 99;
+        let b = reload(&mut s, c);
+        assert!(b.contains("SAs 0 added, 0 changed, 2 deleted, 1 unchanged; policies 0 added, 0 changed, 1 deleted"), "{b}");
+        let spis: Vec<u32> = s.sas().iter().map(|x| x.spi()).collect();
+        assert!(
+            spis.contains(&0x11) && spis.contains(&0x20) && !spis.contains(&0x10),
+            "{spis:?}"
+        );
+        // 0x12 came from the file and is no longer in it.
+        assert!(!spis.contains(&0x12), "{spis:?}");
     }
 
     #[test]

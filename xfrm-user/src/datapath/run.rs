@@ -435,7 +435,7 @@ fn write_counters(
     writeln!(
         out,
         "out {} pkts + local {} -> wire {}, in {} (reassembled {}) -> inside {} + local {}, \
-         icmp {}, frags {}, no-l2 {}, drops {} | {}",
+         icmp {}, frags {}, no-l2 {}, no-buffer {}, too-big {}, drops {} | {}",
         sum(|w| w.rx[0].load(Ordering::Relaxed)),
         sum(|w| w.rx[2].load(Ordering::Relaxed)),
         sum(|w| w.tx[1].load(Ordering::Relaxed)),
@@ -446,6 +446,8 @@ fn write_counters(
         sum(|w| w.replies.load(Ordering::Relaxed)),
         sum(|w| w.fragments.load(Ordering::Relaxed)),
         sum(|w| w.no_l2.load(Ordering::Relaxed)),
+        sum(|w| w.no_buffer.load(Ordering::Relaxed)),
+        sum(|w| w.too_big.load(Ordering::Relaxed)),
         sum(|w| w.dropped.load(Ordering::Relaxed)),
         stats.render_nonzero().replace('\n', " ").trim_end(),
     )?;
@@ -492,9 +494,16 @@ fn sa_line(x: &crate::xfrm::state::SecurityAssociation) -> Option<String> {
     Some(line)
 }
 
-/// SIGINT and SIGTERM through tokio, when the caller wants them (the command line; a test
-/// running the gateway in a thread keeps the process's own handling).
-struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+/// SIGINT and SIGTERM (stop) and SIGHUP (reload the configuration) through tokio, when the
+/// caller wants them (the command line; a test running the gateway in a thread keeps the
+/// process's own handling).
+struct Signals(
+    Option<(
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+    )>,
+);
 
 impl Signals {
     fn new(on: bool) -> Result<Self> {
@@ -503,6 +512,7 @@ impl Signals {
             Some((
                 signal(SignalKind::interrupt()).context("SIGINT handler")?,
                 signal(SignalKind::terminate()).context("SIGTERM handler")?,
+                signal(SignalKind::hangup()).context("SIGHUP handler")?,
             ))
         } else {
             None
@@ -512,9 +522,10 @@ impl Signals {
     /// The next signal's name; never, without handlers.
     async fn recv(&mut self) -> &'static str {
         match &mut self.0 {
-            Some((int, term)) => tokio::select! {
+            Some((int, term, hup)) => tokio::select! {
                 _ = int.recv() => "SIGINT",
                 _ = term.recv() => "SIGTERM",
+                _ = hup.recv() => "SIGHUP",
             },
             None => std::future::pending().await,
         }
@@ -533,17 +544,31 @@ const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The workers go first: what the maps newly send them (a new SA's SPI) finds tables that
 /// know it. Between the two, a packet classified by the old XDP rules carries an id of the
 /// old policy table, which the worker's tag check turns into its own lookup.
+#[allow(clippy::too_many_arguments)]
 fn control(
     req: &Request,
     show: Show,
+    config: &std::path::Path,
     sad: &mut Store,
     gw: &Gateway,
     dp: &mut Datapath,
     events: &tokio::sync::broadcast::Sender<String>,
 ) -> Result<String, String> {
-    let mut p = match sad.execute(req, show, Instant::now())? {
-        Executed::Read(body) => return Ok(body),
-        Executed::Change(p) => *p,
+    let mut p = if *req == Request::Reload {
+        // All or nothing, as at start: a file with an error changes nothing.
+        let cfg = crate::config::load_config(config).map_err(|errs| {
+            let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            format!(
+                "reload: invalid configuration (nothing applied): {}",
+                lines.join("; ")
+            )
+        })?;
+        sad.prepare_reload(cfg, Instant::now())?
+    } else {
+        match sad.execute(req, show, Instant::now())? {
+            Executed::Read(body) => return Ok(body),
+            Executed::Change(p) => *p,
+        }
     };
     let mut late = None;
     if let Some(t) = p.tables.take() {
@@ -770,6 +795,13 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
             loop {
                 tokio::select! {
                     sig = signals.recv() => {
+                        if sig == "SIGHUP" {
+                            match control(&Request::Reload, Show::default(), &opts.config, &mut sad, &gw, &mut dp, &ctl.events) {
+                                Ok(r) => log::info!("SIGHUP: {}", r.trim_end()),
+                                Err(e) => log::error!("SIGHUP: {e}"),
+                            }
+                            continue;
+                        }
                         log::info!("{sig}: stopping");
                         break;
                     }
@@ -787,13 +819,13 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                         // Past a hard limit the SA goes, as the kernel deletes it.
                         for id in hard {
                             let req = Request::StateDelete(id);
-                            if let Err(e) = control(&req, Show::default(), &mut sad, &gw, &mut dp, &ctl.events) {
+                            if let Err(e) = control(&req, Show::default(), &opts.config, &mut sad, &gw, &mut dp, &ctl.events) {
                                 log::error!("expired SA spi 0x{:08x}: delete: {e}", id.spi);
                             }
                         }
                     }
                     Some(call) = ctl.calls.recv() => {
-                        let r = control(&call.request, call.show, &mut sad, &gw, &mut dp, &ctl.events);
+                        let r = control(&call.request, call.show, &opts.config, &mut sad, &gw, &mut dp, &ctl.events);
                         let _ = call.reply.send(r);
                     }
                     _ = report.tick() => {

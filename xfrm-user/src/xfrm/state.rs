@@ -499,6 +499,18 @@ impl SecurityAssociation {
         self.check_expire_limits(now, bytes, packets, use_time)
     }
 
+    /// Valid → Expired (a hard limit); true for the one caller that made the change.
+    fn expire_hard(&self) -> bool {
+        self.km_state
+            .compare_exchange(
+                KmState::Valid as u8,
+                KmState::Expired as u8,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
     /// The control plane's timer (xfrm_timer_handler): the time limits without a packet,
     /// since an idle SA must expire too. Returns (soft reached, hard reached), including
     /// what the packet paths found (bytes, packets, sequence numbers exhausted).
@@ -545,16 +557,7 @@ impl SecurityAssociation {
             || packets >= lft.hard_packet_limit
             || timed_out(lft.hard_add_expires_seconds, lft.hard_use_expires_seconds)
         {
-            if self
-                .km_state
-                .compare_exchange(
-                    KmState::Valid as u8,
-                    KmState::Expired as u8,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
+            if self.expire_hard() {
                 log::warn!(
                     "SA spi 0x{:08x} dst {}: hard lifetime reached ({} bytes, {} packets), state expired",
                     self.spi(),
@@ -627,16 +630,7 @@ impl SecurityAssociation {
             .map_err(|_| {
                 // Without ESN or oseq-may-wrap, running out of numbers is a hard expiry
                 // (xfrm_replay_overflow: XFRM_MSG_EXPIRE hard, so IKE rekeys).
-                if self
-                    .km_state
-                    .compare_exchange(
-                        KmState::Valid as u8,
-                        KmState::Expired as u8,
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-                {
+                if self.expire_hard() {
                     log::warn!(
                         "SA spi 0x{:08x} dst {}: output sequence number overflow, state expired",
                         self.spi(),
