@@ -42,7 +42,7 @@ int xfrmuser_ctl_connect(const char *path)
 }
 
 bool xfrmuser_ctl_request(const char *path, const char *opts, const char *cmd,
-						  char **body)
+						  const char *shown, char **body)
 {
 	char *req, *buf, *acc = NULL;
 	size_t len = 0;
@@ -59,7 +59,7 @@ bool xfrmuser_ctl_request(const char *path, const char *opts, const char *cmd,
 	{
 		DBG1(DBG_KNL, "kernel-xfrmuser: cannot reach the datapath at %s: %s "
 			 "(is `xfrm-user run` up?); request was: %s", path, strerror(errno),
-			 cmd);
+			 shown);
 		return FALSE;
 	}
 	if (asprintf(&req, "xfrmctl 1%s\n%s", opts, cmd) < 0)
@@ -68,6 +68,7 @@ bool xfrmuser_ctl_request(const char *path, const char *opts, const char *cmd,
 		return FALSE;
 	}
 	n = send(fd, req, strlen(req), 0);
+	memwipe(req, strlen(req));
 	free(req);
 	if (n < 0)
 	{
@@ -83,7 +84,7 @@ bool xfrmuser_ctl_request(const char *path, const char *opts, const char *cmd,
 		if (n <= 0)
 		{
 			DBG1(DBG_KNL, "kernel-xfrmuser: %s closed before replying to: %s",
-				 path, cmd);
+				 path, shown);
 			break;
 		}
 		buf[n] = '\0';
@@ -103,7 +104,7 @@ bool xfrmuser_ctl_request(const char *path, const char *opts, const char *cmd,
 			continue;
 		}
 		/* "error <message>\n" */
-		DBG1(DBG_KNL, "kernel-xfrmuser: the datapath refused `%s`: %.*s", cmd,
+		DBG1(DBG_KNL, "kernel-xfrmuser: the datapath refused `%s`: %.*s", shown,
 			 (int)strcspn(buf, "\n"), buf);
 		break;
 	}

@@ -18,10 +18,11 @@ int xfrmuser_ctl_connect(const char *path);
  * @param path		control socket
  * @param opts		output options after the version ("", " -s")
  * @param cmd		the words after `ip xfrm`
+ * @param shown		the same for the log (no key in it)
  * @param body		the body of an `ok` reply (allocated, caller frees), or NULL
  * @return			TRUE on `ok`; FALSE on `error …` (logged) or a broken connection
  */
 bool xfrmuser_ctl_request(const char *path, const char *opts, const char *cmd,
-						  char **body);
+						  const char *shown, char **body);
 
 #endif

@@ -5,6 +5,7 @@
 #include "kernel_xfrmuser_ipsec.h"
 #include "kernel_xfrmuser_ctl.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <glob.h>
 #include <inttypes.h>
@@ -96,18 +97,39 @@ static char *socket_path(private_kernel_xfrmuser_ipsec_t *this)
 	return path;
 }
 
+/* A copy of a request for the log: the key after the algorithm name replaced. */
+static char *redact(const char *cmd)
+{
+	char *shown = strdup(cmd), *key = strstr(shown, "' 0x"), *end;
+
+	if (key)
+	{
+		key += 2;
+		end = key + 2;
+		while (isxdigit((unsigned char)*end))
+		{
+			end++;
+		}
+		memmove(key + 5, end, strlen(end) + 1);
+		memcpy(key, "(key)", 5);
+	}
+	return shown;
+}
+
 static bool request(private_kernel_xfrmuser_ipsec_t *this, const char *opts,
 					const char *cmd, char **body)
 {
-	char *path = socket_path(this);
+	char *path = socket_path(this), *shown;
 	bool ok;
 
 	if (!path)
 	{
 		return FALSE;
 	}
-	DBG2(DBG_KNL, "kernel-xfrmuser: %s", cmd);
-	ok = xfrmuser_ctl_request(path, opts, cmd, body);
+	shown = redact(cmd);
+	DBG2(DBG_KNL, "kernel-xfrmuser: %s", shown);
+	ok = xfrmuser_ctl_request(path, opts, cmd, shown, body);
+	free(shown);
 	free(path);
 	return ok;
 }
