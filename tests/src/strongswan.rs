@@ -15,7 +15,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::topology::{Netns, Proc};
+use crate::{
+    daemon::{Daemon, RunArgs},
+    gateway::{Case, Family, GatewayNet, Side},
+    topology::{Netns, Proc},
+};
 
 pub const CHARON: &str = "/usr/lib/ipsec/charon";
 pub const PLUGIN: &str = "/usr/lib/ipsec/plugins/libstrongswan-kernel-xfrmuser.so";
@@ -218,6 +222,78 @@ pub fn list_sas_counters(list: &str) -> Vec<(bool, u32, u64, u64)> {
             Some((inbound, spi, bytes, packets))
         })
         .collect()
+}
+
+/// `xfrm-user run` on side `s` with an empty configuration.
+pub fn start_datapath(net: &GatewayNet, s: Side) -> Result<Daemon> {
+    let mut d = Daemon::start(
+        net.topo.ns(net.gw(s)),
+        &format!("xfrm-user-sswan-{s:?}").to_lowercase(),
+        "# everything comes from charon\n",
+        &RunArgs {
+            inside: net.inside(s).ifname.clone(),
+            outside: net.outside(s).ifname.clone(),
+            xdp_mode: "native",
+            queues: None,
+            own_process_group: false,
+        },
+    )?;
+    d.wait_attached(
+        net.topo.ns(net.gw(s)),
+        &[&net.inside(s).ifname],
+        Duration::from_secs(30),
+    )?;
+    d.wait_ctl(Duration::from_secs(30))?;
+    Ok(d)
+}
+
+/// swanctl.conf of side `s`: one IKE_SA to the other gateway, one CHILD_SA between the LANs.
+///
+/// `child` goes into the CHILD_SA's section (e.g. `rekey_time = 5s`).
+pub fn swanctl_conf(net: &GatewayNet, case: &Case, s: Side, child: &str) -> String {
+    let me = Family::V4.addr(net.outside(s));
+    let peer = Family::V4.addr(net.outside(s.other()));
+    let (id, peer_id) = match s {
+        Side::A => ("gw-a", "gw-b"),
+        Side::B => ("gw-b", "gw-a"),
+    };
+    format!(
+        "connections {{
+  site {{
+    version = 2
+    local_addrs = {me}
+    remote_addrs = {peer}
+    proposals = aes128gcm16-prfsha256-x25519
+    local {{
+      auth = psk
+      id = {id}
+    }}
+    remote {{
+      auth = psk
+      id = {peer_id}
+    }}
+    children {{
+      lan {{
+        local_ts = {local}
+        remote_ts = {remote}
+        esp_proposals = aes128gcm16
+        mode = tunnel
+        {child}
+      }}
+    }}
+  }}
+}}
+secrets {{
+  ike-site {{
+    id-a = gw-a
+    id-b = gw-b
+    secret = \"xfrm-ebpf test key, not a secret\"
+  }}
+}}
+",
+        local = case.selector(net, s),
+        remote = case.selector(net, s.other()),
+    )
 }
 
 #[cfg(test)]

@@ -7,92 +7,22 @@
 //! hosts' traffic as ESP only, nothing in clear; `swanctl --list-sas` shows the byte and
 //! packet counts our datapath keeps for each SPI.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use xfrm_tests::{
-    daemon::{Daemon, RunArgs},
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
     init_logging, root_or_skip,
     scenario::{
         daemon_logs, heavy, ping_both_ways, report, transfers_both_ways, wait_path, wire_capture,
     },
-    strongswan::{list_sas_counters, require_plugin, Charon, Kernel},
+    strongswan::{list_sas_counters, require_plugin, start_datapath, swanctl_conf, Charon, Kernel},
 };
 
 /// Only the topology and traffic helpers use it: charon makes the SAs.
 fn case() -> Case {
     Case::new("strongswan-psk", Endpoints::Hosts, Family::V4, Family::V4)
         .sa(SaSpec::new(Mode::Tunnel, GCM128))
-}
-
-/// `xfrm-user run` on side `s` with an empty configuration.
-fn start_datapath(net: &GatewayNet, s: Side) -> Result<Daemon> {
-    let mut d = Daemon::start(
-        net.topo.ns(net.gw(s)),
-        &format!("xfrm-user-sswan-{s:?}").to_lowercase(),
-        "# everything comes from charon\n",
-        &RunArgs {
-            inside: net.inside(s).ifname.clone(),
-            outside: net.outside(s).ifname.clone(),
-            xdp_mode: "native",
-            queues: None,
-            own_process_group: false,
-        },
-    )?;
-    d.wait_attached(
-        net.topo.ns(net.gw(s)),
-        &[&net.inside(s).ifname],
-        Duration::from_secs(30),
-    )?;
-    d.wait_ctl(Duration::from_secs(30))?;
-    Ok(d)
-}
-
-/// swanctl.conf of side `s`: one IKE_SA to the other gateway, one CHILD_SA between the LANs.
-fn swanctl_conf(net: &GatewayNet, case: &Case, s: Side) -> String {
-    let me = Family::V4.addr(net.outside(s));
-    let peer = Family::V4.addr(net.outside(s.other()));
-    let (id, peer_id) = match s {
-        Side::A => ("gw-a", "gw-b"),
-        Side::B => ("gw-b", "gw-a"),
-    };
-    format!(
-        "connections {{
-  site {{
-    version = 2
-    local_addrs = {me}
-    remote_addrs = {peer}
-    proposals = aes128gcm16-prfsha256-x25519
-    local {{
-      auth = psk
-      id = {id}
-    }}
-    remote {{
-      auth = psk
-      id = {peer_id}
-    }}
-    children {{
-      lan {{
-        local_ts = {local}
-        remote_ts = {remote}
-        esp_proposals = aes128gcm16
-        mode = tunnel
-      }}
-    }}
-  }}
-}}
-secrets {{
-  ike-site {{
-    id-a = gw-a
-    id-b = gw-b
-    secret = \"xfrm-ebpf test key, not a secret\"
-  }}
-}}
-",
-        local = case.selector(net, s),
-        remote = case.selector(net, s.other()),
-    )
 }
 
 #[test]
@@ -125,7 +55,7 @@ fn psk_gcm128_tunnel() -> Result<()> {
                 &format!("charon-{s:?}").to_lowercase(),
                 Kernel::XfrmUser { ctl: &d.ctl_path() },
             )?;
-            c.load(&swanctl_conf(&net, &case, s))?;
+            c.load(&swanctl_conf(&net, &case, s, ""))?;
             gws.push(d);
             charons.push(c);
         }
