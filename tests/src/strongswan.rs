@@ -58,6 +58,9 @@ impl Charon {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
         let d = dir.display();
+        // kernel-libipsec sends through its TUN device by the routes charon installs (table
+        // 220); our datapath needs none.
+        let install_routes = matches!(kernel, Kernel::Libipsec);
         let (kernel_plugins, kernel_conf, prelude) = match kernel {
             Kernel::XfrmUser { ctl } => {
                 let run_dir = ctl.parent().context("control socket directory")?;
@@ -85,7 +88,7 @@ impl Charon {
         let conf = format!(
             "charon {{
   load = {kernel_plugins} {PLUGINS}
-  install_routes = no
+  install_routes = {install_routes}
   install_virtual_ip = no
   retransmit_tries = 3
   plugins {{
