@@ -186,7 +186,8 @@ impl Daemon {
             ns.name(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::write(&path, config).with_context(|| format!("write {}", path.display()))?;
+        xfrm_user::keyfile::write_private(&path, config)
+            .with_context(|| format!("write {}", path.display()))?;
         let state = default_state_path(ns, &args.outside)?;
         let mut a: Vec<String> = vec![
             "run".into(),

@@ -106,7 +106,7 @@ pub fn check_samples(
             capture::parse(&f.data, &natt).and_then(|p| p.3.spi()) == Some(outer_spi)
         })?;
         let sa = work.join(format!("sa-from-{from:?}.json"));
-        std::fs::write(
+        xfrm_user::keyfile::write_private(
             &sa,
             serde_json::to_string_pretty(&case.peer_json(net, from))?,
         )?;

@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{sock::esp_socket, topology::Netns};
+use crate::{
+    sock::esp_socket,
+    topology::{Link, Netns, Proc, Topology, VethOpts},
+};
 
 /// What the destination sees: the flow's UDP in clear, and ESP.
 pub struct Receiver {
@@ -87,6 +90,78 @@ impl Receiver {
     /// The ESP sequence numbers received since the last call, in arrival order.
     pub fn take_seqs(&self) -> Vec<u32> {
         std::mem::take(&mut *self.seqs.borrow_mut())
+    }
+
+    /// Until ESP arrives, at most `within` (before the daemon's programs are attached, the
+    /// datagrams cross in clear as with no daemon: the callers check afterwards). Fails at
+    /// once, with its log, if the daemon `d` exits.
+    pub fn wait_protected(
+        &self,
+        sender: &UdpSocket,
+        to: SocketAddr,
+        d: &mut Proc,
+        within: Duration,
+    ) {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            let (_, esp) = self.probe(sender, to, 3);
+            if esp > 0 {
+                return;
+            }
+            if let Some(st) = d.try_wait() {
+                panic!("xfrm-user run exited: {st}; log:\n{}", d.log());
+            }
+        }
+        panic!(
+            "no ESP at the receiver within {within:?}; log:\n{}",
+            d.log()
+        );
+    }
+}
+
+/// The fail-closed tests' line: `h1 ──veth 1── gw (ip_forward=1) ──veth 2── h2`, h1 routing
+/// 10.2.0.0/24 and h2 10.1.0.0/24 through gw, a UDP sender in h1 (its address, port 4001)
+/// and a [`Receiver`] in h2 (`to`: its address, port 5001).
+pub struct Line {
+    pub t: Topology,
+    pub h1: usize,
+    pub gw: usize,
+    pub h2: usize,
+    pub l1: Link,
+    pub l2: Link,
+    pub sender: UdpSocket,
+    pub rx: Receiver,
+    pub to: SocketAddr,
+}
+
+impl Line {
+    pub fn new() -> Result<Self> {
+        let mut t = Topology::new()?;
+        let h1 = t.add_netns("h1")?;
+        let gw = t.add_netns("gw")?;
+        let h2 = t.add_netns("h2")?;
+        let l1 = t.add_veth(h1, gw, VethOpts::default())?;
+        let l2 = t.add_veth(gw, h2, VethOpts::default())?;
+        t.ns(h1)
+            .ip(&["route", "add", "10.2.0.0/24", "via", &l1.b.ipv4.to_string()])?;
+        t.ns(h2)
+            .ip(&["route", "add", "10.1.0.0/24", "via", &l2.a.ipv4.to_string()])?;
+        t.ns(gw).exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        let to = SocketAddr::new(l2.b.ipv4.into(), 5001);
+        let from = SocketAddr::new(l1.a.ipv4.into(), 4001);
+        let sender = t.ns(h1).run(|| Ok(UdpSocket::bind(from)?))?;
+        let rx = t.ns(h2).run(|| Receiver::bind(to))?;
+        Ok(Self {
+            t,
+            h1,
+            gw,
+            h2,
+            l1,
+            l2,
+            sender,
+            rx,
+            to,
+        })
     }
 }
 

@@ -403,7 +403,7 @@ pub fn start_scapy_gateway(
     std::fs::create_dir_all(work)?;
     let sa = |from: Side| -> Result<String> {
         let p = work.join(format!("scapy-{s:?}-sa-from-{from:?}.json"));
-        std::fs::write(&p, case.peer_json(net, from).to_string())?;
+        xfrm_user::keyfile::write_private(&p, case.peer_json(net, from).to_string())?;
         Ok(p.display().to_string())
     };
     let (sa_in, sa_out) = (sa(s.other())?, sa(s)?);

@@ -15,7 +15,7 @@
 //! detaches by itself at SIGTERM (the old behaviour, on request).
 
 use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
@@ -27,9 +27,9 @@ use xfrm_tests::{
     bpf_object,
     daemon::default_state_path,
     init_logging,
-    probe::{ping_once as ping, Receiver},
+    probe::{ping_once as ping, Line, Receiver},
     root_or_skip,
-    topology::{Netns, Topology, VethOpts},
+    topology::Netns,
 };
 
 const CONFIG: &str = "\
@@ -168,33 +168,22 @@ fn kill9_keeps_the_program_and_drops_protected_flows() {
     }
     init_logging();
     let bin = xfrm_user_bin();
-    let mut t = Topology::new().unwrap();
-    let h1 = t.add_netns("h1").unwrap();
-    let gw = t.add_netns("gw").unwrap();
-    let h2 = t.add_netns("h2").unwrap();
-    let l1 = t.add_veth(h1, gw, VethOpts::default()).unwrap();
-    let l2 = t.add_veth(gw, h2, VethOpts::default()).unwrap();
-    t.ns(h1)
-        .ip(&["route", "add", "10.2.0.0/24", "via", &l1.b.ipv4.to_string()])
-        .unwrap();
-    t.ns(h2)
-        .ip(&["route", "add", "10.1.0.0/24", "via", &l2.a.ipv4.to_string()])
-        .unwrap();
-    t.ns(gw)
-        .exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
-        .unwrap();
+    let Line {
+        t,
+        h1,
+        gw,
+        h2: _,
+        l1,
+        l2,
+        sender,
+        rx,
+        to,
+    } = Line::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("gw.conf");
-    std::fs::write(&conf, CONFIG).unwrap();
+    xfrm_user::keyfile::write_private(&conf, CONFIG).unwrap();
     let (inside, outside) = (l1.b.ifname.clone(), l2.a.ifname.clone());
     let h2_addr = l2.b.ipv4.to_string();
-    let to = SocketAddr::new(IpAddr::V4(l2.b.ipv4), 5001);
-
-    let sender = t
-        .ns(h1)
-        .run(|| Ok(UdpSocket::bind(SocketAddr::new(l1.a.ipv4.into(), 4001))?))
-        .unwrap();
-    let rx = t.ns(h2).run(|| Receiver::bind(to)).unwrap();
 
     // Control: forwarding on, no program: the flow crosses in clear.
     let (clear, esp) = rx.probe(&sender, to, 5);

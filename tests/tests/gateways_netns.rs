@@ -234,12 +234,12 @@ fn two_gateways(name: &str, p: &Plan) {
     let dir = tempfile::tempdir().unwrap();
     let conf_a = dir.path().join("a.conf");
     let conf_b = dir.path().join("b.conf");
-    std::fs::write(
+    xfrm_user::keyfile::write_private(
         &conf_a,
         config(p.gwa, p.gwb, p.net_a, p.net_b, 0x100, 0x200),
     )
     .unwrap();
-    std::fs::write(
+    xfrm_user::keyfile::write_private(
         &conf_b,
         config(p.gwb, p.gwa, p.net_b, p.net_a, 0x200, 0x100),
     )
@@ -261,6 +261,8 @@ fn two_gateways(name: &str, p: &Plan) {
         detach_on_exit: true,
         handle_signals: false,
         ctl: None,
+        drop_privileges: true,
+        user: None,
     };
     let oa = opts(
         conf_a,

@@ -501,7 +501,7 @@ fn ours(tag: &str, config: &str, dir: xfrm_user::pcap::Direction, input: &[Vec<u
     let cfg = base.with_extension("conf");
     let inp = base.with_extension("in.pcap");
     let out = base.with_extension("out.pcap");
-    std::fs::write(&cfg, config).unwrap();
+    xfrm_user::keyfile::write_private(&cfg, config).unwrap();
     kernel_peer::write_pcap(&inp, input);
     let mut err = Vec::new();
     let rc = xfrm_user::pcap::pcap_main(&cfg, dir, &inp, &out, &mut err);
@@ -1285,7 +1285,7 @@ fn scapy_peer_decrypts_linux() {
     let mut jobs = Vec::new();
     for r in runs {
         let sa = dir.join(format!("{}.sa.json", r.v.name));
-        std::fs::write(&sa, peer_sa_json(&r.v)).unwrap();
+        xfrm_user::keyfile::write_private(&sa, peer_sa_json(&r.v)).unwrap();
         jobs.push(format!(
             r#"{{"cmd": "decrypt", "name": "{}", "sa": "{}", "in": "{}", "out": "{}", "report": "{}"}}"#,
             r.v.name,

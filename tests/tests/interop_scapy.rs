@@ -1000,11 +1000,15 @@ fn run_matrix(title: &str, cases: &[Case]) -> Option<Vec<Outcome>> {
     // out: ours encrypts; in: the peer encrypts
     for (ci, c) in cases.iter().enumerate() {
         let cfg = d.join(format!("{ci}.conf"));
-        fs::write(&cfg, c.config()).unwrap();
+        xfrm_user::keyfile::write_private(&cfg, c.config()).unwrap();
         for dir in [Dir::Out, Dir::In] {
             let tag = if dir == Dir::Out { "out" } else { "in" };
             let sa = d.join(format!("{ci}-{tag}.json"));
-            fs::write(&sa, serde_json::to_vec_pretty(&c.peer_sas(dir)).unwrap()).unwrap();
+            xfrm_user::keyfile::write_private(
+                &sa,
+                serde_json::to_vec_pretty(&c.peer_sas(dir)).unwrap(),
+            )
+            .unwrap();
             let plain = d.join(format!("{ci}-{tag}-plain.pcap"));
             let mut pkts = c.plaintexts(dir);
             if dir == Dir::Out {
@@ -1576,10 +1580,10 @@ fn tshark_decrypts_our_esp_gcm() {
 
 fn tshark_case(tshark: &Path, c: &Case, d: &Path) -> Result<String, String> {
     let cfg = d.join("t.conf");
-    fs::write(&cfg, c.config()).unwrap();
+    xfrm_user::keyfile::write_private(&cfg, c.config()).unwrap();
     // the peer's view of the same SA, kept beside the config for debugging (INTEROP_KEEP)
-    fs::write(
-        d.join("t-out.json"),
+    xfrm_user::keyfile::write_private(
+        &d.join("t-out.json"),
         serde_json::to_vec_pretty(&c.peer_sas(Dir::Out)).unwrap(),
     )
     .unwrap();

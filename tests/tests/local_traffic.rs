@@ -75,22 +75,6 @@ fn local_out_filters(ns: &Netns, ifname: &str) -> usize {
         .count()
 }
 
-/// Until ESP arrives at h2, at most 15 s (before the filter is attached, the datagrams leave
-/// in clear as with no daemon: the callers check afterwards).
-fn wait_protected(rx: &Receiver, sender: &UdpSocket, to: SocketAddr, d: &mut Proc) {
-    let end = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < end {
-        let (_, esp) = rx.probe(sender, to, 3);
-        if esp > 0 {
-            return;
-        }
-        if let Some(st) = d.try_wait() {
-            panic!("xfrm-user run exited: {st}; log:\n{}", d.log());
-        }
-    }
-    panic!("no ESP at h2 within 15 s; log:\n{}", d.log());
-}
-
 #[test]
 fn own_traffic_is_protected_and_fails_closed_after_kill9() {
     if !root_or_skip("own_traffic_is_protected_and_fails_closed_after_kill9") {
@@ -106,7 +90,8 @@ fn own_traffic_is_protected_and_fails_closed_after_kill9() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("gw.conf");
     let (gw_addr, h2_addr) = (l2.a.ipv4, l2.b.ipv4);
-    std::fs::write(&conf, config(&gw_addr.to_string(), &h2_addr.to_string())).unwrap();
+    xfrm_user::keyfile::write_private(&conf, config(&gw_addr.to_string(), &h2_addr.to_string()))
+        .unwrap();
     let (inside, outside) = (l1.b.ifname.clone(), l2.a.ifname.clone());
     let to = SocketAddr::new(IpAddr::V4(h2_addr), 5001);
 
@@ -142,7 +127,7 @@ fn own_traffic_is_protected_and_fails_closed_after_kill9() {
     assert!(d0.stop(libc::SIGTERM, Duration::from_secs(10)).success());
 
     let mut d1 = start(t.ns(gw), &conf, &inside, &outside, &[]);
-    wait_protected(&rx, &sender, to, &mut d1);
+    rx.wait_protected(&sender, to, &mut d1, Duration::from_secs(15));
     assert_eq!(local_out_filters(t.ns(gw), &outside), 1);
     let (clear, esp) = rx.probe(&sender, to, 10);
     assert_eq!((clear, esp), (0, 10), "daemon 1: all protected");
@@ -193,7 +178,7 @@ fn own_traffic_is_protected_and_fails_closed_after_kill9() {
     );
 
     let mut d2 = start(t.ns(gw), &conf, &inside, &outside, &[]);
-    wait_protected(&rx, &sender, to, &mut d2);
+    rx.wait_protected(&sender, to, &mut d2, Duration::from_secs(15));
     assert_eq!(
         local_out_filters(t.ns(gw), &outside),
         1,

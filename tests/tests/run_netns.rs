@@ -70,7 +70,7 @@ fn gateway_protects_outbound_with_partial_checksums() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("gw.conf");
-    std::fs::write(&conf, CONFIG).unwrap();
+    xfrm_user::keyfile::write_private(&conf, CONFIG).unwrap();
     let opts = RunOptions {
         config: conf,
         inside: l1.b.ifname.clone(),
@@ -86,6 +86,8 @@ fn gateway_protects_outbound_with_partial_checksums() {
         detach_on_exit: false,
         handle_signals: false,
         ctl: None,
+        drop_privileges: true,
+        user: None,
     };
     let esp = esp_socket(&t, h2);
     let stop = AtomicBool::new(false);

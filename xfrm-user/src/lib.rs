@@ -6,6 +6,7 @@ pub mod crypto;
 pub mod ctl;
 pub mod datapath;
 pub mod frame;
+pub mod keyfile;
 pub mod pcap;
 pub mod policy;
 pub mod sa;

@@ -57,6 +57,33 @@ enum Command {
     /// (only xfrm-user's own programs; another program is refused). The kernel then routes
     /// the protected flows, in clear unless its own xfrm protects them.
     Detach(DetachArgs),
+    /// What this kernel and these interfaces offer the datapath (XDP native/skb, AF_XDP
+    /// copy/zero-copy, the helpers the programs call, TC, TAP, queues): a table and a
+    /// verdict; exit 0 when `run` will work. Attaches a pass-everything program and binds an
+    /// AF_XDP socket for a moment on interfaces that have no XDP program yet (root).
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// The inside interface `run` will use.
+    #[arg(long, value_name = "IF")]
+    inside: String,
+    /// The outside interface `run` will use (the same as inside: one-armed).
+    #[arg(long, value_name = "IF")]
+    outside: String,
+    /// The XDP mode `run` will be given (default: whichever works, native first).
+    #[arg(long)]
+    xdp_mode: Option<xfrm_user::datapath::AttachMode>,
+    /// The queues `run` will serve.
+    #[arg(long, default_value_t = 1)]
+    queues: u32,
+    /// The XDP object (as for `run`).
+    #[arg(long, value_name = "PATH")]
+    bpf: Option<PathBuf>,
+    /// As `run --no-local`: skip the TAP check.
+    #[arg(long)]
+    no_local: bool,
 }
 
 #[derive(Args, Debug)]
@@ -125,6 +152,10 @@ struct RunArgs {
     /// .ctl for .state).
     #[arg(long, value_name = "PATH")]
     ctl: Option<PathBuf>,
+    /// Once set up, run as this user (its uid and primary gid, no other groups), keeping
+    /// only CAP_NET_ADMIN as always: root's files are then out of the daemon's reach.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -281,6 +312,8 @@ fn main() -> ExitCode {
                 detach_on_exit: a.detach_on_exit,
                 handle_signals: true,
                 ctl: a.ctl,
+                drop_privileges: true,
+                user: a.user,
             };
             let mut out = std::io::stdout();
             match xfrm_user::datapath::run::run(&opts, &STOP, &mut out) {
@@ -311,6 +344,23 @@ fn main() -> ExitCode {
                     eprintln!("xfrm-user: {e:#}");
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Command::Doctor(a) => {
+            let rep =
+                xfrm_user::datapath::doctor::doctor(&xfrm_user::datapath::doctor::DoctorOptions {
+                    inside: a.inside,
+                    outside: a.outside,
+                    mode: a.xdp_mode,
+                    queues: a.queues,
+                    bpf: a.bpf,
+                    local: !a.no_local,
+                });
+            print!("{rep}");
+            if rep.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
         }
         Command::Attach(a) => {

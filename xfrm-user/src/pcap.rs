@@ -542,12 +542,12 @@ policy add src 10.1.0.0/16 dst 10.2.0.0/16 dir in tmpl src 192.0.2.1 dst 192.0.2
         let dir = std::env::temp_dir().join(format!("xfrm-pcap-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("c.conf");
-        std::fs::write(&conf, CONF).unwrap();
+        crate::keyfile::write_private(&conf, CONF).unwrap();
         let inp = dir.join("in.pcap");
         std::fs::write(&inp, capture(DataLink::RAW, &[(1000, udp4(0, true, b"x"))])).unwrap();
         let outp = dir.join("out.pcap");
         let conf_rx = dir.join("rx.conf");
-        std::fs::write(&conf_rx, CONF_RX).unwrap();
+        crate::keyfile::write_private(&conf_rx, CONF_RX).unwrap();
         let mut err = Vec::new();
         assert_eq!(pcap_main(&conf, Direction::Out, &inp, &outp, &mut err), 0);
         let text = String::from_utf8(err).unwrap();
@@ -566,7 +566,7 @@ policy add src 10.1.0.0/16 dst 10.2.0.0/16 dir in tmpl src 192.0.2.1 dst 192.0.2
         );
         let (_, pkts) = read(&std::fs::read(&back).unwrap());
         assert_eq!(pkts, vec![udp4(0, true, b"x")]);
-        std::fs::write(&conf, "state add bogus\n").unwrap();
+        crate::keyfile::write_private(&conf, "state add bogus\n").unwrap();
         let mut err = Vec::new();
         assert_eq!(pcap_main(&conf, Direction::Out, &inp, &outp, &mut err), 2);
         let _ = std::fs::remove_dir_all(&dir);

@@ -70,8 +70,10 @@ impl AuthAlgo {
     }
 }
 
-/// The algorithm of an SA with its key material. Keys are zeroized on drop.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The algorithm of an SA with its key material. Keys and salt are zeroized on drop, and
+/// `Debug` shows their length, never their bytes (a `{:?}` in a log or a panic message must
+/// not carry them).
+#[derive(Clone, PartialEq, Eq)]
 pub enum SaAlgorithm {
     /// `key` is the AES key (16 or 32 bytes) without the 4-byte salt.
     Aead {
@@ -85,6 +87,44 @@ pub enum SaAlgorithm {
         key: zeroize::Zeroizing<Vec<u8>>,
         trunc_bits: u32,
     },
+}
+
+impl Drop for SaAlgorithm {
+    fn drop(&mut self) {
+        // The key is a Zeroizing<Vec>; the salt is key material too (the last 4 bytes of
+        // the configured key).
+        if let SaAlgorithm::Aead { salt, .. } = self {
+            zeroize::Zeroize::zeroize(salt);
+        }
+    }
+}
+
+impl std::fmt::Debug for SaAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SaAlgorithm::Aead {
+                algo,
+                key,
+                icv_bits,
+                ..
+            } => f
+                .debug_struct("Aead")
+                .field("algo", algo)
+                .field("key", &format_args!("<{} bytes + 4-byte salt>", key.len()))
+                .field("icv_bits", icv_bits)
+                .finish(),
+            SaAlgorithm::Auth {
+                algo,
+                key,
+                trunc_bits,
+            } => f
+                .debug_struct("Auth")
+                .field("algo", algo)
+                .field("key", &format_args!("<{} bytes>", key.len()))
+                .field("trunc_bits", trunc_bits)
+                .finish(),
+        }
+    }
 }
 
 /// `flag …` of ip xfrm state (XFRM_STATE_*).

@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod run;
 mod setup;
 mod strongswan;
@@ -60,6 +61,17 @@ enum Cmd {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+    /// The libFuzzer targets (fuzz/harness), each for --seconds from its seeds, then a table of
+    /// executions, execs/s, coverage and crashes; a crash is saved to fuzz/regressions/ (which
+    /// `cargo test` replays) and fails the command.
+    Fuzz {
+        /// Only this target (input, input_sealed, output, config, pcap, classifier, neigh).
+        #[arg(long)]
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Benchmarks: the user-space ones (`cargo bench -p xfrm-user`), then the XDP classifier's
     /// ns/packet table (BPF_PROG_TEST_RUN; needs root, prints SKIP otherwise), then the
     /// user-space summary lines, the last one `ratio_vs_ring_1400=<x>` (ESP tunnel
@@ -115,6 +127,7 @@ fn real_main() -> Result<()> {
             no_setup,
             cargo_test_args,
         } => test(no_setup, &cargo_test_args),
+        Cmd::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Cmd::Bench { classifier, args } => {
             let transform = if classifier {
                 None
@@ -136,6 +149,9 @@ fn real_main() -> Result<()> {
         }
     }
 }
+
+/// Seconds per fuzz target in `cargo xtask test`.
+const FUZZ_SMOKE_SECONDS: u64 = 15;
 
 /// The CI gate. Every step must pass; the first failure stops it with a non-zero exit.
 fn test(no_setup: bool, extra: &[String]) -> Result<()> {
@@ -177,6 +193,9 @@ fn test(no_setup: bool, extra: &[String]) -> Result<()> {
             .args(extra)
             .env("XFRM_BPF_OBJ", &obj),
     )?;
+    // Every fuzz target a few seconds: one that stops building or crashes at once is caught
+    // here; long runs are `cargo xtask fuzz --seconds N`.
+    fuzz::run(None, FUZZ_SMOKE_SECONDS)?;
     println!("xtask test: all steps passed in {:.0?}", t0.elapsed());
     // The closing line CI readers look for: the sum over every test binary (the last
     // binary cargo runs is a doc-test one with 0 tests, which alone would read as "no test").

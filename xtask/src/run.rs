@@ -84,7 +84,7 @@ pub fn demo_single(duration: Option<u64>, xdp_mode: &str) -> Result<()> {
         topo.ns(gw).name()
     );
     let conf = std::env::temp_dir().join(format!("xfrm-demo-{}.conf", topo.id()));
-    std::fs::write(&conf, demo_config(a, b))?;
+    xfrm_user::keyfile::write_private(&conf, demo_config(a, b))?;
 
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic. xfrm-user, in our process group, gets

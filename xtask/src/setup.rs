@@ -53,6 +53,11 @@ pub const STEPS: &[Step] = &[
         run: packages,
     },
     Step {
+        name: "cargo-fuzz",
+        about: "cargo-fuzz (libFuzzer driver) in .tools/cargo-fuzz, for cargo xtask fuzz",
+        run: cargo_fuzz,
+    },
+    Step {
         name: "interop",
         about: "independent IPsec peers: Scapy + cryptography venv in .tools/venv, tshark",
         run: interop_peers,
@@ -384,5 +389,34 @@ fn interop_peers() -> Result<Done> {
         } else {
             "; tshark skipped: not root"
         }
+    )))
+}
+
+/// cargo-fuzz, pinned, built with the stable cargo into .tools/cargo-fuzz.
+fn cargo_fuzz() -> Result<Done> {
+    const VERSION: &str = "0.13.2";
+    let bin = crate::fuzz::cargo_fuzz();
+    if bin.is_file() {
+        if let Ok(v) = output(Command::new(&bin).args(["fuzz", "--version"])) {
+            if v.contains(VERSION) {
+                return Ok(Done::AlreadyThere(format!(
+                    "{} {}",
+                    bin.display(),
+                    v.trim()
+                )));
+            }
+        }
+    }
+    let root = tools_dir().join("cargo-fuzz");
+    run_cmd(
+        util::cargo()
+            .args(["install", "--locked", "--version", VERSION, "--root"])
+            .arg(&root)
+            .arg("cargo-fuzz"),
+    )
+    .context("missing piece: cargo install cargo-fuzz")?;
+    Ok(Done::Installed(format!(
+        "cargo-fuzz {VERSION} in {}",
+        root.display()
     )))
 }

@@ -148,7 +148,7 @@ pub fn run_batch(label: &str, cases: &[Case]) -> Vec<CaseResult> {
             Mode::Decrypt => "decrypt\n",
         };
         fs::write(d.join("mode"), mode).unwrap();
-        fs::write(d.join("config"), &c.config).unwrap();
+        xfrm_user::keyfile::write_private(&d.join("config"), &c.config).unwrap();
         write_pcap(&d.join("in.pcap"), &c.input);
         dirs.push(d);
     }

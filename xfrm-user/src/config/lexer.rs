@@ -5,6 +5,11 @@
 //! continuation), and `#` at the start of a word starts a comment that runs to the end of the
 //! physical line. Unlike a shell, a quote must close on the line where it opened: a config
 //! line is one command.
+//!
+//! The text holds keys: every copy made here (the characters with their positions, each
+//! word, each buffer a growing word leaves behind) is wiped when dropped.
+
+use zeroize::{Zeroize, Zeroizing};
 
 use super::error::LineError;
 
@@ -23,18 +28,39 @@ impl Word {
     pub fn is(&self, s: &str) -> bool {
         self.text == s
     }
+
+    /// Appends `c`. When the buffer is full, the word moves to a larger one and the old one
+    /// is wiped (String::push would free it with the key's first bytes in it).
+    fn push(&mut self, c: char) {
+        if self.text.len() + c.len_utf8() > self.text.capacity() {
+            let mut bigger = String::with_capacity((self.text.capacity() * 2).max(64));
+            bigger.push_str(&self.text);
+            self.text.zeroize();
+            self.text = bigger;
+        }
+        self.text.push(c);
+    }
+}
+
+impl Drop for Word {
+    fn drop(&mut self) {
+        self.text.zeroize();
+    }
 }
 
 /// A character with its position.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Pc {
     c: char,
     line: usize,
     col: usize,
 }
 
-fn positions(text: &str) -> Vec<Pc> {
-    let mut out = Vec::with_capacity(text.len());
+impl zeroize::DefaultIsZeroes for Pc {}
+
+fn positions(text: &str) -> Zeroizing<Vec<Pc>> {
+    // One Pc per character, at most one per byte: the capacity is never exceeded.
+    let mut out = Zeroizing::new(Vec::with_capacity(text.len()));
     let (mut line, mut col) = (1, 0);
     for c in text.chars() {
         col += 1;
@@ -97,7 +123,7 @@ pub(crate) fn lex(text: &str) -> (Vec<Vec<Word>>, Vec<LineError>) {
                         i += 2;
                     }
                     Some(n) => {
-                        word_at(&mut cur, p).text.push(n.c);
+                        word_at(&mut cur, p).push(n.c);
                         i += 2;
                     }
                     None => {
@@ -131,7 +157,7 @@ pub(crate) fn lex(text: &str) -> (Vec<Vec<Word>>, Vec<LineError>) {
                     if q == '"' && c == '\\' {
                         match v.get(j + 1).map(|n| n.c) {
                             Some(e @ ('"' | '\\' | '$' | '`')) => {
-                                w.text.push(e);
+                                w.push(e);
                                 j += 2;
                                 continue;
                             }
@@ -143,7 +169,7 @@ pub(crate) fn lex(text: &str) -> (Vec<Vec<Word>>, Vec<LineError>) {
                             _ => {}
                         }
                     }
-                    w.text.push(c);
+                    w.push(c);
                     j += 1;
                 }
                 if closed {
@@ -164,7 +190,7 @@ pub(crate) fn lex(text: &str) -> (Vec<Vec<Word>>, Vec<LineError>) {
                 }
             }
             c => {
-                word_at(&mut cur, p).text.push(c);
+                word_at(&mut cur, p).push(c);
                 i += 1;
             }
         }

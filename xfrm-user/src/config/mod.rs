@@ -29,6 +29,8 @@ mod state;
 mod value;
 
 #[cfg(test)]
+mod secrecy_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -95,7 +97,7 @@ pub fn parse_config(text: &str, file: &str) -> Result<Config, Vec<ConfigError>> 
                 policy_lines.insert(key, head.line);
                 policies.push(p);
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(e.redacted(words)),
         }
     }
 
@@ -110,7 +112,9 @@ pub fn parse_config(text: &str, file: &str) -> Result<Config, Vec<ConfigError>> 
     }
 }
 
-/// Reads and parses the file at `path`; a read error is a [`ConfigError`] of the file.
+/// Reads and parses the file at `path`; a read error, or a file that group or others may
+/// read ([`crate::keyfile`]), is a [`ConfigError`] of the file. The text is wiped when
+/// parsed.
 pub fn load_config(path: &Path) -> Result<Config, Vec<ConfigError>> {
     let file = path.display().to_string();
     let whole = |message: String| {
@@ -122,15 +126,21 @@ pub fn load_config(path: &Path) -> Result<Config, Vec<ConfigError>> {
             message,
         }]
     };
-    let bytes = std::fs::read(path).map_err(|e| whole(format!("cannot read: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
-        whole(format!(
-            "line {line}: expected UTF-8 text, found an invalid byte"
-        ))
+    let bytes = crate::keyfile::read_private(path).map_err(|e| match e {
+        crate::keyfile::KeyFileError::Io { err, .. } => whole(format!("cannot read: {err}")),
+        refused => whole(refused.problem()),
     })?;
-    parse_config(&text, &file)
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let good = &bytes[..e.valid_up_to()];
+            let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+            return Err(whole(format!(
+                "line {line}: expected UTF-8 text, found an invalid byte"
+            )));
+        }
+    };
+    parse_config(text, &file)
 }
 
 /// `xfrm-user check --config FILE`: prints "N states, M policies" (singular for 1) to `out` and returns 0 when

@@ -195,18 +195,18 @@ fn modes() {
 fn aead_variants() {
     for icv in [64, 96, 128] {
         let line = format!("state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 1 aead 'rfc4106(gcm(aes))' {K36} {icv}");
-        match state(&line).algorithm {
+        match &state(&line).algorithm {
             SaAlgorithm::Aead {
                 algo,
                 key,
                 salt,
                 icv_bits,
             } => {
-                assert_eq!(algo, AeadAlgo::Rfc4106Gcm);
+                assert_eq!(*algo, AeadAlgo::Rfc4106Gcm);
                 assert_eq!(key.len(), 32);
                 assert_eq!(key[31], 0xff);
-                assert_eq!(salt, [0xa0, 0xa1, 0xa2, 0xa3]);
-                assert_eq!(icv_bits, icv);
+                assert_eq!(*salt, [0xa0, 0xa1, 0xa2, 0xa3]);
+                assert_eq!(*icv_bits, icv);
             }
             other => panic!("{other:?}"),
         }
@@ -214,9 +214,9 @@ fn aead_variants() {
     let line = format!(
         "state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 1 aead \"rfc4543(gcm(aes))\" {K20} 128"
     );
-    match state(&line).algorithm {
+    match &state(&line).algorithm {
         SaAlgorithm::Aead { algo, key, .. } => {
-            assert_eq!(algo, AeadAlgo::Rfc4543Gmac);
+            assert_eq!(*algo, AeadAlgo::Rfc4543Gmac);
             assert_eq!(key.len(), 16);
         }
         other => panic!("{other:?}"),
@@ -276,10 +276,10 @@ fn quoted_string_keys_are_raw_bytes() {
     let sa = state(
         "state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 7 aead 'rfc4106(gcm(aes))' 'sixteen byte keySALT' 128",
     );
-    match sa.algorithm {
+    match &sa.algorithm {
         SaAlgorithm::Aead { key, salt, .. } => {
             assert_eq!(&key[..], b"sixteen byte key");
-            assert_eq!(&salt, b"SALT");
+            assert_eq!(salt, b"SALT");
         }
         other => panic!("{other:?}"),
     }
@@ -922,7 +922,7 @@ fn all_errors_of_a_file_in_order_and_nothing_applied() {
 
 #[test]
 fn one_bad_line_rejects_the_whole_file() {
-    let sample = std::fs::read_to_string(sample_path()).unwrap();
+    let sample = String::from_utf8(SAMPLE.to_vec()).unwrap();
     assert!(parse_config(&sample, "s").is_ok());
     let broken =
         format!("{sample}\npolicy add src 10.7.0.0/16 dst 10.8.0.0/16 dir out priority x\n");
@@ -946,13 +946,15 @@ fn empty_and_comment_only_files_are_valid() {
 
 // ---------------------------------------------------------------- the sample file, check
 
-fn sample_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/site-a.conf")
-}
+/// The example file; loaded through a 0600 copy (a checkout leaves it 0644).
+const SAMPLE: &[u8] = include_bytes!("../../examples/site-a.conf");
 
 #[test]
 fn sample_config_parses() {
-    let c = load_config(&sample_path()).unwrap_or_else(|e| {
+    let p = temp_file("sample-parses.conf", SAMPLE);
+    let c = load_config(&p);
+    std::fs::remove_file(&p).unwrap();
+    let c = c.unwrap_or_else(|e| {
         panic!(
             "{}",
             e.iter()
@@ -1102,14 +1104,16 @@ fn assert_invariants(c: &Config) {
 
 fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
     let p = std::env::temp_dir().join(format!("xfrm-config-test-{}-{name}", std::process::id()));
-    std::fs::write(&p, contents).unwrap();
+    crate::keyfile::write_private(&p, contents).unwrap();
     p
 }
 
 #[test]
 fn check_valid_file() {
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = check(&sample_path(), &mut out, &mut err).unwrap();
+    let p = temp_file("sample-check.conf", SAMPLE);
+    let code = check(&p, &mut out, &mut err).unwrap();
+    std::fs::remove_file(&p).unwrap();
     assert_eq!(code, 0);
     assert_eq!(String::from_utf8(out).unwrap(), "8 states, 9 policies\n");
     assert!(err.is_empty());
@@ -1154,6 +1158,28 @@ fn check_invalid_file_prints_every_error() {
 }
 
 #[test]
+fn a_file_others_can_read_is_refused_with_the_chmod_to_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = temp_file("open.conf", SAMPLE);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = check(&p, &mut out, &mut err).unwrap();
+    let e = load_config(&p).unwrap_err();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ok = load_config(&p);
+    std::fs::remove_file(&p).unwrap();
+    let f = p.display();
+    let want = format!(
+        "{f}: mode 0644 gives group or others access to a file that holds keys; run \
+         `chmod 600 {f}` (only its owner may read it)"
+    );
+    assert_eq!((code, e.len(), e[0].to_string()), (2, 1, want.clone()));
+    assert_eq!(String::from_utf8(err).unwrap(), format!("{want}\n"));
+    assert!(out.is_empty());
+    assert!(ok.is_ok(), "0600 is fine");
+}
+
+#[test]
 fn io_and_encoding_errors_are_config_errors() {
     let missing = std::env::temp_dir().join("xfrm-config-test-does-not-exist.conf");
     let e = load_config(&missing).unwrap_err();
@@ -1183,7 +1209,7 @@ fn io_and_encoding_errors_are_config_errors() {
 
 /// Valid lines to mutate: the sample's commands, one per line.
 fn seed_lines() -> Vec<String> {
-    let text = std::fs::read_to_string(sample_path()).unwrap();
+    let text = String::from_utf8(SAMPLE.to_vec()).unwrap();
     let joined = text.replace("\\\n", " ");
     let mut v: Vec<String> = joined
         .lines()

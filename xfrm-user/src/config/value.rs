@@ -253,10 +253,9 @@ mod tests {
     }
 
     fn q(s: &str) -> Word {
-        Word {
-            quoted: true,
-            ..w(s)
-        }
+        let mut w = w(s);
+        w.quoted = true;
+        w
     }
 
     #[test]

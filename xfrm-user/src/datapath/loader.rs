@@ -133,6 +133,9 @@ struct Persistent {
     iface: String,
     mode: AttachMode,
     prog: Program,
+    /// The program that was there before (a previous daemon's, in the same mode), to put
+    /// back should the start fail half-way ([`Datapath::rollback_persistent`]).
+    previous: Option<aya::programs::ProgramFd>,
 }
 
 /// What [`detach_xfrm_programs`] did on one interface.
@@ -355,6 +358,27 @@ fn local_out_link(iface: &str) -> Result<SchedClassifierLink> {
     .with_context(|| format!("interface {iface}"))
 }
 
+/// A descriptor of the XDP program attached to `iface` in `mode`, if any (to put back if a
+/// start fails). Best effort: None when it cannot be found.
+fn previous_program(
+    rtnl: &mut super::neigh::Rtnl,
+    iface: &str,
+    mode: AttachMode,
+) -> Option<aya::programs::ProgramFd> {
+    use super::neigh::XdpAttachMode;
+    let want = match mode {
+        AttachMode::Native => XdpAttachMode::Drv,
+        AttachMode::Skb => XdpAttachMode::Skb,
+    };
+    let (_, progs) = rtnl.xdp_programs(iface).ok()?;
+    let id = progs.iter().find(|p| p.mode == want)?.id;
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|i| i.id() == id)?
+        .fd()
+        .ok()
+}
+
 impl Datapath {
     /// Load and verify both programs; start forwarding the program's aya-log records to `log`.
     /// The program's log level follows `log::max_level()` (RUST_LOG), so disabled levels cost
@@ -379,7 +403,7 @@ impl Datapath {
                 .ok_or_else(|| anyhow!("{}: no program {name}", path.display()))?
                 .try_into()?;
             prog.load()
-                .with_context(|| format!("the verifier rejected {name}"))?;
+                .map_err(|e| super::explain::load_error(name, e))?;
         }
         let local: &mut SchedClassifier = ebpf
             .program_mut(PROG_LOCAL_OUT)
@@ -387,7 +411,7 @@ impl Datapath {
             .try_into()?;
         local
             .load()
-            .with_context(|| format!("the verifier rejected {PROG_LOCAL_OUT}"))?;
+            .map_err(|e| super::explain::load_error(PROG_LOCAL_OUT, e))?;
         let mut dp = Self {
             ebpf,
             live_half: [0; 3],
@@ -481,19 +505,54 @@ impl Datapath {
         if ifindex == 0 {
             bail!("attach {}: no interface {iface}", prog.name());
         }
+        let mut rtnl = super::neigh::Rtnl::new()?;
+        let previous = previous_program(&mut rtnl, iface, mode);
         let fd = self.prog(prog.name())?.fd()?.as_fd().as_raw_fd();
-        super::neigh::Rtnl::new()?
-            .set_xdp(ifindex, fd, mode.xdp_flags(), None)
-            .with_context(|| {
-                format!("attach {} to {iface} ({mode:?}, netlink mode)", prog.name())
-            })?;
+        rtnl.set_xdp(ifindex, fd, mode.xdp_flags(), None)
+            .map_err(|e| super::explain::attach_error(e, prog.name(), iface, mode))?;
         self.persistent.push(Persistent {
             ifindex,
             iface: iface.to_string(),
             mode,
             prog,
+            previous,
         });
         Ok(())
+    }
+
+    /// A start that failed after some [`Self::attach_persistent`]: every interface gets back
+    /// the program it had (a previous daemon's, which drops what it would protect), or none,
+    /// in reverse order. Nothing is left half-attached; errors are logged, not returned (the
+    /// caller is already reporting the failure that brought it here).
+    pub fn rollback_persistent(&mut self) {
+        let Ok(mut rtnl) = super::neigh::Rtnl::new() else {
+            log::error!("rollback: no rtnetlink socket; programs may stay attached");
+            return;
+        };
+        while let Some(p) = self.persistent.pop() {
+            let ours = match self
+                .prog(p.prog.name())
+                .and_then(|x| Ok(x.fd()?.as_fd().as_raw_fd()))
+            {
+                Ok(fd) => fd,
+                Err(e) => {
+                    log::error!("rollback {}: {e:#}", p.iface);
+                    continue;
+                }
+            };
+            let back = p.previous.as_ref().map_or(-1, |f| f.as_fd().as_raw_fd());
+            let r = rtnl.set_xdp(
+                p.ifindex,
+                back,
+                p.mode.xdp_flags() | XDP_FLAGS_REPLACE,
+                Some(ours),
+            );
+            match (r, &p.previous) {
+                (Ok(()), Some(_)) => log::info!("{}: the previous XDP program is back", p.iface),
+                (Ok(()), None) => log::info!("{}: {} taken off again", p.iface, p.prog.name()),
+                (Err(e), _) => log::error!("rollback {}: {e:#}", p.iface),
+            }
+        }
     }
 
     /// Remove what [`Self::attach_persistent`] attached, where it is still this object's
@@ -620,6 +679,13 @@ impl Datapath {
         self.prog(PROG_PASS)?
             .attach(iface, mode.aya())
             .with_context(|| format!("attach {PROG_PASS} to {iface} ({mode:?})"))
+    }
+
+    /// Take off what [`Self::attach_pass`] attached.
+    pub fn detach_pass(&mut self, id: XdpLinkId) -> Result<()> {
+        self.prog(PROG_PASS)?
+            .detach(id)
+            .with_context(|| format!("detach {PROG_PASS}"))
     }
 
     fn write_config(&mut self) -> Result<()> {

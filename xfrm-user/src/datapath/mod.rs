@@ -2,8 +2,11 @@
 //! table, and AF_XDP sockets (xdpilone).
 
 pub mod attach;
+pub mod doctor;
+pub mod explain;
 pub mod loader;
 pub mod neigh;
+pub mod privs;
 pub mod reasm;
 pub mod rules;
 pub mod run;

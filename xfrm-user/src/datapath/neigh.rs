@@ -326,6 +326,25 @@ fn messages(mut b: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
     })
 }
 
+/// Every decoder over every message of a datagram from rtnetlink, as the cache and the
+/// attach code meet them; how many decoded. Untrusted bytes in, no panic out (the `neigh`
+/// fuzz target).
+pub fn decode_datagram(buf: &[u8]) -> usize {
+    let mut n = 0;
+    for (_, _, body) in messages(buf) {
+        n += usize::from(parse_link(body).is_some());
+        n += usize::from(parse_link_xdp(body).is_some());
+        n += usize::from(parse_neigh(body).is_some());
+        for dst in [
+            IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ] {
+            n += usize::from(parse_route(body, dst).is_some());
+        }
+    }
+    n
+}
+
 // ---------------------------------------------------------------------------------------
 // What the kernel tells: links, routes, neighbours.
 

@@ -379,12 +379,21 @@ pub struct RunOptions {
     pub handle_signals: bool,
     /// The control socket (None: beside the state file, `.ctl` for `.state`).
     pub ctl: Option<PathBuf>,
+    /// Once set up, drop every capability but what the running gateway needs, set
+    /// no_new_privs and make the process non-dumpable ([`super::privs`]). Capabilities are
+    /// per thread: a gateway run in a thread drops its own (and its workers').
+    pub drop_privileges: bool,
+    /// With `drop_privileges`: also become this user (uid, primary gid), keeping
+    /// CAP_NET_ADMIN. The state file stays open (mapped) but its directory is root's. The ids
+    /// are the whole process's (glibc changes every thread's): for the command line.
+    pub user: Option<String>,
 }
 
 impl RunOptions {
     /// The defaults of the command line: one queue, native XDP, the object found by
     /// `resolve_object`, a counter line a second, until stopped, the default state file,
-    /// programs kept attached at exit, the host's own traffic through the default TAP.
+    /// programs kept attached at exit, the host's own traffic through the default TAP,
+    /// privileges dropped once set up.
     pub fn new(config: PathBuf, inside: &str, outside: &str) -> Self {
         Self {
             config,
@@ -400,6 +409,8 @@ impl RunOptions {
             detach_on_exit: false,
             handle_signals: false,
             ctl: None,
+            drop_privileges: true,
+            user: None,
             local_dev: Some(super::tap::DEFAULT_LOCAL_DEV.to_string()),
         }
     }
@@ -621,6 +632,28 @@ fn control(
     }
 }
 
+/// The programs onto the interfaces: inside (or one-armed), outside, then the host's own
+/// output last, once the workers hold the TAP's queues.
+fn attach_all(
+    dp: &mut Datapath,
+    opts: &RunOptions,
+    one_armed: bool,
+    tap: Option<&Tap>,
+) -> Result<()> {
+    if one_armed {
+        dp.set_one_armed(true)?;
+    } else {
+        dp.attach_persistent(Program::Inside, &opts.inside, opts.mode)?;
+    }
+    dp.attach_persistent(Program::Outside, &opts.outside, opts.mode)?;
+    if let Some(t) = tap {
+        dp.set_local_dev(t.info.ifindex)?;
+        dp.attach_local_out(&opts.outside)
+            .context("the host's own traffic (--no-local leaves it alone)")?;
+    }
+    Ok(())
+}
+
 /// Runs the gateway until `stop` (or the duration) in the calling thread's network
 /// namespace; prints counter lines to `out`.
 pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<()> {
@@ -633,6 +666,11 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     let _enter = rt.enter();
     // Before anything is set up: a signal that arrives meanwhile is kept for the loop.
     let mut signals = Signals::new(opts.handle_signals)?;
+    // A user that does not exist is refused before anything is set up.
+    let user = match &opts.user {
+        Some(name) => Some(super::privs::lookup_user(name)?),
+        None => None,
+    };
     let cfg = crate::config::load_config(&opts.config).map_err(|errs| {
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         anyhow!("invalid configuration:\n{}", lines.join("\n"))
@@ -688,6 +726,10 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     let inside = port_info(&opts.inside)?;
     let outside = port_info(&opts.outside)?;
     let one_armed = inside.ifindex == outside.ifindex;
+    log::info!(
+        "what this kernel and the interfaces offer (xfrm-user doctor probes more):\n{}",
+        super::doctor::startup_summary(&opts.inside, &opts.outside).trim_end()
+    );
     let neigh = NeighService::start(&gw.peers(), NeighOptions::default())?;
     let mut dp = Datapath::load_default(opts.bpf.as_deref())?;
     // Out policies, SAs, NAT-T ports (InputTables' rule, as the transforms use).
@@ -722,18 +764,25 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         dp.set_outside_socket(q, fd_out)?;
         workers.push(w);
     }
-    // Netlink mode: the programs outlive a killed daemon and then drop what they would
-    // protect (fail closed); a restart swaps them atomically. See loader.rs.
-    if one_armed {
-        dp.set_one_armed(true)?;
-    } else {
-        dp.attach_persistent(Program::Inside, &opts.inside, opts.mode)?;
+    // The control socket while its directory (root's) is still ours to write in. Requests
+    // are taken only once the loop below runs: when everything they change exists.
+    let ctl_path = opts
+        .ctl
+        .clone()
+        .unwrap_or_else(|| crate::ctl::socket::default_path(&state_path));
+    let mut ctl = Server::start(&ctl_path)
+        .with_context(|| format!("control socket {}", ctl_path.display()))?;
+    // Everything but the attachments is set up: least privilege from here on. Attaching
+    // needs only CAP_NET_ADMIN, which is kept; a failed drop leaves nothing attached.
+    if opts.drop_privileges {
+        super::privs::drop_after_start(user).context("dropping privileges")?;
     }
-    dp.attach_persistent(Program::Outside, &opts.outside, opts.mode)?;
-    // The host's own output last, once the workers hold the TAP's queues.
-    if let Some(t) = &tap {
-        dp.set_local_dev(t.info.ifindex)?;
-        dp.attach_local_out(&opts.outside)?;
+    // Netlink mode: the programs outlive a killed daemon and then drop what they would
+    // protect (fail closed); a restart swaps them atomically. See loader.rs. A failure
+    // half-way puts back what each interface had: nothing is left half-attached.
+    if let Err(e) = attach_all(&mut dp, opts, one_armed, tap.as_ref()) {
+        dp.rollback_persistent();
+        return Err(e);
     }
     let wstats: Vec<_> = workers.iter().map(|w| w.stats()).collect();
     writeln!(
@@ -755,13 +804,6 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     // The first tables are the store's and the workers' now; a deleted SA must not live on
     // here (its key would stay in memory).
     drop(start);
-    // The control socket last: a request is only taken once everything it changes exists.
-    let ctl_path = opts
-        .ctl
-        .clone()
-        .unwrap_or_else(|| crate::ctl::socket::default_path(&state_path));
-    let mut ctl = Server::start(&ctl_path)
-        .with_context(|| format!("control socket {}", ctl_path.display()))?;
     writeln!(out, "xfrm-user: control socket {}", ctl_path.display())?;
     out.flush()?;
     let workers_stop = AtomicBool::new(false);

@@ -130,6 +130,37 @@ impl QueueSocket {
     }
 }
 
+/// Can an AF_XDP socket bind to `ifname` queue `queue` in zero-copy (or copy) mode? A
+/// small UMEM and a socket that live only for the probe (`xfrm-user doctor`).
+pub fn probe_bind(ifname: &str, queue: u32, zero_copy: bool) -> Result<()> {
+    let (_area, umem) = new_umem(64, 64)?;
+    let mut info = IfInfo::invalid();
+    let name = CString::new(ifname)?;
+    info.from_name(&name)
+        .map_err(|e| anyhow!("interface {ifname}: {e:?}"))?;
+    info.set_queue(queue);
+    let sock = Socket::with_shared(&info, &umem).map_err(|e| anyhow!("AF_XDP socket: {e:?}"))?;
+    let _device = umem
+        .fq_cq(&sock)
+        .map_err(|e| anyhow!("fill/completion rings: {e:?}"))?;
+    let user = umem
+        .rx_tx(
+            &sock,
+            &SocketConfig {
+                rx_size: NonZeroU32::new(64),
+                tx_size: NonZeroU32::new(64),
+                bind_flags: if zero_copy {
+                    SocketConfig::XDP_BIND_ZEROCOPY
+                } else {
+                    SocketConfig::XDP_BIND_COPY
+                },
+            },
+        )
+        .map_err(|e| anyhow!("rx/tx rings: {e:?}"))?;
+    umem.bind(&user).map_err(|e| anyhow!("bind: {e:?}"))?;
+    Ok(())
+}
+
 /// A received frame split by the in-frame contract of [`XdpMeta`]: the header the XDP
 /// program pushed, and where the packet behind it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

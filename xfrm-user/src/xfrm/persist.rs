@@ -39,10 +39,7 @@ use std::{
     fs::{File, OpenOptions},
     io::Write,
     net::IpAddr,
-    os::{
-        fd::AsRawFd,
-        unix::fs::{OpenOptionsExt, PermissionsExt},
-    },
+    os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
     path::{Path, PathBuf},
     ptr::NonNull,
     sync::{atomic::AtomicU64, Arc},
@@ -243,6 +240,8 @@ pub enum StateFileError {
          namespace and outside interface?): {lock}"
     )]
     Locked { path: String, lock: String },
+    #[error("state file {0}")]
+    Exposed(crate::keyfile::KeyFileError),
     #[error("state file {path}: {what}: {err}")]
     Io {
         path: String,
@@ -452,8 +451,7 @@ impl StateFile {
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
-                std::fs::create_dir_all(dir).map_err(io("create its directory"))?;
-                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+                crate::keyfile::create_private_dir(dir).map_err(io("create its directory"))?;
             }
         }
         let lock = lock(&with_suffix(path, ".lock")).map_err(|e| match e {
@@ -465,7 +463,8 @@ impl StateFile {
         })?;
 
         let mut report = OpenReport::default();
-        let old = match std::fs::read(path) {
+        // Refused when others may read it, as a config file would be.
+        let old = match crate::keyfile::read_private(path) {
             Ok(b) => {
                 report.existed = true;
                 match parse(&b) {
@@ -484,8 +483,9 @@ impl StateFile {
                     Err(reason) => return Err(StateFileError::Corrupt { path: p, reason }),
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io("read")(e)),
+            Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => Vec::new(),
+            Err(crate::keyfile::KeyFileError::Io { err, .. }) => return Err(io("read")(err)),
+            Err(refused) => return Err(StateFileError::Exposed(refused)),
         };
         let by_id: HashMap<SaIdentity, Carried> = old.iter().map(|r| (r.id, r.vals)).collect();
         let mut records = Vec::with_capacity(ids.len());
@@ -537,14 +537,7 @@ impl StateFile {
 
         // Written beside, then renamed over: never a half-written file under `path`.
         let tmp = with_suffix(path, ".tmp");
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("create the new file"))?;
+        let mut f = crate::keyfile::create_private(&tmp).map_err(io("create the new file"))?;
         f.write_all(&bytes).map_err(io("write"))?;
         f.sync_all().map_err(io("sync"))?;
         std::fs::rename(&tmp, path).map_err(io("rename the new file into place"))?;
@@ -861,7 +854,7 @@ mod tests {
                 retired: false,
             },
         );
-        std::fs::write(&path, serialize(&r)).unwrap();
+        crate::keyfile::write_private(&path, serialize(&r)).unwrap();
         let f = StateFile::open(&path, &[mk(2)], false).unwrap();
         assert_eq!(
             (f.report().retired, f.report().forgotten),
@@ -949,7 +942,7 @@ mod tests {
         for (i, (what, bytes)) in cases.iter().enumerate() {
             assert!(parse(bytes).is_err(), "{what}: parsed");
             let path = d.path().join(format!("c{i}.state"));
-            std::fs::write(&path, bytes).unwrap();
+            crate::keyfile::write_private(&path, bytes).unwrap();
             match StateFile::open(&path, &ids, false) {
                 Err(StateFileError::Corrupt { reason, .. }) => {
                     assert!(!reason.is_empty(), "{what}")
@@ -972,7 +965,7 @@ mod tests {
         }
         // The message tells the operator what to do.
         let path = d.path().join("c0.state");
-        std::fs::write(&path, b"xx").unwrap();
+        crate::keyfile::write_private(&path, b"xx").unwrap();
         let e = StateFile::open(&path, &ids, false)
             .err()
             .unwrap()
@@ -1000,6 +993,40 @@ mod tests {
         );
         drop(a);
         StateFile::open(&path, &ids(), false).unwrap();
+    }
+
+    #[test]
+    fn files_are_private_and_an_open_state_file_is_refused() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = dir();
+        let sub = d.path().join("run/xfrm-user");
+        let path = sub.join("x.state");
+        let f = StateFile::open(&path, &ids(), false).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&sub), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&with_suffix(&path, ".lock")), 0o600);
+        drop(f);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = StateFile::open(&path, &ids(), false)
+            .err()
+            .unwrap()
+            .to_string();
+        let p = path.display();
+        assert_eq!(
+            e,
+            format!(
+                "state file {p}: mode 0640 gives group or others access to a file that holds \
+                 keys; run `chmod 600 {p}` (only its owner may read it)"
+            )
+        );
+        // A stale temporary file that others could read is narrowed before it is written.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let tmp = with_suffix(&path, ".tmp");
+        std::fs::write(&tmp, b"").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).unwrap();
+        drop(StateFile::open(&path, &ids(), false).unwrap());
+        assert_eq!(mode(&path), 0o600);
     }
 
     #[test]
