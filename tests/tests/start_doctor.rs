@@ -134,8 +134,7 @@ fn a_failed_attach_says_why_and_leaves_nothing_half_attached() {
     let ns = t.ns(gw);
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("gw.conf");
-    std::fs::write(&conf, CONFIG).unwrap();
-    std::fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    xfrm_user::keyfile::write_private(&conf, CONFIG).unwrap();
     let state = dir.path().join("gw.state");
     let run = |inside: &str| {
         xfrm_user(

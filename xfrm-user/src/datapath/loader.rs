@@ -339,6 +339,10 @@ pub struct Datapath {
     /// The interface whose egress runs `xfrm_local_out` (see [`Self::attach_local_out`]).
     local_out: Option<String>,
     logs: Option<LogPump>,
+    /// Programs found on interfaces before attaching, taken while privileged
+    /// ([`Self::remember_previous`]): opening a program by id needs CAP_SYS_ADMIN, which the
+    /// daemon has dropped by the time it attaches.
+    previous: Vec<(String, AttachMode, aya::programs::ProgramFd)>,
 }
 
 /// Where `xfrm_local_out` sits among an interface's egress filters: first (priority 1), with
@@ -421,6 +425,7 @@ impl Datapath {
             persistent: Vec::new(),
             local_out: None,
             logs,
+            previous: Vec::new(),
         };
         for t in [Table::Out, Table::In, Table::Fwd] {
             dp.set_policies(t, &[])?;
@@ -506,7 +511,14 @@ impl Datapath {
             bail!("attach {}: no interface {iface}", prog.name());
         }
         let mut rtnl = super::neigh::Rtnl::new()?;
-        let previous = previous_program(&mut rtnl, iface, mode);
+        let previous = match self
+            .previous
+            .iter()
+            .position(|(i, m, _)| i == iface && *m == mode)
+        {
+            Some(at) => Some(self.previous.swap_remove(at).2),
+            None => previous_program(&mut rtnl, iface, mode),
+        };
         let fd = self.prog(prog.name())?.fd()?.as_fd().as_raw_fd();
         rtnl.set_xdp(ifindex, fd, mode.xdp_flags(), None)
             .map_err(|e| super::explain::attach_error(e, prog.name(), iface, mode))?;
@@ -518,6 +530,16 @@ impl Datapath {
             previous,
         });
         Ok(())
+    }
+
+    /// Keep a descriptor of the program `iface` runs in `mode` now, for
+    /// [`Self::rollback_persistent`] to put back: call before dropping privileges.
+    pub fn remember_previous(&mut self, iface: &str, mode: AttachMode) {
+        if let Ok(mut rtnl) = super::neigh::Rtnl::new() {
+            if let Some(fd) = previous_program(&mut rtnl, iface, mode) {
+                self.previous.push((iface.to_string(), mode, fd));
+            }
+        }
     }
 
     /// A start that failed after some [`Self::attach_persistent`]: every interface gets back

@@ -764,6 +764,12 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         dp.set_outside_socket(q, fd_out)?;
         workers.push(w);
     }
+    // What the interfaces run now, to put back if attaching fails half-way (opening a
+    // program by id needs the privileges dropped next).
+    if !one_armed {
+        dp.remember_previous(&opts.inside, opts.mode);
+    }
+    dp.remember_previous(&opts.outside, opts.mode);
     // The control socket while its directory (root's) is still ours to write in. Requests
     // are taken only once the loop below runs: when everything they change exists.
     let ctl_path = opts
