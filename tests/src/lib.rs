@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod daemon;
 pub mod gateway;
+pub mod load;
 pub mod packet;
 pub mod peer;
 pub mod probe;

@@ -299,6 +299,48 @@ secrets {{
     )
 }
 
+/// `xfrm-user run` with an empty configuration and a charon with kernel-xfrmuser on side
+/// `s`, the latter loaded with [`swanctl_conf`] (`child` in the CHILD_SA's section).
+pub fn start_site(
+    net: &GatewayNet,
+    case: &Case,
+    s: Side,
+    label: &str,
+    child: &str,
+) -> Result<(Daemon, Charon)> {
+    let d = start_datapath(net, s)?;
+    let c = Charon::start(
+        net.topo.ns(net.gw(s)),
+        &format!("{label}-{s:?}").to_lowercase(),
+        Kernel::XfrmUser { ctl: &d.ctl_path() },
+    )?;
+    c.load(&swanctl_conf(net, case, s, child))?;
+    Ok((d, c))
+}
+
+/// The datapaths' and charons' logs, for a failure message.
+pub fn logs(gws: &[Daemon], charons: &[Charon]) -> String {
+    let mut logs = crate::scenario::daemon_logs(&gws.iter().collect::<Vec<_>>());
+    for c in charons {
+        logs.push_str(&format!("\n--- charon {}:\n{}", c.dir().display(), c.log()));
+    }
+    logs
+}
+
+/// Stops the charons, then the datapaths, which must exit cleanly.
+pub fn stop_sites(charons: &mut [Charon], gws: Vec<Daemon>) -> Result<()> {
+    for c in charons.iter_mut() {
+        c.stop();
+    }
+    for d in gws {
+        let st = d.stop();
+        if !st.success() {
+            bail!("stop: {st}");
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::list_sas_counters;

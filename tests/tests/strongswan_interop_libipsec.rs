@@ -11,10 +11,8 @@ use anyhow::{bail, Context, Result};
 use xfrm_tests::{
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
     init_logging, root_or_skip,
-    scenario::{
-        daemon_logs, heavy, ping_both_ways, report, transfers_both_ways, wait_path, wire_capture,
-    },
-    strongswan::{require_plugin, start_datapath, swanctl_conf, Charon, Kernel},
+    scenario::{heavy, ping_both_ways, report, transfers_both_ways, wait_path, wire_capture},
+    strongswan::{logs, require_plugin, start_site, stop_sites, swanctl_conf, Charon, Kernel},
 };
 
 fn case() -> Case {
@@ -60,13 +58,7 @@ fn interop_libipsec() -> Result<()> {
     let mut gws = Vec::new();
     let mut charons = Vec::new();
     let r = (|| -> Result<String> {
-        let d = start_datapath(&net, Side::A)?;
-        let a = Charon::start(
-            net.topo.ns(net.gw(Side::A)),
-            "charon-interop-a",
-            Kernel::XfrmUser { ctl: &d.ctl_path() },
-        )?;
-        a.load(&swanctl_conf(&net, &case, Side::A, ""))?;
+        let (d, a) = start_site(&net, &case, Side::A, "charon-interop", "")?;
         gws.push(d);
         // charon-libipsec sends ESP in UDP from a kernel socket: with veth's TX checksum
         // offload the UDP checksum would stay partial on the wire, where a NIC would have
@@ -133,11 +125,7 @@ fn interop_libipsec() -> Result<()> {
     let summary = match r {
         Ok(s) => s,
         Err(e) => {
-            let mut logs = daemon_logs(&gws.iter().collect::<Vec<_>>());
-            for c in &charons {
-                logs.push_str(&format!("\n--- charon {}:\n{}", c.dir().display(), c.log()));
-            }
-            bail!("{e:#}\n{logs}");
+            bail!("{e:#}\n{}", logs(&gws, &charons));
         }
     };
     rep.assert_no_leak(&case.name);
@@ -145,15 +133,7 @@ fn interop_libipsec() -> Result<()> {
     if rep.per_spi.len() < 6 {
         bail!("expected three SPI pairs on the wire: {}", rep.summary());
     }
-    for c in charons.iter_mut() {
-        c.stop();
-    }
-    for d in gws {
-        let st = d.stop();
-        if !st.success() {
-            bail!("stop: {st}");
-        }
-    }
+    stop_sites(&mut charons, gws)?;
     report(&format!(
         "TIME strongswan_interop_libipsec: {:.1?}",
         t0.elapsed()

@@ -13,10 +13,8 @@ use anyhow::{bail, Context, Result};
 use xfrm_tests::{
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
     init_logging, root_or_skip,
-    scenario::{
-        daemon_logs, heavy, ping_both_ways, report, transfers_both_ways, wait_path, wire_capture,
-    },
-    strongswan::{list_sas_counters, require_plugin, start_datapath, swanctl_conf, Charon, Kernel},
+    scenario::{heavy, ping_both_ways, report, transfers_both_ways, wait_path, wire_capture},
+    strongswan::{list_sas_counters, logs, require_plugin, start_site, stop_sites},
 };
 
 /// Only the topology and traffic helpers use it: charon makes the SAs.
@@ -49,13 +47,7 @@ fn psk_gcm128_tunnel() -> Result<()> {
     let mut charons = Vec::new();
     let r = (|| -> Result<Vec<u32>> {
         for s in [Side::A, Side::B] {
-            let d = start_datapath(&net, s)?;
-            let c = Charon::start(
-                net.topo.ns(net.gw(s)),
-                &format!("charon-{s:?}").to_lowercase(),
-                Kernel::XfrmUser { ctl: &d.ctl_path() },
-            )?;
-            c.load(&swanctl_conf(&net, &case, s, ""))?;
+            let (d, c) = start_site(&net, &case, s, "charon", "")?;
             gws.push(d);
             charons.push(c);
         }
@@ -117,11 +109,7 @@ fn psk_gcm128_tunnel() -> Result<()> {
     let spis = match r {
         Ok(spis) => spis,
         Err(e) => {
-            let mut logs = daemon_logs(&gws.iter().collect::<Vec<_>>());
-            for c in &charons {
-                logs.push_str(&format!("\n--- charon {}:\n{}", c.dir().display(), c.log()));
-            }
-            bail!("{e:#}\n{logs}");
+            bail!("{e:#}\n{}", logs(&gws, &charons));
         }
     };
     rep.assert_no_leak(&case.name);
@@ -135,16 +123,7 @@ fn psk_gcm128_tunnel() -> Result<()> {
             );
         }
     }
-    for c in charons.iter_mut() {
-        c.stop();
-    }
-    report(&format!("charons stopped at {:.1?}", t0.elapsed()));
-    for d in gws {
-        let st = d.stop();
-        if !st.success() {
-            bail!("stop: {st}");
-        }
-    }
+    stop_sites(&mut charons, gws)?;
     report(&format!(
         "TIME strongswan_psk_gcm128_tunnel: {:.1?}",
         t0.elapsed()

@@ -11,7 +11,7 @@
 
 use std::{
     collections::HashSet,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -23,12 +23,10 @@ use anyhow::{bail, Context, Result};
 use xfrm_tests::{
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
     init_logging,
-    peer::stream_of,
+    load::{paced_transfers, receiver, sender},
     root_or_skip,
-    scenario::{daemon_logs, heavy, report, transfer_deadline, wait_path, wire_capture},
-    strongswan::{require_plugin, start_datapath, swanctl_conf, Charon, Kernel},
-    topology::Netns,
-    traffic::{expected_sha256, tcp_transfer_paced},
+    scenario::{heavy, report, wait_path, wire_capture},
+    strongswan::{logs, require_plugin, start_site, stop_sites},
 };
 
 /// How long the load runs; `XFRM_SSWAN_REKEY_SECS` overrides.
@@ -57,87 +55,6 @@ fn case() -> Case {
         .sa(SaSpec::new(Mode::Tunnel, GCM128))
 }
 
-/// Receives numbered datagrams (the number in the first 8 bytes) on `port` in `ns`.
-fn receiver(
-    ns: &Netns,
-    port: u16,
-    stop: Arc<AtomicBool>,
-    got: Arc<Mutex<HashSet<u64>>>,
-) -> std::thread::JoinHandle<Result<()>> {
-    ns.thread(move || {
-        let s = UdpSocket::bind(SocketAddr::new(IpAddr::from([0u8; 4]), port))?;
-        s.set_read_timeout(Some(Duration::from_millis(200)))?;
-        let mut buf = [0u8; 2048];
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok(n) = s.recv(&mut buf) {
-                if n >= 8 {
-                    let seq = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
-                    got.lock().unwrap_or_else(|p| p.into_inner()).insert(seq);
-                }
-            }
-        }
-        Ok(())
-    })
-}
-
-/// Numbered 300-byte datagrams from `ns` to `to` at a fixed rate until `stop`.
-fn sender(
-    ns: &Netns,
-    to: SocketAddr,
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-) -> std::thread::JoinHandle<Result<()>> {
-    ns.thread(move || {
-        let s = UdpSocket::bind(SocketAddr::new(IpAddr::from([0u8; 4]), 0))?;
-        let mut buf = [0u8; 300];
-        let start = Instant::now();
-        let mut n = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            buf[..8].copy_from_slice(&n.to_be_bytes());
-            s.send_to(&buf, to)
-                .with_context(|| format!("datagram {n}"))?;
-            n += 1;
-            sent.store(n, Ordering::Relaxed);
-            let next = start + UDP_INTERVAL * n as u32;
-            if let Some(d) = next.checked_duration_since(Instant::now()) {
-                std::thread::sleep(d);
-            }
-        }
-        Ok(())
-    })
-}
-
-/// One paced transfer each way at once, each checked whole.
-fn paced_transfers(net: &GatewayNet, case: &Case, port: u16) -> Result<()> {
-    let deadline = transfer_deadline(2 * TCP_SIZE);
-    let one = |s: Side| -> Result<()> {
-        let r = tcp_transfer_paced(
-            net.topo.ns(case.traffic_ns(net, s)),
-            net.topo.ns(case.traffic_ns(net, s.other())),
-            case.traffic_addr(net, s.other()),
-            port + if s == Side::A { 0 } else { 1 },
-            stream_of(s),
-            TCP_SIZE,
-            deadline,
-            Default::default(),
-            Some(TCP_PACING),
-        )
-        .with_context(|| format!("transfer from {s:?}"))?;
-        if r.sent != r.received
-            || r.received.bytes != TCP_SIZE
-            || r.received.sha256 != expected_sha256(stream_of(s), TCP_SIZE)
-        {
-            bail!("transfer from {s:?} not intact: {r}");
-        }
-        Ok(())
-    };
-    std::thread::scope(|sc| {
-        let b = sc.spawn(|| one(Side::B));
-        let a = one(Side::A);
-        a.and(b.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-    })
-}
-
 #[test]
 fn strongswan_rekey_under_load() {
     let test = "strongswan_rekey_under_load";
@@ -162,18 +79,12 @@ fn rekey_under_load() -> Result<()> {
     let mut charons = Vec::new();
     let r = (|| -> Result<String> {
         for (s, rekey) in [(Side::A, 5), (Side::B, 7)] {
-            let d = start_datapath(&net, s)?;
-            let c = Charon::start(
-                net.topo.ns(net.gw(s)),
-                &format!("charon-rekey-{s:?}").to_lowercase(),
-                Kernel::XfrmUser { ctl: &d.ctl_path() },
-            )?;
             // rand_time 0: the rekeys come when configured, not up to life - rekey later.
             let child = format!(
                 "rekey_time = {rekey}s\n life_time = {}s\n rand_time = 0s",
                 rekey * 3
             );
-            c.load(&swanctl_conf(&net, &case, s, &child))?;
+            let (d, c) = start_site(&net, &case, s, "charon-rekey", &child)?;
             gws.push(d);
             charons.push(c);
         }
@@ -203,6 +114,7 @@ fn rekey_under_load() -> Result<()> {
             let tx = sender(
                 net.topo.ns(case.traffic_ns(&net, s)),
                 SocketAddr::new(case.traffic_addr(&net, s.other()), port),
+                UDP_INTERVAL,
                 stop.clone(),
                 sent.clone(),
             );
@@ -230,7 +142,13 @@ fn rekey_under_load() -> Result<()> {
             }
             if !with_tcp() {
                 std::thread::sleep(Duration::from_millis(500));
-            } else if let Err(e) = paced_transfers(&net, &case, 6200 + 2 * transfers as u16) {
+            } else if let Err(e) = paced_transfers(
+                &net,
+                &case,
+                6200 + 2 * transfers as u16,
+                TCP_SIZE,
+                TCP_PACING,
+            ) {
                 result = Err(e);
                 break;
             } else {
@@ -333,11 +251,7 @@ fn rekey_under_load() -> Result<()> {
     let summary = match r {
         Ok(s) => s,
         Err(e) => {
-            let mut logs = daemon_logs(&gws.iter().collect::<Vec<_>>());
-            for c in &charons {
-                logs.push_str(&format!("\n--- charon {}:\n{}", c.dir().display(), c.log()));
-            }
-            bail!("{e:#}\n{logs}");
+            bail!("{e:#}\n{}", logs(&gws, &charons));
         }
     };
     rep.assert_no_leak(&case.name);
@@ -360,15 +274,7 @@ fn rekey_under_load() -> Result<()> {
     if pairs < 4 {
         bail!("only {pairs} CHILD_SAs on the wire: the rekeys did not happen");
     }
-    for c in charons.iter_mut() {
-        c.stop();
-    }
-    for d in gws {
-        let st = d.stop();
-        if !st.success() {
-            bail!("stop: {st}");
-        }
-    }
+    stop_sites(&mut charons, gws)?;
     report(&format!(
         "TIME strongswan_rekey_under_load: {:.1?}",
         t0.elapsed()

@@ -10,8 +10,8 @@ use anyhow::{bail, Context, Result};
 use xfrm_tests::{
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
     init_logging, root_or_skip,
-    scenario::{daemon_logs, heavy, ping_both_ways, report, wait_path, wire_capture},
-    strongswan::{require_plugin, start_datapath, swanctl_conf, Charon, Kernel},
+    scenario::{heavy, ping_both_ways, report, wait_path, wire_capture},
+    strongswan::{logs, require_plugin, start_site, stop_sites},
 };
 
 fn case() -> Case {
@@ -43,13 +43,7 @@ fn trap_acquire() -> Result<()> {
     let mut charons = Vec::new();
     let r = (|| -> Result<String> {
         for s in [Side::A, Side::B] {
-            let d = start_datapath(&net, s)?;
-            let c = Charon::start(
-                net.topo.ns(net.gw(s)),
-                &format!("charon-trap-{s:?}").to_lowercase(),
-                Kernel::XfrmUser { ctl: &d.ctl_path() },
-            )?;
-            c.load(&swanctl_conf(&net, &case, s, "start_action = trap"))?;
+            let (d, c) = start_site(&net, &case, s, "charon-trap", "start_action = trap")?;
             gws.push(d);
             charons.push(c);
         }
@@ -86,11 +80,7 @@ fn trap_acquire() -> Result<()> {
     let summary = match r {
         Ok(s) => s,
         Err(e) => {
-            let mut logs = daemon_logs(&gws.iter().collect::<Vec<_>>());
-            for c in &charons {
-                logs.push_str(&format!("\n--- charon {}:\n{}", c.dir().display(), c.log()));
-            }
-            bail!("{e:#}\n{logs}");
+            bail!("{e:#}\n{}", logs(&gws, &charons));
         }
     };
     rep.assert_no_leak(&case.name);
@@ -98,15 +88,7 @@ fn trap_acquire() -> Result<()> {
     if rep.ipsec == 0 {
         bail!("no ESP on the wire: {}", rep.summary());
     }
-    for c in charons.iter_mut() {
-        c.stop();
-    }
-    for d in gws {
-        let st = d.stop();
-        if !st.success() {
-            bail!("stop: {st}");
-        }
-    }
+    stop_sites(&mut charons, gws)?;
     report(&format!(
         "TIME strongswan_trap_acquire: {:.1?}",
         t0.elapsed()
