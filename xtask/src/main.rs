@@ -8,6 +8,7 @@ mod fuzz;
 mod gwbench;
 mod run;
 mod setup;
+mod strongswan;
 mod util;
 
 use anyhow::{bail, Context, Result};
