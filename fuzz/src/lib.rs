@@ -92,7 +92,8 @@ pub fn input_sealed(data: &[u8]) {
         panic!("SA 0x1000 is AEAD");
     };
     let key = xfrm_user::crypto::gcm::GcmKey::new(key, *salt).expect("GCM key");
-    let iv = xfrm_user::xfrm::esp::esp_iv(seq);
+    // What esp_iv gives a GCM SA: the 64-bit count.
+    let iv = seq.to_be_bytes();
     let (aad, aad_len) = xfrm_user::xfrm::esp::esp_aad(0x1000, seq, true);
     // IPv4 192.0.2.1 > 192.0.2.2, ESP: SPI, seq, IV, ciphertext, 16-byte ICV.
     let esp_len = 8 + 8 + plain.len() + 16;

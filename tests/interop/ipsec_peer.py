@@ -23,8 +23,12 @@ SA description (JSON): {"sas": [SA, ...]} in the order the SAs are applied on ou
 of `tmpl` in `ip xfrm policy`: the first is innermost), each SA:
     {"proto": "esp"|"ah", "spi": 4096, "mode": "transport"|"tunnel",
      "src": "192.0.2.1", "dst": "192.0.2.2",
-     "aead": {"name": "rfc4106(gcm(aes))"|"rfc4543(gcm(aes))", "key": "hex KEY||SALT", "icv_bits": 128},
-     "auth": {"name": "hmac(sha256)"|"hmac(sha1)", "key": "hex", "trunc_bits": 128},
+     "aead": {"name": "rfc4106(gcm(aes))"|"rfc4543(gcm(aes))"|"rfc7539esp(chacha20,poly1305)",
+              "key": "hex KEY||SALT", "icv_bits": 128},
+     or for ESP with a cipher and HMAC (encrypt-then-MAC, RFC 4303 3.3.2):
+     "enc": {"name": "cbc(aes)"|"rfc3686(ctr(aes))"|"cipher_null", "key": "hex"} with "auth",
+     "auth": {"name": "hmac(sha256)"|"hmac(sha384)"|"hmac(sha512)"|"hmac(sha1)", "key": "hex",
+              "trunc_bits": 128},
      "flags": ["esn", "align4", "noecn", "nopmtudisc", "decap-dscp", "af-unspec"],
      "extra_flags": ["dont-encap-dscp"],
      "encap": {"type": "espinudp"|"espinudp-nonike", "sport": 4500, "dport": 4500},
@@ -50,6 +54,7 @@ import traceback
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 import logging
 
@@ -334,7 +339,10 @@ class SA:
             self.encap = (enc["type"], int(enc["sport"]), int(enc["dport"]))
         self.aead = None
         self.auth = None
-        if self.proto == "esp":
+        self.enc = None
+        # esp_init_state: the IV after the ESP header, and ALIGN(cipher block size, 4).
+        self.ivlen, self.blksize = 8, 4
+        if self.proto == "esp" and "aead" in d:
             a = d["aead"]
             name = a["name"]
             keysalt = bytes.fromhex(a["key"].removeprefix("0x"))
@@ -342,27 +350,40 @@ class SA:
                 self.aead = "gcm"
             elif name == "rfc4543(gcm(aes))":
                 self.aead = "gmac"
+            elif name == "rfc7539esp(chacha20,poly1305)":
+                self.aead = "chacha"
             else:
                 raise ValueError(f"aead {name!r}")
-            if len(keysalt) not in (20, 36):
-                raise ValueError("AEAD key must be 16 or 32 bytes of AES key plus 4 bytes of salt")
+            if len(keysalt) not in ((36,) if self.aead == "chacha" else (20, 36)):
+                raise ValueError("AEAD key must be the cipher key plus 4 bytes of salt")
             self.key, self.salt = keysalt[:-4], keysalt[-4:]
             self.keysalt = keysalt
             self.icv_len = int(a.get("icv_bits", 128)) // 8
-            if self.icv_len not in (8, 12, 16) or (self.aead == "gmac" and self.icv_len != 16):
+            if self.icv_len not in (8, 12, 16) or (self.aead != "gcm" and self.icv_len != 16):
                 raise ValueError(f"ICV of {self.icv_len * 8} bits")
         else:
             a = d["auth"]
             name = a["name"]
-            if name == "hmac(sha256)":
-                self.hash = hashlib.sha256
-            elif name == "hmac(sha1)":
-                self.hash = hashlib.sha1
-            else:
+            hashes = {"hmac(sha256)": hashlib.sha256, "hmac(sha1)": hashlib.sha1,
+                      "hmac(sha384)": hashlib.sha384, "hmac(sha512)": hashlib.sha512}
+            if name not in hashes:
                 raise ValueError(f"auth {name!r}")
+            self.hash = hashes[name]
             self.auth = name
             self.key = bytes.fromhex(a["key"].removeprefix("0x"))
             self.icv_len = int(a["trunc_bits"]) // 8
+            if self.proto == "esp":
+                e = d["enc"]
+                self.enc = {"cbc(aes)": "cbc", "rfc3686(ctr(aes))": "ctr", "cipher_null": "null",
+                            "ecb(cipher_null)": "null"}.get(e["name"])
+                if self.enc is None:
+                    raise ValueError(f"enc {e['name']!r}")
+                self.enc_key = bytes.fromhex(e["key"].removeprefix("0x"))
+                want = {"cbc": (16, 24, 32), "ctr": (20, 28, 36), "null": (0,)}[self.enc]
+                if len(self.enc_key) not in want:
+                    raise ValueError(f"{e['name']} key of {len(self.enc_key)} bytes")
+                self.ivlen = {"cbc": 16, "ctr": 8, "null": 0}[self.enc]
+                self.blksize = 16 if self.enc == "cbc" else 4
         # ESN inference state (RFC 4303 Appendix A2): the highest sequence number seen.
         self.top = self.seq - 1
 
@@ -497,10 +518,71 @@ def gcm_open(sa, iv, aad, ct, icv):
         raise PeerError("ESP ICV mismatch (AES-%s, %d-byte ICV)" % ("GMAC" if sa.aead == "gmac" else "GCM", len(icv)))
 
 
-def esp_trailer_plaintext(payload, nh, tfclen):
-    # esp_output: clen = ALIGN(len + 2 + tfclen, blksize), blksize = ALIGN(1, 4) for GCM/GMAC;
-    # padding bytes 1, 2, 3, ... (RFC 4303 2.4).
-    padlen = (-(len(payload) + tfclen + 2)) % 4
+def chacha_seal(sa, iv, aad, plaintext):
+    # RFC 7634 2: nonce = salt || IV, AAD as for GCM, 16-byte tag.
+    return ChaCha20Poly1305(sa.key).encrypt(sa.salt + iv, plaintext, aad)
+
+
+def chacha_open(sa, iv, aad, ct, icv):
+    try:
+        return ChaCha20Poly1305(sa.key).decrypt(sa.salt + iv, ct + icv, aad)
+    except InvalidTag:
+        raise PeerError("ESP ICV mismatch (ChaCha20-Poly1305)")
+
+
+def enc_cipher(sa, iv):
+    if sa.enc == "cbc":
+        return Cipher(algorithms.AES(sa.enc_key), modes.CBC(iv))
+    # RFC 3686 4: counter block = nonce || IV || 32-bit counter from 1.
+    return Cipher(algorithms.AES(sa.enc_key[:-4]), modes.CTR(sa.enc_key[-4:] + iv + b"\0\0\0\1"))
+
+
+def enc_auth_icv(sa, esp_hdr_iv_ct, seq64):
+    # RFC 4303 2.2.1 / 3.3.2: the ICV covers SPI, seq, IV and ciphertext; with ESN the high
+    # half is appended for the computation only (the kernel's authencesn).
+    data = esp_hdr_iv_ct + (struct.pack("!I", seq64 >> 32) if sa.esn else b"")
+    return hmac.new(sa.key, data, sa.hash).digest()[:sa.icv_len]
+
+
+def enc_auth_seal(sa, hdr, iv, plaintext, seq64):
+    ct = plaintext
+    if sa.enc != "null":
+        e = enc_cipher(sa, iv).encryptor()
+        ct = e.update(plaintext) + e.finalize()
+    return ct + enc_auth_icv(sa, hdr + iv + ct, seq64)
+
+
+def enc_auth_open(sa, hdr, iv, ct, icv, seq64):
+    if not hmac.compare_digest(enc_auth_icv(sa, hdr + iv + ct, seq64), icv):
+        raise PeerError(f"ESP ICV mismatch ({sa.enc} + {sa.auth}, {len(icv)}-byte ICV)")
+    if sa.enc == "null":
+        return ct
+    if len(ct) % (16 if sa.enc == "cbc" else 1):
+        raise PeerError(f"CBC ciphertext of {len(ct)} bytes is no whole number of blocks")
+    d = enc_cipher(sa, iv).decryptor()
+    return d.update(ct) + d.finalize()
+
+
+def esp_seal(sa, hdr, iv, seq64, plaintext):
+    if sa.enc:
+        return enc_auth_seal(sa, hdr, iv, plaintext, seq64)
+    if sa.aead == "chacha":
+        return chacha_seal(sa, iv, esp_aad(sa, seq64), plaintext)
+    return gcm_seal(sa, iv, esp_aad(sa, seq64), plaintext)
+
+
+def esp_open(sa, hdr, iv, seq64, ct, icv):
+    if sa.enc:
+        return enc_auth_open(sa, hdr, iv, ct, icv, seq64)
+    if sa.aead == "chacha":
+        return chacha_open(sa, iv, esp_aad(sa, seq64), ct, icv)
+    return gcm_open(sa, iv, esp_aad(sa, seq64), ct, icv)
+
+
+def esp_trailer_plaintext(payload, nh, tfclen, blksize=4):
+    # esp_output: clen = ALIGN(len + 2 + tfclen, blksize), blksize = ALIGN(cipher block, 4):
+    # 4 for the stream modes, 16 for CBC; padding bytes 1, 2, 3, ... (RFC 4303 2.4).
+    padlen = (-(len(payload) + tfclen + 2)) % blksize
     return payload + b"\0" * tfclen + bytes(range(1, padlen + 1)) + bytes([padlen, nh])
 
 
@@ -528,8 +610,9 @@ def own_esp_output(sa, pkt, seq64, iv):
         hdr[nh_off] = sa.next_layer_proto()
         hdr = bytes(hdr)
         tfclen = 0
-    pt = esp_trailer_plaintext(payload, inner_proto, tfclen)
-    esp = struct.pack("!II", sa.spi, seq64 & 0xFFFFFFFF) + iv + gcm_seal(sa, iv, esp_aad(sa, seq64), pt)
+    pt = esp_trailer_plaintext(payload, inner_proto, tfclen, sa.blksize)
+    esph = struct.pack("!II", sa.spi, seq64 & 0xFFFFFFFF)
+    esp = esph + iv + esp_seal(sa, esph, iv, seq64, pt)
     if sa.encap:
         total_len_hdr = fix_ip_lengths(hdr + b"\0" * (8 + len(esp)))[:len(hdr)]
         esp = natt_header(sa, total_len_hdr, esp) + esp
@@ -642,20 +725,20 @@ def own_esp_input(sa, pkt, off, nh, nh_off, info):
     elif nh != IPPROTO_ESP:
         raise PeerError(f"expected ESP, found protocol {nh}")
     esp = pkt[esp_off:]
-    if len(esp) < 8 + 8 + sa.icv_len + 4:
+    if len(esp) < 8 + sa.ivlen + sa.icv_len + 4:
         raise PeerError(f"ESP packet too short ({len(esp)} bytes)")
     spi, seq_lo = struct.unpack("!II", esp[:8])
     if spi != sa.spi:
         raise PeerError(f"SPI 0x{spi:08x}, SA has 0x{sa.spi:08x}")
     seq64 = sa.infer_seq64(seq_lo)
-    iv = esp[8:16]
-    ct, icv = esp[16:len(esp) - sa.icv_len], esp[len(esp) - sa.icv_len:]
+    iv = esp[8:8 + sa.ivlen]
+    ct, icv = esp[8 + sa.ivlen:len(esp) - sa.icv_len], esp[len(esp) - sa.icv_len:]
     layer = {"proto": "esp", "spi": spi, "seq": seq_lo, "seq64": seq64, "iv": iv.hex(),
              "icv_len": len(icv), "esp_len": len(esp)}
     info["layers"].append(layer)
-    if (len(ct)) % 4:
-        errs.append(f"ESP payload+trailer of {len(ct)} bytes is not a multiple of 4 (RFC 4303 2.4)")
-    pt = gcm_open(sa, iv, esp_aad(sa, seq64), ct, icv)
+    if (len(ct)) % sa.blksize:
+        errs.append(f"ESP payload+trailer of {len(ct)} bytes is not a multiple of {sa.blksize} (RFC 4303 2.4)")
+    pt = esp_open(sa, esp[:8], iv, seq64, ct, icv)
     layer["icv_ok"] = True
     sa.accept_seq64(seq64)
     padlen, nexthdr = pt[-2], pt[-1]
@@ -665,8 +748,8 @@ def own_esp_input(sa, pkt, off, nh, nh_off, info):
     pad = pt[len(pt) - 2 - padlen:len(pt) - 2]
     if pad != bytes(range(1, padlen + 1)):
         errs.append(f"padding bytes {pad.hex()} are not 1,2,3,... (RFC 4303 2.4)")
-    if padlen > 3:
-        errs.append(f"pad length {padlen}: Linux pads only to 4-byte alignment for GCM/GMAC")
+    if padlen > sa.blksize - 1:
+        errs.append(f"pad length {padlen}: Linux pads only to {sa.blksize}-byte alignment here")
     body = pt[:len(pt) - 2 - padlen]
     if nexthdr == IPPROTO_NONE:
         layer["dummy"] = True
@@ -750,7 +833,10 @@ def scapy_applicable(sa, direction, pkt):
     `pkt`: the packet before this SA's output, or before its input."""
     family = sa.dst.version if sa.mode == "tunnel" and direction == "out" else pkt[0] >> 4
     if sa.proto == "esp":
-        if sa.icv_len != 16:
+        if sa.enc:
+            if SCAPY_AUTH.get((sa.auth, sa.icv_len)) is None:
+                return False  # Scapy knows each HMAC with its RFC truncation only
+        elif sa.icv_len != 16:
             return False  # DEVIATION: Scapy's AES-GCM always uses a 16-byte tag
         if sa.encap and sa.encap[0] == "espinudp-nonike":
             return False  # DEVIATION: Scapy has no non-IKE marker (draft-ietf-ipsec-udp-encaps-00)
@@ -785,9 +871,20 @@ def payload_is_esp(sa, pkt):
     return nh == IPPROTO_ESP or (nh == IPPROTO_UDP and len(rest) >= 12 and rest[8:12] != b"\0" * 4)
 
 
+SCAPY_AUTH = {("hmac(sha256)", 16): "SHA2-256-128", ("hmac(sha384)", 24): "SHA2-384-192",
+              ("hmac(sha512)", 32): "SHA2-512-256", ("hmac(sha1)", 12): "HMAC-SHA1-96"}
+
+
 def scapy_sa(sa, seq64):
-    if sa.proto == "esp":
-        name = "AES-GCM" if sa.aead == "gcm" else "AES-NULL-GMAC"
+    if sa.proto == "esp" and sa.enc:
+        name = {"cbc": "AES-CBC", "ctr": "AES-CTR", "null": "NULL"}[sa.enc]
+        s = sipsec.SecurityAssociation(
+            sipsec.ESP, spi=sa.spi, crypt_algo=name, crypt_key=sa.enc_key or None,
+            auth_algo=SCAPY_AUTH[(sa.auth, sa.icv_len)], auth_key=sa.key, esn_en=sa.esn)
+        if sa.encap:
+            s.nat_t_header = UDP(sport=sa.encap[1], dport=sa.encap[2])
+    elif sa.proto == "esp":
+        name = {"gcm": "AES-GCM", "gmac": "AES-NULL-GMAC", "chacha": "CHACHA20-POLY1305"}[sa.aead]
         s = sipsec.SecurityAssociation(
             sipsec.ESP, spi=sa.spi, crypt_algo=name, crypt_key=sa.keysalt, crypt_icv_size=16,
             esn_en=sa.esn)
@@ -838,7 +935,7 @@ def scapy_output(sa, pkt, seq64, iv, outer):
     if sa.mode == "tunnel":
         s.tunnel_header = scapy_parse(outer)
     p = scapy_parse(pkt)
-    out = raw(s.encrypt(p, iv=iv) if sa.proto == "esp" else s.encrypt(p))
+    out = raw(s.encrypt(p, iv=iv or None) if sa.proto == "esp" else s.encrypt(p))
     if sa.encap and out[0] >> 4 == 6:
         # DEVIATION: Scapy writes UDP checksum 0 over IPv6 too; Linux computes it
         # (esp_output_encap_csum) and RFC 8200 requires it.
@@ -990,8 +1087,8 @@ def run_encrypt(sa_desc, in_path, out_path, report_path=None, use_scapy=True, iv
 
     def iv_fn(sa, seq64):
         if iv_mode == "seq":
-            return struct.pack("!Q", seq64)
-        return os.urandom(8)
+            return struct.pack("!Q", seq64).rjust(sa.ivlen, b"\0")[-sa.ivlen:] if sa.ivlen else b""
+        return os.urandom(sa.ivlen)
 
     for i, (ts, tf, orig, frame) in enumerate(cap["records"]):
         link, pkt, trailer = split_link(lt, frame)

@@ -51,7 +51,11 @@ def packets(fam):
 def sa_json(proto, mode, outer, alg, **kw):
     src, dst = ("192.0.2.1", "192.0.2.2") if outer == 4 else ("2001:db8::1", "2001:db8::2")
     d = {"proto": proto, "spi": kw.pop("spi", 0x1000), "mode": mode, "src": src, "dst": dst}
-    if proto == "esp":
+    if proto == "esp" and alg[0] in ENC_NAMES:
+        ename, ekey, aname, akey, trunc = alg
+        d["enc"] = {"name": ename, "key": ekey}
+        d["auth"] = {"name": aname, "key": akey, "trunc_bits": trunc}
+    elif proto == "esp":
         name, key, icv = alg
         d["aead"] = {"name": name, "key": key + SALT, "icv_bits": icv}
     else:
@@ -70,6 +74,18 @@ ESP_ALGS = [
     ("gcm256-16", ("rfc4106(gcm(aes))", K32, 128)),
     ("gmac128", ("rfc4543(gcm(aes))", K16, 128)),
     ("gmac256", ("rfc4543(gcm(aes))", K32, 128)),
+]
+ENC_NAMES = ("cbc(aes)", "rfc3686(ctr(aes))", "cipher_null")
+# ESP with a cipher and HMAC, and ChaCha20-Poly1305 (RFC 8221's set beside GCM).
+NEW_ESP_ALGS = [
+    ("cbc128-sha256", ("cbc(aes)", K16, "hmac(sha256)", K32, 128)),
+    ("cbc192-sha384", ("cbc(aes)", K16 + K16[:16], "hmac(sha384)", K32 + K16, 192)),
+    ("cbc256-sha512", ("cbc(aes)", K32, "hmac(sha512)", K32 + K32, 256)),
+    ("cbc128-sha1", ("cbc(aes)", K16, "hmac(sha1)", K16 + "01020304", 96)),
+    ("ctr128-sha256", ("rfc3686(ctr(aes))", K16 + SALT, "hmac(sha256)", K32, 128)),
+    ("ctr256-sha1", ("rfc3686(ctr(aes))", K32 + SALT, "hmac(sha1)", K16 + "01020304", 96)),
+    ("null-sha256", ("cipher_null", "", "hmac(sha256)", K32, 128)),
+    ("chacha", ("rfc7539esp(chacha20,poly1305)", K32, 128)),
 ]
 AH_ALGS = [
     ("sha256-128", ("hmac(sha256)", K32, 128)),
@@ -101,7 +117,7 @@ def roundtrip(R, name, sas_d, pkts, use_scapy_out=True, iv="seq"):
     enc_engines = set()
     for i, p in enumerate(pkts):
         seqs = [sa.seq + i for sa in sas]
-        w, info = P.encrypt_packet(sas, p, seqs, lambda sa, s: struct.pack("!Q", s ^ 0x5A5A), use_scapy_out)
+        w, info = P.encrypt_packet(sas, p, seqs, lambda sa, s: struct.pack("!Q", s ^ 0x5A5A).rjust(sa.ivlen, b"\xa5")[:sa.ivlen], use_scapy_out)
         R.check(f"{name} enc#{i}", not info["errors"], "; ".join(info["errors"])[:400])
         enc_engines |= {layer["engine"] for layer in info["layers"]}
         wires.append(w)
@@ -181,6 +197,20 @@ def main():
             roundtrip(R, f"ah {mode} {inner}in{outer} {an}", [sa_json("ah", mode, outer, alg)], pk)
             roundtrip(R, f"ah {mode} {inner}in{outer} {an} align4",
                       [sa_json("ah", mode, outer, alg, flags=["align4"])], pk)
+    # 1b. the cipher + HMAC algorithms and ChaCha20-Poly1305: every layout, ESN across the
+    #     2^32 wrap, NAT-T and TFC padding
+    for mode, outer, inner in LAYOUTS:
+        pk = v4 if inner == 4 else v6
+        for an, alg in NEW_ESP_ALGS:
+            roundtrip(R, f"esp {mode} {inner}in{outer} {an}", [sa_json("esp", mode, outer, alg)], pk)
+            roundtrip(R, f"esp {mode} {inner}in{outer} {an} esn-wrap",
+                      [sa_json("esp", mode, outer, alg, flags=["esn"], seq=0xFFFFFFFE)], pk)
+        roundtrip(R, f"esp {mode} {inner}in{outer} cbc natt",
+                  [sa_json("esp", mode, outer, NEW_ESP_ALGS[0][1],
+                           encap={"type": "espinudp", "sport": 4500, "dport": 4500})], pk)
+        if mode == "tunnel":
+            roundtrip(R, f"esp {mode} {inner}in{outer} cbc tfcpad",
+                      [sa_json("esp", mode, outer, NEW_ESP_ALGS[0][1], tfcpad=500)], pk)
     # 2. ESN across the 2^32 wrap, and with a high half from the start
     for mode, outer, inner in LAYOUTS[:3]:
         pk = v4 if inner == 4 else v6

@@ -172,7 +172,7 @@ def main():
             return
         try:
             wire, info = peer.encrypt_packet(
-                sas_out, pkt, list(seqs), lambda sa, seq64: os.urandom(8), use_scapy=True)
+                sas_out, pkt, list(seqs), lambda sa, seq64: os.urandom(sa.ivlen), use_scapy=True)
         except Exception as e:
             error(f"encrypt: {type(e).__name__}: {e}")
             return

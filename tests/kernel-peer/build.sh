@@ -28,8 +28,13 @@ flock 9
 # Modules to load in the guest (modprobe --show-depends adds what they need). Some are
 # needed by name only, not by symbol, so they are listed: ctr and ghash-generic (gcm's
 # "ctr(aes)" and "ghash"), seqiv and echainiv (ESP's IV generators) with the default RNG
-# they seed from (drbg, jitterentropy_rng), authenc.
+# they seed from (drbg, jitterentropy_rng), authenc. The enc + auth and ChaCha20-Poly1305
+# transforms by their crypto aliases (the module that provides each differs between kernel
+# versions; a built-in one adds nothing): cbc, authencesn (ESN), rfc3686 (in ctr),
+# cipher_null, sha384/sha512, rfc7539esp with chacha20 and poly1305.
 MODULES="tun xfrm_user esp4 esp6 ah4 ah6 gcm ctr ghash-generic seqiv echainiv authenc drbg jitterentropy_rng
+ crypto-cbc crypto-authencesn crypto-rfc3686 crypto-cipher_null crypto-sha384 crypto-sha512
+ crypto-rfc7539esp crypto-chacha20 crypto-poly1305
  9p 9pnet_virtio virtio_pci nf_tables nft_log nfnetlink_log"
 
 inputs_hash() {

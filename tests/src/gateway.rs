@@ -347,6 +347,10 @@ pub enum Alg {
     Gcm { key: usize, icv_bits: u32 },
     /// rfc4543(gcm(aes)) (GMAC: authentication only).
     Gmac { key: usize },
+    /// enc cbc(aes) (AES key bytes) with auth-trunc hmac(sha256) 128.
+    CbcSha256 { key: usize },
+    /// rfc7539esp(chacha20,poly1305).
+    ChaCha,
     /// AH hmac(sha256) truncated to `trunc` bits.
     Sha256 { trunc: u32 },
     /// AH hmac(sha1) truncated to `trunc` bits.
@@ -355,11 +359,20 @@ pub enum Alg {
 
 impl Alg {
     pub fn is_esp(self) -> bool {
-        matches!(self, Alg::Gcm { .. } | Alg::Gmac { .. })
+        matches!(
+            self,
+            Alg::Gcm { .. } | Alg::Gmac { .. } | Alg::CbcSha256 { .. } | Alg::ChaCha
+        )
+    }
+    /// Whether the ESP payload is encrypted (not integrity only).
+    fn encrypts(self) -> bool {
+        matches!(self, Alg::Gcm { .. } | Alg::CbcSha256 { .. } | Alg::ChaCha)
     }
     fn key_len(self) -> usize {
         match self {
             Alg::Gcm { key, .. } | Alg::Gmac { key } => key + 4, // key || salt
+            Alg::CbcSha256 { key } => key + CBC_AUTH_KEY,        // enc key, then auth key
+            Alg::ChaCha => 36,
             Alg::Sha256 { .. } => 32,
             Alg::Sha1 { .. } => 20,
         }
@@ -375,6 +388,10 @@ pub const GCM256: Alg = Alg::Gcm {
     icv_bits: 128,
 };
 pub const SHA256: Alg = Alg::Sha256 { trunc: 128 };
+pub const CBC128_SHA256: Alg = Alg::CbcSha256 { key: 16 };
+pub const CHACHA20_POLY1305: Alg = Alg::ChaCha;
+/// The HMAC-SHA-256 key length of `CbcSha256`.
+const CBC_AUTH_KEY: usize = 32;
 
 /// One SA of a bundle (the same spec in both directions, each with its own SPI and key).
 #[derive(Clone, Debug)]
@@ -554,6 +571,16 @@ impl Case {
                         write!(c, "aead 'rfc4106(gcm(aes))' 0x{} {icv_bits}", x.key)
                     }
                     Alg::Gmac { .. } => write!(c, "aead 'rfc4543(gcm(aes))' 0x{} 128", x.key),
+                    Alg::CbcSha256 { key } => {
+                        let (e, a) = x.key.split_at(2 * key);
+                        write!(
+                            c,
+                            "enc 'cbc(aes)' 0x{e} auth-trunc 'hmac(sha256)' 0x{a} 128"
+                        )
+                    }
+                    Alg::ChaCha => {
+                        write!(c, "aead 'rfc7539esp(chacha20,poly1305)' 0x{} 128", x.key)
+                    }
                     Alg::Sha256 { trunc } => {
                         write!(c, "auth-trunc 'hmac(sha256)' 0x{} {trunc}", x.key)
                     }
@@ -621,10 +648,23 @@ impl Case {
                     "replay_window": 128,
                     "seq": 1,
                 });
+                if let Alg::CbcSha256 { key } = x.spec.alg {
+                    let (e, a) = x.key.split_at(2 * key);
+                    v["enc"] = json!({"name": "cbc(aes)", "key": e});
+                    v["auth"] = json!({"name": "hmac(sha256)", "key": a, "trunc_bits": 128});
+                    if let Some(p) = x.spec.natt {
+                        v["encap"] = json!({"type": "espinudp", "sport": p, "dport": p});
+                    }
+                    return v;
+                }
                 v[if x.spec.alg.is_esp() { "aead" } else { "auth" }] = match x.spec.alg {
                     Alg::Gcm { icv_bits, .. } => {
                         json!({"name": "rfc4106(gcm(aes))", "key": x.key, "icv_bits": icv_bits})
                     }
+                    Alg::ChaCha => json!({
+                        "name": "rfc7539esp(chacha20,poly1305)", "key": x.key, "icv_bits": 128
+                    }),
+                    Alg::CbcSha256 { .. } => serde_json::Value::Null, // returned above
                     Alg::Gmac { .. } => {
                         json!({"name": "rfc4543(gcm(aes))", "key": x.key, "icv_bits": 128})
                     }
@@ -662,7 +702,7 @@ impl Case {
             .into_iter()
             .filter_map(|s| {
                 let b = self.bundle(net, s);
-                let encrypts = b.iter().any(|x| matches!(x.spec.alg, Alg::Gcm { .. }));
+                let encrypts = b.iter().any(|x| x.spec.alg.encrypts());
                 (!encrypts).then(|| b.last().expect("a bundle").spi)
             })
             .collect()

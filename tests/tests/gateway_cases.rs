@@ -6,7 +6,10 @@
 //! `xfrm_tests::scenario` for the steps and `xfrm_tests::gateway` for the topology.
 
 use xfrm_tests::{
-    gateway::{Alg, Case, Endpoints, Family, Mode, NetOpts, SaSpec, GCM128, GCM256, SHA256},
+    gateway::{
+        Alg, Case, Endpoints, Family, Mode, NetOpts, SaSpec, CBC128_SHA256, CHACHA20_POLY1305,
+        GCM128, GCM256, SHA256,
+    },
     init_logging, root_or_skip,
     scenario::{heavy, run_case, transfer_size},
 };
@@ -40,6 +43,42 @@ fn gateway_esp_tunnel_ipv6() {
     let case = Case::new("esp-tunnel-v6", Endpoints::Hosts, Family::V6, Family::V6)
         .sa(SaSpec::new(Mode::Tunnel, GCM256));
     run("gateway_esp_tunnel_ipv6", case, NetOpts::default(), 256);
+}
+
+/// ESP with AES-128-CBC + HMAC-SHA-256-128 (RFC 8221's MUST beside GCM), IPv4 tunnel.
+#[test]
+fn gateway_esp_tunnel_cbc_hmac_sha256() {
+    let case = Case::new(
+        "esp-tunnel-cbc-sha256",
+        Endpoints::Hosts,
+        Family::V4,
+        Family::V4,
+    )
+    .sa(SaSpec::new(Mode::Tunnel, CBC128_SHA256));
+    run(
+        "gateway_esp_tunnel_cbc_hmac_sha256",
+        case,
+        NetOpts::default(),
+        64,
+    );
+}
+
+/// ESP with ChaCha20-Poly1305 (RFC 7634), IPv6 tunnel.
+#[test]
+fn gateway_esp_tunnel_chacha20_poly1305() {
+    let case = Case::new(
+        "esp-tunnel-chacha",
+        Endpoints::Hosts,
+        Family::V6,
+        Family::V6,
+    )
+    .sa(SaSpec::new(Mode::Tunnel, CHACHA20_POLY1305));
+    run(
+        "gateway_esp_tunnel_chacha20_poly1305",
+        case,
+        NetOpts::default(),
+        64,
+    );
 }
 
 /// IPv6 hosts over an IPv4 wire, and IPv4 hosts over an IPv6 wire.

@@ -33,6 +33,7 @@ use std::sync::OnceLock;
 use kernel_peer::craft::{self, IpOpts, ICMP, TCP, UDP};
 use kernel_peer::wire::{self, SaKeys, SaKind};
 use kernel_peer::{note, root_or_skip, run_batch, Case, CaseResult, Mode};
+use xfrm_user::sa::{AuthAlgo, EncAlgo};
 
 // ---- variants ------------------------------------------------------------------------------
 
@@ -44,10 +45,70 @@ enum Fam {
 
 #[derive(Clone, Copy, Debug)]
 enum Xf {
-    Gcm { key_bits: usize, icv_bits: usize },
-    Gmac { key_bits: usize },
+    Gcm {
+        key_bits: usize,
+        icv_bits: usize,
+    },
+    Gmac {
+        key_bits: usize,
+    },
+    ChaCha,
+    /// ESP enc + auth-trunc: cipher, its key bytes as configured, HMAC, its truncation.
+    EncAuth {
+        enc: EncAlgo,
+        enc_key: usize,
+        auth: AuthAlgo,
+        trunc: usize,
+    },
     AhSha256,
     AhSha1,
+}
+
+impl Xf {
+    /// The `enc … auth-trunc …` words, or the `aead …` ones, and the peer's JSON for them.
+    fn esp_words(self, seed: u8) -> Option<(String, String)> {
+        match self {
+            Xf::ChaCha => {
+                let k = hex(&key_bytes(36, seed));
+                Some((
+                    format!("aead 'rfc7539esp(chacha20,poly1305)' 0x{k} 128"),
+                    format!(
+                        r#""aead": {{"name": "rfc7539esp(chacha20,poly1305)", "key": "{k}", "icv_bits": 128}}"#
+                    ),
+                ))
+            }
+            Xf::EncAuth {
+                enc,
+                enc_key,
+                auth,
+                trunc,
+            } => {
+                let k = hex(&key_bytes(enc_key, seed));
+                let a = hex(&key_bytes(
+                    auth.full_bits() as usize / 8,
+                    seed.wrapping_add(50),
+                ));
+                let ek = if k.is_empty() {
+                    "''".to_string()
+                } else {
+                    format!("0x{k}")
+                };
+                Some((
+                    format!(
+                        "enc '{}' {ek} auth-trunc '{}' 0x{a} {trunc}",
+                        enc.name(),
+                        auth.name()
+                    ),
+                    format!(
+                        r#""enc": {{"name": "{}", "key": "{k}"}}, "auth": {{"name": "{}", "key": "{a}", "trunc_bits": {trunc}}}"#,
+                        enc.name(),
+                        auth.name()
+                    ),
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -123,6 +184,49 @@ const G256: Xf = Xf::Gcm {
 };
 const GMAC128: Xf = Xf::Gmac { key_bits: 128 };
 const GMAC256: Xf = Xf::Gmac { key_bits: 256 };
+const CBC128: Xf = Xf::EncAuth {
+    enc: EncAlgo::AesCbc,
+    enc_key: 16,
+    auth: AuthAlgo::HmacSha256,
+    trunc: 128,
+};
+const CBC256_SHA512: Xf = Xf::EncAuth {
+    enc: EncAlgo::AesCbc,
+    enc_key: 32,
+    auth: AuthAlgo::HmacSha512,
+    trunc: 256,
+};
+const CBC192_SHA384: Xf = Xf::EncAuth {
+    enc: EncAlgo::AesCbc,
+    enc_key: 24,
+    auth: AuthAlgo::HmacSha384,
+    trunc: 192,
+};
+const CBC128_SHA1: Xf = Xf::EncAuth {
+    enc: EncAlgo::AesCbc,
+    enc_key: 16,
+    auth: AuthAlgo::HmacSha1,
+    trunc: 96,
+};
+const CTR128: Xf = Xf::EncAuth {
+    enc: EncAlgo::AesCtr,
+    enc_key: 20,
+    auth: AuthAlgo::HmacSha256,
+    trunc: 128,
+};
+const CTR256_SHA1: Xf = Xf::EncAuth {
+    enc: EncAlgo::AesCtr,
+    enc_key: 36,
+    auth: AuthAlgo::HmacSha1,
+    trunc: 96,
+};
+const NULL_SHA256: Xf = Xf::EncAuth {
+    enc: EncAlgo::Null,
+    enc_key: 0,
+    auth: AuthAlgo::HmacSha256,
+    trunc: 128,
+};
+const CHACHA: Xf = Xf::ChaCha;
 const AH256: Xf = Xf::AhSha256;
 const AH1: Xf = Xf::AhSha1;
 use Fam::{V4, V6};
@@ -191,7 +295,39 @@ fn variants() -> Vec<Variant> {
         tr("tr6-ah-sha256", V6, &[AH256]),
         tr("tr6-ah-sha1", V6, &[AH1]),
         tr("tr6-ah-sha256-esn", V6, &[AH256]).esn(ESN_WRAP),
+        // ESP with a cipher and HMAC, and ChaCha20-Poly1305: tunnel and transport, with and
+        // without ESN, NAT-T and TFC
+        t("t44-cbc128-sha256", V4, V4, &[CBC128]),
+        t("t44-cbc128-sha256-esn", V4, V4, &[CBC128]).esn(ESN_WRAP),
+        t("t44-cbc128-sha1", V4, V4, &[CBC128_SHA1]),
+        t("t44-cbc128-sha256-natt", V4, V4, &[CBC128]).encap("espinudp"),
+        t("t44-cbc128-sha256-tfcpad", V4, V4, &[CBC128]).extra("tfcpad 300"),
+        t("t66-cbc256-sha512", V6, V6, &[CBC256_SHA512]),
+        t("t66-cbc192-sha384-esn", V6, V6, &[CBC192_SHA384]).esn(ESN_WRAP),
+        t("t46-cbc128-sha256", V4, V6, &[CBC128]),
+        tr("tr4-cbc128-sha256", V4, &[CBC128]),
+        tr("tr4-cbc128-sha256-esn", V4, &[CBC128]).esn(ESN_WRAP),
+        tr("tr6-cbc256-sha512", V6, &[CBC256_SHA512]),
+        tr("tr6-cbc128-sha256-esn", V6, &[CBC128]).esn(ESN_WRAP),
+        t("t44-ctr128-sha256", V4, V4, &[CTR128]),
+        t("t66-ctr256-sha1-esn", V6, V6, &[CTR256_SHA1]).esn(ESN_WRAP),
+        tr("tr4-ctr128-sha256-esn", V4, &[CTR128]).esn(ESN_WRAP),
+        tr("tr6-ctr256-sha1", V6, &[CTR256_SHA1]),
+        t("t44-null-sha256", V4, V4, &[NULL_SHA256]),
+        t("t66-null-sha256-esn", V6, V6, &[NULL_SHA256]).esn(ESN_WRAP),
+        tr("tr4-null-sha256-esn", V4, &[NULL_SHA256]).esn(ESN_WRAP),
+        tr("tr6-null-sha256", V6, &[NULL_SHA256]),
+        t("t44-chacha", V4, V4, &[CHACHA]),
+        t("t44-chacha-esn", V4, V4, &[CHACHA]).esn(ESN_WRAP),
+        t("t44-chacha-natt", V4, V4, &[CHACHA]).encap("espinudp"),
+        t("t66-chacha", V6, V6, &[CHACHA]),
+        t("t66-chacha-esn", V6, V6, &[CHACHA]).esn(ESN_WRAP),
+        tr("tr4-chacha", V4, &[CHACHA]),
+        tr("tr4-chacha-esn", V4, &[CHACHA]).esn(ESN_WRAP),
+        tr("tr6-chacha", V6, &[CHACHA]),
+        tr("tr6-chacha-esn", V6, &[CHACHA]).esn(ESN_WRAP),
         // bundles: ESP inside AH
+        tr("tr4-cbc-ah", V4, &[CBC128, AH256]),
         tr("tr4-esp-ah", V4, &[G128, AH256]),
         tr("tr6-esp-ah", V6, &[G128, AH1]),
         t("t44-esp-ah", V4, V4, &[G128, AH256]),
@@ -263,6 +399,23 @@ fn sa_keys(v: &Variant) -> Vec<SaKeys> {
             let kind = match *x {
                 Xf::Gcm { key_bits, icv_bits } => aead(key_bits, icv_bits / 8, false),
                 Xf::Gmac { key_bits } => aead(key_bits, 16, true),
+                Xf::ChaCha => {
+                    let k = key_bytes(36, seed);
+                    SaKind::ChaCha {
+                        key: k[..32].to_vec(),
+                        salt: k[32..].try_into().unwrap(),
+                    }
+                }
+                Xf::EncAuth {
+                    enc,
+                    enc_key,
+                    trunc,
+                    ..
+                } => SaKind::EncAuth {
+                    enc,
+                    key: key_bytes(enc_key, seed),
+                    icv: trunc / 8,
+                },
                 Xf::AhSha256 => SaKind::Ah { icv: 16 },
                 Xf::AhSha1 => SaKind::Ah { icv: 12 },
             };
@@ -282,6 +435,7 @@ fn state_lines(v: &Variant, receiver: bool) -> String {
             "transport"
         };
         let (proto, alg) = match *x {
+            Xf::ChaCha | Xf::EncAuth { .. } => ("esp", x.esp_words(seed).unwrap_or_default().0),
             Xf::Gcm { key_bits, icv_bits } => (
                 "esp",
                 format!(
@@ -959,7 +1113,9 @@ fn allowed_difference(
         _ => return None,
     };
     match (layer, f) {
-        ("esp", "iv") => Some("ESP IV: each implementation's own (RFC 4106 3.1: unique per key)"),
+        ("esp", "iv") => Some(
+            "ESP IV: each implementation's own (unique per key; CBC also unpredictable, RFC 3602 2.4)",
+        ),
         ("esp", "icv") => Some("ESP ICV: depends on the IV"),
         ("ip", "id") if tunnel => Some("outer IPv4 ID: the implementation's choice (RFC 6864)"),
         ("ip", "csum") if tunnel && id_differs => Some("outer IPv4 checksum: covers the ID"),
@@ -999,7 +1155,8 @@ fn wire_layout_matches_linux() {
         let mut linux_iv_xor_seq = Vec::new();
         let mut ours_iv_xor_seq = Vec::new();
         for (i, (l, o)) in enc.output.iter().zip(ours_wire).enumerate() {
-            let (pl, po) = match (wire::parse(l, &keys), wire::parse(o, &keys)) {
+            let hi = r.v.esn.then_some(((r.v.start + 1 + i as u64) >> 32) as u32);
+            let (pl, po) = match (wire::parse(l, &keys, hi), wire::parse(o, &keys, hi)) {
                 (Ok(a), Ok(b)) => (a, b),
                 (a, b) => {
                     failures.push(format!(
@@ -1038,8 +1195,12 @@ fn wire_layout_matches_linux() {
             // The IV against the 64-bit sequence number.
             let seq64 = r.v.start + 1 + i as u64;
             for (p, acc) in [(&pl, &mut linux_iv_xor_seq), (&po, &mut ours_iv_xor_seq)] {
+                // 8-byte IVs (seqiv: GCM, GMAC, CTR, ChaCha20); CBC's are echainiv's (Linux)
+                // and AES_K(seq XOR random) (ours): reported below, unrelated to seq64.
                 if let (Some(iv), Some(seq)) = (
-                    p.get("l1.esp.iv").or(p.get("l2.esp.iv")),
+                    p.get("l1.esp.iv")
+                        .or(p.get("l2.esp.iv"))
+                        .filter(|iv| iv.len() == 16),
                     p.get("l1.esp.seq").or(p.get("l2.esp.seq")),
                 ) {
                     assert_eq!(
@@ -1195,6 +1356,7 @@ fn peer_sa_json(v: &Variant) -> String {
             "transport"
         };
         let (proto, alg) = match *x {
+            Xf::ChaCha | Xf::EncAuth { .. } => ("esp", x.esp_words(seed).unwrap_or_default().1),
             Xf::Gcm { key_bits, icv_bits } => (
                 "esp",
                 format!(

@@ -469,20 +469,50 @@ enum Mode {
 
 #[derive(Clone, Copy, Debug)]
 enum Alg {
-    Gcm { key: usize, icv_bits: u32 },
-    Gmac { key: usize },
-    Sha256 { trunc: u32 },
-    Sha1 { trunc: u32 },
+    Gcm {
+        key: usize,
+        icv_bits: u32,
+    },
+    Gmac {
+        key: usize,
+    },
+    ChaCha,
+    /// ESP `enc` + `auth-trunc`: the cipher's name and key length as configured, the HMAC's
+    /// name, key length and truncation.
+    EncAuth {
+        enc: &'static str,
+        enc_key: usize,
+        auth: &'static str,
+        auth_key: usize,
+        trunc: u32,
+    },
+    Sha256 {
+        trunc: u32,
+    },
+    Sha1 {
+        trunc: u32,
+    },
 }
 
 impl Alg {
     fn is_esp(self) -> bool {
-        matches!(self, Alg::Gcm { .. } | Alg::Gmac { .. })
+        matches!(
+            self,
+            Alg::Gcm { .. } | Alg::Gmac { .. } | Alg::ChaCha | Alg::EncAuth { .. }
+        )
     }
     fn label(self) -> String {
         match self {
             Alg::Gcm { key, icv_bits } => format!("gcm{}-icv{}", key * 8, icv_bits / 8),
             Alg::Gmac { key } => format!("gmac{}", key * 8),
+            Alg::ChaCha => "chacha20poly1305".to_string(),
+            Alg::EncAuth {
+                enc,
+                enc_key,
+                auth,
+                trunc,
+                ..
+            } => format!("{enc}-{}-{auth}-{trunc}", enc_key * 8),
             Alg::Sha256 { trunc } => format!("hmac-sha256-{trunc}"),
             Alg::Sha1 { trunc } => format!("hmac-sha1-{trunc}"),
         }
@@ -719,6 +749,8 @@ impl Case {
     fn key_material(&self, idx: usize, dir: Dir) -> String {
         match self.sas[idx].alg {
             Alg::Gcm { key, .. } | Alg::Gmac { key } => self.key(idx, dir, key + 4), // key || salt
+            Alg::ChaCha => self.key(idx, dir, 36),
+            Alg::EncAuth { enc_key, .. } => self.key(idx, dir, enc_key),
             Alg::Sha256 { .. } => self.key(idx, dir, 32),
             Alg::Sha1 { .. } => self.key(idx, dir, 20),
         }
@@ -753,6 +785,25 @@ impl Case {
                         write!(c, "aead 'rfc4106(gcm(aes))' 0x{key} {icv_bits}")
                     }
                     Alg::Gmac { .. } => write!(c, "aead 'rfc4543(gcm(aes))' 0x{key} 128"),
+                    Alg::ChaCha => {
+                        write!(c, "aead 'rfc7539esp(chacha20,poly1305)' 0x{key} 128")
+                    }
+                    Alg::EncAuth {
+                        enc,
+                        auth,
+                        auth_key,
+                        trunc,
+                        ..
+                    } => write!(
+                        c,
+                        "enc '{enc}' {} auth-trunc '{auth}' 0x{} {trunc}",
+                        if key.is_empty() {
+                            "''".to_string()
+                        } else {
+                            format!("0x{key}")
+                        },
+                        self.key(i + 100, dir, auth_key)
+                    ),
                     Alg::Sha256 { trunc } => write!(c, "auth-trunc 'hmac(sha256)' 0x{key} {trunc}"),
                     Alg::Sha1 { trunc } => write!(c, "auth-trunc 'hmac(sha1)' 0x{key} {trunc}"),
                 };
@@ -856,9 +907,25 @@ impl Case {
                 if let (Some(tos), Dir::In) = (s.peer_outer_tos, dir) {
                     v["outer_tos"] = json!(tos);
                 }
-                v[if s.alg.is_esp() { "aead" } else { "auth" }] = match s.alg {
+                let field = if s.alg.is_esp() { "aead" } else { "auth" };
+                let val = match s.alg {
                     Alg::Gcm { icv_bits, .. } => {
                         json!({"name": "rfc4106(gcm(aes))", "key": key, "icv_bits": icv_bits})
+                    }
+                    Alg::ChaCha => json!({"name": "rfc7539esp(chacha20,poly1305)", "key": key,
+                                          "icv_bits": 128}),
+                    Alg::EncAuth {
+                        enc,
+                        auth,
+                        auth_key,
+                        trunc,
+                        ..
+                    } => {
+                        // ESP with a cipher: "enc" beside "auth", no "aead".
+                        v["enc"] = json!({"name": enc, "key": key});
+                        v["auth"] = json!({"name": auth, "key": self.key(i + 100, dir, auth_key),
+                                           "trunc_bits": trunc});
+                        Value::Null
                     }
                     Alg::Gmac { .. } => {
                         json!({"name": "rfc4543(gcm(aes))", "key": key, "icv_bits": 128})
@@ -870,6 +937,9 @@ impl Case {
                         json!({"name": "hmac(sha1)", "key": key, "trunc_bits": trunc})
                     }
                 };
+                if !val.is_null() {
+                    v[field] = val;
+                }
                 if let Some((kind, ours, theirs)) = s.encap {
                     let (sp, dp) = if dir == Dir::Out {
                         (ours, theirs)
@@ -1269,6 +1339,68 @@ const ESP_ALGS: [Alg; 8] = [
 
 const AH_ALGS: [Alg; 2] = [Alg::Sha256 { trunc: 128 }, Alg::Sha1 { trunc: 96 }];
 
+/// ESP with a cipher and HMAC (RFC 8221's MUST beside GCM, and the rest Linux accepts),
+/// and ChaCha20-Poly1305.
+const NEW_ESP_ALGS: [Alg; 9] = [
+    Alg::EncAuth {
+        enc: "cbc(aes)",
+        enc_key: 16,
+        auth: "hmac(sha256)",
+        auth_key: 32,
+        trunc: 128,
+    },
+    Alg::EncAuth {
+        enc: "cbc(aes)",
+        enc_key: 24,
+        auth: "hmac(sha384)",
+        auth_key: 48,
+        trunc: 192,
+    },
+    Alg::EncAuth {
+        enc: "cbc(aes)",
+        enc_key: 32,
+        auth: "hmac(sha512)",
+        auth_key: 64,
+        trunc: 256,
+    },
+    Alg::EncAuth {
+        enc: "cbc(aes)",
+        enc_key: 32,
+        auth: "hmac(sha1)",
+        auth_key: 20,
+        trunc: 96,
+    },
+    Alg::EncAuth {
+        enc: "rfc3686(ctr(aes))",
+        enc_key: 20,
+        auth: "hmac(sha256)",
+        auth_key: 32,
+        trunc: 128,
+    },
+    Alg::EncAuth {
+        enc: "rfc3686(ctr(aes))",
+        enc_key: 36,
+        auth: "hmac(sha1)",
+        auth_key: 20,
+        trunc: 96,
+    },
+    Alg::EncAuth {
+        enc: "cipher_null",
+        enc_key: 0,
+        auth: "hmac(sha256)",
+        auth_key: 32,
+        trunc: 128,
+    },
+    Alg::EncAuth {
+        enc: "cipher_null",
+        enc_key: 0,
+        auth: "hmac(sha1)",
+        auth_key: 20,
+        trunc: 96,
+    },
+    Alg::ChaCha,
+];
+
 fn run(title: &str, cases: Vec<Case>) {
     if let Some(outcomes) = run_matrix(title, &cases) {
         report(title, &outcomes);
@@ -1306,6 +1438,44 @@ fn esp_every_layout_and_algorithm() {
         }
     }
     run("esp", cases);
+}
+
+/// The cipher + HMAC algorithms and ChaCha20-Poly1305 in every layout, with and without ESN
+/// (across 2^32), with NAT-T (both kinds), TFC padding and below AH in a bundle.
+#[test]
+fn esp_enc_auth_and_chacha_every_layout() {
+    let mut cases = Vec::new();
+    for (mode, outer, inner) in LAYOUTS {
+        for alg in NEW_ESP_ALGS {
+            cases.push(case(outer, inner, vec![SaSpec::new(mode, alg)]));
+            cases.push(case(
+                outer,
+                inner,
+                vec![SaSpec::new(mode, alg).flag("esn").seq(0xffff_fffc)],
+            ));
+        }
+        for alg in [NEW_ESP_ALGS[0], NEW_ESP_ALGS[8]] {
+            for kind in ["espinudp", "espinudp-nonike"] {
+                cases.push(case(
+                    outer,
+                    inner,
+                    vec![SaSpec::new(mode, alg).encap(kind, 4500, 4500)],
+                ));
+            }
+            if mode == Mode::Tunnel {
+                cases.push(case(outer, inner, vec![SaSpec::new(mode, alg).tfc(600)]));
+            }
+            cases.push(case(
+                outer,
+                inner,
+                vec![
+                    SaSpec::new(mode, alg),
+                    SaSpec::new(Mode::Transport, AH_ALGS[0]),
+                ],
+            ));
+        }
+    }
+    run("esp enc+auth, chacha20-poly1305", cases);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! and a function in the library, so adding one (`pcap`, `run`, …) is a variant, an Args
 //! struct and a match arm.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -256,8 +257,17 @@ fn stop_on_signals() {
 #[derive(Args, Debug)]
 struct CheckArgs {
     /// The configuration file.
-    #[arg(short, long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        required_unless_present = "algorithms"
+    )]
+    config: Option<PathBuf>,
+    /// Print the algorithms xfrm-user runs, with the key and ICV lengths it accepts (as
+    /// `ip xfrm` words), and exit.
+    #[arg(long)]
+    algorithms: bool,
 }
 
 fn init_logging(verbose: u8) {
@@ -277,9 +287,15 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     match cli.command {
         Command::Check(a) => {
-            log::info!("checking {}", a.config.display());
             let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-            match xfrm_user::config::check(&a.config, &mut out, &mut err) {
+            let Some(config) = a.config.filter(|_| !a.algorithms) else {
+                return match out.write_all(xfrm_user::config::SUPPORTED_ALGORITHMS.as_bytes()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(_) => ExitCode::FAILURE,
+                };
+            };
+            log::info!("checking {}", config.display());
+            match xfrm_user::config::check(&config, &mut out, &mut err) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("xfrm-user: cannot write the report: {e}");

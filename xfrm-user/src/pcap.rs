@@ -415,7 +415,7 @@ policy add src 10.1.0.0/16 dst 10.3.0.0/16 dir out priority 100 action block
         assert_eq!(&pkts[0][..12], &eth([0x08, 0], &[])[..12], "MACs kept");
         assert_eq!(&pkts[0][12..14], &[0x08, 0x00]);
         assert_eq!(pkts[0][14 + 9], 50, "ESP");
-        let t = crate::xfrm::esp::esp_trailer_len(prot.len(), 0);
+        let t = crate::xfrm::esp::esp_trailer_len(prot.len(), 0, 4);
         assert_eq!(pkts[0].len(), 14 + 20 + 16 + t.clen + 16);
         assert_eq!(pkts[1], eth([0x08, 0x00], &clear));
         assert_eq!(pkts[2], arp);
@@ -437,7 +437,7 @@ policy add src fd00:1::/64 dst fd00:2::/64 dir out tmpl src fd00::a dst fd00::b 
         let (link, pkts) = read(&out);
         assert_eq!(link, DataLink::RAW);
         assert_eq!(pkts[0][6], 50);
-        let t = crate::xfrm::esp::esp_trailer_len(p6.len(), 0);
+        let t = crate::xfrm::esp::esp_trailer_len(p6.len(), 0, 4);
         assert_eq!(pkts[0].len(), 40 + 16 + t.clen + 16);
         // Unsupported link type.
         let cap = capture(DataLink::IEEE802_11, &[(5, p6)]);

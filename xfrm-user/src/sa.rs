@@ -44,28 +44,94 @@ pub enum AeadAlgo {
     Rfc4106Gcm,
     /// rfc4543(gcm(aes)): AES-GMAC, authentication only, ICV 16 bytes.
     Rfc4543Gmac,
+    /// rfc7539esp(chacha20,poly1305): ChaCha20-Poly1305 (RFC 7634), 32-byte key, ICV 16
+    /// bytes.
+    Rfc7539EspChaCha20Poly1305,
 }
 
-/// The integrity transforms of AH (and of ESP without AEAD, not supported here).
+impl AeadAlgo {
+    /// The name `ip xfrm` and the kernel give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AeadAlgo::Rfc4106Gcm => "rfc4106(gcm(aes))",
+            AeadAlgo::Rfc4543Gmac => "rfc4543(gcm(aes))",
+            AeadAlgo::Rfc7539EspChaCha20Poly1305 => "rfc7539esp(chacha20,poly1305)",
+        }
+    }
+}
+
+/// The integrity transforms of AH, and of ESP beside a cipher (`enc` + `auth`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthAlgo {
     HmacSha256,
     HmacSha1,
+    HmacSha384,
+    HmacSha512,
 }
 
 impl AuthAlgo {
-    /// Truncation used by `auth` without an explicit length (ip-xfrm / the kernel's
-    /// xfrm_algo.c `icv_truncbits`).
+    /// Truncation used by `auth` without an explicit length (the kernel's xfrm_algo.c
+    /// `icv_truncbits`, which `auth` gets as alg_trunc_len).
     pub fn default_trunc_bits(self) -> u32 {
         match self {
             AuthAlgo::HmacSha256 => 96, // the kernel's historical default for "auth hmac(sha256)"
             AuthAlgo::HmacSha1 => 96,
+            AuthAlgo::HmacSha384 => 192,
+            AuthAlgo::HmacSha512 => 256,
         }
     }
     pub fn full_bits(self) -> u32 {
         match self {
             AuthAlgo::HmacSha256 => 256,
             AuthAlgo::HmacSha1 => 160,
+            AuthAlgo::HmacSha384 => 384,
+            AuthAlgo::HmacSha512 => 512,
+        }
+    }
+    /// The name `ip xfrm` and the kernel give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthAlgo::HmacSha256 => "hmac(sha256)",
+            AuthAlgo::HmacSha1 => "hmac(sha1)",
+            AuthAlgo::HmacSha384 => "hmac(sha384)",
+            AuthAlgo::HmacSha512 => "hmac(sha512)",
+        }
+    }
+}
+
+/// The ciphers of ESP with a separate integrity algorithm (`enc NAME KEY`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncAlgo {
+    /// cbc(aes): AES-128/192/256-CBC (RFC 3602), 16-byte IV, 16-byte blocks.
+    AesCbc,
+    /// rfc3686(ctr(aes)): AES-CTR (RFC 3686), key = AES key || 4-byte nonce, 8-byte IV.
+    AesCtr,
+    /// cipher_null / ecb(cipher_null) (RFC 2410): no encryption, no IV, empty key.
+    Null,
+}
+
+impl EncAlgo {
+    /// The name `ip xfrm` and the kernel give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EncAlgo::AesCbc => "cbc(aes)",
+            EncAlgo::AesCtr => "rfc3686(ctr(aes))",
+            EncAlgo::Null => "ecb(cipher_null)",
+        }
+    }
+    /// crypto_skcipher_ivsize: the IV ESP carries in front of the payload.
+    pub fn iv_len(self) -> usize {
+        match self {
+            EncAlgo::AesCbc => 16,
+            EncAlgo::AesCtr => 8,
+            EncAlgo::Null => 0,
+        }
+    }
+    /// crypto_skcipher_blocksize (CTR and NULL are stream ciphers: 1).
+    pub fn block_size(self) -> usize {
+        match self {
+            EncAlgo::AesCbc => 16,
+            EncAlgo::AesCtr | EncAlgo::Null => 1,
         }
     }
 }
@@ -75,7 +141,7 @@ impl AuthAlgo {
 /// not carry them).
 #[derive(Clone, PartialEq, Eq)]
 pub enum SaAlgorithm {
-    /// `key` is the AES key (16 or 32 bytes) without the 4-byte salt.
+    /// `key` is the cipher key (16 or 32 bytes) without the 4-byte salt.
     Aead {
         algo: AeadAlgo,
         key: zeroize::Zeroizing<Vec<u8>>,
@@ -87,6 +153,47 @@ pub enum SaAlgorithm {
         key: zeroize::Zeroizing<Vec<u8>>,
         trunc_bits: u32,
     },
+    /// ESP with a cipher and a separate integrity algorithm, encrypt-then-MAC (the kernel's
+    /// authenc / authencesn). `enc_key` as configured (rfc3686: AES key || nonce).
+    EncAuth {
+        enc: EncAlgo,
+        enc_key: zeroize::Zeroizing<Vec<u8>>,
+        auth: AuthAlgo,
+        auth_key: zeroize::Zeroizing<Vec<u8>>,
+        trunc_bits: u32,
+    },
+}
+
+impl SaAlgorithm {
+    /// The ICV length in bits on the wire.
+    pub fn icv_bits(&self) -> u32 {
+        match self {
+            SaAlgorithm::Aead { icv_bits, .. } => *icv_bits,
+            SaAlgorithm::Auth { trunc_bits, .. } | SaAlgorithm::EncAuth { trunc_bits, .. } => {
+                *trunc_bits
+            }
+        }
+    }
+
+    /// crypto_aead_ivsize of the ESP transform: the IV after the ESP header.
+    pub fn esp_iv_len(&self) -> usize {
+        match self {
+            SaAlgorithm::Aead { .. } => 8,
+            SaAlgorithm::EncAuth { enc, .. } => enc.iv_len(),
+            // ESP with only an integrity algorithm would be ecb(cipher_null): no IV.
+            SaAlgorithm::Auth { .. } => 0,
+        }
+    }
+
+    /// ALIGN(crypto_aead_blocksize, 4): what ESP pads the encrypted part to. GCM, GMAC,
+    /// ChaCha20, CTR and NULL are stream modes (block size 1, so 4); CBC pads to 16.
+    pub fn esp_block_size(&self) -> usize {
+        let b = match self {
+            SaAlgorithm::EncAuth { enc, .. } => enc.block_size(),
+            _ => 1,
+        };
+        b.div_ceil(4) * 4
+    }
 }
 
 impl Drop for SaAlgorithm {
@@ -121,6 +228,20 @@ impl std::fmt::Debug for SaAlgorithm {
                 .debug_struct("Auth")
                 .field("algo", algo)
                 .field("key", &format_args!("<{} bytes>", key.len()))
+                .field("trunc_bits", trunc_bits)
+                .finish(),
+            SaAlgorithm::EncAuth {
+                enc,
+                enc_key,
+                auth,
+                auth_key,
+                trunc_bits,
+            } => f
+                .debug_struct("EncAuth")
+                .field("enc", enc)
+                .field("enc_key", &format_args!("<{} bytes>", enc_key.len()))
+                .field("auth", auth)
+                .field("auth_key", &format_args!("<{} bytes>", auth_key.len()))
                 .field("trunc_bits", trunc_bits)
                 .finish(),
         }

@@ -54,9 +54,34 @@ fn invalid_config_exits_2_with_every_error() {
         errors,
         [
             format!("{f}:1: word 'sideways': expected a direction: out, in or fwd"),
-            format!("{f}:3: word 'gcm128': expected an aead algorithm name: 'rfc4106(gcm(aes))' or 'rfc4543(gcm(aes))'"),
+            format!("{f}:3: word 'gcm128': expected an aead algorithm name: 'rfc4106(gcm(aes))', 'rfc4543(gcm(aes))' or 'rfc7539esp(chacha20,poly1305)'"),
         ]
     );
+}
+
+/// `check --algorithms` names every algorithm the config language takes.
+#[test]
+fn check_algorithms_lists_what_is_supported() {
+    let out = bin().args(["check", "--algorithms"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "rfc4106(gcm(aes))",
+        "rfc4543(gcm(aes))",
+        "rfc7539esp(chacha20,poly1305)",
+        "cbc(aes)",
+        "rfc3686(ctr(aes))",
+        "cipher_null",
+        "hmac(sha256)",
+        "hmac(sha384)",
+        "hmac(sha512)",
+        "hmac(sha1)",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    // Without --algorithms the config is required.
+    let out = bin().arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! `cargo xtask bench`, the transform part: `cargo bench -p xfrm-user` (criterion, then the
+//! `cargo xtask bench`, the transform part: `cargo bench -p xfrm-user --features
+//! aws-lc-peer` (criterion, then the
 //! paired measurements against ring), echoed as it runs, and its summary lines collected
 //! to be printed again at the very end (`print_summary`), the acceptance line
 //! `ratio_vs_ring_1400=<x>` last.
@@ -30,7 +31,9 @@ fn is_summary(line: &str) -> bool {
 /// fail or print no acceptance line (unless `args` chose other benches).
 pub fn transform(args: &[String]) -> Result<Vec<String>> {
     let mut cmd = util::cargo();
-    cmd.args(["bench", "-p", "xfrm-user"]).args(args);
+    // aws-lc-peer: AWS-LC as the peer of the enc + auth and ChaCha20-Poly1305 benches.
+    cmd.args(["bench", "-p", "xfrm-user", "--features", "aws-lc-peer"])
+        .args(args);
     println!("$ {}", util::show(&cmd));
     let mut child = cmd
         .stdout(Stdio::piped())

@@ -145,6 +145,25 @@ pub fn load_config(path: &Path) -> Result<Config, Vec<ConfigError>> {
 
 /// `xfrm-user check --config FILE`: prints "N states, M policies" (singular for 1) to `out` and returns 0 when
 /// the file is valid; prints every error, one per line, to `err` and returns 2 otherwise.
+/// What `xfrm-user check --algorithms` prints: every algorithm the config accepts, as the
+/// `ip xfrm` words, with the key and ICV lengths Linux accepts for it (anything else is
+/// refused at config time).
+pub const SUPPORTED_ALGORITHMS: &str = "\
+ESP, aead NAME KEY ICV-BITS:
+  rfc4106(gcm(aes))              key 20 or 36 bytes (AES-128/256 + 4-byte salt), ICV 64, 96 or 128
+  rfc4543(gcm(aes))              key 20 or 36 bytes (AES-128/256 + 4-byte salt), ICV 128 (GMAC)
+  rfc7539esp(chacha20,poly1305)  key 36 bytes (ChaCha20 + 4-byte salt), ICV 128
+ESP, enc NAME KEY with auth NAME KEY or auth-trunc NAME KEY BITS (encrypt-then-MAC):
+  cbc(aes), aes                  key 16, 24 or 32 bytes (AES-128/192/256)
+  rfc3686(ctr(aes))              key 20, 28 or 36 bytes (AES-128/192/256 + 4-byte nonce)
+  cipher_null, ecb(cipher_null)  key '' (no encryption, integrity only)
+AH auth / auth-trunc, and ESP's auth (any key of 1 byte or more; BITS a multiple of 8):
+  hmac(sha256), sha256           auth-trunc 96..256 (RFC 4868: 128); auth alone: 96 (as Linux)
+  hmac(sha384), sha384           auth-trunc 96..384 (RFC 4868: 192); auth alone: 192
+  hmac(sha512), sha512           auth-trunc 96..512 (RFC 4868: 256); auth alone: 256
+  hmac(sha1), sha1               auth-trunc 96..160 (RFC 2404: 96); auth alone: 96
+";
+
 pub fn check(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<u8> {
     match load_config(path) {
         Ok(c) => {

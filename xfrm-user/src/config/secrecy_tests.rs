@@ -21,6 +21,9 @@ const LINES: &[&str] = &[
     "state add src 192.0.2.1 dst 192.0.2.2 proto ah spi 0x100 auth 'hmac(sha256)' {K} mode tunnel",
     "state add src 192.0.2.1 dst 192.0.2.2 proto ah spi 0x100 auth-trunc 'hmac(sha1)' {K} 96 reqid 7",
     "ip xfrm state add src fd00::1 dst fd00::2 proto esp spi 9 aead 'rfc4106(gcm(aes))' {K} 96 flag esn replay-window 64",
+    "state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x100 enc 'cbc(aes)' {K} auth-trunc 'hmac(sha256)' {K} 128 mode tunnel",
+    "state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x100 auth sha512 {K} enc 'rfc3686(ctr(aes))' {K}",
+    "state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x100 aead 'rfc7539esp(chacha20,poly1305)' {K} 128",
 ];
 
 /// Every stretch of `secret` this long or longer counts as a leak (a hex key's 8 bytes; 6

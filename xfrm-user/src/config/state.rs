@@ -9,18 +9,19 @@ use super::lexer::Word;
 use super::sel::SelParts;
 use super::value::{family_name, host_of, key_of, port_of, u32_of, u64_of, xfrm_proto_of};
 use crate::sa::{
-    AeadAlgo, AuthAlgo, Encap, EncapType, Lifetime, SaAlgorithm, SaConfig, SaExtraFlags, SaFlags,
-    XfrmId, XfrmMode, XfrmProto,
+    AeadAlgo, AuthAlgo, EncAlgo, Encap, EncapType, Lifetime, SaAlgorithm, SaConfig, SaExtraFlags,
+    SaFlags, XfrmId, XfrmMode, XfrmProto,
 };
 use crate::selector::Selector;
 
 /// XFRMA_REPLAY_ESN_MAX: the largest replay window Linux keeps (bits).
 pub const REPLAY_WINDOW_MAX: u32 = 4096;
 
-const AEAD_EXPECTED: &str =
-    "expected an aead algorithm name: 'rfc4106(gcm(aes))' or 'rfc4543(gcm(aes))'";
-const AUTH_EXPECTED: &str = "expected an auth algorithm name: 'hmac(sha256)' or 'hmac(sha1)'";
-const ESP_NEEDS_AEAD: &str = "ESP with separate encryption and authentication algorithms (enc + auth/auth-trunc) is not supported by xfrm-ebpf: use aead 'rfc4106(gcm(aes))' or 'rfc4543(gcm(aes))'";
+const AEAD_EXPECTED: &str = "expected an aead algorithm name: 'rfc4106(gcm(aes))', 'rfc4543(gcm(aes))' or 'rfc7539esp(chacha20,poly1305)'";
+const AUTH_EXPECTED: &str = "expected an auth algorithm name: 'hmac(sha256)', 'hmac(sha384)', 'hmac(sha512)' or 'hmac(sha1)'";
+const ENC_EXPECTED: &str =
+    "expected an enc algorithm name: 'cbc(aes)', 'rfc3686(ctr(aes))' or 'cipher_null'";
+const ESP_EXPECTED: &str = "expected 'aead NAME KEY ICV-BITS', or 'enc NAME KEY' with 'auth NAME KEY' or 'auth-trunc NAME KEY BITS', in an ESP 'state add'";
 
 /// The flags of ip's xfrm_state_flag_parse that xfrm-ebpf implements.
 const FLAGS: &[&str] = &[
@@ -37,7 +38,6 @@ const EXTRA_FLAGS: &[&str] = &["dont-encap-dscp", "oseq-may-wrap"];
 
 /// `state add` keywords of ip-xfrm(8) that xfrm-ebpf does not implement.
 const UNSUPPORTED_KEYWORDS: &[(&str, &str)] = &[
-    ("enc", ESP_NEEDS_AEAD),
     ("comp", "'comp' (IPComp) is not supported by xfrm-ebpf"),
     ("mark", "'mark' is not supported by xfrm-ebpf"),
     ("output-mark", "'output-mark' is not supported by xfrm-ebpf"),
@@ -52,12 +52,8 @@ const UNSUPPORTED_KEYWORDS: &[(&str, &str)] = &[
     ("pcpu-num", "'pcpu-num' is not supported by xfrm-ebpf"),
 ];
 
-#[derive(Clone, Copy)]
-enum AlgKind {
-    Aead,
-    Auth,
-    AuthTrunc,
-}
+/// `auth` / `auth-trunc` as parsed: algorithm, key, ICV bits.
+type AuthParts = (AuthAlgo, zeroize::Zeroizing<Vec<u8>>, u32);
 
 /// Parses the words after `state add`; `head` is the `state` word (errors about something
 /// missing point at it).
@@ -69,7 +65,9 @@ pub(crate) fn parse_state(head: &Word, words: &[Word]) -> LineResult<SaConfig> {
     let mut spi: At<u32> = None;
     let mut reqid: At<u32> = None;
     let mut mode: At<XfrmMode> = None;
-    let mut alg: At<(AlgKind, SaAlgorithm)> = None;
+    let mut aead: At<SaAlgorithm> = None;
+    let mut enc: At<(EncAlgo, zeroize::Zeroizing<Vec<u8>>)> = None;
+    let mut auth: At<AuthParts> = None;
     let mut replay_window: At<u32> = None;
     let mut replay_seq: At<u32> = None;
     let mut replay_oseq: At<u32> = None;
@@ -119,51 +117,13 @@ pub(crate) fn parse_state(head: &Word, words: &[Word]) -> LineResult<SaConfig> {
             }
             "aead" => {
                 let name = cur.value(kw, "an aead algorithm name")?;
-                let algo = match name.text.as_str() {
-                    "rfc4106(gcm(aes))" => AeadAlgo::Rfc4106Gcm,
-                    "rfc4543(gcm(aes))" => AeadAlgo::Rfc4543Gmac,
-                    _ => return Err(LineError::at(name, AEAD_EXPECTED)),
-                };
                 let key_w = cur.value(name, "a key (0x… hex or a quoted string)")?;
-                let key = key_of(key_w)?;
-                if key.len() != 20 && key.len() != 36 {
-                    return Err(LineError::at_key(
-                        key_w,
-                        format!(
-                            "expected a key of 20 or 36 bytes for {} (a 16 or 32-byte AES key and a 4-byte salt), got {} bytes",
-                            name.text,
-                            key.len()
-                        ),
-                    ));
-                }
-                let icv_w = value_after_key(&mut cur, key_w, "an ICV length in bits")?;
-                let icv_bits = u32_of(icv_w)?;
-                match algo {
-                    AeadAlgo::Rfc4106Gcm if ![64, 96, 128].contains(&icv_bits) => {
-                        return Err(LineError::at(
-                            icv_w,
-                            "expected an ICV length in bits for rfc4106(gcm(aes)): 64, 96 or 128",
-                        ))
-                    }
-                    AeadAlgo::Rfc4543Gmac if icv_bits != 128 => {
-                        return Err(LineError::at(
-                            icv_w,
-                            "expected ICV length 128 for rfc4543(gcm(aes)) (the only one Linux accepts)",
-                        ))
-                    }
-                    _ => {}
-                }
-                let split = key.len() - 4;
-                let mut salt = [0u8; 4];
-                salt.copy_from_slice(&key[split..]);
-                let aes_key = zeroize::Zeroizing::new(key[..split].to_vec());
-                let a = SaAlgorithm::Aead {
-                    algo,
-                    key: aes_key,
-                    salt,
-                    icv_bits,
-                };
-                set_alg(&mut alg, kw, name, (AlgKind::Aead, a))?;
+                set_alg(&mut aead, kw, name, aead_of(name, key_w, &mut cur)?)?;
+            }
+            "enc" => {
+                let name = cur.value(kw, "an enc algorithm name")?;
+                let key_w = cur.value(name, "a key (0x… hex, or a quoted string: '' for none)")?;
+                set_alg(&mut enc, kw, name, enc_of(name, key_w)?)?;
             }
             "auth" | "auth-trunc" => {
                 let name = cur.value(kw, "an auth algorithm name")?;
@@ -171,6 +131,8 @@ pub(crate) fn parse_state(head: &Word, words: &[Word]) -> LineResult<SaConfig> {
                     // The kernel's aalg_list also matches the compat names.
                     "hmac(sha256)" | "sha256" => AuthAlgo::HmacSha256,
                     "hmac(sha1)" | "sha1" => AuthAlgo::HmacSha1,
+                    "hmac(sha384)" | "sha384" => AuthAlgo::HmacSha384,
+                    "hmac(sha512)" | "sha512" => AuthAlgo::HmacSha512,
                     _ => return Err(LineError::at(name, AUTH_EXPECTED)),
                 };
                 let key_w = cur.value(name, "a key (0x… hex or a quoted string)")?;
@@ -181,8 +143,8 @@ pub(crate) fn parse_state(head: &Word, words: &[Word]) -> LineResult<SaConfig> {
                         "expected a key of at least 1 byte",
                     ));
                 }
-                let (kind, trunc_bits) = if kw.is("auth") {
-                    (AlgKind::Auth, algo.default_trunc_bits())
+                let trunc_bits = if kw.is("auth") {
+                    algo.default_trunc_bits()
                 } else {
                     let tw = value_after_key(&mut cur, key_w, "a truncation length in bits")?;
                     let t = u32_of(tw)?;
@@ -198,14 +160,9 @@ pub(crate) fn parse_state(head: &Word, words: &[Word]) -> LineResult<SaConfig> {
                             ),
                         ));
                     }
-                    (AlgKind::AuthTrunc, t)
+                    t
                 };
-                let a = SaAlgorithm::Auth {
-                    algo,
-                    key,
-                    trunc_bits,
-                };
-                set_alg(&mut alg, kw, name, (kind, a))?;
+                set_alg(&mut auth, kw, name, (algo, key, trunc_bits))?;
             }
             "replay-window" => {
                 let val = cur.value(kw, "a window size")?;
@@ -426,33 +383,8 @@ pub(crate) fn parse_state(head: &Word, words: &[Word]) -> LineResult<SaConfig> {
     }
     let mode_v = mode.map_or(XfrmMode::Transport, |m| m.v);
 
-    // Algorithms per protocol (verify_newsa_info, ip's xfrm_state_modify).
-    let Some(Slot {
-        v: (kind, algorithm),
-        kw: alg_kw,
-        ..
-    }) = alg
-    else {
-        return Err(LineError::at(
-            head,
-            match proto.v {
-                XfrmProto::Esp => "expected 'aead rfc4106(gcm(aes)) KEY ICV-BITS' or 'aead rfc4543(gcm(aes)) KEY 128' in an ESP 'state add'",
-                XfrmProto::Ah => "expected 'auth NAME KEY' or 'auth-trunc NAME KEY BITS' in an AH 'state add'",
-            },
-        ));
-    };
-    match (proto.v, kind) {
-        (XfrmProto::Esp, AlgKind::Auth | AlgKind::AuthTrunc) => {
-            return Err(LineError::at(alg_kw, ESP_NEEDS_AEAD))
-        }
-        (XfrmProto::Ah, AlgKind::Aead) => {
-            return Err(LineError::at(
-                alg_kw,
-                "expected 'auth' or 'auth-trunc' with proto ah: AH has no aead (Linux: Invalid attributes for AH)",
-            ))
-        }
-        _ => {}
-    }
+    // Algorithms per protocol (verify_newsa_info, ip's xfrm_state_modify, esp_init_state).
+    let algorithm = algorithm_of(head, proto.v, aead, enc, auth)?;
 
     // Replay state (ip: "esn flag set without replay-window"; kernel xfrm_init_replay:
     // "ESN replay window must be > 0" for an SA that is not output-only).
@@ -655,21 +587,176 @@ fn nonzero_port(w: &Word) -> LineResult<u16> {
     }
 }
 
-fn set_alg<'w>(
-    slot: &mut At<'w, (AlgKind, SaAlgorithm)>,
-    kw: &'w Word,
-    name: &'w Word,
-    v: (AlgKind, SaAlgorithm),
-) -> LineResult<()> {
+fn set_alg<'w, T>(slot: &mut At<'w, T>, kw: &'w Word, name: &'w Word, v: T) -> LineResult<()> {
     if let Some(first) = slot {
         return Err(LineError::at(
             kw,
             format!(
-                "expected one algorithm per SA: '{}' already given at column {} (xfrm-ebpf runs ESP with one aead and AH with one auth or auth-trunc)",
+                "expected one algorithm of each kind per SA: '{}' already given at column {} (ESP takes one aead, or one enc with one auth or auth-trunc; AH one auth or auth-trunc)",
                 first.kw.text, first.kw.col
             ),
         ));
     }
     *slot = Some(Slot { v, kw, val: name });
     Ok(())
+}
+
+/// `aead NAME KEY ICV-BITS` with the key and ICV lengths the kernel's templates accept
+/// (rfc4106/rfc4543 setkey and setauthsize, chachapoly_setkey and setauthsize).
+fn aead_of(name: &Word, key_w: &Word, cur: &mut Cursor<'_>) -> LineResult<SaAlgorithm> {
+    let algo = match name.text.as_str() {
+        "rfc4106(gcm(aes))" => AeadAlgo::Rfc4106Gcm,
+        "rfc4543(gcm(aes))" => AeadAlgo::Rfc4543Gmac,
+        "rfc7539esp(chacha20,poly1305)" => AeadAlgo::Rfc7539EspChaCha20Poly1305,
+        _ => return Err(LineError::at(name, AEAD_EXPECTED)),
+    };
+    let key = key_of(key_w)?;
+    let (lens, what): (&[usize], &str) = match algo {
+        AeadAlgo::Rfc4106Gcm | AeadAlgo::Rfc4543Gmac => (
+            &[20, 36],
+            "20 or 36 bytes for {} (a 16 or 32-byte AES key and a 4-byte salt)",
+        ),
+        AeadAlgo::Rfc7539EspChaCha20Poly1305 => (
+            &[36],
+            "36 bytes for {} (a 32-byte ChaCha20 key and a 4-byte salt)",
+        ),
+    };
+    if !lens.contains(&key.len()) {
+        return Err(LineError::at_key(
+            key_w,
+            format!(
+                "expected a key of {}, got {} bytes",
+                what.replace("{}", &name.text),
+                key.len()
+            ),
+        ));
+    }
+    let icv_w = value_after_key(cur, key_w, "an ICV length in bits")?;
+    let icv_bits = u32_of(icv_w)?;
+    match algo {
+        AeadAlgo::Rfc4106Gcm if ![64, 96, 128].contains(&icv_bits) => {
+            return Err(LineError::at(
+                icv_w,
+                "expected an ICV length in bits for rfc4106(gcm(aes)): 64, 96 or 128",
+            ))
+        }
+        AeadAlgo::Rfc4543Gmac | AeadAlgo::Rfc7539EspChaCha20Poly1305 if icv_bits != 128 => {
+            return Err(LineError::at(
+                icv_w,
+                format!(
+                    "expected ICV length 128 for {} (the only one Linux accepts)",
+                    name.text
+                ),
+            ))
+        }
+        _ => {}
+    }
+    let split = key.len() - 4;
+    let mut salt = [0u8; 4];
+    salt.copy_from_slice(&key[split..]);
+    Ok(SaAlgorithm::Aead {
+        algo,
+        key: zeroize::Zeroizing::new(key[..split].to_vec()),
+        salt,
+        icv_bits,
+    })
+}
+
+/// `enc NAME KEY` with the key lengths the kernel's ciphers accept (aes_setkey; rfc3686's
+/// nonce after the AES key; cipher_null's empty key).
+fn enc_of(name: &Word, key_w: &Word) -> LineResult<(EncAlgo, zeroize::Zeroizing<Vec<u8>>)> {
+    let algo = match name.text.as_str() {
+        // "aes" is cbc(aes)'s compat name in the kernel's ealg_list.
+        "cbc(aes)" | "aes" => EncAlgo::AesCbc,
+        "rfc3686(ctr(aes))" => EncAlgo::AesCtr,
+        "ecb(cipher_null)" | "cipher_null" => EncAlgo::Null,
+        _ => return Err(LineError::at(name, ENC_EXPECTED)),
+    };
+    let key = key_of(key_w)?;
+    let (ok, what) = match algo {
+        EncAlgo::AesCbc => (
+            [16, 24, 32].contains(&key.len()),
+            "16, 24 or 32 bytes for cbc(aes) (AES-128, AES-192 or AES-256)",
+        ),
+        EncAlgo::AesCtr => (
+            [20, 28, 36].contains(&key.len()),
+            "20, 28 or 36 bytes for rfc3686(ctr(aes)) (a 16, 24 or 32-byte AES key and a 4-byte nonce)",
+        ),
+        EncAlgo::Null => (key.is_empty(), "0 bytes ('') for cipher_null"),
+    };
+    if !ok {
+        return Err(LineError::at_key(
+            key_w,
+            format!("expected a key of {what}, got {} bytes", key.len()),
+        ));
+    }
+    Ok((algo, key))
+}
+
+/// Which algorithms a protocol takes (verify_newsa_info; esp_init_authenc needs `enc`), as
+/// one `SaAlgorithm`.
+fn algorithm_of(
+    head: &Word,
+    proto: XfrmProto,
+    aead: At<SaAlgorithm>,
+    enc: At<(EncAlgo, zeroize::Zeroizing<Vec<u8>>)>,
+    auth: At<AuthParts>,
+) -> LineResult<SaAlgorithm> {
+    match proto {
+        XfrmProto::Esp => match (aead, enc, auth) {
+            (Some(a), None, None) => Ok(a.v),
+            (Some(_), Some(Slot { kw, .. }), _) | (Some(_), None, Some(Slot { kw, .. })) => {
+                Err(LineError::at(
+                    kw,
+                    format!(
+                        "expected either 'aead' or 'enc' with 'auth', not both: '{}' beside 'aead' (Linux: Invalid attributes for ESP)",
+                        kw.text
+                    ),
+                ))
+            }
+            (None, Some(e), Some(a)) => {
+                let (enc, enc_key) = e.v;
+                let (auth, auth_key, trunc_bits) = a.v;
+                Ok(SaAlgorithm::EncAuth {
+                    enc,
+                    enc_key,
+                    auth,
+                    auth_key,
+                    trunc_bits,
+                })
+            }
+            (None, Some(e), None) => Err(LineError::at(
+                e.kw,
+                "expected 'auth NAME KEY' or 'auth-trunc NAME KEY BITS' with 'enc': xfrm-ebpf does not run ESP without integrity (RFC 8221 section 5)",
+            )),
+            (None, None, Some(a)) => Err(LineError::at(
+                a.kw,
+                "expected 'enc NAME KEY' with 'auth' in ESP (Linux's ESP needs an enc algorithm; for integrity only use enc cipher_null '')",
+            )),
+            (_, None, None) => Err(LineError::at(head, ESP_EXPECTED)),
+        },
+        XfrmProto::Ah => {
+            if let Some(s) = aead.map(|a| a.kw).or(enc.map(|e| e.kw)) {
+                return Err(LineError::at(
+                    s,
+                    format!(
+                        "expected 'auth' or 'auth-trunc' with proto ah: AH has no {} (Linux: Invalid attributes for AH)",
+                        s.text
+                    ),
+                ));
+            }
+            let Some(a) = auth else {
+                return Err(LineError::at(
+                    head,
+                    "expected 'auth NAME KEY' or 'auth-trunc NAME KEY BITS' in an AH 'state add'",
+                ));
+            };
+            let (algo, key, trunc_bits) = a.v;
+            Ok(SaAlgorithm::Auth {
+                algo,
+                key,
+                trunc_bits,
+            })
+        }
+    }
 }

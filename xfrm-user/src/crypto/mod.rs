@@ -1,5 +1,7 @@
-//! The transforms' cryptography: AES-GCM for rfc4106(gcm(aes)) and AES-GMAC for
-//! rfc4543(gcm(aes)) (ESP), HMAC-SHA-256 / HMAC-SHA-1 for AH.
+//! The transforms' cryptography. ESP: AES-GCM for rfc4106(gcm(aes)), AES-GMAC for
+//! rfc4543(gcm(aes)), ChaCha20-Poly1305 for rfc7539esp(chacha20,poly1305) (`chacha`), and
+//! a cipher (cbc(aes), rfc3686(ctr(aes)), cipher_null: `cipher`) with HMAC-SHA-1/256/384/512
+//! encrypt-then-MAC (`authenc`). AH: HMAC (`hmac`).
 //!
 //! Keys are set up once per SA (`SaCrypto::from_algorithm`, like the kernel's
 //! crypto_aead_setkey / crypto_ahash_setkey at xfrm_state init); per packet nothing is
@@ -23,15 +25,20 @@
 //! GCM 0.59 / 0.24 / 0.20. HMAC-SHA-256 (`hmac` + `sha2`, SHA-NI) ran at 1.52 / 1.20 / 1.10
 //! of ring's HMAC.
 
+pub mod authenc;
+pub mod chacha;
+pub mod cipher;
 pub mod gcm;
 #[cfg(target_arch = "x86_64")]
 pub mod gcm_vaes;
 pub mod hmac;
 
+pub use authenc::AuthEnc;
+pub use chacha::ChaChaKey;
 pub use gcm::GcmKey;
 pub use hmac::HmacKey;
 
-use crate::sa::{AeadAlgo, SaAlgorithm};
+use crate::sa::{AeadAlgo, AuthAlgo, SaAlgorithm};
 
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
 pub enum CryptoError {
@@ -43,6 +50,51 @@ pub enum CryptoError {
     /// packet (at most 2^32 - 1 bytes, IPv6 jumbogram) reaches.
     #[error("ICV mismatch")]
     IcvMismatch,
+    /// A CBC text that is no whole number of blocks, or an IV of the wrong length.
+    #[error("bad length {0}")]
+    BadLength(usize),
+    /// The operating system gave no random bytes (CBC's per-SA IV block).
+    #[error("no random numbers")]
+    NoRandom,
+}
+
+/// The AEADs of ESP whose nonce is salt || 8-byte IV and whose AAD is SPI || [seq_hi ||]
+/// seq (RFC 4106 section 5, RFC 7634 section 2.1): one ESP code path serves both, statically
+/// dispatched.
+pub trait EspAead {
+    /// Encrypts `in_out` in place, writes the ICV into `tag` (its length is the ICV's).
+    fn seal(
+        &self,
+        iv: &[u8; 8],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &mut [u8],
+    ) -> Result<(), CryptoError>;
+    /// Verifies `tag`, then decrypts in place; on Err `in_out` must not be used.
+    fn open(
+        &self,
+        iv: &[u8; 8],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), CryptoError>;
+}
+
+impl EspAead for GcmKey {
+    #[inline]
+    fn seal(
+        &self,
+        iv: &[u8; 8],
+        aad: &[u8],
+        t: &mut [u8],
+        tag: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        self.seal_in_place(iv, aad, t, tag)
+    }
+    #[inline]
+    fn open(&self, iv: &[u8; 8], aad: &[u8], t: &mut [u8], tag: &[u8]) -> Result<(), CryptoError> {
+        self.open_in_place(iv, aad, t, tag)
+    }
 }
 
 /// What an SA needs at run time, built once from its config.
@@ -51,7 +103,11 @@ pub enum SaCrypto {
     Gcm { key: GcmKey, icv_len: usize },
     /// ESP rfc4543(gcm(aes)): GMAC, ICV always 16 bytes.
     Gmac { key: GcmKey },
-    /// AH hmac(sha256) / hmac(sha1), ICV truncated to `icv_len` bytes.
+    /// ESP rfc7539esp(chacha20,poly1305): ICV always 16 bytes.
+    ChaCha { key: ChaChaKey },
+    /// ESP `enc` + `auth`: a cipher and a truncated HMAC, encrypt-then-MAC.
+    AuthEnc(AuthEnc),
+    /// AH hmac(sha256) / hmac(sha1) / …, ICV truncated to `icv_len` bytes.
     Hmac { key: HmacKey, icv_len: usize },
 }
 
@@ -65,9 +121,9 @@ impl SaCrypto {
                 icv_bits,
             } => {
                 let icv_len = bits_to_bytes(*icv_bits)?;
-                let key = GcmKey::new(key, *salt)?;
                 match algo {
                     AeadAlgo::Rfc4106Gcm => {
+                        let key = GcmKey::new(key, *salt)?;
                         if !gcm::TAG_LENS.contains(&icv_len) {
                             return Err(CryptoError::BadIcvLength(icv_len));
                         }
@@ -76,10 +132,19 @@ impl SaCrypto {
                     // RFC 4543 section 5: the ICV is the full 16-byte tag; the kernel's
                     // rfc4543 template rejects any other authsize.
                     AeadAlgo::Rfc4543Gmac => {
+                        let key = GcmKey::new(key, *salt)?;
                         if icv_len != gcm::TAG_LEN {
                             return Err(CryptoError::BadIcvLength(icv_len));
                         }
                         Ok(SaCrypto::Gmac { key })
+                    }
+                    // The kernel's chachapoly_setauthsize: the full 16-byte tag only.
+                    AeadAlgo::Rfc7539EspChaCha20Poly1305 => {
+                        let key = ChaChaKey::new(key, *salt)?;
+                        if icv_len != chacha::TAG_LEN {
+                            return Err(CryptoError::BadIcvLength(icv_len));
+                        }
+                        Ok(SaCrypto::ChaCha { key })
                     }
                 }
             }
@@ -88,16 +153,23 @@ impl SaCrypto {
                 key,
                 trunc_bits,
             } => {
-                let icv_len = bits_to_bytes(*trunc_bits)?;
-                // Like the kernel's hmac template: a truncation to 0 or beyond the digest is
-                // refused (crypto_hash_setauthsize / xfrm_algo's "trunc_len > icv_fullbits").
-                if icv_len == 0 || *trunc_bits > algo.full_bits() {
-                    return Err(CryptoError::BadIcvLength(icv_len));
-                }
+                let icv_len = hmac_icv_len(*algo, *trunc_bits)?;
                 Ok(SaCrypto::Hmac {
                     key: HmacKey::new(*algo, key),
                     icv_len,
                 })
+            }
+            SaAlgorithm::EncAuth {
+                enc,
+                enc_key,
+                auth,
+                auth_key,
+                trunc_bits,
+            } => {
+                let icv_len = hmac_icv_len(*auth, *trunc_bits)?;
+                Ok(SaCrypto::AuthEnc(AuthEnc::new(
+                    *enc, enc_key, *auth, auth_key, icv_len,
+                )?))
             }
         }
     }
@@ -107,8 +179,25 @@ impl SaCrypto {
         match self {
             SaCrypto::Gcm { icv_len, .. } | SaCrypto::Hmac { icv_len, .. } => *icv_len,
             SaCrypto::Gmac { .. } => gcm::TAG_LEN,
+            SaCrypto::ChaCha { .. } => chacha::TAG_LEN,
+            SaCrypto::AuthEnc(a) => a.icv_len,
         }
     }
+
+    /// Whether this is an ESP transform (AH takes `Hmac` only).
+    pub fn is_esp(&self) -> bool {
+        !matches!(self, SaCrypto::Hmac { .. })
+    }
+}
+
+/// Like the kernel's hmac template: a truncation to 0 or beyond the digest is refused
+/// (crypto_hash_setauthsize / xfrm_algo's "trunc_len > icv_fullbits").
+fn hmac_icv_len(algo: AuthAlgo, trunc_bits: u32) -> Result<usize, CryptoError> {
+    let icv_len = bits_to_bytes(trunc_bits)?;
+    if icv_len == 0 || trunc_bits > algo.full_bits() {
+        return Err(CryptoError::BadIcvLength(icv_len));
+    }
+    Ok(icv_len)
 }
 
 /// ICV bits as configured -> bytes; only whole bytes are meaningful on the wire.
@@ -134,7 +223,7 @@ pub(crate) fn test_hex(s: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sa::AuthAlgo;
+    use crate::sa::EncAlgo;
     use zeroize::Zeroizing;
 
     fn aead(algo: AeadAlgo, key_len: usize, icv_bits: u32) -> SaAlgorithm {
@@ -205,6 +294,53 @@ mod tests {
         );
     }
 
+    #[test]
+    fn from_algorithm_new_esp_algorithms() {
+        let c =
+            SaCrypto::from_algorithm(&aead(AeadAlgo::Rfc7539EspChaCha20Poly1305, 32, 128)).unwrap();
+        assert!(matches!(c, SaCrypto::ChaCha { .. }) && c.icv_len() == 16 && c.is_esp());
+        for (key_len, bits) in [(32, 96), (16, 128)] {
+            assert!(SaCrypto::from_algorithm(&aead(
+                AeadAlgo::Rfc7539EspChaCha20Poly1305,
+                key_len,
+                bits
+            ))
+            .is_err());
+        }
+        let ea = |enc, enc_len, auth, trunc_bits| SaAlgorithm::EncAuth {
+            enc,
+            enc_key: Zeroizing::new(vec![3; enc_len]),
+            auth,
+            auth_key: Zeroizing::new(vec![4; 32]),
+            trunc_bits,
+        };
+        for (enc, len, auth, bits) in [
+            (EncAlgo::AesCbc, 16, AuthAlgo::HmacSha256, 128),
+            (EncAlgo::AesCbc, 24, AuthAlgo::HmacSha384, 192),
+            (EncAlgo::AesCbc, 32, AuthAlgo::HmacSha512, 256),
+            (EncAlgo::AesCbc, 16, AuthAlgo::HmacSha1, 96),
+            (EncAlgo::AesCtr, 20, AuthAlgo::HmacSha256, 128),
+            (EncAlgo::Null, 0, AuthAlgo::HmacSha256, 128),
+        ] {
+            let c = SaCrypto::from_algorithm(&ea(enc, len, auth, bits)).unwrap();
+            assert!(matches!(c, SaCrypto::AuthEnc(_)) && c.is_esp());
+            assert_eq!(c.icv_len() * 8, bits as usize);
+        }
+        let err = |a: SaAlgorithm| SaCrypto::from_algorithm(&a).err();
+        assert_eq!(
+            err(ea(EncAlgo::AesCbc, 20, AuthAlgo::HmacSha256, 128)),
+            Some(CryptoError::BadKeyLength(20))
+        );
+        assert_eq!(
+            err(ea(EncAlgo::AesCbc, 16, AuthAlgo::HmacSha256, 264)),
+            Some(CryptoError::BadIcvLength(33))
+        );
+        assert_eq!(
+            err(ea(EncAlgo::Null, 4, AuthAlgo::HmacSha1, 96)),
+            Some(CryptoError::BadKeyLength(4))
+        );
+    }
+
     /// Every SA of the shipped example config gets its run-time crypto, with the ICV
     /// length its config line says.
     #[test]
@@ -214,11 +350,7 @@ mod tests {
         assert!(!config.states.is_empty());
         for sa in &config.states {
             let c = SaCrypto::from_algorithm(&sa.algorithm).unwrap();
-            let bits = match &sa.algorithm {
-                SaAlgorithm::Aead { icv_bits, .. } => *icv_bits,
-                SaAlgorithm::Auth { trunc_bits, .. } => *trunc_bits,
-            };
-            assert_eq!(c.icv_len() * 8, bits as usize);
+            assert_eq!(c.icv_len() * 8, sa.algorithm.icv_bits() as usize);
         }
     }
 }

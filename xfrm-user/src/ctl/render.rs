@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use serde_json::{json, Value};
 
 use crate::policy::{Policy, PolicyAction, PolicyDir, TmplLevel};
-use crate::sa::{AeadAlgo, AuthAlgo, EncapType, SaAlgorithm, XfrmMode, XfrmProto};
+use crate::sa::{EncapType, SaAlgorithm, XfrmMode, XfrmProto};
 use crate::selector::Selector;
 use crate::xfrm::SecurityAssociation;
 
@@ -51,8 +51,17 @@ fn hex(b: &[u8]) -> String {
     s
 }
 
-/// (ip's name, key as ip prints it, length in bits) of an SA's algorithm.
-fn algorithm(alg: &SaAlgorithm) -> (&'static str, &'static str, Vec<u8>, u32) {
+/// An SA's algorithms as ip prints them: (keyword, name, key, length in bits); two for ESP
+/// with a cipher and an integrity algorithm (`auth-trunc`, then `enc`). Key copies are
+/// wiped when dropped.
+type AlgoLine = (
+    &'static str,
+    &'static str,
+    zeroize::Zeroizing<Vec<u8>>,
+    Option<u32>,
+);
+
+fn algorithms(alg: &SaAlgorithm) -> Vec<AlgoLine> {
     match alg {
         SaAlgorithm::Aead {
             algo,
@@ -60,25 +69,30 @@ fn algorithm(alg: &SaAlgorithm) -> (&'static str, &'static str, Vec<u8>, u32) {
             salt,
             icv_bits,
         } => {
-            let name = match algo {
-                AeadAlgo::Rfc4106Gcm => "rfc4106(gcm(aes))",
-                AeadAlgo::Rfc4543Gmac => "rfc4543(gcm(aes))",
-            };
-            let mut k = key.to_vec();
+            let mut k = zeroize::Zeroizing::new(key.to_vec());
             k.extend_from_slice(salt);
-            ("aead", name, k, *icv_bits)
+            vec![("aead", algo.name(), k, Some(*icv_bits))]
         }
         SaAlgorithm::Auth {
             algo,
             key,
             trunc_bits,
-        } => {
-            let name = match algo {
-                AuthAlgo::HmacSha256 => "hmac(sha256)",
-                AuthAlgo::HmacSha1 => "hmac(sha1)",
-            };
-            ("auth-trunc", name, key.to_vec(), *trunc_bits)
-        }
+        } => vec![("auth-trunc", algo.name(), key.clone(), Some(*trunc_bits))],
+        SaAlgorithm::EncAuth {
+            enc,
+            enc_key,
+            auth,
+            auth_key,
+            trunc_bits,
+        } => vec![
+            (
+                "auth-trunc",
+                auth.name(),
+                auth_key.clone(),
+                Some(*trunc_bits),
+            ),
+            ("enc", enc.name(), enc_key.clone(), None),
+        ],
     }
 }
 
@@ -158,13 +172,15 @@ pub fn state_text(x: &SecurityAssociation, show: Show) -> String {
         let _ = write!(s, " flag {}", fl.join(" "));
     }
     s.push('\n');
-    let (kw, name, key, bits) = algorithm(&c.algorithm);
-    let key = if show.keys {
-        hex(&key)
-    } else {
-        "(key hidden: --keys)".to_string()
-    };
-    let _ = writeln!(s, "\t{kw} {name} {key} {bits}");
+    for (kw, name, key, bits) in algorithms(&c.algorithm) {
+        let key = if show.keys {
+            hex(&key)
+        } else {
+            "(key hidden: --keys)".to_string()
+        };
+        let bits = bits.map(|b| format!(" {b}")).unwrap_or_default();
+        let _ = writeln!(s, "\t{kw} {name} {key}{bits}");
+    }
     if let Some(e) = c.encap {
         let t = match e.kind {
             EncapType::EspInUdp => "espinudp",
@@ -231,7 +247,7 @@ pub fn state_text(x: &SecurityAssociation, show: Show) -> String {
 
 pub fn state_json(x: &SecurityAssociation, show: Show) -> Value {
     let c = &x.cfg;
-    let (kw, name, key, bits) = algorithm(&c.algorithm);
+    let algos = algorithms(&c.algorithm);
     let mut v = json!({
         "src": c.saddr.to_string(),
         "dst": c.id.daddr.to_string(),
@@ -241,7 +257,6 @@ pub fn state_json(x: &SecurityAssociation, show: Show) -> Value {
         "mode": mode_name(c.mode),
         "replay-window": c.replay_window,
         "flags": flags(x),
-        kw: { "name": name, "bits": bits },
         "oseq": x.oseq(),
         "encap": c.encap.map(|e| json!({
             "type": match e.kind { EncapType::EspInUdp => "espinudp", EncapType::EspInUdpNonIke => "espinudp-nonike" },
@@ -249,8 +264,11 @@ pub fn state_json(x: &SecurityAssociation, show: Show) -> Value {
         })),
         "sel": c.selector.as_ref().map(selector_json),
     });
-    if show.keys {
-        v[kw]["key"] = json!(hex(&key));
+    for (kw, name, key, bits) in &algos {
+        v[*kw] = json!({ "name": name, "bits": bits });
+        if show.keys {
+            v[*kw]["key"] = json!(hex(key));
+        }
     }
     if show.stats {
         let l = &c.lifetime;

@@ -45,16 +45,22 @@ struct Larval {
     expires: Instant,
 }
 
-pub struct Store {
+/// The SAD and SPD as the control plane edits them: the store's, and a change's copy.
+#[derive(Clone)]
+struct Lists {
     /// In the order they were added (an SA's `index` grows with it: newer is preferred).
     sas: Vec<SaRef>,
     /// Every direction, in the order they were added (`index` grows with it).
     policies: Vec<Policy>,
     next_sa: usize,
     next_policy: u32,
-    /// The out-policy id tag of the live database (`XfrmDb::policy_tag`).
+    /// The out-policy id tag of the database (`XfrmDb::policy_tag`).
     tag: u16,
     larval: Vec<Larval>,
+}
+
+pub struct Store {
+    lists: Lists,
     clock: Arc<dyn Clock>,
     rng: u64,
     /// SAs (by index) whose soft expiry was reported.
@@ -88,12 +94,7 @@ pub struct Prepared {
     pub body: String,
     /// What `monitor` subscribers are told once it is live.
     pub events: Vec<String>,
-    sas: Vec<SaRef>,
-    policies: Vec<Policy>,
-    next_sa: usize,
-    next_policy: u32,
-    tag: u16,
-    larval: Vec<Larval>,
+    lists: Lists,
     /// SAs that are gone once this is live (marked dead then).
     removed: Vec<SaRef>,
     /// A reload's new view of what came from the configuration.
@@ -103,13 +104,13 @@ pub struct Prepared {
 impl Prepared {
     /// A new SA (the newest of its template), filling its larval reservation if any.
     fn add_sa(&mut self, cfg: &SaConfig, now: u64, what: &str) -> Result<(), String> {
-        self.larval.retain(|l| l.id != cfg.id);
-        let x = SecurityAssociation::new(cfg.clone(), self.next_sa, now)
+        self.lists.larval.retain(|l| l.id != cfg.id);
+        let x = SecurityAssociation::new(cfg.clone(), self.lists.next_sa, now)
             .map_err(|e| format!("{what}: {e}"))?;
-        self.next_sa += 1;
+        self.lists.next_sa += 1;
         let x = Arc::new(x);
         self.events.push(render::state_text(&x, Show::default()));
-        self.sas.push(x);
+        self.lists.sas.push(x);
         Ok(())
     }
 }
@@ -136,12 +137,14 @@ impl Store {
             .collect();
         policies.sort_by_key(|p| p.index);
         Self {
-            sas: db.states().to_vec(),
-            next_sa: db.states().iter().map(|x| x.index + 1).max().unwrap_or(0),
-            next_policy: policies.last().map_or(0, |p| p.index + 1),
-            policies,
-            tag: db.policy_tag(),
-            larval: Vec::new(),
+            lists: Lists {
+                sas: db.states().to_vec(),
+                next_sa: db.states().iter().map(|x| x.index + 1).max().unwrap_or(0),
+                next_policy: policies.last().map_or(0, |p| p.index + 1),
+                policies,
+                tag: db.policy_tag(),
+                larval: Vec::new(),
+            },
             clock: db.clock().clone(),
             rng: random_seed(),
             soft_reported: HashSet::new(),
@@ -153,12 +156,12 @@ impl Store {
     }
 
     fn with_config_policies(mut self) -> Self {
-        self.policies_from_config = self.policies.iter().map(policy_key).collect();
+        self.policies_from_config = self.lists.policies.iter().map(policy_key).collect();
         self
     }
 
     pub fn sas(&self) -> &[SaRef] {
-        &self.sas
+        &self.lists.sas
     }
 
     /// Answers a request that only reads, or prepares a change.
@@ -171,17 +174,30 @@ impl Store {
                 ))
             }
             Request::StateList(f) => {
-                let v: Vec<SaRef> = self.sas.iter().filter(|x| matches(x, f)).cloned().collect();
+                let v: Vec<SaRef> = self
+                    .lists
+                    .sas
+                    .iter()
+                    .filter(|x| matches(x, f))
+                    .cloned()
+                    .collect();
                 Ok(Executed::Read(self.show_states(&v, show)))
             }
-            Request::StateCount => Ok(Executed::Read(format!("SAD count {}\n", self.sas.len()))),
+            Request::StateCount => Ok(Executed::Read(format!(
+                "SAD count {}\n",
+                self.lists.sas.len()
+            ))),
             Request::PolicyGet(id) => {
                 let p = self.find_policy(id).ok_or_else(|| no_policy(id))?;
-                Ok(Executed::Read(show_policies(&[&self.policies[p]], show)))
+                Ok(Executed::Read(show_policies(
+                    &[&self.lists.policies[p]],
+                    show,
+                )))
             }
             Request::PolicyList(dir) => {
                 // Each direction in lookup order, as ip lists a table.
                 let mut v: Vec<&Policy> = self
+                    .lists
                     .policies
                     .iter()
                     .filter(|p| dir.is_none_or(|d| d == p.dir))
@@ -190,7 +206,7 @@ impl Store {
                 Ok(Executed::Read(show_policies(&v, show)))
             }
             Request::PolicyCount => {
-                let n = |d| self.policies.iter().filter(|p| p.dir == d).count();
+                let n = |d| self.lists.policies.iter().filter(|p| p.dir == d).count();
                 Ok(Executed::Read(format!(
                     "SPD IN  {} OUT {} FWD {}\n",
                     n(PolicyDir::In),
@@ -215,7 +231,7 @@ impl Store {
     }
 
     fn find(&self, id: &StateId) -> Option<&SaRef> {
-        self.sas.iter().find(|x| {
+        self.lists.sas.iter().find(|x| {
             x.cfg.id.daddr == id.dst
                 && x.cfg.id.spi == id.spi
                 && x.cfg.id.proto == id.proto
@@ -225,7 +241,10 @@ impl Store {
 
     fn find_policy(&self, id: &PolicyId) -> Option<usize> {
         let want = (id.dir, normalized_selector(&id.selector));
-        self.policies.iter().position(|p| policy_key(p) == want)
+        self.lists
+            .policies
+            .iter()
+            .position(|p| policy_key(p) == want)
     }
 
     /// A change that changes nothing yet: the current lists to edit.
@@ -235,17 +254,16 @@ impl Store {
             policies_changed: false,
             body: String::new(),
             events: Vec::new(),
-            sas: self.sas.clone(),
-            policies: self.policies.clone(),
-            next_sa: self.next_sa,
-            next_policy: self.next_policy,
-            tag: self.tag,
-            larval: self
-                .larval
-                .iter()
-                .filter(|l| l.expires > now)
-                .copied()
-                .collect(),
+            lists: Lists {
+                larval: self
+                    .lists
+                    .larval
+                    .iter()
+                    .filter(|l| l.expires > now)
+                    .copied()
+                    .collect(),
+                ..self.lists.clone()
+            },
             removed: Vec::new(),
             from_config: None,
         }
@@ -257,7 +275,7 @@ impl Store {
         let no_keys = Show::default();
         match req {
             Request::StateAdd(cfg) => {
-                if self.sas.iter().any(|x| x.cfg.id == cfg.id) {
+                if self.lists.sas.iter().any(|x| x.cfg.id == cfg.id) {
                     return Err(format!(
                         "state add: an SA with dst {} spi 0x{:08x} proto {} exists already (File exists)",
                         cfg.id.daddr, cfg.id.spi, proto_name(cfg.id.proto)
@@ -266,9 +284,9 @@ impl Store {
                 p.add_sa(cfg, clock_now, "state add")?;
             }
             Request::StateUpdate(cfg) => {
-                let Some(pos) = self.sas.iter().position(|x| x.cfg.id == cfg.id) else {
+                let Some(pos) = self.lists.sas.iter().position(|x| x.cfg.id == cfg.id) else {
                     // A larval SA from allocspi is filled by update, as IKE daemons do.
-                    if p.larval.iter().any(|l| l.id == cfg.id) {
+                    if p.lists.larval.iter().any(|l| l.id == cfg.id) {
                         p.add_sa(cfg, clock_now, "state update")?;
                         return self.finish(p);
                     }
@@ -279,7 +297,7 @@ impl Store {
                         proto_name(cfg.id.proto)
                     ));
                 };
-                let old = &self.sas[pos];
+                let old = &self.lists.sas[pos];
                 check_update(&old.cfg, cfg)?;
                 let x = SecurityAssociation::with_slot(
                     (**cfg).clone(),
@@ -292,21 +310,22 @@ impl Store {
                 p.events
                     .push(format!("Updated {}", render::state_text(&x, no_keys)));
                 p.removed.push(old.clone());
-                p.sas[pos] = x;
+                p.lists.sas[pos] = x;
             }
             Request::StateDelete(id) => {
                 let x = self.find(id).ok_or_else(|| no_state(id))?.clone();
-                p.sas.retain(|y| !Arc::ptr_eq(y, &x));
+                p.lists.sas.retain(|y| !Arc::ptr_eq(y, &x));
                 p.events
                     .push(format!("Deleted {}", render::state_text(&x, no_keys)));
                 p.removed.push(x);
             }
             Request::StateFlush(proto) => {
                 let (gone, kept): (Vec<SaRef>, Vec<SaRef>) = p
+                    .lists
                     .sas
                     .drain(..)
                     .partition(|x| proto.is_none_or(|q| q == x.cfg.id.proto));
-                p.sas = kept;
+                p.lists.sas = kept;
                 p.removed = gone;
                 p.events.push(match proto {
                     Some(q) => format!("Flushed state proto {}\n", proto_name(*q)),
@@ -314,13 +333,13 @@ impl Store {
                 });
             }
             Request::StateAllocSpi(a) => {
-                let spi = self.free_spi(a, &p.larval)?;
+                let spi = self.free_spi(a, &p.lists.larval)?;
                 let id = XfrmId {
                     daddr: a.dst,
                     spi,
                     proto: a.proto,
                 };
-                p.larval.push(Larval {
+                p.lists.larval.push(Larval {
                     id,
                     expires: now + LARVAL_LIFETIME,
                 });
@@ -351,28 +370,28 @@ impl Store {
                         ))
                     }
                     (Some(i), false) => {
-                        pol.index = self.policies[i].index;
+                        pol.index = self.lists.policies[i].index;
                         p.events.push(format!("Updated {}", render::policy_text(&pol)));
-                        p.policies[i] = pol;
+                        p.lists.policies[i] = pol;
                     }
                     (None, _) => {
-                        pol.index = p.next_policy;
-                        p.next_policy += 1;
+                        pol.index = p.lists.next_policy;
+                        p.lists.next_policy += 1;
                         p.events.push(render::policy_text(&pol));
-                        p.policies.push(pol);
+                        p.lists.policies.push(pol);
                     }
                 }
                 p.policies_changed = true;
             }
             Request::PolicyDelete(id) => {
                 let i = self.find_policy(id).ok_or_else(|| no_policy(id))?;
-                let gone = p.policies.remove(i);
+                let gone = p.lists.policies.remove(i);
                 p.events
                     .push(format!("Deleted {}", render::policy_text(&gone)));
                 p.policies_changed = true;
             }
             Request::PolicyFlush => {
-                p.policies.clear();
+                p.lists.policies.clear();
                 p.policies_changed = true;
                 p.events.push("Flushed policy\n".to_string());
             }
@@ -397,13 +416,14 @@ impl Store {
         let new_ids: HashSet<XfrmId> = cfg.states.iter().map(|c| c.id).collect();
         // SAs of the old configuration that the new one drops.
         let gone: Vec<SaRef> = p
+            .lists
             .sas
             .iter()
             .filter(|x| self.from_config.contains(&x.cfg.id) && !new_ids.contains(&x.cfg.id))
             .cloned()
             .collect();
         for x in gone {
-            p.sas.retain(|y| !Arc::ptr_eq(y, &x));
+            p.lists.sas.retain(|y| !Arc::ptr_eq(y, &x));
             p.events.push(format!(
                 "Deleted {}",
                 render::state_text(&x, Show::default())
@@ -412,10 +432,10 @@ impl Store {
             deleted += 1;
         }
         for c in &cfg.states {
-            match p.sas.iter().position(|x| x.cfg.id == c.id) {
-                Some(i) if p.sas[i].cfg == *c => kept += 1,
+            match p.lists.sas.iter().position(|x| x.cfg.id == c.id) {
+                Some(i) if p.lists.sas[i].cfg == *c => kept += 1,
                 Some(i) => {
-                    let old = p.sas[i].clone();
+                    let old = p.lists.sas[i].clone();
                     // The same key goes on from its numbers; a new key starts afresh.
                     let x = if check_update(&old.cfg, c).is_ok() {
                         SecurityAssociation::with_slot(
@@ -425,8 +445,8 @@ impl Store {
                             old.share_slot(),
                         )
                     } else {
-                        p.next_sa += 1;
-                        SecurityAssociation::new(c.clone(), p.next_sa - 1, clock_now)
+                        p.lists.next_sa += 1;
+                        SecurityAssociation::new(c.clone(), p.lists.next_sa - 1, clock_now)
                     }
                     .map_err(|e| format!("reload: {e}"))?;
                     let x = Arc::new(x);
@@ -434,7 +454,7 @@ impl Store {
                         "Updated {}",
                         render::state_text(&x, Show::default())
                     ));
-                    p.sas[i] = x;
+                    p.lists.sas[i] = x;
                     p.removed.push(old);
                     changed += 1;
                 }
@@ -445,32 +465,32 @@ impl Store {
             }
         }
         let new_keys: HashSet<PolicyKey> = cfg.policies.iter().map(policy_key).collect();
-        let before = p.policies.len();
-        p.policies.retain(|q| {
+        let before = p.lists.policies.len();
+        p.lists.policies.retain(|q| {
             let k = policy_key(q);
             !self.policies_from_config.contains(&k) || new_keys.contains(&k)
         });
-        let pol_deleted = before - p.policies.len();
+        let pol_deleted = before - p.lists.policies.len();
         let (mut pol_added, mut pol_changed) = (0, 0);
         for q in cfg.policies {
             let k = policy_key(&q);
-            match p.policies.iter().position(|o| policy_key(o) == k) {
+            match p.lists.policies.iter().position(|o| policy_key(o) == k) {
                 Some(i) => {
                     let mut q = q;
-                    q.index = p.policies[i].index;
-                    if p.policies[i] != q {
+                    q.index = p.lists.policies[i].index;
+                    if p.lists.policies[i] != q {
                         p.events
                             .push(format!("Updated {}", render::policy_text(&q)));
-                        p.policies[i] = q;
+                        p.lists.policies[i] = q;
                         pol_changed += 1;
                     }
                 }
                 None => {
                     let mut q = q;
-                    q.index = p.next_policy;
-                    p.next_policy += 1;
+                    q.index = p.lists.next_policy;
+                    p.lists.next_policy += 1;
                     p.events.push(render::policy_text(&q));
-                    p.policies.push(q);
+                    p.lists.policies.push(q);
                     pol_added += 1;
                 }
             }
@@ -486,14 +506,14 @@ impl Store {
 
     /// Limits of the XDP tables, then the database built (its own checks: duplicates).
     fn finish(&self, mut p: Prepared) -> Result<Prepared, String> {
-        if p.sas.len() > MAX_SAS as usize {
+        if p.lists.sas.len() > MAX_SAS as usize {
             return Err(format!(
                 "state add: {} SAs: the XDP SA table holds {MAX_SAS}",
-                p.sas.len()
+                p.lists.sas.len()
             ));
         }
         for d in [PolicyDir::Out, PolicyDir::In, PolicyDir::Fwd] {
-            let n = p.policies.iter().filter(|q| q.dir == d).count();
+            let n = p.lists.policies.iter().filter(|q| q.dir == d).count();
             if n > MAX_POLICIES as usize {
                 return Err(format!(
                     "policy add: {n} dir {} policies: the XDP table holds {MAX_POLICIES}",
@@ -503,13 +523,18 @@ impl Store {
         }
         if p.policies_changed {
             // Never the tag of NO_POLICY's upper half.
-            p.tag = match p.tag.wrapping_add(1) {
+            p.lists.tag = match p.lists.tag.wrapping_add(1) {
                 0xffff => 0,
                 t => t,
             };
         }
-        let db = XfrmDb::from_sas(p.sas.clone(), p.policies.clone(), self.clock.clone(), p.tag)
-            .map_err(|e| format!("internal: {e}"))?;
+        let db = XfrmDb::from_sas(
+            p.lists.sas.clone(),
+            p.lists.policies.clone(),
+            self.clock.clone(),
+            p.lists.tag,
+        )
+        .map_err(|e| format!("internal: {e}"))?;
         p.tables = Some(Tables::new(db));
         Ok(p)
     }
@@ -520,12 +545,7 @@ impl Store {
         for x in &p.removed {
             x.set_km_state(KmState::Dead);
         }
-        self.sas = p.sas;
-        self.policies = p.policies;
-        self.next_sa = p.next_sa;
-        self.next_policy = p.next_policy;
-        self.tag = p.tag;
-        self.larval = p.larval;
+        self.lists = p.lists;
         if let Some((sas, pols)) = p.from_config {
             self.from_config = sas;
             self.policies_from_config = pols;
@@ -540,7 +560,7 @@ impl Store {
     pub fn expiries(&mut self) -> (Vec<String>, Vec<StateId>) {
         let now = self.clock.now();
         let (mut events, mut hard) = (Vec::new(), Vec::new());
-        for x in &self.sas {
+        for x in &self.lists.sas {
             let (soft_now, hard_now) = x.lifetime_tick(now);
             let text = || render::state_text(x, Show::default());
             // A soft limit passed on the way to a hard one between two ticks is still
@@ -560,7 +580,7 @@ impl Store {
                 events.push(format!("Expired {}\thard 0\n", text()));
             }
         }
-        let live: HashSet<usize> = self.sas.iter().map(|x| x.index).collect();
+        let live: HashSet<usize> = self.lists.sas.iter().map(|x| x.index).collect();
         self.soft_reported.retain(|i| live.contains(i));
         (events, hard)
     }
@@ -600,7 +620,7 @@ impl Store {
     /// holds; tries random ones, then walks the range from a random start.
     fn free_spi(&self, a: &AllocSpi, larval: &[Larval]) -> Result<u32, String> {
         let taken = |spi: u32| {
-            self.sas.iter().any(|x| {
+            self.lists.sas.iter().any(|x| {
                 x.cfg.id.spi == spi && x.cfg.id.daddr == a.dst && x.cfg.id.proto == a.proto
             }) || larval
                 .iter()

@@ -1,10 +1,10 @@
-//! ESP header (RFC 4303 §2): SPI and sequence number; with the AEAD transforms of this
-//! datapath an 8-byte IV follows (RFC 4106 §3.1, RFC 4543 §3.1).
+//! ESP header (RFC 4303 §2): SPI and sequence number; the transform's IV follows (8 bytes
+//! for the AEADs and CTR, 16 for CBC, none for NULL: `SaProps::iv_len`).
 
 use super::{be32, put32, Result, WireError};
 
 pub const HEADER_LEN: usize = 8;
-/// The explicit IV of AES-GCM / AES-GMAC ESP.
+/// The explicit IV of the AEAD transforms (AES-GCM, AES-GMAC, ChaCha20-Poly1305).
 pub const IV_LEN: usize = 8;
 
 #[derive(Debug, Clone)]

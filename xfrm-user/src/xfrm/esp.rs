@@ -1,19 +1,23 @@
-//! ESP (x->type for IPPROTO_ESP) with AES-GCM (RFC 4106) and AES-GMAC (RFC 4543), as
-//! net/ipv4/esp4.c and net/ipv6/esp6.c do it: esp_output, and esp_input after it.
+//! ESP (x->type for IPPROTO_ESP), as net/ipv4/esp4.c and net/ipv6/esp6.c do it:
+//! esp_output, and esp_input after it. The algorithm is the SA's `SaCrypto`: an AEAD
+//! (AES-GCM RFC 4106, AES-GMAC RFC 4543, ChaCha20-Poly1305 RFC 7634) with SPI and sequence
+//! number as AAD, or a cipher + HMAC encrypt-then-MAC (the kernel's authenc: AES-CBC
+//! RFC 3602, AES-CTR RFC 3686, NULL RFC 2410).
 //!
 //! Packet after `esp_output`, the mode having left the gap:
 //! ```text
-//! | IP | [UDP [8 zero bytes]] | SPI | seq | IV (8) | payload | TFC | pad 1,2,3.. | padlen | nh | ICV |
-//!                                            \_______________ encrypted (GCM) _____________/
+//! | IP | [UDP [8 zero bytes]] | SPI | seq | IV (0/8/16) | payload | TFC | pad 1,2,3.. | padlen | nh | ICV |
+//!                                                 \_______________ encrypted _____________/
 //! ```
 
-use crate::crypto::SaCrypto;
+use crate::crypto::cipher::MAX_IV_LEN;
+use crate::crypto::{EspAead, SaCrypto};
 use crate::frame::Frame;
 use crate::sa::{EncapType, XfrmMode};
 use crate::wire::{checksum, esp, ipv6, proto, put16, put32, udp};
 
 use super::mode::XfrmLayout;
-use super::state::{esp_blksize, SecurityAssociation};
+use super::state::SecurityAssociation;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EspError {
@@ -40,11 +44,11 @@ pub struct EspTrailer {
     pub clen: usize,
 }
 
-/// esp_output's length arithmetic. `tfc_padto` is min(x->tfcpad, xfrm_state_mtu) or 0.
+/// esp_output's length arithmetic. `tfc_padto` is min(x->tfcpad, xfrm_state_mtu) or 0;
+/// `blksize` the SA's (x->props: 4, or 16 for CBC).
 #[inline]
-pub fn esp_trailer_len(payload_len: usize, tfc_padto: usize) -> EspTrailer {
+pub fn esp_trailer_len(payload_len: usize, tfc_padto: usize, blksize: usize) -> EspTrailer {
     let tfclen = tfc_padto.saturating_sub(payload_len);
-    let blksize = esp_blksize();
     let clen = (payload_len + 2 + tfclen).div_ceil(blksize) * blksize;
     EspTrailer {
         tfclen,
@@ -62,7 +66,7 @@ pub fn esp_output_fill_trailer(tail: &mut [u8], t: &EspTrailer, nexthdr: u8) {
         tfc.fill(0);
     }
     let padlen = t.plen - 2;
-    // Without TFC padding there are at most blksize - 1 = 3 bytes: no loop, no memset.
+    // Without TFC padding a stream mode needs at most 3 bytes: no loop, no memset.
     match padlen {
         0 => {}
         1 => pad[0] = 1,
@@ -94,14 +98,72 @@ pub fn esp_aad(spi: u32, seq: u64, esn: bool) -> ([u8; 12], usize) {
     }
 }
 
-/// The 8-byte IV of packet number `seq`. RFC 4106 section 3.1 asks only that the IV never
-/// repeat under one key; the kernel's esp_output_tail hands the 64-bit sequence number to
-/// seqiv (which XORs it with a per-key random salt before it goes on the wire). We send the
-/// 64-bit count itself: unique because the count never repeats (see xfrm_replay_overflow),
-/// even where the 32-bit wire number wraps with oseq-may-wrap.
+/// The IV of one packet (`iv_len` bytes of the SA).
+#[derive(Clone, Copy)]
+pub struct EspIv {
+    buf: [u8; MAX_IV_LEN],
+    len: usize,
+}
+
+impl std::ops::Deref for EspIv {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// The IV of packet number `seq`. The AEADs and CTR need only an IV that never repeats
+/// under one key (RFC 4106 section 3.1, RFC 7634 section 2, RFC 3686 section 3); the
+/// kernel's esp_output_tail hands the 64-bit sequence number to seqiv (which XORs it with a
+/// per-key random salt before it goes on the wire). We send the 64-bit count itself: unique
+/// because the count never repeats (see xfrm_replay_overflow), even where the 32-bit wire
+/// number wraps with oseq-may-wrap. CBC needs an unpredictable IV: `EspCipher::make_iv`
+/// says how it is made from the same count.
 #[inline]
-pub fn esp_iv(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
+pub fn esp_iv(x: &SecurityAssociation, seq: u64) -> EspIv {
+    let mut iv = EspIv {
+        buf: [0; MAX_IV_LEN],
+        len: x.props.iv_len,
+    };
+    match &x.crypto {
+        SaCrypto::AuthEnc(a) => a.cipher.make_iv(seq, &mut iv.buf),
+        _ => iv.buf[..8].copy_from_slice(&seq.to_be_bytes()),
+    }
+    iv
+}
+
+/// Seals `rest` (text of `clen` bytes, then the ICV of `alen`) with an AEAD whose AAD is
+/// SPI | [seq_hi |] seq.
+#[inline]
+fn esp_aead_seal<K: EspAead>(
+    key: &K,
+    x: &SecurityAssociation,
+    iv: &[u8],
+    seq: u64,
+    rest: &mut [u8],
+    clen: usize,
+    alen: usize,
+) -> Result<(), EspError> {
+    let iv: &[u8; 8] = iv.try_into().map_err(|_| EspError::Crypto)?;
+    let (aad, aad_len) = esp_aad(x.spi(), seq, x.cfg.flags.esn);
+    let (text, tag) = rest.split_at_mut(clen);
+    key.seal(iv, &aad[..aad_len], text, &mut tag[..alen])
+        .map_err(|_| EspError::Crypto)
+}
+
+/// Opens `rest` (text of `elen` bytes, then the ICV) with such an AEAD.
+#[inline]
+fn esp_aead_open<K: EspAead>(
+    key: &K,
+    x: &SecurityAssociation,
+    iv: &[u8; 8],
+    seq: u64,
+    rest: &mut [u8],
+    elen: usize,
+) -> Result<(), crate::crypto::CryptoError> {
+    let (aad, aad_len) = esp_aad(x.spi(), seq, x.cfg.flags.esn);
+    let (text, tag) = rest.split_at_mut(elen);
+    key.open(iv, &aad[..aad_len], text, tag)
 }
 
 /// What the TFC padding pads to for this packet: min(tfcpad, xfrm_state_mtu) in tunnel mode
@@ -116,20 +178,21 @@ pub fn esp_tfc_padto(x: &SecurityAssociation) -> usize {
 
 /// esp_output (+ esp_output_head / esp_output_udp_encap / esp_output_tail): fills the gap
 /// the mode left, appends the trailer and the ICV, and encrypts in place.
-/// `seq` is the 64-bit number from xfrm_replay_overflow, `iv` normally `esp_iv(seq)`.
+/// `seq` is the 64-bit number from xfrm_replay_overflow, `iv` normally `esp_iv(x, seq)`
+/// (`x.props.iv_len` bytes).
 pub fn esp_output(
     x: &SecurityAssociation,
     frame: &mut Frame<'_>,
     l: &XfrmLayout,
     seq: u64,
-    iv: &[u8; 8],
+    iv: &[u8],
 ) -> Result<(), EspError> {
     let alen = x.props.icv_len;
     let payload_len = frame
         .len()
         .checked_sub(l.payload_off)
         .ok_or(EspError::TooBig)?;
-    let t = esp_trailer_len(payload_len, esp_tfc_padto(x));
+    let t = esp_trailer_len(payload_len, esp_tfc_padto(x), x.props.blksize);
     let tail = frame
         .push_tail(t.tfclen + t.plen + alen)
         .map_err(|_| EspError::NoTailroom)?;
@@ -157,20 +220,28 @@ pub fn esp_output(
     }
     put32(data, esph, x.spi());
     put32(data, esph + 4, seq as u32);
-    let enc = esph + esp::HEADER_LEN + esp::IV_LEN;
+    let enc = esph + esp::HEADER_LEN + x.props.iv_len;
+    if iv.len() != x.props.iv_len {
+        return Err(EspError::Crypto);
+    }
     data[esph + esp::HEADER_LEN..enc].copy_from_slice(iv);
     debug_assert_eq!(enc, l.payload_off);
     let esn = x.cfg.flags.esn;
 
     match &x.crypto {
         SaCrypto::Gcm { key, .. } => {
-            let (aad, alen_aad) = esp_aad(x.spi(), seq, esn);
-            let (_, rest) = data.split_at_mut(enc);
-            let (text, tag) = rest.split_at_mut(t.clen);
-            key.seal_in_place(iv, &aad[..alen_aad], text, &mut tag[..alen])
+            esp_aead_seal(key, x, iv, seq, &mut data[enc..], t.clen, alen)?
+        }
+        SaCrypto::ChaCha { key } => esp_aead_seal(key, x, iv, seq, &mut data[enc..], t.clen, alen)?,
+        SaCrypto::AuthEnc(a) => {
+            // Encrypt, then the ICV over SPI | seq | IV | ciphertext [| seq_hi].
+            let (esp_part, icv) = data[esph..].split_at_mut(enc - esph + t.clen);
+            let hi = esn.then_some((seq >> 32) as u32);
+            a.seal(esp_part, enc - esph, hi, &mut icv[..alen])
                 .map_err(|_| EspError::Crypto)?;
         }
         SaCrypto::Gmac { key } => {
+            let iv: &[u8; 8] = iv.try_into().map_err(|_| EspError::Crypto)?;
             // RFC 4543 section 3.2: nothing is encrypted; SPI, [seq_hi,] seq, IV, payload
             // and trailer are all AAD. With ESN the AAD must be contiguous, so, like
             // esp_output_set_extra, the header moves 4 bytes forward for the call (into the
@@ -227,6 +298,9 @@ pub enum EspInputError {
     /// The padding is not 1, 2, 3, … (RFC 4303 section 2.4: the receiver SHOULD check it).
     #[error("padding bytes are not 1, 2, 3, ...")]
     Padding,
+    /// The ICV verified but the ciphertext is no whole number of cipher blocks (CBC).
+    #[error("ciphertext length is not a multiple of the block size")]
+    BlockLength,
     /// The SA's crypto is not an ESP algorithm.
     #[error("crypto failure")]
     Crypto,
@@ -237,7 +311,7 @@ pub enum EspInputError {
 /// SPI, [seq_hi,] seq and the payload, decrypts in place (GCM) or only authenticates
 /// (GMAC), checks the trailer and cuts padding, pad length, next header and ICV off the
 /// frame. Returns the next header; the data it names starts at
-/// `esp_off + HEADER_LEN + IV_LEN`. `seq` is the full number the replay check inferred: its
+/// `esp_off + HEADER_LEN + x.props.iv_len`. `seq` is the full number the replay check inferred: its
 /// high half enters the AAD with ESN (RFC 4303 section 2.2.1, RFC 4106 section 5).
 pub fn esp_input(
     x: &SecurityAssociation,
@@ -247,22 +321,32 @@ pub fn esp_input(
 ) -> Result<u8, EspInputError> {
     let alen = x.props.icv_len;
     let data = frame.data_mut();
-    let enc = esp_off + esp::HEADER_LEN + esp::IV_LEN;
+    let enc = esp_off + esp::HEADER_LEN + x.props.iv_len;
     // Encrypted part: at least pad length and next header.
     let elen = data
         .len()
         .checked_sub(enc + alen)
         .filter(|&n| n >= 2)
         .ok_or(EspInputError::Truncated)?;
-    let mut iv = [0u8; esp::IV_LEN];
-    iv.copy_from_slice(&data[esp_off + esp::HEADER_LEN..enc]);
+    // The 8-byte IV of the AEADs (the cipher of `enc` reads its own from the packet).
+    let mut iv = [0u8; 8];
+    if x.props.iv_len == 8 {
+        iv.copy_from_slice(&data[esp_off + esp::HEADER_LEN..enc]);
+    }
     let esn = x.cfg.flags.esn;
 
     let verified = match &x.crypto {
-        SaCrypto::Gcm { key, .. } => {
-            let (aad, aad_len) = esp_aad(x.spi(), seq, esn);
-            let (text, tag) = data[enc..].split_at_mut(elen);
-            key.open_in_place(&iv, &aad[..aad_len], text, tag)
+        SaCrypto::Gcm { key, .. } => esp_aead_open(key, x, &iv, seq, &mut data[enc..], elen),
+        SaCrypto::ChaCha { key } => esp_aead_open(key, x, &iv, seq, &mut data[enc..], elen),
+        SaCrypto::AuthEnc(a) => {
+            let (esp_part, icv) = data[esp_off..].split_at_mut(enc - esp_off + elen);
+            let hi = esn.then_some((seq >> 32) as u32);
+            match a.open(esp_part, enc - esp_off, hi, icv) {
+                Err(crate::crypto::CryptoError::BadLength(_)) => {
+                    return Err(EspInputError::BlockLength)
+                }
+                r => r,
+            }
         }
         SaCrypto::Gmac { key } => {
             // All of SPI, [seq_hi,] seq, IV and payload is AAD. With ESN it must be
@@ -333,11 +417,11 @@ mod tests {
             (5, 3),
             (62, 2),
         ] {
-            let t = esp_trailer_len(len, 0);
+            let t = esp_trailer_len(len, 0, 4);
             assert_eq!(t.plen, plen, "payload {len}");
             assert_eq!(t.clen % 4, 0);
         }
-        let t = esp_trailer_len(10, 100);
+        let t = esp_trailer_len(10, 100, 4);
         assert_eq!((t.tfclen, t.plen, t.clen), (90, 4, 104));
         let mut tail = vec![0xffu8; t.tfclen + t.plen];
         esp_output_fill_trailer(&mut tail, &t, 4);
@@ -409,7 +493,7 @@ mod tests {
                 continue;
             }
             let iplen = usize::from(u16::from_be_bytes([v.ptext[2], v.ptext[3]]));
-            let t = esp_trailer_len(iplen, 0);
+            let t = esp_trailer_len(iplen, 0, 4);
             if v.ptext.len() != iplen + t.plen {
                 continue; // the vector's padding is not the minimal one esp_output makes
             }

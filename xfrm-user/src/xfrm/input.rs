@@ -441,7 +441,7 @@ pub fn xfrm_input(
         // x->type->input
         let typed = match xproto {
             XfrmProto::Esp => esp_input(x, frame, hdr_off, seq)
-                .map(|nh| (nh, hdr_off + esp::HEADER_LEN + esp::IV_LEN))
+                .map(|nh| (nh, hdr_off + esp::HEADER_LEN + x.props.iv_len))
                 .map_err(|e| e == EspInputError::Icv),
             XfrmProto::Ah => ah_input(x, frame, hdr_off, h.v6, seq)
                 .map(|(nh, ah_len)| (nh, hdr_off + ah_len))

@@ -28,14 +28,27 @@ const T0: u64 = 1_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Alg {
-    Gcm { key_len: usize, icv_bits: u32 },
-    Gmac { key_len: usize },
+    Gcm {
+        key_len: usize,
+        icv_bits: u32,
+    },
+    Gmac {
+        key_len: usize,
+    },
+    ChaCha,
+    /// ESP enc + auth; `key_len` is the `enc` key as configured (rfc3686: with the nonce).
+    EncAuth {
+        enc: EncAlgo,
+        key_len: usize,
+        auth: AuthAlgo,
+        trunc_bits: u32,
+    },
     Sha256,
     Sha1,
 }
 
 impl Alg {
-    const ALL: [Alg; 10] = [
+    const ALL: [Alg; 18] = [
         Alg::Gcm {
             key_len: 16,
             icv_bits: 64,
@@ -62,17 +75,63 @@ impl Alg {
         },
         Alg::Gmac { key_len: 16 },
         Alg::Gmac { key_len: 32 },
+        Alg::ChaCha,
+        Alg::EncAuth {
+            enc: EncAlgo::AesCbc,
+            key_len: 16,
+            auth: AuthAlgo::HmacSha256,
+            trunc_bits: 128,
+        },
+        Alg::EncAuth {
+            enc: EncAlgo::AesCbc,
+            key_len: 24,
+            auth: AuthAlgo::HmacSha384,
+            trunc_bits: 192,
+        },
+        Alg::EncAuth {
+            enc: EncAlgo::AesCbc,
+            key_len: 32,
+            auth: AuthAlgo::HmacSha512,
+            trunc_bits: 256,
+        },
+        Alg::EncAuth {
+            enc: EncAlgo::AesCbc,
+            key_len: 16,
+            auth: AuthAlgo::HmacSha1,
+            trunc_bits: 96,
+        },
+        Alg::EncAuth {
+            enc: EncAlgo::AesCtr,
+            key_len: 20,
+            auth: AuthAlgo::HmacSha256,
+            trunc_bits: 128,
+        },
+        Alg::EncAuth {
+            enc: EncAlgo::AesCtr,
+            key_len: 36,
+            auth: AuthAlgo::HmacSha1,
+            trunc_bits: 96,
+        },
+        Alg::EncAuth {
+            enc: EncAlgo::Null,
+            key_len: 0,
+            auth: AuthAlgo::HmacSha256,
+            trunc_bits: 128,
+        },
         Alg::Sha256,
         Alg::Sha1,
     ];
     fn proto(self) -> XfrmProto {
         match self {
-            Alg::Gcm { .. } | Alg::Gmac { .. } => XfrmProto::Esp,
+            Alg::Gcm { .. } | Alg::Gmac { .. } | Alg::ChaCha | Alg::EncAuth { .. } => {
+                XfrmProto::Esp
+            }
             Alg::Sha256 | Alg::Sha1 => XfrmProto::Ah,
         }
     }
     fn algorithm(self, seed: u8) -> SaAlgorithm {
-        let key = |n: usize| Zeroizing::new((0..n).map(|i| seed ^ (i as u8 * 7)).collect());
+        let key =
+            |n: usize| Zeroizing::new((0..n).map(|i| seed ^ (i as u8).wrapping_mul(7)).collect());
         match self {
             Alg::Gcm { key_len, icv_bits } => SaAlgorithm::Aead {
                 algo: AeadAlgo::Rfc4106Gcm,
@@ -85,6 +144,24 @@ impl Alg {
                 key: key(key_len),
                 salt: [seed, 4, 5, 6],
                 icv_bits: 128,
+            },
+            Alg::ChaCha => SaAlgorithm::Aead {
+                algo: AeadAlgo::Rfc7539EspChaCha20Poly1305,
+                key: key(32),
+                salt: [seed, 7, 8, 9],
+                icv_bits: 128,
+            },
+            Alg::EncAuth {
+                enc,
+                key_len,
+                auth,
+                trunc_bits,
+            } => SaAlgorithm::EncAuth {
+                enc,
+                enc_key: key(key_len),
+                auth,
+                auth_key: key(auth.full_bits() as usize / 8),
+                trunc_bits,
             },
             Alg::Sha256 => SaAlgorithm::Auth {
                 algo: AuthAlgo::HmacSha256,
@@ -447,7 +524,7 @@ fn round_trip_every_mode_family_algorithm_and_esn() {
             }
         }
     }
-    assert_eq!(n, 120);
+    assert_eq!(n, 216);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use super::ah::ah_output;
 use super::esp::{esp_iv, esp_output, esp_tfc_padto};
 use super::mode::{ip_local_out_fixup, xfrm_outer_mode_output};
 use super::spd::{XfrmDb, XFRM_MAX_DEPTH};
-use super::state::{esp_blksize, SecurityAssociation};
+use super::state::SecurityAssociation;
 
 /// What happened to a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +138,7 @@ pub fn xfrm_output_resume<'a>(
 fn xfrm_skb_check_space(x: &SecurityAssociation, frame: &Frame<'_>) -> bool {
     let tail = match x.cfg.id.proto {
         XfrmProto::Esp => {
-            esp_tfc_padto(x).saturating_sub(frame.len()) + esp_blksize() + 1 + x.props.icv_len
+            esp_tfc_padto(x).saturating_sub(frame.len()) + x.props.blksize + 1 + x.props.icv_len
         }
         XfrmProto::Ah => 0,
     };
@@ -176,7 +176,7 @@ pub fn xfrm_output_one(
         put16(frame.data_mut(), 4, x.ip_ident(seq));
     }
     let typed = match x.cfg.id.proto {
-        XfrmProto::Esp => esp_output(x, frame, &l, seq, &esp_iv(seq)).is_ok(),
+        XfrmProto::Esp => esp_output(x, frame, &l, seq, &esp_iv(x, seq)).is_ok(),
         XfrmProto::Ah => ah_output(x, frame, &l, seq).is_ok(),
     };
     if !typed {

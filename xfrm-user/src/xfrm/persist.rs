@@ -118,6 +118,25 @@ pub fn key_fingerprint(alg: &SaAlgorithm) -> [u8; 16] {
             h.update(format!("auth {algo:?} {trunc_bits}\0").as_bytes());
             h.update(&key[..]);
         }
+        SaAlgorithm::EncAuth {
+            enc,
+            enc_key,
+            auth,
+            auth_key,
+            trunc_bits,
+        } => {
+            // Lengths first: the two keys are not told apart by their concatenation.
+            h.update(
+                format!(
+                    "enc {enc:?} {} auth {auth:?} {} {trunc_bits}\0",
+                    enc_key.len(),
+                    auth_key.len()
+                )
+                .as_bytes(),
+            );
+            h.update(&enc_key[..]);
+            h.update(&auth_key[..]);
+        }
     }
     let d = h.finalize();
     let mut fp = [0u8; 16];

@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
 use crate::frame::{Frame, FrameError};
-use crate::sa::{EncapType, SaAlgorithm, SaConfig, XfrmMode, XfrmProto};
+use crate::sa::{EncapType, SaConfig, XfrmMode, XfrmProto};
 use crate::wire::ipv4::{self, Ipv4Packet, FLAG_MF, FRAG_OFFSET_MASK};
 use crate::wire::ipv6::{self, Ipv6Packet};
 use crate::wire::{checksum, proto, WireError};
@@ -126,20 +126,17 @@ impl SaMtu {
         let tunnel = sa.mode == XfrmMode::Tunnel;
         match sa.id.proto {
             XfrmProto::Esp => {
-                // rfc4106/rfc4543: 8-byte IV, block size 1 (a stream mode). ESP with only
-                // an integrity algorithm is ecb(cipher_null): no IV, block size 1.
-                let (ivsize, authsize) = match &sa.algorithm {
-                    SaAlgorithm::Aead { icv_bits, .. } => (8, icv_bits / 8),
-                    SaAlgorithm::Auth { trunc_bits, .. } => (0, trunc_bits / 8),
-                };
+                // The IV and block size of the transform (8 and 1 for the AEADs, 16 and 16
+                // for CBC, 8 and 1 for CTR, 0 and 1 for NULL); ESP with only an integrity
+                // algorithm is ecb(cipher_null): no IV, block size 1.
+                let ivsize = sa.algorithm.esp_iv_len() as u32;
+                let blocksize = sa.algorithm.esp_block_size() as u32;
+                let authsize = sa.algorithm.icv_bits() / 8;
                 let encap = sa.encap.map(|e| e.kind);
-                Self::esp(outer, tunnel, ivsize, 1, authsize, encap)
+                Self::esp(outer, tunnel, ivsize, blocksize, authsize, encap)
             }
             XfrmProto::Ah => {
-                let icv = match &sa.algorithm {
-                    SaAlgorithm::Auth { trunc_bits, .. } => trunc_bits / 8,
-                    SaAlgorithm::Aead { icv_bits, .. } => icv_bits / 8,
-                };
+                let icv = sa.algorithm.icv_bits() / 8;
                 // ah4_init_state: XFRM_ALIGN4 with `flag align4`, XFRM_ALIGN8 otherwise;
                 // ah6_init_state: always XFRM_ALIGN8.
                 let align4 = sa.flags.align4 && matches!(sa.id.daddr, IpAddr::V4(_));

@@ -112,6 +112,10 @@ pub struct SaProps {
     pub type_header_len: usize,
     /// ICV length on the wire.
     pub icv_len: usize,
+    /// ESP: the IV after the header (crypto_aead_ivsize: 8, 16 for CBC, 0 for NULL).
+    pub iv_len: usize,
+    /// ESP: what the encrypted part is padded to (ALIGN(crypto_aead_blocksize, 4)).
+    pub blksize: usize,
     /// Bytes of UDP encapsulation in front of ESP (0, 8, or 16 for non-IKE).
     pub encap_len: usize,
 }
@@ -131,7 +135,7 @@ impl SaProps {
                     Some(EncapType::EspInUdp) => udp::HEADER_LEN,
                     Some(EncapType::EspInUdpNonIke) => udp::HEADER_LEN + 8,
                 };
-                (encap + esp::HEADER_LEN + esp::IV_LEN, encap)
+                (encap + esp::HEADER_LEN + cfg.algorithm.esp_iv_len(), encap)
             }
             // ah_init_state / ah6_init_state: ALIGN8, or ALIGN4 with align4 on IPv4.
             XfrmProto::Ah => {
@@ -150,6 +154,8 @@ impl SaProps {
             header_len,
             type_header_len,
             icv_len,
+            iv_len: cfg.algorithm.esp_iv_len(),
+            blksize: cfg.algorithm.esp_block_size(),
             encap_len,
         }
     }
@@ -286,13 +292,12 @@ impl SecurityAssociation {
         let spi = cfg.id.spi;
         let crypto =
             SaCrypto::from_algorithm(&cfg.algorithm).map_err(|err| SaError::Crypto { spi, err })?;
-        match (cfg.id.proto, &crypto) {
-            (XfrmProto::Esp, SaCrypto::Gcm { .. } | SaCrypto::Gmac { .. }) => {}
-            (XfrmProto::Ah, SaCrypto::Hmac { .. }) => {}
-            (XfrmProto::Esp, _) => {
+        match (cfg.id.proto, crypto.is_esp()) {
+            (XfrmProto::Esp, true) | (XfrmProto::Ah, false) => {}
+            (XfrmProto::Esp, false) => {
                 return Err(SaError::Invalid {
                     spi,
-                    what: "ESP needs an aead algorithm (rfc4106/rfc4543)",
+                    what: "ESP needs an aead algorithm or enc + auth",
                 })
             }
             (XfrmProto::Ah, _) => {
@@ -668,12 +673,6 @@ impl SecurityAssociation {
         self.curlft_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.curlft_in_packets.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// ALIGN(crypto_aead_blocksize(aead), 4): GCM and GMAC are stream modes (block size 1), so
-/// ESP pads to 4 bytes (RFC 4106 section 3.2).
-pub const fn esp_blksize() -> usize {
-    4
 }
 
 /// Shared handle to an SA.

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::frame::OwnedFrame;
-use crate::sa::{AeadAlgo, AuthAlgo, Encap, XfrmId};
+use crate::sa::{AeadAlgo, AuthAlgo, Encap, SaAlgorithm, XfrmId};
 use crate::wire::ipv4::FLAG_DF;
 
 const V4_DF_ORIG: &[u8] = include_bytes!("testdata/v4_df_orig.bin");
