@@ -52,6 +52,15 @@ impl<T: Transform> Transform for NullOr<T> {
         }
         self.inner.process(from, meta, frame, ctx)
     }
+
+    // Every other method is the inner transform's (its table updates).
+    fn between_batches(&mut self) {
+        self.inner.between_batches();
+    }
+
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.inner.wake_fd()
+    }
 }
 
 #[cfg(test)]
@@ -63,5 +72,34 @@ mod tests {
         assert_eq!(null_action(Side::Inside), Some(Action::Tx(Side::Outside)));
         assert_eq!(null_action(Side::Outside), Some(Action::Tx(Side::Inside)));
         assert_eq!(null_action(Side::Local), None);
+    }
+
+    /// The wrapper must not hide the inner transform's table updates (a default method it
+    /// forgot to forward would leave the workers on their first tables).
+    #[test]
+    fn table_updates_reach_the_inner_transform() {
+        struct Inner(u32);
+        impl Transform for Inner {
+            fn process(
+                &mut self,
+                _: Side,
+                _: Option<&XdpMeta>,
+                _: &mut Frame<'_>,
+                _: &Ctx<'_>,
+            ) -> Action {
+                Action::Drop
+            }
+            fn between_batches(&mut self) {
+                self.0 += 1;
+            }
+            fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+                Some(7)
+            }
+        }
+        for null in [false, true] {
+            let mut t = NullOr::new(Inner(0), null);
+            t.between_batches();
+            assert_eq!((t.inner.0, t.wake_fd()), (1, Some(7)));
+        }
     }
 }
