@@ -100,9 +100,9 @@ static char *socket_path(private_kernel_xfrmuser_ipsec_t *this)
 /* A copy of a request for the log: the key after the algorithm name replaced. */
 static char *redact(const char *cmd)
 {
-	char *shown = strdup(cmd), *key = strstr(shown, "' 0x"), *end;
+	char *shown = strdup(cmd), *key = shown, *end;
 
-	if (key)
+	while ((key = strstr(key, "' 0x")))
 	{
 		key += 2;
 		end = key + 2;
@@ -112,6 +112,7 @@ static char *redact(const char *cmd)
 		}
 		memmove(key + 5, end, strlen(end) + 1);
 		memcpy(key, "(key)", 5);
+		key += 5;
 	}
 	return shown;
 }
@@ -358,87 +359,124 @@ METHOD(kernel_ipsec_t, get_cpi, status_t,
 	return NOT_SUPPORTED;
 }
 
-/* The algorithm words of an SA: the datapath implements ESP AES-GCM (rfc4106), AES-GMAC
- * (rfc4543) and AH HMAC-SHA-256-128 / HMAC-SHA1-96. */
+/* `auth-trunc` words of an HMAC the datapath implements; FALSE if it has none. */
+static bool hmac_words(words_t *w, uint16_t alg, chunk_t key)
+{
+	const char *name;
+	int bits;
+
+	switch (alg)
+	{
+		case AUTH_HMAC_SHA2_256_128:
+			name = "sha256";
+			bits = 128;
+			break;
+		case AUTH_HMAC_SHA2_384_192:
+			name = "sha384";
+			bits = 192;
+			break;
+		case AUTH_HMAC_SHA2_512_256:
+			name = "sha512";
+			bits = 256;
+			break;
+		case AUTH_HMAC_SHA1_96:
+			name = "sha1";
+			bits = 96;
+			break;
+		default:
+			return FALSE;
+	}
+	add(w, " auth-trunc 'hmac(%s)'", name);
+	add_hex(w, key);
+	add(w, " %d", bits);
+	return TRUE;
+}
+
+/* The algorithm words of an SA: ESP AES-GCM (rfc4106), AES-GMAC (rfc4543),
+ * ChaCha20-Poly1305 (rfc7539esp), AES-CBC or NULL with an HMAC; AH with an HMAC. */
 static bool algorithm_words(words_t *w, uint8_t proto, kernel_ipsec_add_sa_t *data)
 {
-	if (proto == IPPROTO_ESP)
-	{
-		int icv = 0;
+	const char *aead = NULL;
+	int icv = 128;
 
-		switch (data->enc_alg)
-		{
-			case ENCR_AES_GCM_ICV8:
-				icv = 64;
-				break;
-			case ENCR_AES_GCM_ICV12:
-				icv = 96;
-				break;
-			case ENCR_AES_GCM_ICV16:
-				icv = 128;
-				break;
-			case ENCR_NULL_AUTH_AES_GMAC:
-				break;
-			default:
-				DBG1(DBG_KNL, "kernel-xfrmuser: ESP encryption %N is not supported "
-					 "by the datapath (supported: AES-GCM, AES-GMAC)",
-					 encryption_algorithm_names, data->enc_alg);
-				return FALSE;
-		}
-		if (data->int_alg != AUTH_UNDEFINED)
-		{
-			DBG1(DBG_KNL, "kernel-xfrmuser: ESP integrity %N is not supported by "
-				 "the datapath (AEAD only)", integrity_algorithm_names,
-				 data->int_alg);
-			return FALSE;
-		}
-		/* charon passes the key followed by the 4-byte salt, as rfc4106/4543 want */
-		if (data->enc_key.len != 20 && data->enc_key.len != 28 &&
-			data->enc_key.len != 36)
-		{
-			DBG1(DBG_KNL, "kernel-xfrmuser: %N key of %zu bytes (expected an AES "
-				 "key and a 4-byte salt)", encryption_algorithm_names,
-				 data->enc_alg, data->enc_key.len);
-			return FALSE;
-		}
-		if (icv)
-		{
-			add(w, " aead 'rfc4106(gcm(aes))'");
-			add_hex(w, data->enc_key);
-			add(w, " %d", icv);
-		}
-		else
-		{
-			add(w, " aead 'rfc4543(gcm(aes))'");
-			add_hex(w, data->enc_key);
-			add(w, " 128");
-		}
-		return TRUE;
-	}
 	if (proto == IPPROTO_AH)
 	{
-		switch (data->int_alg)
+		if (hmac_words(w, data->int_alg, data->int_key))
 		{
-			case AUTH_HMAC_SHA2_256_128:
-				add(w, " auth-trunc 'hmac(sha256)'");
-				add_hex(w, data->int_key);
-				add(w, " 128");
-				return TRUE;
-			case AUTH_HMAC_SHA1_96:
-				add(w, " auth-trunc 'hmac(sha1)'");
-				add_hex(w, data->int_key);
-				add(w, " 96");
-				return TRUE;
-			default:
-				DBG1(DBG_KNL, "kernel-xfrmuser: AH integrity %N is not supported by "
-					 "the datapath (supported: HMAC-SHA2-256-128, HMAC-SHA1-96)",
-					 integrity_algorithm_names, data->int_alg);
-				return FALSE;
+			return TRUE;
 		}
+		DBG1(DBG_KNL, "kernel-xfrmuser: AH integrity %N is not supported by the "
+			 "datapath (supported: HMAC-SHA1-96, HMAC-SHA2-256/384/512)",
+			 integrity_algorithm_names, data->int_alg);
+		return FALSE;
 	}
-	DBG1(DBG_KNL, "kernel-xfrmuser: protocol %u is not supported by the datapath",
-		 proto);
-	return FALSE;
+	if (proto != IPPROTO_ESP)
+	{
+		DBG1(DBG_KNL, "kernel-xfrmuser: protocol %u is not supported by the "
+			 "datapath", proto);
+		return FALSE;
+	}
+	switch (data->enc_alg)
+	{
+		case ENCR_AES_GCM_ICV8:
+			aead = "rfc4106(gcm(aes))";
+			icv = 64;
+			break;
+		case ENCR_AES_GCM_ICV12:
+			aead = "rfc4106(gcm(aes))";
+			icv = 96;
+			break;
+		case ENCR_AES_GCM_ICV16:
+			aead = "rfc4106(gcm(aes))";
+			break;
+		case ENCR_NULL_AUTH_AES_GMAC:
+			aead = "rfc4543(gcm(aes))";
+			break;
+		case ENCR_CHACHA20_POLY1305:
+			aead = "rfc7539esp(chacha20,poly1305)";
+			break;
+		case ENCR_AES_CBC:
+		case ENCR_NULL:
+			break;
+		default:
+			DBG1(DBG_KNL, "kernel-xfrmuser: ESP encryption %N is not supported by "
+				 "the datapath (supported: AES-GCM, AES-GMAC, ChaCha20-Poly1305, "
+				 "AES-CBC, NULL)", encryption_algorithm_names, data->enc_alg);
+			return FALSE;
+	}
+	if (aead)
+	{
+		if (data->int_alg != AUTH_UNDEFINED)
+		{
+			DBG1(DBG_KNL, "kernel-xfrmuser: %N takes no separate integrity "
+				 "algorithm (got %N)", encryption_algorithm_names, data->enc_alg,
+				 integrity_algorithm_names, data->int_alg);
+			return FALSE;
+		}
+		/* charon passes the key followed by the 4-byte salt, as the RFCs want; the
+		 * datapath checks the lengths */
+		add(w, " aead '%s'", aead);
+		add_hex(w, data->enc_key);
+		add(w, " %d", icv);
+		return TRUE;
+	}
+	add(w, " enc '%s'", data->enc_alg == ENCR_NULL ? "ecb(cipher_null)" : "cbc(aes)");
+	if (data->enc_key.len)
+	{
+		add_hex(w, data->enc_key);
+	}
+	else
+	{
+		add(w, " ''");
+	}
+	if (!hmac_words(w, data->int_alg, data->int_key))
+	{
+		DBG1(DBG_KNL, "kernel-xfrmuser: ESP integrity %N is not supported by the "
+			 "datapath (supported: HMAC-SHA1-96, HMAC-SHA2-256/384/512)",
+			 integrity_algorithm_names, data->int_alg);
+		return FALSE;
+	}
+	return TRUE;
 }
 
 static void limit_words(words_t *w, lifetime_cfg_t *lt)

@@ -25,18 +25,42 @@ fn case() -> Case {
 
 #[test]
 fn strongswan_psk_gcm128_tunnel() {
-    let test = "strongswan_psk_gcm128_tunnel";
+    psk_tunnel(
+        "strongswan_psk_gcm128_tunnel",
+        "aes128gcm16",
+        "ESP:AES_GCM_16-128",
+    );
+}
+
+/// AES-CBC with HMAC-SHA-256 and ChaCha20-Poly1305: the plugin's other two mappings.
+#[test]
+fn strongswan_psk_cbc_and_chacha_tunnel() {
+    psk_tunnel(
+        "strongswan_psk_cbc_tunnel",
+        "aes128-sha256",
+        "ESP:AES_CBC-128/HMAC_SHA2_256_128",
+    );
+    psk_tunnel(
+        "strongswan_psk_chacha_tunnel",
+        "chacha20poly1305",
+        "ESP:CHACHA20_POLY1305",
+    );
+}
+
+/// `esp`: the CHILD_SA's proposal; `shown`: how `swanctl --list-sas` names what was
+/// negotiated.
+fn psk_tunnel(test: &str, esp: &str, shown: &str) {
     if !root_or_skip(test) {
         return;
     }
     init_logging();
     let _one = heavy();
-    if let Err(e) = psk_gcm128_tunnel() {
+    if let Err(e) = psk_tunnel_with(test, esp, shown) {
         panic!("{test}: {e:#}");
     }
 }
 
-fn psk_gcm128_tunnel() -> Result<()> {
+fn psk_tunnel_with(test: &str, esp: &str, shown: &str) -> Result<()> {
     let t0 = Instant::now();
     require_plugin()?;
     xfrm_tests::daemon::xfrm_user_bin();
@@ -47,7 +71,7 @@ fn psk_gcm128_tunnel() -> Result<()> {
     let mut charons = Vec::new();
     let r = (|| -> Result<Vec<u32>> {
         for s in [Side::A, Side::B] {
-            let (d, c) = start_site(&net, &case, s, "charon", "")?;
+            let (d, c) = start_site(&net, &case, s, "charon", &format!("esp_proposals = {esp}"))?;
             gws.push(d);
             charons.push(c);
         }
@@ -74,6 +98,9 @@ fn psk_gcm128_tunnel() -> Result<()> {
         let mut spis = Vec::new();
         for (c, d) in charons.iter().zip(&gws) {
             let list = c.swanctl(&["--list-sas"])?;
+            if !list.contains(shown) {
+                bail!("expected a CHILD_SA with {shown} in:\n{list}");
+            }
             let counters = list_sas_counters(&list);
             if counters.len() != 2 {
                 bail!("expected one CHILD_SA (in and out) in:\n{list}");
@@ -124,9 +151,6 @@ fn psk_gcm128_tunnel() -> Result<()> {
         }
     }
     stop_sites(&mut charons, gws)?;
-    report(&format!(
-        "TIME strongswan_psk_gcm128_tunnel: {:.1?}",
-        t0.elapsed()
-    ));
+    report(&format!("TIME {test}: {:.1?}", t0.elapsed()));
     Ok(())
 }
