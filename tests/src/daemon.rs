@@ -89,6 +89,8 @@ pub struct RunArgs {
     /// in clear, as a plain router). Tests leave it false, so that a test run interrupted
     /// before its Drop guards ran takes the daemons with it.
     pub own_process_group: bool,
+    /// More arguments for `xfrm-user run` (the benchmark's hidden flag).
+    pub extra: Vec<String>,
 }
 
 /// A running `xfrm-user run`.
@@ -203,6 +205,7 @@ impl Daemon {
         if let Some(q) = args.queues {
             a.extend(["--queues".into(), q.to_string()]);
         }
+        a.extend(args.extra.iter().cloned());
         let mut cmd = ns.command(bin.to_str().context("binary path")?);
         if args.own_process_group {
             use std::os::unix::process::CommandExt;

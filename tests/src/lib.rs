@@ -6,12 +6,15 @@
 pub mod capture;
 pub mod daemon;
 pub mod gateway;
+pub mod gwbench;
+pub mod load;
 pub mod packet;
 pub mod peer;
 pub mod probe;
 pub mod sa;
 pub mod scenario;
 pub mod sock;
+pub mod strongswan;
 pub mod topology;
 pub mod traffic;
 

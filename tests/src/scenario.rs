@@ -108,6 +108,7 @@ pub fn spawn_gateway(net: &GatewayNet, case: &Case, s: Side) -> Result<Daemon> {
             xdp_mode: "native",
             queues: (net.queues > 1).then_some(net.queues),
             own_process_group: false,
+            extra: Vec::new(),
         },
     )
 }

@@ -63,6 +63,7 @@ fn start(net: &GatewayNet, s: Side, config: &str) -> Result<Daemon> {
             xdp_mode: "native",
             queues: None,
             own_process_group: false,
+            extra: Vec::new(),
         },
     )?;
     d.wait_attached(

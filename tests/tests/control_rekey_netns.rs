@@ -13,7 +13,7 @@
 
 use std::{
     collections::HashSet,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -28,14 +28,9 @@ use xfrm_tests::{
         Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaInstance, SaSpec, Side, GCM128,
     },
     init_logging,
-    peer::stream_of,
+    load::{paced_transfers, receiver, sender},
     root_or_skip,
-    scenario::{
-        check_capture, daemon_logs, heavy, report, start_gateway, transfer_deadline, wait_path,
-        wire_capture,
-    },
-    topology::Netns,
-    traffic::{expected_sha256, tcp_transfer_paced},
+    scenario::{check_capture, daemon_logs, heavy, report, start_gateway, wait_path, wire_capture},
 };
 
 const ROUNDS: u32 = 30;
@@ -67,100 +62,11 @@ fn key(seed: u64, k: u32) -> String {
         .to_string()
 }
 
-/// A receiver of numbered datagrams (the number in the first 8 bytes) in `ns`.
-fn receiver(
-    ns: &Netns,
-    port: u16,
-    stop: Arc<AtomicBool>,
-    got: Arc<Mutex<HashSet<u64>>>,
-) -> std::thread::JoinHandle<Result<()>> {
-    ns.thread(move || {
-        let s = UdpSocket::bind(SocketAddr::new(IpAddr::from([0u8; 16]), port))
-            .or_else(|_| UdpSocket::bind(SocketAddr::new(IpAddr::from([0u8; 4]), port)))?;
-        s.set_read_timeout(Some(Duration::from_millis(200)))?;
-        let mut buf = [0u8; 2048];
-        while !stop.load(Ordering::Relaxed) {
-            match s.recv(&mut buf) {
-                Ok(n) if n >= 8 => {
-                    let seq = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
-                    got.lock().unwrap_or_else(|p| p.into_inner()).insert(seq);
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    })
-}
-
-/// Numbered datagrams (300 bytes) from `ns` to `to` every [`UDP_INTERVAL`] until `stop`;
-/// `sent` counts them.
-fn sender(
-    ns: &Netns,
-    to: SocketAddr,
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-) -> std::thread::JoinHandle<Result<()>> {
-    ns.thread(move || {
-        let any: IpAddr = match to {
-            SocketAddr::V4(_) => [0u8; 4].into(),
-            SocketAddr::V6(_) => [0u8; 16].into(),
-        };
-        let s = UdpSocket::bind(SocketAddr::new(any, 0))?;
-        let mut buf = [0u8; 300];
-        let start = Instant::now();
-        let mut n = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            buf[..8].copy_from_slice(&n.to_be_bytes());
-            s.send_to(&buf, to)
-                .with_context(|| format!("datagram {n}"))?;
-            n += 1;
-            sent.store(n, Ordering::Relaxed);
-            // A fixed rate: the n-th datagram leaves at n intervals from the start.
-            let next = start + UDP_INTERVAL * n as u32;
-            if let Some(d) = next.checked_duration_since(Instant::now()) {
-                std::thread::sleep(d);
-            }
-        }
-        Ok(())
-    })
-}
-
 /// Each TCP transfer's size and pace: a load the gateways carry without dropping (at full
 /// speed they drop, and TCP recovers: a datagram lost then would say nothing of the
 /// rekeys).
 const TCP_SIZE: u64 = 16 << 20;
 const TCP_PACING: u64 = 20_000_000;
-
-/// One paced transfer each way at once, each checked whole (SHA-256 at both ends).
-fn paced_transfers(net: &GatewayNet, case: &Case, port: u16) -> Result<()> {
-    let deadline = transfer_deadline(2 * TCP_SIZE);
-    let one = |s: Side| -> Result<()> {
-        let r = tcp_transfer_paced(
-            net.topo.ns(case.traffic_ns(net, s)),
-            net.topo.ns(case.traffic_ns(net, s.other())),
-            case.traffic_addr(net, s.other()),
-            port + if s == Side::A { 0 } else { 1 },
-            stream_of(s),
-            TCP_SIZE,
-            deadline,
-            Default::default(),
-            Some(TCP_PACING),
-        )
-        .with_context(|| format!("transfer from {s:?}"))?;
-        if r.sent != r.received
-            || r.received.bytes != TCP_SIZE
-            || r.received.sha256 != expected_sha256(stream_of(s), TCP_SIZE)
-        {
-            bail!("transfer from {s:?} not intact: {r}");
-        }
-        Ok(())
-    };
-    std::thread::scope(|sc| {
-        let b = sc.spawn(|| one(Side::B));
-        let a = one(Side::A);
-        a.and(b.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-    })
-}
 
 #[test]
 fn control_rekey_under_load() {
@@ -234,6 +140,7 @@ fn load_and_rekey(net: &GatewayNet, case: &Case, a: &mut Daemon, b: &mut Daemon)
         let tx = sender(
             net.topo.ns(case.traffic_ns(net, s)),
             SocketAddr::new(case.traffic_addr(net, s.other()), port),
+            UDP_INTERVAL,
             stop.clone(),
             sent.clone(),
         );
@@ -244,7 +151,7 @@ fn load_and_rekey(net: &GatewayNet, case: &Case, a: &mut Daemon, b: &mut Daemon)
         let tcp = sc.spawn(move || -> Result<u32> {
             let mut n = 0u32;
             while !stop_tcp.load(Ordering::Relaxed) {
-                paced_transfers(net, case, 5700 + 2 * (n as u16 % 50))?;
+                paced_transfers(net, case, 5700 + 2 * (n as u16 % 50), TCP_SIZE, TCP_PACING)?;
                 n += 1;
             }
             Ok(n)

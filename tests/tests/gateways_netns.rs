@@ -260,6 +260,7 @@ fn two_gateways(name: &str, p: &Plan) {
         // failclosed_kill9's.
         detach_on_exit: true,
         handle_signals: false,
+        bench_null_transform: false,
         ctl: None,
         drop_privileges: true,
         user: None,

@@ -85,6 +85,7 @@ fn gateway_protects_outbound_with_partial_checksums() {
         discard_corrupt_state: false,
         detach_on_exit: false,
         handle_signals: false,
+        bench_null_transform: false,
         ctl: None,
         drop_privileges: true,
         user: None,

@@ -149,6 +149,10 @@ struct RunArgs {
     /// they stay attached and drop what they would protect until the next start.
     #[arg(long)]
     detach_on_exit: bool,
+    /// Benchmark aid for `cargo xtask bench --gateway`: forward every frame UNENCRYPTED
+    /// through the workers (see datapath/bench.rs). Never on a real gateway.
+    #[arg(long, hide = true)]
+    bench_null_transform: bool,
     /// The control socket (`xfrm-user xfrm …` talks to it; default: beside the state file,
     /// .ctl for .state).
     #[arg(long, value_name = "PATH")]
@@ -327,6 +331,7 @@ fn main() -> ExitCode {
                 discard_corrupt_state: a.discard_corrupt_state,
                 detach_on_exit: a.detach_on_exit,
                 handle_signals: true,
+                bench_null_transform: a.bench_null_transform,
                 ctl: a.ctl,
                 drop_privileges: true,
                 user: a.user,

@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use xfrm_tests::{
     capture::{Capture, CaptureOpts},
     daemon::{Daemon, RunArgs},
@@ -84,16 +84,7 @@ pub fn gateways(duration: Option<u64>, xdp_mode: &str) -> Result<()> {
     }
     setup::run(&[])?;
     let bpf = ebpf::build(true)?;
-    util::section("build xfrm-user (release)");
-    util::run(util::cargo().args(["build", "--release", "-p", "xfrm-user"]))?;
-    let meta =
-        util::output(util::cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
-    let target_dir = meta
-        .split("\"target_directory\":\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .context("cargo metadata: no target_directory")?;
-    let bin = std::path::Path::new(target_dir).join("release/xfrm-user");
+    let bin = util::build_xfrm_user_release()?;
 
     util::section("two gateways");
     let net = GatewayNet::new(NetOpts::default())?;
@@ -162,6 +153,7 @@ pub fn gateways(duration: Option<u64>, xdp_mode: &str) -> Result<()> {
                 xdp_mode: if xdp_mode == "skb" { "skb" } else { "native" },
                 queues: None,
                 own_process_group: true,
+                extra: Vec::new(),
             },
             &bin,
             &bpf,

@@ -5,8 +5,10 @@ mod bench;
 mod demo;
 mod ebpf;
 mod fuzz;
+mod gwbench;
 mod run;
 mod setup;
+mod strongswan;
 mod util;
 
 use anyhow::{bail, Context, Result};
@@ -79,6 +81,14 @@ enum Cmd {
         /// Only the XDP classifier table.
         #[arg(long)]
         classifier: bool,
+        /// Only the live gateway (root): iperf3 through the demo's two-gateway topology by
+        /// kernel forwarding, the null transform, ESP and ESP on two queues; a table, the
+        /// commands, `ratio_*=` lines.
+        #[arg(long)]
+        gateway: bool,
+        /// Seconds per iperf3 run of --gateway.
+        #[arg(long, default_value_t = 5, requires = "gateway")]
+        secs: u32,
         /// Extra arguments for `cargo bench -p xfrm-user` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -127,7 +137,14 @@ fn real_main() -> Result<()> {
             cargo_test_args,
         } => test(no_setup, &cargo_test_args),
         Cmd::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
-        Cmd::Bench { classifier, args } => {
+        Cmd::Bench {
+            gateway: true,
+            secs,
+            ..
+        } => gwbench::gateway(secs),
+        Cmd::Bench {
+            classifier, args, ..
+        } => {
             let transform = if classifier {
                 None
             } else {

@@ -62,6 +62,11 @@ pub const STEPS: &[Step] = &[
         about: "independent IPsec peers: Scapy + cryptography venv in .tools/venv, tshark",
         run: interop_peers,
     },
+    Step {
+        name: "strongswan",
+        about: "Debian's charon + swanctl and our kernel-xfrmuser plugin built for them",
+        run: crate::strongswan::step,
+    },
 ];
 
 pub fn run(only: &[String]) -> Result<()> {
@@ -310,12 +315,14 @@ fn find_libllvm(dir: &Path) -> Result<(PathBuf, String)> {
 }
 
 /// (program, Debian package). iproute2: `ip netns`/veth; ethtool: the `tx off` tests;
-/// iputils-ping: the unselected-flow check; tcpdump: looking at the demo's wire.
+/// iputils-ping: the unselected-flow check; tcpdump: looking at the demo's wire; iperf3:
+/// `cargo xtask bench --gateway`.
 const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("ping", "iputils-ping"),
     ("tcpdump", "tcpdump"),
+    ("iperf3", "iperf3"),
 ];
 
 fn packages() -> Result<Done> {
@@ -336,6 +343,18 @@ fn packages() -> Result<Done> {
             missing.join(" ")
         )));
     }
+    apt_install(&missing)?;
+    for (prog, pkg) in PACKAGES {
+        if find_program(prog).is_none() {
+            bail!("package {pkg} installed but `{prog}` is still not found");
+        }
+    }
+    Ok(Done::Installed(missing.join(", ")))
+}
+
+/// `apt-get install` of `pkgs` (root only): without `apt-get update` first (fast when the
+/// lists are fresh), then with it.
+pub fn apt_install(pkgs: &[&str]) -> Result<()> {
     let apt = |args: &[&str]| {
         let mut cmd = Command::new("apt-get");
         cmd.args(args)
@@ -344,19 +363,13 @@ fn packages() -> Result<Done> {
         cmd
     };
     let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
-    install.extend(&missing);
-    // Try without `apt-get update` first (fast when the lists are fresh), then with it.
+    install.extend(pkgs);
     if run_cmd(&mut apt(&install)).is_err() {
         run_cmd(&mut apt(&["update", "-q"])).context("missing piece: `apt-get update` failed")?;
         run_cmd(&mut apt(&install))
-            .with_context(|| format!("missing piece: apt-get install {}", missing.join(" ")))?;
+            .with_context(|| format!("missing piece: apt-get install {}", pkgs.join(" ")))?;
     }
-    for (prog, pkg) in PACKAGES {
-        if find_program(prog).is_none() {
-            bail!("package {pkg} installed but `{prog}` is still not found");
-        }
-    }
-    Ok(Done::Installed(missing.join(", ")))
+    Ok(())
 }
 
 /// The Scapy/tshark peers of the interop tests; tests/interop/setup.sh is idempotent and fast

@@ -72,6 +72,20 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `cargo build --release -p xfrm-user` and the binary it made (the demo and the gateway
+/// bench move real traffic through it).
+pub fn build_xfrm_user_release() -> Result<PathBuf> {
+    section("build xfrm-user (release)");
+    run(cargo().args(["build", "--release", "-p", "xfrm-user"]))?;
+    let meta = output(cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
+    let target_dir = meta
+        .split("\"target_directory\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .context("cargo metadata: no target_directory")?;
+    Ok(Path::new(target_dir).join("release/xfrm-user"))
+}
+
 pub fn section(title: &str) {
     println!("\n==> {title}");
 }

@@ -2,6 +2,7 @@
 //! table, and AF_XDP sockets (xdpilone).
 
 pub mod attach;
+pub mod bench;
 pub mod doctor;
 pub mod explain;
 pub mod loader;

@@ -45,6 +45,7 @@ use anyhow::{anyhow, Context, Result};
 use xfrm_common::XdpMeta;
 
 use super::{
+    bench::NullOr,
     loader::{AttachMode, Datapath, Program, Table},
     neigh::{NeighOptions, NeighService},
     reasm::Reassembled,
@@ -377,6 +378,8 @@ pub struct RunOptions {
     /// SIGINT/SIGTERM stop the gateway (the command line); false leaves the process's signal
     /// handling alone (a gateway run in a thread of a test).
     pub handle_signals: bool,
+    /// Benchmark aid (bench.rs): forward every frame unencrypted, both ways through a worker.
+    pub bench_null_transform: bool,
     /// The control socket (None: beside the state file, `.ctl` for `.state`).
     pub ctl: Option<PathBuf>,
     /// Once set up, drop every capability but what the running gateway needs, set
@@ -412,6 +415,7 @@ impl RunOptions {
             drop_privileges: true,
             user: None,
             local_dev: Some(super::tap::DEFAULT_LOCAL_DEV.to_string()),
+            bench_null_transform: false,
         }
     }
 }
@@ -640,9 +644,11 @@ fn attach_all(
     one_armed: bool,
     tap: Option<&Tap>,
 ) -> Result<()> {
-    if one_armed {
+    // (The null-transform benchmark takes clear text from the wire to a worker as well.)
+    if one_armed || opts.bench_null_transform {
         dp.set_one_armed(true)?;
-    } else {
+    }
+    if !one_armed {
         dp.attach_persistent(Program::Inside, &opts.inside, opts.mode)?;
     }
     dp.attach_persistent(Program::Outside, &opts.outside, opts.mode)?;
@@ -747,7 +753,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
     for q in 0..opts.queues.max(1) {
         let mut w = Worker::new(
             WorkerConfig::new(inside.clone(), outside.clone(), q),
-            gw.transform()?,
+            NullOr::new(gw.transform()?, opts.bench_null_transform),
             neigh.reader(),
         )
         .with_context(|| format!("worker for queue {q}"))?;
@@ -807,6 +813,13 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         }
     )?;
     writeln!(out, "xfrm-user: {state_line}")?;
+    if opts.bench_null_transform {
+        log::warn!("--bench-null-transform: every frame is forwarded UNENCRYPTED");
+        writeln!(
+            out,
+            "xfrm-user: BENCHMARK AID --bench-null-transform: frames are forwarded unencrypted"
+        )?;
+    }
     // The first tables are the store's and the workers' now; a deleted SA must not live on
     // here (its key would stay in memory).
     drop(start);

@@ -1,0 +1,694 @@
+//! The gateway benchmark behind `cargo xtask bench --gateway`: the demo's topology
+//! (host-a — gw-a ══ wire ══ gw-b — host-b, [`GatewayNet`]) and iperf3 from host-a to
+//! host-b through each [`Route`] in turn, every figure with the command that made it.
+//!
+//! A fresh topology per route. Every route but the offloads-on one runs with TSO, GSO and
+//! GRO off on every interface (MTU-sized packets all the way), so that they differ only in
+//! what the gateways do. The daemon's CPU time per packet is its utime + stime
+//! (/proc/PID/stat) over an iperf3 run, both gateways together, divided by the packets
+//! both gateways transmitted meanwhile (their interfaces' tx counters). Traffic stays in
+//! the bench's own namespaces. This measures; it asserts nothing about speed.
+
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    daemon::{Daemon, RunArgs},
+    gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
+    topology::Netns,
+    traffic::wait_ping,
+};
+
+/// What carries the traffic between the two LANs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// (a) The kernel forwards, no encryption, TSO/GSO/GRO on.
+    KernelOffloadsOn,
+    /// (a) The same with TSO/GSO/GRO off: per-packet forwarding.
+    KernelOffloadsOff,
+    /// (b) `xfrm-user run --bench-null-transform`: XDP → AF_XDP → worker → TX, no ESP.
+    NullTransform,
+    /// (c) `xfrm-user run`, ESP tunnel AES-GCM-128, one queue.
+    Esp,
+    /// (d) The same with `--queues 2` (two queues on every link).
+    EspQueues2,
+}
+
+impl Route {
+    pub const ALL: [Route; 5] = [
+        Route::KernelOffloadsOn,
+        Route::KernelOffloadsOff,
+        Route::NullTransform,
+        Route::Esp,
+        Route::EspQueues2,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::KernelOffloadsOn => "(a) kernel forwarding, TSO/GSO/GRO on",
+            Route::KernelOffloadsOff => "(a) kernel forwarding, TSO/GSO/GRO off",
+            Route::NullTransform => "(b) xfrm-user, null transform (no ESP)",
+            Route::Esp => "(c) xfrm-user, ESP AES-GCM-128",
+            Route::EspQueues2 => "(d) xfrm-user, ESP AES-GCM-128, --queues 2",
+        }
+    }
+
+    /// The name in the summary lines.
+    pub fn key(self) -> &'static str {
+        match self {
+            Route::KernelOffloadsOn => "kernel_offloads_on",
+            Route::KernelOffloadsOff => "kernel_offloads_off",
+            Route::NullTransform => "null",
+            Route::Esp => "esp",
+            Route::EspQueues2 => "esp_queues2",
+        }
+    }
+
+    fn queues(self) -> u32 {
+        if self == Route::EspQueues2 {
+            2
+        } else {
+            1
+        }
+    }
+
+    fn runs_daemon(self) -> bool {
+        !matches!(self, Route::KernelOffloadsOn | Route::KernelOffloadsOff)
+    }
+}
+
+/// One iperf3 run from host-a to host-b.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    Tcp {
+        streams: u32,
+    },
+    /// UDP at iperf3's unlimited rate (`-b 0`), `len` bytes of UDP payload (`-l`).
+    Udp {
+        len: u32,
+    },
+}
+
+impl Load {
+    pub const ALL: [Load; 4] = [
+        Load::Tcp { streams: 1 },
+        Load::Tcp { streams: 4 },
+        Load::Udp { len: 64 },
+        Load::Udp { len: 1400 },
+    ];
+
+    pub fn label(self) -> String {
+        match self {
+            Load::Tcp { streams: 1 } => "TCP, 1 stream".into(),
+            Load::Tcp { streams } => format!("TCP, {streams} streams"),
+            Load::Udp { len } => format!("UDP, {len} B payload"),
+        }
+    }
+
+    pub fn key(self) -> String {
+        match self {
+            Load::Tcp { streams } => format!("tcp{streams}"),
+            Load::Udp { len } => format!("udp{len}"),
+        }
+    }
+
+    fn iperf3_args(self, dst: &str, port: u16, secs: u32) -> Vec<String> {
+        let mut a: Vec<String> = ["-c", dst, "-p", &port.to_string(), "-t", &secs.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(["-J".into(), "--connect-timeout".into(), "5000".into()]);
+        match self {
+            Load::Tcp { streams } => a.extend(["-P".into(), streams.to_string()]),
+            Load::Udp { len } => {
+                a.extend(["-u", "-b", "0", "-l"].map(String::from));
+                a.push(len.to_string());
+            }
+        }
+        a
+    }
+}
+
+/// One figure of the table.
+#[derive(Clone, Debug)]
+pub struct Figure {
+    pub route: Route,
+    pub load: Load,
+    /// What host-b received.
+    pub mbit_s: f64,
+    /// UDP: datagrams host-b received per second, and the share lost.
+    pub udp: Option<(f64, f64)>,
+    /// TCP: the sender's retransmissions.
+    pub retransmits: Option<u64>,
+    /// Both daemons' CPU time over the run per packet both gateways transmitted (routes
+    /// through xfrm-user), and the user-space part of it (the kernel part includes the
+    /// receiving namespaces' softirq work that veth runs inside the daemon's transmit).
+    pub cpu_ns_per_packet: Option<f64>,
+    pub user_ns_per_packet: Option<f64>,
+    /// The client's command line.
+    pub command: String,
+}
+
+impl Figure {
+    /// The figure the ratios compare: Mbit/s for TCP, packets per second for UDP.
+    pub fn value(&self) -> f64 {
+        match self.udp {
+            Some((pps, _)) => pps,
+            None => self.mbit_s,
+        }
+    }
+}
+
+pub struct Options {
+    pub routes: Vec<Route>,
+    pub loads: Vec<Load>,
+    /// Seconds per iperf3 run.
+    pub secs: u32,
+    pub bin: PathBuf,
+    pub bpf: PathBuf,
+}
+
+/// What a whole run found, and how each route was set up.
+#[derive(Default)]
+pub struct Report {
+    pub figures: Vec<Figure>,
+    /// Per route: the gateways' command line, or what the kernel path was.
+    pub setups: Vec<(Route, String)>,
+}
+
+/// Runs every route with every load, reporting progress through `log`.
+pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
+    let mut rep = Report::default();
+    for &route in &opts.routes {
+        log(&format!("{}:", route.label()));
+        let (setup, figs) =
+            run_route(opts, route, log).with_context(|| format!("route {}", route.label()))?;
+        rep.setups.push((route, setup));
+        rep.figures.extend(figs);
+    }
+    Ok(rep)
+}
+
+fn run_route(
+    opts: &Options,
+    route: Route,
+    log: &mut dyn FnMut(&str),
+) -> Result<(String, Vec<Figure>)> {
+    let offloads = route == Route::KernelOffloadsOn;
+    let net = GatewayNet::new(NetOpts {
+        // TSO needs TX checksum offload on the hosts' links.
+        host_tx_checksum: offloads,
+        mtu: 1500,
+        queues: route.queues(),
+    })?;
+    set_offloads(&net, offloads)?;
+    let t = &net.topo;
+    let mut daemons = Vec::new();
+    let setup = if route.runs_daemon() {
+        let case = Case::new("bench", Endpoints::Hosts, Family::V4, Family::V4)
+            .sa(SaSpec::new(Mode::Tunnel, GCM128));
+        let null = route == Route::NullTransform;
+        if null {
+            // The wire then carries the hosts' own packets, which it must route.
+            net.route_lans_through_wire()?;
+        }
+        let mut line = String::new();
+        for s in [Side::A, Side::B] {
+            let config = if null {
+                null_config(&case, &net, s)
+            } else {
+                case.config(&net, s)
+            };
+            let args = RunArgs {
+                inside: net.inside(s).ifname.clone(),
+                outside: net.outside(s).ifname.clone(),
+                xdp_mode: "native",
+                queues: (route.queues() > 1).then_some(route.queues()),
+                own_process_group: false,
+                extra: if null {
+                    vec!["--bench-null-transform".into()]
+                } else {
+                    Vec::new()
+                },
+            };
+            let label = format!("gw-{s:?}").to_lowercase();
+            let d = Daemon::start_with(
+                t.ns(net.gw(s)),
+                &label,
+                &config,
+                &args,
+                &opts.bin,
+                &opts.bpf,
+            )?;
+            if s == Side::A {
+                line = format!(
+                    "ip netns exec {} xfrm-user run --config FILE --inside {} --outside {} \
+                     --xdp-mode native{}{} (gw-b alike)",
+                    t.ns(net.gw(s)).name(),
+                    args.inside,
+                    args.outside,
+                    args.queues
+                        .map(|q| format!(" --queues {q}"))
+                        .unwrap_or_default(),
+                    if null { " --bench-null-transform" } else { "" },
+                );
+            }
+            daemons.push(d);
+        }
+        for (s, d) in [Side::A, Side::B].into_iter().zip(&mut daemons) {
+            d.wait_attached(
+                t.ns(net.gw(s)),
+                &[&net.inside(s).ifname],
+                Duration::from_secs(30),
+            )?;
+        }
+        line
+    } else {
+        net.route_lans_through_wire()?;
+        format!(
+            "no daemon: the gateways' and the wire's kernels forward (ethtool -K IF tso {0} \
+             gso {0} gro {0} on every interface)",
+            if offloads { "on" } else { "off" }
+        )
+    };
+    log(&format!("  {setup}"));
+    let dst = Family::V4.addr(net.host_port(Side::B));
+    wait_ping(
+        t.ns(net.host_a),
+        dst,
+        Instant::now() + Duration::from_secs(20),
+    )
+    .context("the path did not come up")?;
+    let mut figs = Vec::new();
+    for &load in &opts.loads {
+        let f = measure(&net, route, load, opts.secs, &mut daemons)?;
+        log(&format!("  {}: {}", load.label(), describe(&f)));
+        figs.push(f);
+    }
+    if route.runs_daemon() {
+        // The workers, not the kernels, must have carried the traffic, both ways.
+        for (s, d) in [Side::A, Side::B].into_iter().zip(&mut daemons) {
+            d.check_alive()?;
+            match worker_counts(&d.log()) {
+                Some((wire, inside)) if wire > 0 && inside > 0 => {}
+                c => bail!(
+                    "gw-{s:?}: its workers did not forward both ways (to the wire, to the \
+                     inside: {c:?}); log:\n{}",
+                    d.log()
+                ),
+            }
+        }
+    }
+    for d in daemons {
+        let st = d.stop();
+        if !st.success() {
+            log(&format!("  a gateway did not stop cleanly: {st}"));
+        }
+    }
+    Ok((setup, figs))
+}
+
+/// `ethtool -K IF tso X gso X gro X` on both ends of every link.
+fn set_offloads(net: &GatewayNet, on: bool) -> Result<()> {
+    let v = if on { "on" } else { "off" };
+    for l in net.topo.links() {
+        for p in [&l.a, &l.b] {
+            net.topo
+                .ns(p.ns)
+                .exec("ethtool", &["-K", &p.ifname, "tso", v, "gso", v, "gro", v])?;
+        }
+    }
+    Ok(())
+}
+
+/// The ESP case's configuration for the null transform: its SAs and out policy, and the far
+/// side's traffic as an out policy too instead of the in/fwd pair, so that the outside
+/// program hands the clear text from the wire to a worker (bench.rs in xfrm-user), where
+/// an in/fwd policy requiring ESP would have refused it.
+pub fn null_config(case: &Case, net: &GatewayNet, s: Side) -> String {
+    case.config(net, s)
+        .lines()
+        .filter(|l| !l.contains(" dir in "))
+        .map(|l| l.replace(" dir fwd ", " dir out ") + "\n")
+        .collect()
+}
+
+/// What the daemon's latest counter line says its workers sent to the wire and to the inside.
+pub fn worker_counts(log: &str) -> Option<(u64, u64)> {
+    let line = log.lines().rev().find(|l| l.contains(" -> wire "))?;
+    let after = |key: &str| -> Option<u64> {
+        line.split(key)
+            .nth(1)?
+            .split([',', ' '])
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((after(" -> wire ")?, after(" -> inside ")?))
+}
+
+/// CPU ticks of the daemons (user, system) and packets the gateways transmitted, at one
+/// moment.
+struct Sample {
+    user: u64,
+    system: u64,
+    packets: u64,
+}
+
+fn sample(net: &GatewayNet, daemons: &mut [Daemon]) -> Result<Option<Sample>> {
+    if daemons.is_empty() {
+        return Ok(None);
+    }
+    let mut s = Sample {
+        user: 0,
+        system: 0,
+        packets: 0,
+    };
+    for d in daemons.iter_mut() {
+        let pid = d.proc().pid().context("the daemon has exited")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("/proc/{pid}/stat"))?;
+        let (user, system) = cpu_ticks(&stat).context("/proc/PID/stat: no utime/stime")?;
+        s.user += user;
+        s.system += system;
+    }
+    for side in [Side::A, Side::B] {
+        let ns = net.topo.ns(net.gw(side));
+        for p in [net.inside(side), net.outside(side)] {
+            s.packets += tx_packets(ns, &p.ifname)?;
+        }
+    }
+    Ok(Some(s))
+}
+
+/// utime and stime (fields 14 and 15 of /proc/PID/stat, all threads), in clock ticks.
+pub fn cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+    // The command name (field 2) may hold spaces: count from the closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
+}
+
+fn tx_packets(ns: &Netns, ifname: &str) -> Result<u64> {
+    let out = ns.ip(&["-j", "-s", "link", "show", "dev", ifname])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j -s link")?;
+    v[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .context("ip -j -s link: no stats64.tx.packets")
+}
+
+fn measure(
+    net: &GatewayNet,
+    route: Route,
+    load: Load,
+    secs: u32,
+    daemons: &mut [Daemon],
+) -> Result<Figure> {
+    const PORT: u16 = 5201;
+    let t = &net.topo;
+    let (ha, hb) = (t.ns(net.host_a), t.ns(net.host_b));
+    let mut server = hb.spawn(
+        "iperf3-server",
+        "iperf3",
+        &["-s", "-1", "-p", &PORT.to_string()],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // (Its "listening" line sits in stdio's buffer: ask the socket table instead.)
+    while !listening(hb, PORT) {
+        if server.try_wait().is_some() || Instant::now() > deadline {
+            bail!(
+                "iperf3 -s did not start (`cargo xtask setup` installs iperf3): {}",
+                server.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dst = Family::V4.addr(net.host_port(Side::B)).to_string();
+    let args = load.iperf3_args(&dst, PORT, secs);
+    let command = format!("ip netns exec {} iperf3 {}", ha.name(), args.join(" "));
+    let before = sample(net, daemons)?;
+    let json = run_bounded(
+        ha.command("iperf3").args(&args),
+        Duration::from_secs(u64::from(secs) + 30),
+    )
+    .with_context(|| command.clone())?;
+    let after = sample(net, daemons)?;
+    drop(server);
+    let mut f = parse_iperf3(&json, load).with_context(|| format!("{command}: its output"))?;
+    f.route = route;
+    f.command = command;
+    if let (Some(b), Some(a)) = (before, after) {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let packets = a.packets.saturating_sub(b.packets);
+        if packets > 0 {
+            let per_packet = |ticks: u64| ticks as f64 / hz * 1e9 / packets as f64;
+            let user = a.user.saturating_sub(b.user);
+            let system = a.system.saturating_sub(b.system);
+            f.cpu_ns_per_packet = Some(per_packet(user + system));
+            f.user_ns_per_packet = Some(per_packet(user));
+        }
+    }
+    Ok(f)
+}
+
+/// Is a TCP socket listening on `port` in `ns` (`ss -Hltn sport = :PORT`)?
+fn listening(ns: &Netns, port: u16) -> bool {
+    ns.command("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
+}
+
+/// Runs `cmd` with its stdout to a file, killing it (by pid) after `limit`; its stdout.
+fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<String> {
+    let path = std::env::temp_dir().join(format!("xfrm-gwbench-{}.out", std::process::id()));
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(file)
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .context("start iperf3 (`cargo xtask setup` installs it)")?;
+    let end = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&path);
+            bail!("no result after {limit:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    if !status.success() {
+        bail!("{status}: {}", out.trim());
+    }
+    Ok(out)
+}
+
+/// The receiver's figures from `iperf3 -J` of the client (3.12: `end.sum_received`, and for
+/// UDP the datagrams the server counted and lost).
+pub fn parse_iperf3(json: &str, load: Load) -> Result<Figure> {
+    let v: serde_json::Value = serde_json::from_str(json).context("not JSON")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    let rx = &v["end"]["sum_received"];
+    let num = |x: &serde_json::Value, k: &str| -> Result<f64> {
+        x[k].as_f64()
+            .with_context(|| format!("no end.sum_received.{k}"))
+    };
+    let mbit_s = num(rx, "bits_per_second")? / 1e6;
+    let (udp, retransmits) = match load {
+        Load::Udp { .. } => {
+            let got = num(rx, "packets")? - num(rx, "lost_packets")?;
+            let secs = num(rx, "seconds")?;
+            if secs <= 0.0 {
+                bail!("end.sum_received.seconds is 0");
+            }
+            (Some((got.max(0.0) / secs, num(rx, "lost_percent")?)), None)
+        }
+        Load::Tcp { .. } => (None, v["end"]["sum_sent"]["retransmits"].as_u64()),
+    };
+    Ok(Figure {
+        route: Route::KernelOffloadsOff,
+        load,
+        mbit_s,
+        udp,
+        retransmits,
+        cpu_ns_per_packet: None,
+        user_ns_per_packet: None,
+        command: String::new(),
+    })
+}
+
+fn describe(f: &Figure) -> String {
+    let mut s = format!("{:.0} Mbit/s", f.mbit_s);
+    if let Some((pps, loss)) = f.udp {
+        let _ = write!(s, ", {pps:.0} pkt/s received, {loss:.1} % lost");
+    }
+    if let Some(r) = f.retransmits {
+        let _ = write!(s, ", {r} retransmits");
+    }
+    if let (Some(c), Some(u)) = (f.cpu_ns_per_packet, f.user_ns_per_packet) {
+        let _ = write!(s, ", daemons {c:.0} ns CPU/packet ({u:.0} ns user)");
+    }
+    s
+}
+
+impl Report {
+    fn find(&self, r: Route, l: Load) -> Option<&Figure> {
+        self.figures.iter().find(|f| f.route == r && f.load == l)
+    }
+
+    /// The table (Markdown), one row per route and load.
+    pub fn table(&self) -> String {
+        let mut s = String::from(
+            "| route | load | Mbit/s received | packets/s received | loss | daemons' CPU per packet (user) |\n\
+             |---|---|---:|---:|---:|---:|\n",
+        );
+        for f in &self.figures {
+            let (pps, loss) = match f.udp {
+                Some((p, l)) => (format!("{p:.0}"), format!("{l:.1} %")),
+                None => ("—".into(), "—".into()),
+            };
+            let cpu = match (f.cpu_ns_per_packet, f.user_ns_per_packet) {
+                (Some(c), Some(u)) => format!("{c:.0} ns ({u:.0} ns)"),
+                _ => "—".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {pps} | {loss} | {cpu} |",
+                f.route.label(),
+                f.load.label(),
+                f.mbit_s
+            );
+        }
+        s
+    }
+
+    /// Each route's setup and each figure's command.
+    pub fn commands(&self) -> String {
+        let mut s = String::new();
+        for (r, setup) in &self.setups {
+            let _ = writeln!(s, "{}: {setup}", r.label());
+            for f in self.figures.iter().filter(|f| f.route == *r) {
+                let _ = writeln!(s, "  {}: {}", f.load.label(), f.command);
+            }
+        }
+        s
+    }
+
+    /// `ratio_*=x` lines (ESP over the null transform, ESP over per-packet kernel
+    /// forwarding, two queues over one) and `cpu_ns_per_packet_*=x`, per load.
+    pub fn summary(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let pairs = [
+            ("esp_vs_null", Route::Esp, Route::NullTransform),
+            (
+                "esp_vs_kernel_offloads_off",
+                Route::Esp,
+                Route::KernelOffloadsOff,
+            ),
+            ("queues2_vs_1", Route::EspQueues2, Route::Esp),
+        ];
+        for (name, num, den) in pairs {
+            for l in Load::ALL {
+                if let (Some(n), Some(d)) = (self.find(num, l), self.find(den, l)) {
+                    if d.value() > 0.0 {
+                        out.push(format!(
+                            "ratio_{name}_{}={:.3}",
+                            l.key(),
+                            n.value() / d.value()
+                        ));
+                    }
+                }
+            }
+        }
+        for f in &self.figures {
+            if let (Some(c), Some(u)) = (f.cpu_ns_per_packet, f.user_ns_per_packet) {
+                let (r, l) = (f.route.key(), f.load.key());
+                out.push(format!("cpu_ns_per_packet_{r}_{l}={c:.0} user={u:.0}"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_cpu_ticks() {
+        let stat = "4242 (xfrm user) S 1 4242 4242 0 -1 4194560 500 0 0 0 731 269 0 0 20 0 3 0 \
+                    100 1000 100 18446744073709551615";
+        assert_eq!(cpu_ticks(stat), Some((731, 269)));
+        assert_eq!(cpu_ticks("1 (x) S"), None);
+    }
+
+    #[test]
+    fn worker_counts_from_the_last_counter_line() {
+        let log = "xdp inside: rx 5 | ...\n\
+                   out 10 pkts + local 0 -> wire 10, in 7 (reassembled 0) -> inside 7 + local 0, icmp 0\n\
+                   out 20 pkts + local 1 -> wire 21, in 9 (reassembled 0) -> inside 9 + local 0, icmp 0\n";
+        assert_eq!(worker_counts(log), Some((21, 9)));
+        assert_eq!(worker_counts("nothing yet"), None);
+    }
+
+    #[test]
+    fn iperf3_udp_and_tcp_results() {
+        let udp = r#"{"end":{"sum_received":{"seconds":2.0,"bits_per_second":8e6,
+            "packets":1000,"lost_packets":400,"lost_percent":40.0},"sum_sent":{}}}"#;
+        let f = parse_iperf3(udp, Load::Udp { len: 64 }).unwrap();
+        assert_eq!(f.udp, Some((300.0, 40.0)));
+        assert_eq!(f.value(), 300.0);
+        let tcp = r#"{"end":{"sum_received":{"seconds":5.0,"bits_per_second":1.5e9},
+            "sum_sent":{"retransmits":3}}}"#;
+        let f = parse_iperf3(tcp, Load::Tcp { streams: 1 }).unwrap();
+        assert_eq!((f.mbit_s, f.retransmits, f.udp), (1500.0, Some(3), None));
+        let err = parse_iperf3(r#"{"error":"unable to connect"}"#, Load::Tcp { streams: 1 });
+        assert!(format!("{:#}", err.unwrap_err()).contains("unable to connect"));
+    }
+
+    #[test]
+    fn ratios_per_load() {
+        let fig = |route, v: f64| Figure {
+            route,
+            load: Load::Tcp { streams: 1 },
+            mbit_s: v,
+            udp: None,
+            retransmits: None,
+            cpu_ns_per_packet: None,
+            user_ns_per_packet: None,
+            command: String::new(),
+        };
+        let rep = Report {
+            figures: vec![
+                fig(Route::KernelOffloadsOff, 3000.0),
+                fig(Route::NullTransform, 2000.0),
+                fig(Route::Esp, 1500.0),
+            ],
+            setups: Vec::new(),
+        };
+        assert_eq!(
+            rep.summary(),
+            [
+                "ratio_esp_vs_null_tcp1=0.750",
+                "ratio_esp_vs_kernel_offloads_off_tcp1=0.500"
+            ]
+        );
+    }
+}
