@@ -145,9 +145,9 @@ pub fn kernel_rows() -> Vec<Row> {
     rows
 }
 
-/// The programs of the object: loaded and verified as `run` loads them.
-pub fn object_rows(bpf: Option<&std::path::Path>) -> Vec<Row> {
-    match Datapath::load_default(bpf) {
+/// The programs of the object, as `run` loaded and verified them.
+pub fn object_rows(loaded: &anyhow::Result<Datapath>) -> Vec<Row> {
+    match loaded {
         Ok(dp) => {
             let mut rows = Vec::new();
             match dp.verifier_stats() {
@@ -196,7 +196,7 @@ pub fn interface_facts(role: &str, iface: &str) -> Vec<Row> {
         ),
     )];
     if let Some(p) = attached_program(iface) {
-        rows.push(row(role, "XDP program now", Status::Info, p));
+        rows.push(row(role, "XDP program now", Status::Info, p.to_string()));
     }
     rows
 }
@@ -206,7 +206,25 @@ pub fn rx_queues(iface: &str) -> Option<u32> {
     ethtool_channels(iface).map(|(rx, combined)| rx.max(combined))
 }
 
-fn attached_program(iface: &str) -> Option<String> {
+/// The XDP program an interface runs now (the first mode that has one).
+struct Attached {
+    name: String,
+    id: u32,
+    mode: XdpAttachMode,
+}
+
+impl fmt::Display for Attached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match self.mode {
+            XdpAttachMode::Drv => "native",
+            XdpAttachMode::Skb => "skb",
+            XdpAttachMode::Hw => "offloaded",
+        };
+        write!(f, "{} (id {}, {mode})", self.name, self.id)
+    }
+}
+
+fn attached_program(iface: &str) -> Option<Attached> {
     let (_, progs) = Rtnl::new().ok()?.xdp_programs(iface).ok()?;
     let p = progs.first()?;
     let name = aya::programs::loaded_programs()
@@ -214,12 +232,11 @@ fn attached_program(iface: &str) -> Option<String> {
         .find(|i| i.id() == p.id)
         .and_then(|i| i.name_as_str().map(str::to_string))
         .unwrap_or_else(|| "?".into());
-    let mode = match p.mode {
-        XdpAttachMode::Drv => "native",
-        XdpAttachMode::Skb => "skb",
-        XdpAttachMode::Hw => "offloaded",
-    };
-    Some(format!("{name} (id {}, {mode})", p.id))
+    Some(Attached {
+        name,
+        id: p.id,
+        mode: p.mode,
+    })
 }
 
 /// Attach the pass program in each mode for a moment, and bind an AF_XDP socket to queue 0
@@ -234,8 +251,8 @@ fn interface_probes(role: &str, iface: &str, dp: &mut Datapath) -> (Vec<Row>, Ve
     ] {
         if let Some(p) = &busy {
             let now = matches!(
-                (mode, p.contains("native")),
-                (AttachMode::Native, true) | (AttachMode::Skb, false)
+                (mode, p.mode),
+                (AttachMode::Native, XdpAttachMode::Drv) | (AttachMode::Skb, XdpAttachMode::Skb)
             );
             if now {
                 modes.push(mode);
@@ -326,7 +343,9 @@ pub fn doctor(opts: &DoctorOptions) -> Report {
         .filter(|r| r.status == Status::Missing)
         .map(|r| format!("the kernel lacks {} ({})", r.what, r.detail))
         .collect();
-    rows.extend(object_rows(opts.bpf.as_deref()));
+    // Loaded once: its rows, then its pass program for the attach probes.
+    let loaded = Datapath::load_default(opts.bpf.as_deref());
+    rows.extend(object_rows(&loaded));
     if let Some(r) = rows
         .iter()
         .find(|r| r.area == "object" && r.status == Status::Missing)
@@ -339,7 +358,7 @@ pub fn doctor(opts: &DoctorOptions) -> Report {
         ifaces.push(("outside", opts.outside.as_str()));
     }
     let mut common: Vec<AttachMode> = vec![AttachMode::Native, AttachMode::Skb];
-    let mut dp = Datapath::load_default(opts.bpf.as_deref()).ok();
+    let mut dp = loaded.ok();
     for (role, iface) in ifaces {
         let facts = interface_facts(role, iface);
         let exists = facts.first().is_some_and(|r| r.status != Status::Missing);
