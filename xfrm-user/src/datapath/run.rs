@@ -450,7 +450,7 @@ fn write_counters(
     writeln!(
         out,
         "out {} pkts + local {} -> wire {}, in {} (reassembled {}) -> inside {} + local {}, \
-         icmp {}, frags {}, no-l2 {}, no-buffer {}, too-big {}, drops {} | {}",
+         icmp {}, frags {}, no-l2 {}, no-buffer {}, too-big {}, drops {}, bad frames {} | {}",
         sum(|w| w.rx[0].load(Ordering::Relaxed)),
         sum(|w| w.rx[2].load(Ordering::Relaxed)),
         sum(|w| w.tx[1].load(Ordering::Relaxed)),
@@ -464,6 +464,8 @@ fn write_counters(
         sum(|w| w.no_buffer.load(Ordering::Relaxed)),
         sum(|w| w.too_big.load(Ordering::Relaxed)),
         sum(|w| w.dropped.load(Ordering::Relaxed)),
+        // Frames without Ethernet + IP, or from a socket without a valid XdpMeta header.
+        sum(|w| w.bad_frame.load(Ordering::Relaxed) + w.bad_meta.load(Ordering::Relaxed)),
         stats.render_nonzero().replace('\n', " ").trim_end(),
     )?;
     for x in gw.tables.current().db.states() {
