@@ -546,8 +546,23 @@ impl Loaded {
         let p = path.display().to_string();
         let invalid =
             |what| err_io(&p, what)(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-        let by_id: HashMap<SaIdentity, Carried> =
-            saved.sas.iter().map(|r| (r.id, r.vals)).collect();
+        // A retired SA's numbers go on; its lifetime starts afresh when it comes back.
+        let by_id: HashMap<SaIdentity, Carried> = saved
+            .sas
+            .iter()
+            .map(|r| {
+                let v = if r.retired {
+                    Carried {
+                        oseq: r.vals.oseq,
+                        in_top: r.vals.in_top,
+                        ..Default::default()
+                    }
+                } else {
+                    r.vals
+                };
+                (r.id, v)
+            })
+            .collect();
         let mut used = std::collections::HashSet::with_capacity(plan.len());
         let mut out = Saved {
             version: format::VERSION,
