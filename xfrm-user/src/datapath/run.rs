@@ -73,8 +73,8 @@ use crate::xfrm::{
     xfrm_input, xfrm_output_bundle, InputVerdict, SystemClock, Verdict, XfrmDb,
 };
 
-/// What the workers share: the tables (SAD, SPD, input tables), handed over whole at each
-/// change (ctl::handover), and the counters.
+/// What the workers share: the tables (SAD, SPD, input tables), each change handed over as a
+/// delta that every worker applies to its own copy (ctl::handover), and the counters.
 pub struct Gateway {
     pub tables: Handover<Tables>,
     pub stats: Arc<XfrmStats>,
@@ -128,7 +128,7 @@ impl Gateway {
 }
 
 pub struct GatewayTransform {
-    /// This worker's snapshot of the tables, renewed between batches.
+    /// This worker's own copy of the tables, changed between batches.
     tables: Reader<Tables>,
     stats: Arc<XfrmStats>,
     acquire: SyncSender<Acquire>,
