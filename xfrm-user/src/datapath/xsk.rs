@@ -48,7 +48,7 @@ pub struct XskSocket {
     fd: RawFd,
 }
 
-// The raw pointers inside point into `area`, owned by the same value.
+// SAFETY: the raw pointers inside point into `area`, owned by the same value.
 unsafe impl Send for XskSocket {}
 
 impl XskSocket {
