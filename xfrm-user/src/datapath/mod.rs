@@ -17,4 +17,6 @@ pub mod umem;
 pub mod worker;
 pub mod xsk;
 
-pub use loader::{AttachMode, Counters, Datapath, TestRunOutcome};
+#[cfg(feature = "test-support")]
+pub use loader::TestRunOutcome;
+pub use loader::{AttachMode, Counters, Datapath};
