@@ -6,7 +6,6 @@ mod demo;
 mod ebpf;
 mod fuzz;
 mod gwbench;
-mod run;
 mod setup;
 mod strongswan;
 mod util;
@@ -48,9 +47,6 @@ enum Cmd {
         /// XDP attach mode.
         #[arg(long, default_value = "native")]
         xdp_mode: String,
-        /// The earlier single-namespace demo: the classifier alone (`xfrm-user attach --xsk`).
-        #[arg(long)]
-        single: bool,
     },
     /// setup, build-ebpf, fmt --check, clippy -D warnings, cargo test for the workspace
     /// (root-only integration tests included when run as root).
@@ -121,17 +117,7 @@ fn real_main() -> Result<()> {
         Cmd::BuildEbpf { debug } => ebpf::build(!debug).map(|p| {
             println!("eBPF object: {}", p.display());
         }),
-        Cmd::Run {
-            duration,
-            xdp_mode,
-            single,
-        } => {
-            if single {
-                run::demo_single(duration, &xdp_mode)
-            } else {
-                demo::gateways(duration, &xdp_mode)
-            }
-        }
+        Cmd::Run { duration, xdp_mode } => demo::gateways(duration, &xdp_mode),
         Cmd::Test {
             no_setup,
             cargo_test_args,

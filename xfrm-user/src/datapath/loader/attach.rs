@@ -130,8 +130,8 @@ pub fn detach_xfrm_programs(iface: &str) -> Result<Vec<Detached>> {
                     .and_then(|e| e.raw_os_error());
                 let hint = match errno {
                     Some(libc::EBUSY) => {
-                        " (attached through a bpf_link, e.g. by a running `xfrm-user attach`: \
-                         stop that process)"
+                        " (attached through a bpf_link by a running process: stop that \
+                         process)"
                     }
                     Some(libc::EEXIST) => " (replaced meanwhile, e.g. by a starting daemon)",
                     _ => "",
@@ -231,7 +231,7 @@ impl Datapath {
 
     /// Attach `prog` to `iface` in netlink mode: it survives this process (see above);
     /// replaces atomically a program a previous daemon left. A bpf_link attachment on the
-    /// interface (e.g. a running `xfrm-user attach`) refuses it with EBUSY.
+    /// interface (held by a running process) refuses it with EBUSY.
     pub fn attach_persistent(
         &mut self,
         prog: Program,
