@@ -62,6 +62,16 @@ pub fn ip_version(buf: &[u8]) -> Option<u8> {
     }
 }
 
+/// Where the checksum sits in a TCP, UDP, ICMP or ICMPv6 header (None: another protocol).
+pub fn l4_checksum_offset(p: u8) -> Option<usize> {
+    match p {
+        proto::TCP => Some(tcp::CHECKSUM_OFFSET),
+        proto::UDP => Some(udp::CHECKSUM_OFFSET),
+        proto::ICMP | proto::ICMPV6 => Some(icmp::CHECKSUM_OFFSET),
+        _ => None,
+    }
+}
+
 #[inline]
 pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
