@@ -607,6 +607,26 @@ mod tests {
         assert_eq!(seen, [true, true]);
     }
 
+    /// The Wycheproof groups ESP's GCM takes: a 96-bit nonce, a 128/256-bit key, an
+    /// 8/12/16-byte tag (sizes in bits).
+    fn esp_group(nonce: usize, key: usize, tag: usize) -> bool {
+        nonce == 96 && matches!(key, 128 | 256) && TAG_LENS.contains(&(tag / 8))
+    }
+
+    /// One vector (`[aad, pt, ct]`): a must-fail one must not open; a valid one seals and
+    /// opens on both backends. True when it was valid.
+    fn check_vector(key: &[u8], nonce: &[u8], v: [&[u8]; 3], tag: &[u8], fail: bool) -> bool {
+        let [aad, pt, ct] = v;
+        if fail {
+            let salt: [u8; 4] = nonce[..4].try_into().unwrap();
+            let k = GcmKey::new(key, salt).unwrap();
+            check_rejected(&k, nonce[4..].try_into().unwrap(), aad, ct, tag);
+        } else {
+            check_both(key, nonce, aad, pt, ct, tag);
+        }
+        !fail
+    }
+
     /// Wycheproof aes_gcm_test.json: every vector with a 96-bit nonce, 128/256-bit key and
     /// an 8/12/16-byte tag. Valid ones seal to ct||tag on both backends and open; invalid
     /// ones must not open.
@@ -616,22 +636,14 @@ mod tests {
         let set = TestSet::load(TestName::AesGcm).unwrap();
         let (mut valid, mut invalid) = (0, 0);
         for g in &set.test_groups {
-            if g.nonce_size != 96
-                || !matches!(g.key_size, 128 | 256)
-                || !TAG_LENS.contains(&(g.tag_size / 8))
-            {
+            if !esp_group(g.nonce_size, g.key_size, g.tag_size) {
                 continue;
             }
             for t in &g.tests {
-                let salt: [u8; 4] = t.nonce[..4].try_into().unwrap();
-                let iv: [u8; 8] = t.nonce[4..].try_into().unwrap();
-                if t.result.must_fail() {
-                    let k = GcmKey::new(&t.key, salt).unwrap();
-                    check_rejected(&k, &iv, &t.aad, &t.ct, &t.tag);
-                    invalid += 1;
-                } else {
-                    check_both(&t.key, &t.nonce, &t.aad, &t.pt, &t.ct, &t.tag);
-                    valid += 1;
+                let v = [&t.aad[..], &t.pt, &t.ct];
+                match check_vector(&t.key, &t.nonce, v, &t.tag, t.result.must_fail()) {
+                    true => valid += 1,
+                    false => invalid += 1,
                 }
             }
         }
@@ -648,22 +660,14 @@ mod tests {
         let set = TestSet::load(TestName::Gmac).unwrap();
         let (mut valid, mut invalid) = (0, 0);
         for g in &set.test_groups {
-            if g.nonce_size != 96
-                || !matches!(g.key_size, 128 | 256)
-                || !TAG_LENS.contains(&(g.tag_size / 8))
-            {
+            if !esp_group(g.nonce_size, g.key_size, g.tag_size) {
                 continue;
             }
             for t in &g.tests {
-                let salt: [u8; 4] = t.nonce[..4].try_into().unwrap();
-                let iv: [u8; 8] = t.nonce[4..].try_into().unwrap();
-                if t.result.must_fail() {
-                    let k = GcmKey::new(&t.key, salt).unwrap();
-                    check_rejected(&k, &iv, &t.msg, &[], &t.tag);
-                    invalid += 1;
-                } else {
-                    check_both(&t.key, &t.nonce, &t.msg, &[], &[], &t.tag);
-                    valid += 1;
+                let v = [&t.msg[..], &[], &[]];
+                match check_vector(&t.key, &t.nonce, v, &t.tag, t.result.must_fail()) {
+                    true => valid += 1,
+                    false => invalid += 1,
                 }
             }
         }
