@@ -101,10 +101,14 @@ fn fuzz_cmd(sub: &str, mode: Mode) -> Command {
     .env("RUSTUP_TOOLCHAIN", "nightly")
     .current_dir(repo_root())
     .stdin(Stdio::null());
-    if mode.sanitizer == Sanitizer::None {
-        // Its own build directory: switching sanitizers in one would rebuild everything.
-        c.arg("--target-dir").arg(harness().join("target/nosan"));
-    }
+    // fuzz/harness/target whatever CARGO_TARGET_DIR says (cargo sets it for us when the
+    // caller has): flags differ from every other build. Without a sanitizer a directory of
+    // its own, as switching flags in one would rebuild everything.
+    let dir = match mode.sanitizer {
+        Sanitizer::Address => harness().join("target"),
+        Sanitizer::None => harness().join("target/nosan"),
+    };
+    c.arg("--target-dir").arg(dir);
     c
 }
 
