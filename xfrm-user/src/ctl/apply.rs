@@ -19,7 +19,7 @@ use anyhow::Result;
 use super::{
     handover::Handover,
     render::Show,
-    store::{Executed, Store, Tables},
+    store::{Executed, Store, Tables, TablesDelta},
 };
 use crate::config::request::Request;
 use crate::datapath::{
@@ -28,10 +28,47 @@ use crate::datapath::{
 };
 use crate::policy::PolicyDir;
 use crate::xfrm::{SystemClock, XfrmDb};
+use xfrm_common::{EncapPort, PolicyRule, SaKey, MAX_ENCAP_PORTS};
 
 /// How long a change waits for every worker to take it (a worker takes it between two
 /// batches, within a millisecond or so; one that does not is stuck).
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the XDP maps get from a change: the SA entries to remove and to insert, the NAT-T
+/// ports when they moved, the policy tables (out, in, fwd) when a policy changed.
+pub struct Compiled {
+    pub remove: Vec<SaKey>,
+    pub insert: Vec<(SaKey, u32)>,
+    pub ports: Option<[EncapPort; MAX_ENCAP_PORTS]>,
+    pub rules: Option<(Vec<PolicyRule>, Vec<PolicyRule>, Vec<PolicyRule>)>,
+}
+
+/// Compiles a change for the XDP maps; a change they cannot take is an error here, before
+/// anything moves.
+pub fn compile(d: &TablesDelta) -> Result<Compiled> {
+    let remove = d.removed.iter().map(|x| sa_entry(x).0).collect();
+    let insert = d.added.iter().map(|x| sa_entry(x)).collect();
+    let ports = d.input.as_ref().map(encap_ports).transpose()?;
+    let rules = match &d.policies {
+        Some((policies, tag)) => {
+            // The rules need the policies in lookup order and their tagged ids: a
+            // database of them alone (no SA) gives both.
+            let db = XfrmDb::from_sas(Vec::new(), policies.clone(), Arc::new(SystemClock), *tag)?;
+            Some((
+                compile_db(&db)?,
+                compile_inbound(&db, PolicyDir::In)?,
+                compile_inbound(&db, PolicyDir::Fwd)?,
+            ))
+        }
+        None => None,
+    };
+    Ok(Compiled {
+        remove,
+        insert,
+        ports,
+        rules,
+    })
+}
 
 /// One request (`text`: its words as received, kept in the state file for what it adds).
 #[allow(clippy::too_many_arguments)]
@@ -64,32 +101,12 @@ pub fn control(
     let d = p.delta.clone();
     let mut late = None;
     if d.sas_changed() || d.policies.is_some() || d.input.is_some() {
-        let compiled = (|| -> Result<_> {
-            let remove: Vec<_> = d.removed.iter().map(|x| sa_entry(x).0).collect();
-            let insert: Vec<_> = d.added.iter().map(|x| sa_entry(x)).collect();
-            let ports = d.input.as_ref().map(encap_ports).transpose()?;
-            let rules = match &d.policies {
-                Some((policies, tag)) => {
-                    // The rules need the policies in lookup order and their tagged ids:
-                    // a database of them alone (no SA) gives both.
-                    let db = XfrmDb::from_sas(
-                        Vec::new(),
-                        policies.clone(),
-                        Arc::new(SystemClock),
-                        *tag,
-                    )?;
-                    Some((
-                        compile_db(&db)?,
-                        compile_inbound(&db, PolicyDir::In)?,
-                        compile_inbound(&db, PolicyDir::Fwd)?,
-                    ))
-                }
-                None => None,
-            };
-            Ok((remove, insert, ports, rules))
-        })();
-        let (remove, insert, ports, rules) =
-            compiled.map_err(|e| format!("request: {e:#} (nothing applied)"))?;
+        let Compiled {
+            remove,
+            insert,
+            ports,
+            rules,
+        } = compile(&d).map_err(|e| format!("request: {e:#} (nothing applied)"))?;
         let g = tables.publish(d.clone());
         if let Err(e) = tables.wait(g, HANDOVER_TIMEOUT) {
             log::error!("control: {e}");
