@@ -357,6 +357,8 @@ impl Drop for Ca {
 pub struct Charon {
     proc: Proc,
     dir: PathBuf,
+    /// Killed by the test ([`Charon::kill9`]): its exit is no failure.
+    killed: bool,
 }
 
 impl Charon {
@@ -428,7 +430,11 @@ impl Charon {
         let mut cmd = ns.command("unshare");
         cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
         let proc = Proc::spawn(label, cmd)?;
-        let mut c = Self { proc, dir };
+        let mut c = Self {
+            proc,
+            dir,
+            killed: false,
+        };
         c.wait_vici(Duration::from_secs(20))?;
         Ok(c)
     }
@@ -516,6 +522,9 @@ impl Charon {
     }
 
     pub fn check_alive(&mut self) -> Result<()> {
+        if self.killed {
+            return Ok(());
+        }
         if let Some(st) = self.proc.try_wait() {
             bail!("charon exited ({st}):\n{}", self.log());
         }
@@ -529,6 +538,7 @@ impl Charon {
 
     /// SIGKILL: charon gone without a word to its peer (the DPD case).
     pub fn kill9(&mut self) -> std::process::ExitStatus {
+        self.killed = true;
         self.proc.kill9()
     }
 }
@@ -766,6 +776,27 @@ pub fn datapath_counters(d: &Daemon, spi: u32) -> Result<(u64, u64)> {
     }
 }
 
+/// A counter of the datapath's XDP/TC programs from its last counter line (`xdp inside:
+/// … drop_block=3 | xdp outside: …`): `hook` `xdp inside`, `xdp outside` or `tc local`; 0
+/// when absent (only nonzero ones are printed).
+pub fn program_counter(d: &Daemon, hook: &str, name: &str) -> u64 {
+    let log = d.log();
+    log.lines()
+        .rev()
+        .find(|l| l.starts_with("xdp inside:"))
+        .and_then(|line| counter_in_line(line, hook, name))
+        .unwrap_or(0)
+}
+
+fn counter_in_line(line: &str, hook: &str, name: &str) -> Option<u64> {
+    line.split(" | ")
+        .find_map(|part| part.strip_prefix(hook)?.strip_prefix(':'))?
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?
+        .parse()
+        .ok()
+}
+
 /// How many SAs the datapath holds.
 pub fn sa_count(d: &Daemon) -> Result<usize> {
     let count = d.xfrm_ok(&["state", "count"], "")?;
@@ -797,32 +828,50 @@ pub fn wait_for(
     }
 }
 
-/// The wire carried the hosts' traffic as IPsec only: besides IPsec frames, nothing but UDP
-/// to or from the IKE ports (500, 4500), ARP and IPv6 neighbour discovery.
+/// Whether an IPv4 packet is IKE: UDP from or to port 500 or 4500.
+fn is_ike(ip: &[u8]) -> bool {
+    let l4 = usize::from(ip.first().map_or(0, |b| b & 0x0f)) * 4;
+    if ip.len() < l4 + 4 || ip[0] >> 4 != 4 || ip[9] != 17 {
+        return false;
+    }
+    let port = |i: usize| u16::from_be_bytes([ip[l4 + i], ip[l4 + i + 1]]);
+    [port(0), port(2)].iter().any(|p| [500, 4500].contains(p))
+}
+
+/// The wire carried the hosts' traffic as IPsec only: besides IPsec frames, nothing but IKE
+/// (UDP 500/4500), ICMP errors about IKE (a dead peer's port unreachable), ARP and IPv6
+/// neighbour discovery. The kinds are counted for every frame; the first 32 non-IPsec
+/// frames the capture keeps are looked into.
 pub fn check_only_ipsec(rep: &CaptureReport) -> Result<()> {
     for (what, n) in &rep.other {
         let ok = matches!(
             what.as_str(),
-            "ip proto 17" | "ip proto 58" | "ethertype 0x0806"
+            "ip proto 1" | "ip proto 17" | "ip proto 58" | "ethertype 0x0806"
         );
         if !ok {
             bail!("{n} frame(s) of {what} on the wire: {}", rep.summary());
         }
     }
-    // The first of them (IPv4 outside here): UDP only to or from the IKE ports.
     for f in &rep.other_samples {
         let Some((off, ..)) = crate::capture::parse(&f.data, &[]) else {
             continue;
         };
         let ip = &f.data[off..];
-        let l4 = usize::from(ip[0] & 0x0f) * 4;
-        if ip[0] >> 4 != 4 || ip.len() < l4 + 8 || ip[9] != 17 {
+        if ip.len() < 20 || ip[0] >> 4 != 4 {
             continue;
         }
-        let port = |i: usize| u16::from_be_bytes([ip[l4 + i], ip[l4 + i + 1]]);
-        let (sp, dp) = (port(0), port(2));
-        if ![500, 4500].contains(&sp) && ![500, 4500].contains(&dp) {
-            bail!("UDP {sp} -> {dp} on the wire is neither IKE nor NAT-T");
+        let l4 = usize::from(ip[0] & 0x0f) * 4;
+        let ok = match ip[9] {
+            17 => is_ike(ip),
+            // An ICMP error quotes the packet it is about after its 8-byte header.
+            1 => ip.get(l4 + 8..).is_some_and(is_ike),
+            _ => true,
+        };
+        if !ok {
+            bail!(
+                "neither IKE nor about IKE on the wire: {}",
+                crate::capture::hex(&ip[..ip.len().min(64)])
+            );
         }
     }
     Ok(())
@@ -830,7 +879,18 @@ pub fn check_only_ipsec(rep: &CaptureReport) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::list_sas_counters;
+    use super::{counter_in_line, list_sas_counters};
+
+    #[test]
+    fn reads_program_counters() {
+        let line = "xdp inside: rx=14992 pass_arp_nd=2 drop_block=3 | xdp outside: rx=7 \
+                    redirect_in=3 | tc local: rx=9";
+        let find = |hook, name| counter_in_line(line, hook, name);
+        assert_eq!(find("xdp inside", "drop_block"), Some(3));
+        assert_eq!(find("xdp outside", "redirect_in"), Some(3));
+        assert_eq!(find("xdp outside", "rx"), Some(7));
+        assert_eq!(find("tc local", "drop_block"), None);
+    }
 
     #[test]
     fn reads_list_sas() {
