@@ -1068,6 +1068,7 @@ static void handle_expire(const char *ev)
 	unsigned int spi;
 	const char *at = strstr(ev, "\n\tproto ");
 	host_t *host;
+	bool hard;
 
 	if (sscanf(ev, "Expired src %63s dst %63s", src, dst) != 2 || !at ||
 		sscanf(at, "\n\tproto %7s spi 0x%x", proto, &spi) != 2)
@@ -1080,9 +1081,12 @@ static void handle_expire(const char *ev)
 	{
 		return;
 	}
+	hard = strstr(ev, "\thard 1") != NULL;
+	DBG1(DBG_KNL, "kernel-xfrmuser: %s expire for %s SA %.8x to %H",
+		 hard ? "hard" : "soft", proto, spi, host);
 	charon->kernel->expire(charon->kernel,
 						   streq(proto, "ah") ? IPPROTO_AH : IPPROTO_ESP,
-						   htonl(spi), host, strstr(ev, "\thard 1") != NULL);
+						   htonl(spi), host, hard);
 	host->destroy(host);
 }
 

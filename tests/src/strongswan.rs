@@ -413,6 +413,7 @@ impl Charon {
     log {{
       path = {d}/charon.log
       time_format = %T
+      time_add_ms = yes
       default = 1
       knl = 2
       ike = 1
