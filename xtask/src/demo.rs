@@ -1,4 +1,4 @@
-//! `cargo xtask run`: the two-gateway demo (issue 5's topology, the one the gateway tests use):
+//! `cargo xtask run`: the two-gateway demo (the topology the gateway tests use):
 //!
 //! ```text
 //!  host-a ──lan── gw-a ══wan══ wire ══wan══ gw-b ──lan── host-b

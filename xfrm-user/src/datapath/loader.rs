@@ -465,7 +465,7 @@ impl Datapath {
             .with_context(|| format!("attach {PROG_OUTSIDE} to {iface} ({mode:?})"))
     }
 
-    // Fail closed across the death of the daemon (issue 5, `kill -9`).
+    // Fail closed across the death of the daemon (`kill -9`).
     //
     // `attach_*` above go through a bpf_link (aya uses BPF_LINK_CREATE on kernels >= 5.9): the
     // link lives as long as its fd, so a killed daemon takes its programs with it, and a
