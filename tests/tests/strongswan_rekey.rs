@@ -8,6 +8,9 @@
 //! rekeys too), every transfer whole (SHA-256 at both ends), nothing in
 //! clear on the wire, several SPI pairs used on the wire (rekeys happened), and at the end
 //! only the current CHILD_SA's two SAs left in each datapath (the old ones deleted).
+//!
+//! For the figures, unpaced TCP transfers before the load (no rekey) and after it while the
+//! charons force a rekey every 250 ms; their throughput is reported, not asserted.
 
 use std::{
     collections::HashSet,
@@ -23,8 +26,9 @@ use anyhow::{bail, Context, Result};
 use xfrm_tests::{
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
     load::{paced_transfers, receiver, sender},
-    scenario::{wait_path, wire_capture},
-    strongswan::{run_test, sa_count, wait_for, with_sites, SiteConf},
+    scenario::{transfers_both_ways, wait_path, wire_capture},
+    strongswan::{run_test, sa_count, wait_for, with_sites, SiteConf, Sites},
+    traffic::TransferReport,
 };
 
 /// How long the load runs; `XFRM_SSWAN_REKEY_SECS` overrides.
@@ -46,7 +50,49 @@ const UDP_INTERVAL: Duration = Duration::from_millis(2);
 /// Paced so that the gateways are not saturated: saturated they drop (TCP recovers), and a
 /// lost datagram would then say nothing about the rekeys.
 const TCP_SIZE: u64 = 8 << 20;
+/// The unpaced transfers that measure TCP with and without rekeys.
+const MEASURE_SIZE: u64 = 64 << 20;
 const TCP_PACING: u64 = 20_000_000;
+
+/// Unpaced transfers of [`MEASURE_SIZE`] each way while the charons force rekeys in turn
+/// every 250 ms (at most 40); the rekeys that completed meanwhile, and the transfers.
+fn rekey_storm(
+    sites: &Sites,
+    net: &GatewayNet,
+    case: &Case,
+) -> Result<(usize, [TransferReport; 2])> {
+    let count = || {
+        sites
+            .charon(Side::A)
+            .log()
+            .matches("outbound CHILD_SA lan{")
+            .count()
+    };
+    let before = count();
+    let done = AtomicBool::new(false);
+    let r = std::thread::scope(|sc| {
+        let rekeys = sc.spawn(|| -> Result<()> {
+            for i in 0..40 {
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                let s = if i % 2 == 0 { Side::A } else { Side::B };
+                sites.charon(s).swanctl(&["--rekey", "--child", "lan"])?;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Ok(())
+        });
+        let r = transfers_both_ways(net, case, MEASURE_SIZE, 6310);
+        done.store(true, Ordering::Relaxed);
+        let k = rekeys
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        r.and_then(|r| k.map(|()| r))
+    })?;
+    // The last forced rekey may still be in flight.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok((count() - before, r))
+}
 
 fn case() -> Case {
     Case::new("strongswan-rekey", Endpoints::Hosts, Family::V4, Family::V4)
@@ -80,6 +126,22 @@ fn rekey_under_load() -> Result<String> {
         }
         sites.charon(Side::A).initiate()?;
         wait_path(&net, &case, &mut || sites.check_alive())?;
+        // Unpaced TCP without a rekey, for the figure to compare with: right after a forced
+        // rekey, whose CHILD_SA the charons rekey 5 s later at the earliest.
+        let spi = sites.charon(Side::A).out_spi()?;
+        sites
+            .charon(Side::A)
+            .swanctl(&["--rekey", "--child", "lan"])?;
+        wait_for(sites, Duration::from_secs(10), "the first rekey", |x| {
+            Ok(x.charon(Side::A).out_spi()? != spi)
+        })?;
+        let spi = sites.charon(Side::A).out_spi()?;
+        let quiet = transfers_both_ways(&net, &case, MEASURE_SIZE, 6300)?;
+        let quiet_note = if sites.charon(Side::A).out_spi()? == spi {
+            ""
+        } else {
+            " (a rekey came during it)"
+        };
 
         let stop = Arc::new(AtomicBool::new(false));
         let stop_rx = Arc::new(AtomicBool::new(false));
@@ -202,10 +264,24 @@ fn rekey_under_load() -> Result<String> {
             .log()
             .matches("outbound CHILD_SA lan{")
             .count();
+        // Unpaced TCP while gw-a and gw-b force rekeys in turn every 250 ms.
+        let storm = rekey_storm(sites, &net, &case)?;
+        let mbit = |r: &[TransferReport; 2]| {
+            format!(
+                "A->B {:.0} Mbit/s, B->A {:.0} Mbit/s",
+                r[0].mib_per_s() * 8.388608,
+                r[1].mib_per_s() * 8.388608
+            )
+        };
         let summary = format!(
-            "{rekeys_logged} rekeys in gw-a's charon log; {} of load, {transfers} paced transfer pairs of {} MiB each way intact; {}; lost \
+            "TCP {} MiB each way at once, unpaced: without rekeys {}{quiet_note}; during {} \
+             forced rekeys {}; {rekeys_logged} rekeys in gw-a's charon log; {} of load, {transfers} paced transfer pairs of {} MiB each way intact; {}; lost \
              by the workers outside the xfrm layer (TX room, neighbour): {gap}; SAs left in \
              the datapaths {counts:?}",
+            MEASURE_SIZE >> 20,
+            mbit(&quiet),
+            storm.0,
+            mbit(&storm.1),
             format_args!("{:.1?}", load.elapsed()),
             TCP_SIZE >> 20,
             lines.join("; ")
