@@ -798,6 +798,21 @@ fn counter_in_line(line: &str, hook: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
+/// Pings from side `s`'s host, none of which may be answered.
+pub fn all_lost(net: &GatewayNet, case: &Case, s: Side) -> Result<()> {
+    let r = crate::traffic::ping(
+        net.topo.ns(case.traffic_ns(net, s)),
+        case.traffic_addr(net, s.other()),
+        3,
+        b'P',
+    );
+    match r {
+        Err(e) if format!("{e:#}").contains(" 0 received") => Ok(()),
+        Err(e) => bail!("pings from {s:?} with no CHILD_SA: {e:#}"),
+        Ok(line) => bail!("pings from {s:?} got through with no CHILD_SA: {line}"),
+    }
+}
+
 /// How many SAs the datapath holds.
 pub fn sa_count(d: &Daemon) -> Result<usize> {
     let count = d.xfrm_ok(&["state", "count"], "")?;

@@ -24,10 +24,9 @@ use xfrm_tests::{
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM256},
     scenario::{ping_both_ways, transfer_size, transfers_both_ways, wire_capture},
     strongswan::{
-        check_list_sas, check_only_ipsec, program_counter, run_test, sa_count, wait_for,
+        all_lost, check_list_sas, check_only_ipsec, program_counter, run_test, sa_count, wait_for,
         with_sites, Ca, SiteConf, Sites,
     },
-    traffic::ping,
 };
 
 fn case() -> Case {
@@ -54,21 +53,6 @@ fn strongswan_cert_terminate_dpd() {
 fn only_shunt_left(sites: &Sites, s: Side) -> Result<bool> {
     let pols = sites.gw(s).xfrm_ok(&["policy", "list"], "")?;
     Ok(sa_count(sites.gw(s))? == 0 && !pols.contains("tmpl ") && pols.contains("block"))
-}
-
-/// Pings from side `s`'s host, none of which may be answered.
-fn all_lost(net: &GatewayNet, case: &Case, s: Side) -> Result<()> {
-    let r = ping(
-        net.topo.ns(case.traffic_ns(net, s)),
-        case.traffic_addr(net, s.other()),
-        3,
-        b'P',
-    );
-    match r {
-        Err(e) if format!("{e:#}").contains(" 0 received") => Ok(()),
-        Err(e) => bail!("pings from {s:?} with no CHILD_SA: {e:#}"),
-        Ok(line) => bail!("pings from {s:?} got through with no CHILD_SA: {line}"),
-    }
 }
 
 /// Pings from side `s`'s host, which must all be lost; waits until the datapath of side
