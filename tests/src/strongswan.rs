@@ -261,6 +261,21 @@ fn pki(args: &[&str]) -> Result<Vec<u8>> {
     Ok(o.stdout)
 }
 
+/// A new ECDSA P-256 key in PEM at `path`.
+fn new_key(path: &Path) -> Result<()> {
+    let key = pki(&[
+        "--gen",
+        "--type",
+        "ecdsa",
+        "--size",
+        "256",
+        "--outform",
+        "pem",
+    ])?;
+    std::fs::write(path, key)?;
+    Ok(())
+}
+
 impl Ca {
     pub fn new(label: &str) -> Result<Self> {
         let dir =
@@ -269,18 +284,7 @@ impl Ca {
         std::fs::create_dir_all(&dir)?;
         let ca = Self { dir };
         let key = ca.dir.join("ca.key");
-        std::fs::write(
-            &key,
-            pki(&[
-                "--gen",
-                "--type",
-                "ecdsa",
-                "--size",
-                "256",
-                "--outform",
-                "pem",
-            ])?,
-        )?;
+        new_key(&key)?;
         let cert = pki(&[
             "--self",
             "--ca",
@@ -307,18 +311,7 @@ impl Ca {
             std::fs::create_dir_all(dir.join(d))?;
         }
         let key = dir.join("private").join(format!("{id}.key"));
-        std::fs::write(
-            &key,
-            pki(&[
-                "--gen",
-                "--type",
-                "ecdsa",
-                "--size",
-                "256",
-                "--outform",
-                "pem",
-            ])?,
-        )?;
+        new_key(&key)?;
         let cert = pki(&[
             "--issue",
             "--cacert",
@@ -811,6 +804,16 @@ pub fn all_lost(net: &GatewayNet, case: &Case, s: Side) -> Result<()> {
         Err(e) => bail!("pings from {s:?} with no CHILD_SA: {e:#}"),
         Ok(line) => bail!("pings from {s:?} got through with no CHILD_SA: {line}"),
     }
+}
+
+/// Every SPI of `spis` was seen on the wire.
+pub fn check_spis_on_wire(rep: &CaptureReport, spis: &[u32]) -> Result<()> {
+    for spi in spis {
+        if rep.per_spi.get(spi).copied().unwrap_or(0) == 0 {
+            bail!("no frame with SPI {spi:#x} on the wire: {}", rep.summary());
+        }
+    }
+    Ok(())
 }
 
 /// How many SAs the datapath holds.

@@ -24,10 +24,13 @@ use xfrm_tests::{
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM256},
     scenario::{ping_both_ways, transfer_size, transfers_both_ways, wire_capture},
     strongswan::{
-        all_lost, check_list_sas, check_only_ipsec, program_counter, run_test, sa_count, wait_for,
-        with_sites, Ca, SiteConf, Sites,
+        all_lost, check_list_sas, check_only_ipsec, check_spis_on_wire, program_counter, run_test,
+        sa_count, wait_for, with_sites, Ca, SiteConf, Sites,
     },
 };
+
+/// What the shunt's block policies drop: the inside XDP program's counter.
+const BLOCKED: (&str, &str) = ("xdp inside", "drop_block");
 
 fn case() -> Case {
     Case::new("strongswan-cert", Endpoints::Hosts, Family::V4, Family::V4)
@@ -113,22 +116,8 @@ fn cert_terminate_dpd() -> Result<String> {
             "SAs and policies gone",
             |x| Ok(only_shunt_left(x, Side::A)? && only_shunt_left(x, Side::B)?),
         )?;
-        let blocked_a = dropped(
-            &net,
-            &case,
-            sites,
-            Side::A,
-            Side::A,
-            ("xdp inside", "drop_block"),
-        )?;
-        let blocked_b = dropped(
-            &net,
-            &case,
-            sites,
-            Side::B,
-            Side::B,
-            ("xdp inside", "drop_block"),
-        )?;
+        let blocked_a = dropped(&net, &case, sites, Side::A, Side::A, BLOCKED)?;
+        let blocked_b = dropped(&net, &case, sites, Side::B, Side::B, BLOCKED)?;
         out.push_str(&format!(
             "; terminated: no SA or policy of it left after {gone:.1?}, pings dropped \
              (blocked by the shunt: +{blocked_a} on gw-a, +{blocked_b} on gw-b)"
@@ -147,14 +136,7 @@ fn cert_terminate_dpd() -> Result<String> {
         if !log.contains("sending DPD request") || !log.contains("giving up after") {
             bail!("no DPD that gave up in gw-a's charon log:\n{log}");
         }
-        let block = dropped(
-            &net,
-            &case,
-            sites,
-            Side::A,
-            Side::A,
-            ("xdp inside", "drop_block"),
-        )?;
+        let block = dropped(&net, &case, sites, Side::A, Side::A, BLOCKED)?;
         // gw-b's datapath still has its SAs and sends ESP that gw-a has no SA for.
         let no_state = dropped(
             &net,
@@ -176,13 +158,6 @@ fn cert_terminate_dpd() -> Result<String> {
         Ok((spis, out))
     })?;
     check_only_ipsec(&rep)?;
-    for spi in summary.0 {
-        if rep.per_spi.get(&spi).copied().unwrap_or(0) == 0 {
-            bail!(
-                "no ESP frame with SPI {spi:#x} on the wire: {}",
-                rep.summary()
-            );
-        }
-    }
+    check_spis_on_wire(&rep, &summary.0)?;
     Ok(format!("{}\nwire: {}", summary.1, rep.summary()))
 }

@@ -12,7 +12,9 @@ use anyhow::{bail, Result};
 use xfrm_tests::{
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
     scenario::{ping_both_ways, transfer_size, transfers_both_ways, wire_capture_at},
-    strongswan::{check_list_sas, check_only_ipsec, run_test, with_sites, SiteConf},
+    strongswan::{
+        check_list_sas, check_only_ipsec, check_spis_on_wire, run_test, with_sites, SiteConf,
+    },
 };
 
 fn case() -> Case {
@@ -98,14 +100,7 @@ fn natt_masquerade() -> Result<String> {
         ))
     })?;
     check_only_ipsec(&rep)?;
-    for spi in summary.0 {
-        if rep.per_spi.get(&spi).copied().unwrap_or(0) == 0 {
-            bail!(
-                "no ESP-in-UDP frame with SPI {spi:#x} on the wire: {}",
-                rep.summary()
-            );
-        }
-    }
+    check_spis_on_wire(&rep, &summary.0)?;
     // Every IPsec frame kept as a sample is UDP from or to the NAT's address: no bare ESP.
     for f in &rep.samples {
         let Some((off, src, dst, _)) = xfrm_tests::capture::parse(&f.data, &[4500]) else {

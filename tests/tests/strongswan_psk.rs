@@ -15,7 +15,8 @@ use xfrm_tests::{
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
     scenario::{ping_both_ways, transfer_size, transfers_both_ways, wire_capture},
     strongswan::{
-        check_list_sas, check_only_ipsec, run_test, sa_count, wait_for, with_sites, SiteConf,
+        check_list_sas, check_only_ipsec, check_spis_on_wire, run_test, sa_count, wait_for,
+        with_sites, SiteConf,
     },
 };
 
@@ -119,14 +120,7 @@ fn proposals() -> Result<String> {
     // The hosts' traffic crossed as ESP with charon's SPIs, both ways.
     let mut lines = Vec::new();
     for (spis, line) in summary {
-        for spi in spis {
-            if rep.per_spi.get(&spi).copied().unwrap_or(0) == 0 {
-                bail!(
-                    "no ESP frame with SPI {spi:#x} on the wire: {}",
-                    rep.summary()
-                );
-            }
-        }
+        check_spis_on_wire(&rep, &spis)?;
         lines.push(line);
     }
     Ok(format!("{}\nwire: {}", lines.join("\n"), rep.summary()))
