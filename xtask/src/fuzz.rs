@@ -47,6 +47,9 @@ pub struct Mode {
     pub jobs: u32,
     /// Append the figures to the campaign log.
     pub campaign: bool,
+    /// `cargo fuzz build --dev`: no optimisation, so a fresh build takes a fraction of the
+    /// time and each execution several times longer (CI's smoke run).
+    pub dev: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -70,6 +73,7 @@ impl Default for Mode {
             sanitizer: Sanitizer::Address,
             jobs: 1,
             campaign: false,
+            dev: false,
         }
     }
 }
@@ -91,9 +95,11 @@ fn campaign_log() -> PathBuf {
 /// has): flags differ from every other build. Without a sanitizer a directory of its own, as
 /// switching flags in one would rebuild everything.
 fn target_dir(mode: Mode) -> PathBuf {
-    match mode.sanitizer {
-        Sanitizer::Address => harness().join("target"),
-        Sanitizer::None => harness().join("target/nosan"),
+    match (mode.sanitizer, mode.dev) {
+        (Sanitizer::Address, false) => harness().join("target"),
+        (Sanitizer::Address, true) => harness().join("target/dev"),
+        (Sanitizer::None, false) => harness().join("target/nosan"),
+        (Sanitizer::None, true) => harness().join("target/nosan-dev"),
     }
 }
 
@@ -108,6 +114,7 @@ fn build_cmd(mode: Mode) -> Command {
         "--fuzz-dir",
     ])
     .arg(harness())
+    .args(mode.dev.then_some("--dev"))
     .arg("--target-dir")
     .arg(target_dir(mode))
     .env("RUSTUP_TOOLCHAIN", "nightly")
@@ -121,7 +128,8 @@ fn build_cmd(mode: Mode) -> Command {
 /// fuzzer's alone.
 fn fuzzer(target: &str, mode: Mode) -> PathBuf {
     target_dir(mode)
-        .join("x86_64-unknown-linux-gnu/release")
+        .join("x86_64-unknown-linux-gnu")
+        .join(if mode.dev { "debug" } else { "release" })
         .join(target)
 }
 
@@ -171,9 +179,10 @@ pub fn run(only: Option<&str>, seconds: u64, mode: Mode) -> Result<()> {
         rows.push(r);
     }
     println!(
-        "\nfuzz: {seconds} s per target, sanitizer {}, {} job(s), on this machine",
+        "\nfuzz: {seconds} s per target, sanitizer {}, {} job(s){}, on this machine",
         mode.sanitizer.name(),
-        mode.jobs
+        mode.jobs,
+        if mode.dev { ", unoptimised" } else { "" }
     );
     println!(
         "{:<13} {:>12} {:>9} {:>7} {:>7} {:>8}  crashes",

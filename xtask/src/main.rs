@@ -85,6 +85,9 @@ enum Cmd {
         /// Run nothing: print the campaign log's totals per target (a Markdown table).
         #[arg(long)]
         report: bool,
+        /// Build without optimisation (quicker to build, slower to run).
+        #[arg(long)]
+        dev: bool,
     },
     /// Benchmarks: the user-space ones (`cargo bench -p xfrm-user`), then the XDP classifier's
     /// ns/packet table (BPF_PROG_TEST_RUN; needs root, prints SKIP otherwise), then the
@@ -157,6 +160,7 @@ fn real_main() -> Result<()> {
             jobs,
             campaign,
             report: false,
+            dev,
         } => fuzz::run(
             target.as_deref(),
             seconds,
@@ -164,6 +168,7 @@ fn real_main() -> Result<()> {
                 sanitizer,
                 jobs,
                 campaign,
+                dev,
             },
         ),
         Cmd::Bench {
