@@ -45,7 +45,7 @@ fn snapshot(s: &Store) -> String {
         Request::StateList(StateFilter::default()),
         Request::PolicyList(None),
     ] {
-        match s.execute(&r, all, now()) {
+        match s.execute(&r, None, all, now()) {
             Ok(Executed::Read(b)) => out.push_str(&b),
             Ok(Executed::Change(_)) => panic!("{r:?} is a change"),
             Err(e) => panic!("{r:?} refused: {e}"),
@@ -62,7 +62,7 @@ fn now() -> Instant {
 }
 
 fn read(s: &Store, r: &Request) -> Result<String, String> {
-    match s.execute(r, Show::default(), now())? {
+    match s.execute(r, None, Show::default(), now())? {
         Executed::Read(b) => Ok(b),
         Executed::Change(_) => panic!("{r:?} is a change"),
     }
@@ -81,7 +81,7 @@ fn apply(s: &mut Store, dgram: &[u8]) -> Result<(Request, Show, String), String>
         Request::Monitor => return Ok((req, m.show, String::new())),
         // The daemon's file is site-a.conf: everything it added is unchanged.
         Request::Reload => s.prepare_reload(site_a(), now())?,
-        r => match s.execute(r, m.show, now())? {
+        r => match s.execute(r, Some(m.command), m.show, now())? {
             Executed::Read(body) => return Ok((req, m.show, body)),
             Executed::Change(p) => *p,
         },
@@ -100,7 +100,7 @@ fn apply(s: &mut Store, dgram: &[u8]) -> Result<(Request, Show, String), String>
         }
     }
     let body = std::mem::take(&mut p.body);
-    s.commit(p);
+    s.commit(p)?;
     Ok((req, m.show, body))
 }
 
