@@ -242,11 +242,12 @@ impl GatewayTransform {
             overhead[i] = x.overhead();
         }
         // The outermost SA's peer decides the route and its MTU. Not resolved yet (the
-        // lookup asked for it): dropped, as the kernel would queue and drop past unres_qlen.
-        let Some(l2) = ctx.l2(refs[n - 1].daddr()) else {
-            return Action::Drop;
-        };
-        let mtu = bundle_mtu(&overhead[..n], l2.mtu);
+        // lookup asked for it): the outside interface's MTU, and the worker holds the ESP
+        // packet until the peer's MAC arrives, as the kernel queues it on the neighbour.
+        let route_mtu = ctx
+            .l2(refs[n - 1].daddr())
+            .map_or(ctx.port(Side::Outside).mtu, |l2| l2.mtu);
+        let mtu = bundle_mtu(&overhead[..n], route_mtu);
         if local {
             clamp_mss(frame.data_mut(), info, mtu);
         }
@@ -256,7 +257,7 @@ impl GatewayTransform {
         // Each SA's view of the path MTU (dst->child_mtu_cached: what the SAs outside it
         // leave), for TFC padding. A relaxed load per SA; a store only when it changed.
         for i in 0..n {
-            let child = bundle_mtu(&overhead[i + 1..n], l2.mtu);
+            let child = bundle_mtu(&overhead[i + 1..n], route_mtu);
             if refs[i].mtu() != child {
                 refs[i].set_mtu(child);
             }
@@ -450,7 +451,9 @@ fn write_counters(
     writeln!(
         out,
         "out {} pkts + local {} -> wire {}, in {} (reassembled {}) -> inside {} + local {}, \
-         icmp {}, frags {}, no-l2 {}, no-buffer {}, too-big {}, drops {}, bad frames {} | {}",
+         icmp {}, frags {}, no-l2 {}, no-buffer {}, too-big {}, drops {}, bad frames {}, \
+         unres-discards {}, tx-full {}, tx-device-drops {}, xsk rx-dropped {} rx-ring-full {} \
+         fill-empty {} tx-invalid {} | {}",
         sum(|w| w.rx[0].load(Ordering::Relaxed)),
         sum(|w| w.rx[2].load(Ordering::Relaxed)),
         sum(|w| w.tx[1].load(Ordering::Relaxed)),
@@ -466,6 +469,13 @@ fn write_counters(
         sum(|w| w.dropped.load(Ordering::Relaxed)),
         // Frames without Ethernet + IP, or from a socket without a valid XdpMeta header.
         sum(|w| w.bad_frame.load(Ordering::Relaxed) + w.bad_meta.load(Ordering::Relaxed)),
+        sum(|w| w.unres_discards.load(Ordering::Relaxed)),
+        sum(|w| w.tx_full.load(Ordering::Relaxed)),
+        sum(|w| w.tx_device_drops.load(Ordering::Relaxed)),
+        sum(|w| w.xsk.rx_dropped.load(Ordering::Relaxed)),
+        sum(|w| w.xsk.rx_ring_full.load(Ordering::Relaxed)),
+        sum(|w| w.xsk.rx_fill_empty.load(Ordering::Relaxed)),
+        sum(|w| w.xsk.tx_invalid.load(Ordering::Relaxed)),
         stats.render_nonzero().replace('\n', " ").trim_end(),
     )?;
     for x in gw.tables.current().db.states() {
