@@ -20,13 +20,16 @@ use xfrm_user::{
     xfrm::{xfrm_input, xfrm_output, InputTables, InputVerdict, Verdict, XfrmDb},
 };
 
+mod control;
+pub use control::{control, replies as control_replies, seeds as control_seeds};
+
 pub const SITE_A: &str = include_str!("../../xfrm-user/examples/site-a.conf");
 
 /// What a target runs on one input.
 pub type Target = fn(&[u8]);
 
 /// The targets by name, for the replay test and `cargo xtask fuzz`.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("input", input),
     ("input_sealed", input_sealed),
     ("output", output),
@@ -34,13 +37,17 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("pcap", pcap),
     ("classifier", classifier),
     ("neigh", neigh),
+    ("control", control),
 ];
 
 /// Parsed once per process; each input gets databases of its own built from a copy.
 fn site_a() -> Config {
+    site_a_parsed().clone()
+}
+
+fn site_a_parsed() -> &'static Config {
     static CFG: OnceLock<Config> = OnceLock::new();
     CFG.get_or_init(|| parse_config(SITE_A, "site-a.conf").expect("the example config parses"))
-        .clone()
 }
 
 /// The far end of site-a.conf as far as input goes: the same SAs, and each out policy as
@@ -82,16 +89,19 @@ pub fn input_sealed(data: &[u8]) {
         return;
     };
     let seq = u64::from(u16::from_be_bytes(*seq)).max(1);
-    let cfg = site_a();
-    let sa = cfg
-        .states
-        .iter()
-        .find(|s| s.id.spi == 0x1000)
-        .expect("SA 0x1000 in site-a.conf");
-    let xfrm_user::sa::SaAlgorithm::Aead { key, salt, .. } = &sa.algorithm else {
-        panic!("SA 0x1000 is AEAD");
-    };
-    let key = xfrm_user::crypto::gcm::GcmKey::new(key, *salt).expect("GCM key");
+    // The sealing key never changes: expanded once.
+    static KEY: OnceLock<xfrm_user::crypto::gcm::GcmKey> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let sa = site_a_parsed()
+            .states
+            .iter()
+            .find(|s| s.id.spi == 0x1000)
+            .expect("SA 0x1000 in site-a.conf");
+        let xfrm_user::sa::SaAlgorithm::Aead { key, salt, .. } = &sa.algorithm else {
+            panic!("SA 0x1000 is AEAD");
+        };
+        xfrm_user::crypto::gcm::GcmKey::new(key, *salt).expect("GCM key")
+    });
     // What esp_iv gives a GCM SA: the 64-bit count.
     let iv = seq.to_be_bytes();
     let (aad, aad_len) = xfrm_user::xfrm::esp::esp_aad(0x1000, seq, true);
@@ -117,7 +127,7 @@ pub fn input_sealed(data: &[u8]) {
     text.copy_from_slice(plain);
     key.seal_in_place(&iv, &aad[..aad_len], text, tag)
         .expect("seal");
-    let db = db_of(cfg);
+    let db = db_of(site_a());
     let tables = InputTables::new(&db);
     let stats = XfrmStats::default();
     let mut f = OwnedFrame::with_room(&pkt, 64, 64);
@@ -205,14 +215,21 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// Arbitrary bytes as a capture for `xfrm-user pcap`, both directions: no panic.
+/// Arbitrary bytes as a capture for `xfrm-user pcap`: no panic. The first byte picks the
+/// direction (bit 0: in), the rest is the file: one direction per execution, as each opens
+/// a reader with an 8 MB buffer (pcap-file's), which is most of an execution's time.
 pub fn pcap(data: &[u8]) {
-    let cfg = site_a();
+    let Some((&dir, file)) = data.split_first() else {
+        return;
+    };
+    let cfg = site_a_parsed();
     let stats = XfrmStats::default();
     let mut out = Vec::new();
-    let _ = xfrm_user::pcap::run_output(&cfg, data, &mut out, &stats);
-    out.clear();
-    let _ = xfrm_user::pcap::run_input(&cfg, data, &mut out, &stats);
+    if dir & 1 == 0 {
+        let _ = xfrm_user::pcap::run_output(cfg, file, &mut out, &stats);
+    } else {
+        let _ = xfrm_user::pcap::run_input(cfg, file, &mut out, &stats);
+    }
 }
 
 /// Differential: a policy table and flows drawn from the bytes; the index model (what the
@@ -383,7 +400,9 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             w.write_packet(&pkt).expect("pcap packet");
         }
     }
-    out.push(("pcap", cap));
+    for dir in [0u8, 1] {
+        out.push(("pcap", [&[dir][..], &cap].concat()));
+    }
     out.push(("config", SITE_A.as_bytes().to_vec()));
     out.push((
         "classifier",
@@ -409,6 +428,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     nl.extend_from_slice(&[0; 10]);
     nl.extend_from_slice(&body);
     out.push(("neigh", nl));
+    out.extend(control::seeds().into_iter().map(|s| ("control", s)));
     out
 }
 

@@ -48,3 +48,16 @@ fn the_output_seeds_make_ipsec() {
         "every inner seed is protected by a site-a.conf policy"
     );
 }
+
+#[test]
+fn the_control_seeds_are_accepted() {
+    // Each seed alone is a request the store of site-a.conf takes (else the target would
+    // start from error paths only); the last seed is all of them in one input.
+    let seeds = xfrm_fuzz::control_seeds();
+    for s in &seeds[..seeds.len() - 1] {
+        let r = xfrm_fuzz::control_replies(s);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].is_ok(), "{}: {:?}", String::from_utf8_lossy(s), r[0]);
+    }
+    assert!(xfrm_fuzz::control_replies(seeds.last().unwrap()).len() > 10);
+}

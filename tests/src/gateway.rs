@@ -1,4 +1,4 @@
-//! The two-gateway topology of the acceptance tests (issue 5) and the configurations of its
+//! The two-gateway topology of the acceptance tests and the configurations of its
 //! gateways, generated per test:
 //!
 //! ```text

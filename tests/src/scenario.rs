@@ -96,6 +96,40 @@ pub fn start_gateway(net: &GatewayNet, case: &Case, s: Side) -> Result<Daemon> {
     Ok(d)
 }
 
+/// The lines of a gateway's configuration that start with `word` (`"policy "`, `"state "`).
+pub fn config_lines(config: &str, word: &str) -> String {
+    config
+        .lines()
+        .filter(|l| l.starts_with(word))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// `xfrm-user run` for side `s` with `config` (the control tests' own), waited for until
+/// its classifier is attached and its control socket answers.
+pub fn start_ctl_gateway(net: &GatewayNet, s: Side, config: &str) -> Result<Daemon> {
+    let mut d = Daemon::start(
+        net.topo.ns(net.gw(s)),
+        &format!("xfrm-user-ctl-{s:?}").to_lowercase(),
+        config,
+        &RunArgs {
+            inside: net.inside(s).ifname.clone(),
+            outside: net.outside(s).ifname.clone(),
+            xdp_mode: "native",
+            queues: None,
+            own_process_group: false,
+            extra: Vec::new(),
+        },
+    )?;
+    d.wait_attached(
+        net.topo.ns(net.gw(s)),
+        &[&net.inside(s).ifname],
+        Duration::from_secs(30),
+    )?;
+    d.wait_ctl(Duration::from_secs(30))?;
+    Ok(d)
+}
+
 /// `xfrm-user run` for side `s` of `case`, without waiting for anything.
 pub fn spawn_gateway(net: &GatewayNet, case: &Case, s: Side) -> Result<Daemon> {
     Daemon::start(

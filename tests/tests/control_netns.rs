@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use xfrm_tests::{
-    daemon::{Daemon, RunArgs},
+    daemon::Daemon,
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
     init_logging, root_or_skip,
     scenario::{
-        check_capture, daemon_logs, heavy, ping_both_ways, report, transfers_both_ways, wait_path,
-        wire_capture,
+        check_capture, config_lines as lines_of, daemon_logs, heavy, ping_both_ways, report,
+        start_ctl_gateway as start, transfers_both_ways, wait_path, wire_capture,
     },
     traffic::ping,
 };
@@ -40,39 +40,6 @@ fn case() -> Case {
         Family::V4,
     )
     .sa(SaSpec::new(Mode::Tunnel, GCM128))
-}
-
-/// The lines of a gateway's configuration that start with `word`.
-fn lines_of(config: &str, word: &str) -> String {
-    config
-        .lines()
-        .filter(|l| l.starts_with(word))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
-/// `xfrm-user run` for side `s` with `config`, waited for until its control socket answers.
-fn start(net: &GatewayNet, s: Side, config: &str) -> Result<Daemon> {
-    let mut d = Daemon::start(
-        net.topo.ns(net.gw(s)),
-        &format!("xfrm-user-ctl-{s:?}").to_lowercase(),
-        config,
-        &RunArgs {
-            inside: net.inside(s).ifname.clone(),
-            outside: net.outside(s).ifname.clone(),
-            xdp_mode: "native",
-            queues: None,
-            own_process_group: false,
-            extra: Vec::new(),
-        },
-    )?;
-    d.wait_attached(
-        net.topo.ns(net.gw(s)),
-        &[&net.inside(s).ifname],
-        Duration::from_secs(30),
-    )?;
-    d.wait_ctl(Duration::from_secs(30))?;
-    Ok(d)
 }
 
 /// One test: the topology, a capture on the wire, both gateways started (with their

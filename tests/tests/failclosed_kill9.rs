@@ -1,4 +1,4 @@
-//! `kill -9` of `xfrm-user run` must fail closed (issue 5):
+//! `kill -9` of `xfrm-user run` must fail closed:
 //!
 //!   ns "h1" [a] ──veth 1── [b] ns "gw" (ip_forward=1) [a] ──veth 2── [b] ns "h2"
 //!

@@ -1,4 +1,4 @@
-//! Acceptance (issue 5): two gateways running `xfrm-user run`, host-a — gw-a ══ wire ══ gw-b —
+//! Acceptance: two gateways running `xfrm-user run`, host-a — gw-a ══ wire ══ gw-b —
 //! host-b. For each case: ping both ways, a TCP transfer each way (256 MiB unless said
 //! otherwise; `XFRM_GW_MIB` overrides for local runs) with equal SHA-256 at both ends, a
 //! capture on the wire with no protected packet in clear, and the Scapy-based peer decrypting

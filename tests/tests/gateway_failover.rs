@@ -1,4 +1,4 @@
-//! `kill -9` of gw-a's `xfrm-user run` under load (issue 5): a TCP transfer and a UDP stream
+//! `kill -9` of gw-a's `xfrm-user run` under load: a TCP transfer and a UDP stream
 //! from host-a to host-b are running when the daemon dies. From then on, nothing of the
 //! protected flows may cross the wire in clear (fail closed: the capture covers the whole
 //! test, before, during and after the outage). Then `xfrm-user run` again, with the same

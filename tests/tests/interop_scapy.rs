@@ -673,7 +673,7 @@ impl Case {
         }
     }
     /// What our input makes of a plaintext the peer tunnelled with `peer_outer_tos`: the
-    /// inner DS field after decapsulation, RFC 6040 section 4.2 for ECN (the rule; Linux's
+    /// inner DS field after decapsulation, RFC 6040 section 4.2 for ECN (the rule we follow; Linux's
     /// xfrm ipip_ecn_decapsulate only copies CE into an ECT inner header and never drops) unless
     /// noecn, the outer DSCP with decap-dscp (ipv4_copy_dscp / ipv6_copy_dscp). None: dropped
     /// (outer CE over a not-ECT inner packet).

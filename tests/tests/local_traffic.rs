@@ -1,4 +1,4 @@
-//! The gateway's own traffic (issue 5: "ESP transport between the gateways' own addresses"):
+//! The gateway's own traffic ("ESP transport between the gateways' own addresses"):
 //!
 //!   ns "h1" [a] ──veth 1── [b] ns "gw" [a] ──veth 2── [b] ns "h2"
 //!

@@ -1,4 +1,4 @@
-//! The one-armed gateway end to end (issue 5: "inside may equal outside"): gw-a runs
+//! The one-armed gateway end to end ("inside may equal outside"): gw-a runs
 //! `xfrm-user run --inside X --outside X` on its single interface, against the two-armed gw-b
 //! (xfrm_tests::gateway::GatewayNet::one_armed):
 //!

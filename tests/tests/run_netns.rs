@@ -24,7 +24,7 @@ use xfrm_tests::{
 use xfrm_user::{
     config::parse_config,
     datapath::{
-        attach::detach,
+        detach::detach,
         run::{run, RunOptions},
         AttachMode,
     },

@@ -34,11 +34,6 @@ enum Command {
     /// drops what fails a check; a summary and the non-zero /proc/net/xfrm_stat counters go
     /// to stderr.
     Pcap(PcapArgs),
-    /// Load the XDP classifier on an interface with the config's `dir out` policies and print
-    /// its verdict counters until Ctrl-C (the workers of `run` come later: with --xsk,
-    /// protected packets are received on AF_XDP sockets, sampled and dropped; without it the
-    /// XDP program drops them, fail closed).
-    Attach(AttachArgs),
     /// The gateway: the classifier on the inside interface, one AF_XDP worker per queue
     /// running the transforms, L2 from the kernel's tables; counters every --interval until
     /// Ctrl-C. Inside may equal outside (one-armed). The XDP programs stay attached when it
@@ -211,48 +206,7 @@ struct PcapArgs {
     output: PathBuf,
 }
 
-#[derive(Args, Debug)]
-struct AttachArgs {
-    /// The configuration file (ip xfrm state/policy add lines).
-    #[arg(short, long, value_name = "FILE")]
-    config: PathBuf,
-    /// The inside (plaintext) interface.
-    #[arg(long, value_name = "IF")]
-    iface: String,
-    /// native (in the driver) or skb (generic).
-    #[arg(long, default_value = "native")]
-    xdp_mode: xfrm_user::datapath::AttachMode,
-    /// The XDP object (default: $XFRM_BPF_OBJ, xfrm-ebpf.o beside this binary, or the output
-    /// of `cargo xtask build-ebpf`).
-    #[arg(long, value_name = "PATH")]
-    bpf: Option<PathBuf>,
-    /// Receive protected packets on AF_XDP sockets, one per queue.
-    #[arg(long)]
-    xsk: bool,
-    /// Receive queues to serve with --xsk.
-    #[arg(long, default_value_t = 1)]
-    queues: u32,
-    /// Seconds between counter lines.
-    #[arg(long, default_value_t = 1.0)]
-    interval: f64,
-    /// Stop after this many seconds (default: at Ctrl-C / SIGTERM).
-    #[arg(long)]
-    duration: Option<f64>,
-}
-
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// SIGINT/SIGTERM end the watch loop, so the program is detached and the maps closed.
-fn stop_on_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe).
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
-}
 
 #[derive(Args, Debug)]
 struct CheckArgs {
@@ -359,7 +313,7 @@ fn main() -> ExitCode {
                 .flatten()
                 .collect();
             let mut out = std::io::stdout();
-            match xfrm_user::datapath::attach::detach(&ifaces, &mut out) {
+            match xfrm_user::datapath::detach::detach(&ifaces, &mut out) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("xfrm-user: {e:#}");
@@ -382,29 +336,6 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
-            }
-        }
-        Command::Attach(a) => {
-            stop_on_signals();
-            let opts = xfrm_user::datapath::attach::AttachOptions {
-                config: a.config,
-                iface: a.iface,
-                mode: a.xdp_mode,
-                bpf: a.bpf,
-                queues: a.queues,
-                xsk: a.xsk,
-                interval: std::time::Duration::from_secs_f64(a.interval.max(0.1)),
-                duration: a
-                    .duration
-                    .map(|d| std::time::Duration::from_secs_f64(d.max(0.0))),
-            };
-            let mut out = std::io::stdout();
-            match xfrm_user::datapath::attach::attach_and_watch(&opts, &STOP, &mut out) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("xfrm-user: {e:#}");
-                    ExitCode::FAILURE
-                }
             }
         }
     }

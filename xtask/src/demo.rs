@@ -1,4 +1,4 @@
-//! `cargo xtask run`: the two-gateway demo (issue 5's topology, the one the gateway tests use):
+//! `cargo xtask run`: the two-gateway demo (the topology the gateway tests use):
 //!
 //! ```text
 //!  host-a ──lan── gw-a ══wan══ wire ══wan══ gw-b ──lan── host-b
@@ -33,11 +33,14 @@ use xfrm_tests::{
     traffic::{tcp_transfer, wait_ping},
 };
 
-use crate::{
-    ebpf,
-    run::{on_signal, STOP},
-    setup, util,
-};
+use crate::{ebpf, setup, util};
+
+/// Set by SIGINT/SIGTERM: the demo tears down.
+pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
 
 /// New lines of a log file since the last call.
 struct Tail {

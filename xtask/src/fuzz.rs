@@ -1,12 +1,18 @@
 //! `cargo xtask fuzz [--target T] [--seconds N]`: the libFuzzer targets of fuzz/harness, each
 //! for N seconds from its seeds (fuzz/seeds/T) and its working corpus (fuzz/harness/corpus/T,
 //! kept between runs, not checked in), then a table: executions, executions per second,
-//! coverage (edges and features libFuzzer counted) and crashes. A crash is copied to
-//! fuzz/regressions/T/, which `cargo test` replays (fuzz/tests/replay.rs), and fails the run.
+//! CPU seconds, coverage (edges and features libFuzzer counted) and crashes. A crash is
+//! copied to fuzz/regressions/T/, which `cargo test` replays (fuzz/tests/replay.rs), and
+//! fails the run.
+//!
+//! Long runs: `--campaign` appends each target's figures to fuzz/harness/campaign.log (kept
+//! like the corpus), and `--report` prints what that log adds up to, per target, as the
+//! table docs/fuzzing.md and the README give. `--sanitizer none` and `--jobs N` (libFuzzer's
+//! fork mode) are for those; ASan in one process stays the default (CI's smoke run).
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Instant,
@@ -17,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use crate::util::{self, repo_root, tools_dir};
 
 /// The targets (fuzz/harness/fuzz_targets, xfrm_fuzz::TARGETS), in the order they run.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "input",
     "input_sealed",
     "output",
@@ -25,7 +31,48 @@ pub const TARGETS: [&str; 7] = [
     "pcap",
     "classifier",
     "neigh",
+    "control",
 ];
+
+/// Each target's dictionaries (fuzz/dict/NAME.dict), joined into one (libFuzzer takes one):
+/// a control request's command is the configuration language.
+const DICTS: [(&str, &[&str]); 2] = [("config", &["config"]), ("control", &["control", "config"])];
+
+/// How a campaign run is built and run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mode {
+    /// `cargo fuzz --sanitizer`: "address" (the default) or "none".
+    pub sanitizer: Sanitizer,
+    /// libFuzzer `-fork=N` when more than 1.
+    pub jobs: u32,
+    /// Append the figures to the campaign log.
+    pub campaign: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sanitizer {
+    Address,
+    None,
+}
+
+impl Sanitizer {
+    fn name(self) -> &'static str {
+        match self {
+            Sanitizer::Address => "address",
+            Sanitizer::None => "none",
+        }
+    }
+}
+
+impl Default for Mode {
+    fn default() -> Self {
+        Self {
+            sanitizer: Sanitizer::Address,
+            jobs: 1,
+            campaign: false,
+        }
+    }
+}
 
 /// cargo-fuzz, installed by `cargo xtask setup` into .tools/cargo-fuzz.
 pub fn cargo_fuzz() -> PathBuf {
@@ -36,19 +83,40 @@ fn harness() -> PathBuf {
     repo_root().join("fuzz/harness")
 }
 
-fn fuzz_cmd() -> Command {
+fn campaign_log() -> PathBuf {
+    harness().join("campaign.log")
+}
+
+fn fuzz_cmd(sub: &str, mode: Mode) -> Command {
     let mut c = Command::new(cargo_fuzz());
     // cargo-fuzz needs nightly (-Z sanitizer flags); `cargo run` of xtask sets stable.
-    c.arg("fuzz")
-        .env("RUSTUP_TOOLCHAIN", "nightly")
-        .current_dir(repo_root())
-        .stdin(Stdio::null());
+    c.args([
+        "fuzz",
+        sub,
+        "--sanitizer",
+        mode.sanitizer.name(),
+        "--fuzz-dir",
+    ])
+    .arg(harness())
+    .env("RUSTUP_TOOLCHAIN", "nightly")
+    .current_dir(repo_root())
+    .stdin(Stdio::null());
+    // fuzz/harness/target whatever CARGO_TARGET_DIR says (cargo sets it for us when the
+    // caller has): flags differ from every other build. Without a sanitizer a directory of
+    // its own, as switching flags in one would rebuild everything.
+    let dir = match mode.sanitizer {
+        Sanitizer::Address => harness().join("target"),
+        Sanitizer::None => harness().join("target/nosan"),
+    };
+    c.arg("--target-dir").arg(dir);
     c
 }
 
 #[derive(Debug, Default)]
 struct Outcome {
     target: String,
+    seconds: f64,
+    cpu_seconds: f64,
     execs: u64,
     per_sec: u64,
     cov: u64,
@@ -58,7 +126,7 @@ struct Outcome {
 
 /// Runs every target (or `only`) for `seconds` each; Err when a target crashed or did not
 /// build.
-pub fn run(only: Option<&str>, seconds: u64) -> Result<()> {
+pub fn run(only: Option<&str>, seconds: u64, mode: Mode) -> Result<()> {
     if !cargo_fuzz().is_file() {
         bail!(
             "{} missing: run `cargo xtask setup --only cargo-fuzz`",
@@ -73,25 +141,39 @@ pub fn run(only: Option<&str>, seconds: u64) -> Result<()> {
         ),
         None => TARGETS.to_vec(),
     };
-    util::section("cargo fuzz build (nightly, ASan, libFuzzer)");
-    util::run(fuzz_cmd().args(["build", "--fuzz-dir", harness().to_str().context("path")?]))?;
+    util::section(&format!(
+        "cargo fuzz build (nightly, libFuzzer, sanitizer {})",
+        mode.sanitizer.name()
+    ));
+    let t0 = Instant::now();
+    util::run(&mut fuzz_cmd("build", mode))?;
+    println!("fuzz build: {:.0?}", t0.elapsed());
     let mut rows = Vec::new();
     for t in &targets {
         util::section(&format!("fuzz {t}: {seconds} s"));
-        rows.push(run_one(t, seconds)?);
+        let r = run_one(t, seconds, mode)?;
+        if mode.campaign {
+            append_campaign(&r, mode)?;
+        }
+        rows.push(r);
     }
-    println!("\nfuzz: {seconds} s per target, on this machine");
     println!(
-        "{:<13} {:>12} {:>9} {:>7} {:>8}  crashes",
-        "target", "executions", "execs/s", "edges", "features"
+        "\nfuzz: {seconds} s per target, sanitizer {}, {} job(s), on this machine",
+        mode.sanitizer.name(),
+        mode.jobs
+    );
+    println!(
+        "{:<13} {:>12} {:>9} {:>7} {:>7} {:>8}  crashes",
+        "target", "executions", "execs/s", "cpu s", "edges", "features"
     );
     let mut crashed = Vec::new();
     for r in &rows {
         println!(
-            "{:<13} {:>12} {:>9} {:>7} {:>8}  {}",
+            "{:<13} {:>12} {:>9} {:>7.0} {:>7} {:>8}  {}",
             r.target,
             r.execs,
             r.per_sec,
+            r.cpu_seconds,
             r.cov,
             r.ft,
             r.crash
@@ -112,7 +194,37 @@ pub fn run(only: Option<&str>, seconds: u64) -> Result<()> {
     Ok(())
 }
 
-fn run_one(target: &str, seconds: u64) -> Result<Outcome> {
+/// The dictionary for `target`: its files joined under fuzz/harness/target.
+fn dictionary(target: &str) -> Result<Option<PathBuf>> {
+    let Some((_, files)) = DICTS.iter().find(|(t, _)| *t == target) else {
+        return Ok(None);
+    };
+    let mut text = String::new();
+    for f in *files {
+        let p = repo_root().join("fuzz/dict").join(format!("{f}.dict"));
+        text.push_str(&fs::read_to_string(&p).with_context(|| p.display().to_string())?);
+        text.push('\n');
+    }
+    let dir = harness().join("target");
+    fs::create_dir_all(&dir)?;
+    let out = dir.join(format!("{target}.dict"));
+    fs::write(&out, text)?;
+    Ok(Some(out))
+}
+
+/// CPU seconds of the children waited for so far (the fuzzer and, in fork mode, its jobs).
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given, which lives for the call.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn run_one(target: &str, seconds: u64, mode: Mode) -> Result<Outcome> {
     let root = repo_root();
     let corpus = harness().join("corpus").join(target);
     let seeds = root.join("fuzz/seeds").join(target);
@@ -120,10 +232,8 @@ fn run_one(target: &str, seconds: u64) -> Result<Outcome> {
     let artifacts = harness().join("artifacts").join(target);
     fs::create_dir_all(&artifacts)?;
     let before: Vec<PathBuf> = list(&artifacts);
-    let mut cmd = fuzz_cmd();
-    cmd.args(["run", "--fuzz-dir"])
-        .arg(harness())
-        .arg(target)
+    let mut cmd = fuzz_cmd("run", mode);
+    cmd.arg(target)
         .arg(&corpus)
         .arg(&seeds)
         .arg("--")
@@ -132,12 +242,15 @@ fn run_one(target: &str, seconds: u64) -> Result<Outcome> {
         // An input that takes 10 s is a hang, reported as a crash.
         .arg("-timeout=10")
         .arg("-rss_limit_mb=2048");
-    let dict = root.join("fuzz/dict").join(format!("{target}.dict"));
-    if dict.is_file() {
+    if mode.jobs > 1 {
+        cmd.arg(format!("-fork={}", mode.jobs));
+    }
+    if let Some(dict) = dictionary(target)? {
         cmd.arg(format!("-dict={}", dict.display()));
     }
     println!("+ {}", util::show(&cmd));
     let t0 = Instant::now();
+    let cpu0 = children_cpu_seconds();
     let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -148,10 +261,13 @@ fn run_one(target: &str, seconds: u64) -> Result<Outcome> {
         ..Default::default()
     };
     let stderr = child.stderr.take().context("stderr")?;
+    let mut progress_execs = 0;
     for line in BufReader::new(stderr).lines() {
         let line = line?;
-        // Progress lines: "#123456\tpulse  cov: 812 ft: 2301 corp: ..."
-        if line.starts_with('#') {
+        // Progress lines: "#123456\tpulse  cov: 812 ft: 2301 corp: ...", in fork mode
+        // "#123456: cov: 812 ft: 2301 corp: 97 exec/s: 5000 ...".
+        if let Some(n) = progress(&line) {
+            progress_execs = n;
             if let Some(c) = word_after(&line, "cov:") {
                 out.cov = c;
             }
@@ -170,8 +286,13 @@ fn run_one(target: &str, seconds: u64) -> Result<Outcome> {
         }
     }
     let status = child.wait()?;
-    if out.per_sec == 0 && t0.elapsed().as_secs() > 0 {
-        out.per_sec = out.execs / t0.elapsed().as_secs();
+    out.seconds = t0.elapsed().as_secs_f64();
+    out.cpu_seconds = children_cpu_seconds() - cpu0;
+    // Fork mode prints no final stats of the jobs' executions: its last progress line has
+    // them.
+    out.execs = out.execs.max(progress_execs);
+    if out.per_sec == 0 && out.seconds >= 1.0 {
+        out.per_sec = (out.execs as f64 / out.seconds) as u64;
     }
     let new: Vec<PathBuf> = list(&artifacts)
         .into_iter()
@@ -190,6 +311,16 @@ fn run_one(target: &str, seconds: u64) -> Result<Outcome> {
     Ok(out)
 }
 
+/// The execution count of a libFuzzer progress line ("#N\t…" or, in fork mode, "#N: …").
+fn progress(line: &str) -> Option<u64> {
+    let rest = line.strip_prefix('#')?;
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    if !rest[end..].starts_with(['\t', ':']) || !line.contains("cov:") {
+        return None;
+    }
+    rest[..end].parse().ok()
+}
+
 fn word_after(line: &str, key: &str) -> Option<u64> {
     let at = line.find(key)? + key.len();
     line[at..].split_whitespace().next()?.parse().ok()
@@ -199,6 +330,98 @@ fn list(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir)
         .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default()
+}
+
+/// One campaign log line: UTC time, target, sanitizer, jobs, wall seconds, CPU seconds,
+/// executions, execs/s, edges, features, crashes (tab-separated).
+fn append_campaign(r: &Outcome, mode: Mode) -> Result<()> {
+    let when = util::output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]))?;
+    let line = format!(
+        "{}\t{}\t{}\t{}\t{:.0}\t{:.0}\t{}\t{}\t{}\t{}\t{}\n",
+        when.trim(),
+        r.target,
+        mode.sanitizer.name(),
+        mode.jobs,
+        r.seconds,
+        r.cpu_seconds,
+        r.execs,
+        r.per_sec,
+        r.cov,
+        r.ft,
+        u8::from(r.crash.is_some())
+    );
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(campaign_log())?;
+    f.write_all(line.as_bytes())?;
+    println!("campaign: appended to {}", campaign_log().display());
+    Ok(())
+}
+
+/// A target's figures summed over the campaign log.
+#[derive(Debug, Default, PartialEq)]
+struct Total {
+    runs: u32,
+    seconds: f64,
+    cpu_seconds: f64,
+    execs: u64,
+    edges: u64,
+    crashes: u64,
+}
+
+fn totals(log: &str) -> Vec<(String, Total)> {
+    let mut out: Vec<(String, Total)> = Vec::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let [_, target, _, _, secs, cpu, execs, _, edges, _, crashes] = f[..] else {
+            continue;
+        };
+        let i = match out.iter().position(|(t, _)| t == target) {
+            Some(i) => i,
+            None => {
+                out.push((target.to_string(), Total::default()));
+                out.len() - 1
+            }
+        };
+        let t = &mut out[i].1;
+        t.runs += 1;
+        t.seconds += secs.parse::<f64>().unwrap_or(0.0);
+        t.cpu_seconds += cpu.parse::<f64>().unwrap_or(0.0);
+        t.execs += execs.parse::<u64>().unwrap_or(0);
+        // The corpus is kept: a later run starts from what the earlier ones found.
+        t.edges = t.edges.max(edges.parse().unwrap_or(0));
+        t.crashes += crashes.parse::<u64>().unwrap_or(0);
+    }
+    out.sort_by_key(|(t, _)| TARGETS.iter().position(|x| x == t).unwrap_or(usize::MAX));
+    out
+}
+
+/// `cargo xtask fuzz --report`: the campaign log summed per target, as a Markdown table
+/// (regressions: the inputs kept in fuzz/regressions/T, each a crash that was fixed).
+pub fn report() -> Result<()> {
+    let log = fs::read_to_string(campaign_log()).with_context(|| {
+        format!(
+            "{}: no campaign yet (run `cargo xtask fuzz --campaign`)",
+            campaign_log().display()
+        )
+    })?;
+    println!("| target | runs | hours | executions | execs/s | execs per CPU-s | edges | crashes | regressions kept |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (target, t) in totals(&log) {
+        let regressions = list(&repo_root().join("fuzz/regressions").join(&target)).len();
+        println!(
+            "| {target} | {} | {:.2} | {} | {:.0} | {:.0} | {} | {} | {regressions} |",
+            t.runs,
+            t.seconds / 3600.0,
+            t.execs,
+            t.execs as f64 / t.seconds.max(1.0),
+            t.execs as f64 / t.cpu_seconds.max(1.0),
+            t.edges,
+            t.crashes
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -211,5 +434,24 @@ mod tests {
         assert_eq!(word_after(l, "cov:"), Some(812));
         assert_eq!(word_after(l, "ft:"), Some(2301));
         assert_eq!(word_after(l, "nope:"), None);
+        assert_eq!(progress(l), Some(524288));
+        let fork = "#91234: cov: 900 ft: 2500 corp: 120 exec/s: 4000 oom/timeout/crash: 0/0/0 time: 20s job: 4 dft_time: 0";
+        assert_eq!(progress(fork), Some(91234));
+        assert_eq!(word_after(fork, "cov:"), Some(900));
+        assert_eq!(progress("#0 READ units: 5"), None);
+    }
+
+    #[test]
+    fn campaign_totals() {
+        let log = "2026-12-06T22:00:00Z\tneigh\taddress\t1\t100\t95\t1000\t10\t50\t60\t0\n\
+                   2026-12-06T23:00:00Z\tneigh\tnone\t1\t50\t50\t4000\t80\t55\t70\t0\n\
+                   2026-12-06T23:00:00Z\tinput\taddress\t1\t10\t10\t100\t10\t900\t2000\t1\n";
+        let t = totals(log);
+        assert_eq!(t[0].0, "input");
+        assert_eq!(t[1].0, "neigh");
+        let n = &t[1].1;
+        assert_eq!((n.runs, n.execs, n.edges, n.crashes), (2, 5000, 55, 0));
+        assert_eq!((n.seconds, n.cpu_seconds), (150.0, 145.0));
+        assert_eq!(t[0].1.crashes, 1);
     }
 }

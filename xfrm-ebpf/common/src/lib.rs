@@ -492,13 +492,21 @@ mod pod {
     // SAFETY: plain #[repr(C)] integers and arrays of them, no padding (asserted below), any
     // bit pattern valid.
     unsafe impl aya::Pod for super::PolicyRule {}
+    // SAFETY: as for PolicyRule.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as for PolicyRule.
     unsafe impl aya::Pod for super::XdpMeta {}
+    // SAFETY: as for PolicyRule.
     unsafe impl aya::Pod for super::TableRef {}
+    // SAFETY: as for PolicyRule.
     unsafe impl aya::Pod for super::RuleBitmap {}
+    // SAFETY: as for PolicyRule.
     unsafe impl aya::Pod for super::PrefixKey {}
+    // SAFETY: as for PolicyRule.
     unsafe impl aya::Pod for super::PortKey {}
+    // SAFETY: as for PolicyRule.
     unsafe impl aya::Pod for super::SaKey {}
+    // SAFETY: as for PolicyRule.
     unsafe impl aya::Pod for super::EncapPort {}
 }
 

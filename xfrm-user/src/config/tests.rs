@@ -1,6 +1,6 @@
 //! Tests of the whole language: every keyword with its value, every error with its exact
 //! file:line:word, several errors in one file, all or nothing, IPv4 and IPv6, the lines of
-//! issue 3, the sample configuration, and random mutations that must never panic.
+//! the ip-xfrm(8) examples, the sample configuration, and random mutations that must never panic.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -83,7 +83,7 @@ fn ah(extra: &str) -> String {
     format!("state add src 192.0.2.1 dst 192.0.2.2 proto ah spi 0x2000 auth-trunc 'hmac(sha256)' {SHA256_KEY} 128 {extra}")
 }
 
-// ---------------------------------------------------------------- issue 3's lines
+// ---------------------------------------------------------------- ip-xfrm(8) example lines
 
 #[test]
 fn issue_example_lines() {

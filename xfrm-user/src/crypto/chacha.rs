@@ -59,7 +59,7 @@ impl EspAead for ChaChaKey {
         let t = self
             .key
             .seal_in_place_separate_tag(self.nonce(iv), aead::Aad::from(aad), in_out)
-            .map_err(|_| CryptoError::IcvMismatch)?;
+            .map_err(|_| CryptoError::SealFailed)?;
         tag.copy_from_slice(t.as_ref());
         Ok(())
     }
@@ -73,7 +73,9 @@ impl EspAead for ChaChaKey {
         in_out: &mut [u8],
         tag: &[u8],
     ) -> Result<(), CryptoError> {
-        let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| CryptoError::IcvMismatch)?;
+        let tag: [u8; TAG_LEN] = tag
+            .try_into()
+            .map_err(|_| CryptoError::BadIcvLength(tag.len()))?;
         self.key
             .open_in_place_separate_tag(
                 self.nonce(iv),

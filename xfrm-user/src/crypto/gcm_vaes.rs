@@ -31,8 +31,8 @@ const HTAB_LEN: usize = MAX_POW + 3;
 /// Bytes per loop step.
 const STEP: usize = 256;
 
-/// Whether this CPU runs `VaesGcm`.
-pub fn available() -> bool {
+/// Whether this CPU has what `VaesGcm` needs.
+pub fn cpu_has_vaes() -> bool {
     std::is_x86_feature_detected!("aes")
         && std::is_x86_feature_detected!("pclmulqdq")
         && std::is_x86_feature_detected!("avx512f")
@@ -40,6 +40,17 @@ pub fn available() -> bool {
         && std::is_x86_feature_detected!("avx512vl")
         && std::is_x86_feature_detected!("vaes")
         && std::is_x86_feature_detected!("vpclmulqdq")
+}
+
+/// Whether [`super::ENV_NO_VAES`] is set (read once).
+pub fn forced_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var_os(super::ENV_NO_VAES).is_some())
+}
+
+/// Whether new keys run `VaesGcm`: the CPU has it and it is not forced off.
+pub fn available() -> bool {
+    cpu_has_vaes() && !forced_off()
 }
 
 /// An AES-128/256 GCM key with its round keys and powers of H, for ESP's 96-bit nonces
@@ -69,8 +80,17 @@ impl VaesGcm {
         if !available() {
             return Ok(None);
         }
+        Ok(Self::on_this_cpu(key))
+    }
+
+    /// A key for a CPU that `cpu_has_vaes()`, whatever [`super::ENV_NO_VAES`] says (the tests of
+    /// this code run on such a CPU even when the rest of the process is forced off it).
+    fn on_this_cpu(key: &[u8]) -> Option<Self> {
+        if !cpu_has_vaes() {
+            return None;
+        }
         // SAFETY: the features were checked just above.
-        Ok(Some(unsafe { Self::new_unchecked(key) }))
+        Some(unsafe { Self::new_unchecked(key) })
     }
 
     #[target_feature(enable = "aes,pclmulqdq,avx512f,avx512bw,avx512vl,vaes,vpclmulqdq")]
@@ -106,11 +126,22 @@ impl VaesGcm {
         g
     }
 
-    /// Seal in place: `tag` gets the first tag.len() bytes of the 16-byte tag.
-    pub fn seal(&self, salt: &[u8; 4], iv: &[u8; 8], aad: &[u8], data: &mut [u8], tag: &mut [u8]) {
-        // SAFETY: a VaesGcm exists only where `available()` said yes.
+    /// Seal in place: `tag` gets the first tag.len() bytes (at most 16) of the GCM tag.
+    pub fn seal(
+        &self,
+        salt: &[u8; 4],
+        iv: &[u8; 8],
+        aad: &[u8],
+        data: &mut [u8],
+        tag: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        if tag.len() > 16 {
+            return Err(CryptoError::BadIcvLength(tag.len()));
+        }
+        // SAFETY: a VaesGcm exists only where `cpu_has_vaes()` said yes.
         let full = unsafe { self.crypt::<true>(salt, iv, aad, data) };
         tag.copy_from_slice(&full[..tag.len()]);
+        Ok(())
     }
 
     /// Open in place: decrypts and checks `tag` (a prefix of the full tag) in constant
@@ -523,6 +554,15 @@ fn expand256(key: &[u8], rk: &mut [__m128i; 15]) {
     even!(14, 0x40);
 }
 
+/// The first `flags` line of /proc/cpuinfo, split (None where there is none).
+#[cfg(test)]
+pub(super) fn proc_cpuinfo_flags() -> Option<Vec<String>> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("flags"))?;
+    let (_, list) = line.split_once(':')?;
+    Some(list.split_whitespace().map(str::to_owned).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,12 +601,12 @@ mod tests {
 
     #[test]
     fn key_schedule_matches_the_aes_crate() {
-        if !available() {
+        if !cpu_has_vaes() {
             return;
         }
         for (seed, len) in [(1u64, 16usize), (2, 32), (3, 16), (4, 32)] {
             let key = bytes(seed, len);
-            let g = VaesGcm::new(&key).unwrap().unwrap();
+            let g = VaesGcm::on_this_cpu(&key).unwrap();
             let block = bytes(seed + 100, 16);
             // SAFETY: available() was checked.
             let ours = unsafe { g.encrypt_block(_mm_loadu_si128(block.as_ptr().cast())) };
@@ -593,13 +633,13 @@ mod tests {
     /// ring's, and open gives the plaintext back and refuses any flipped tag bit.
     #[test]
     fn seal_and_open_agree_with_ring() {
-        if !available() {
+        if !cpu_has_vaes() {
             return;
         }
         let salt = [0xca, 0xfe, 0xba, 0xbe];
         for klen in [16usize, 32] {
             let key = bytes(klen as u64, klen);
-            let g = VaesGcm::new(&key).unwrap().unwrap();
+            let g = VaesGcm::on_this_cpu(&key).unwrap();
             for len in 0..=700usize {
                 let aad_len = [0usize, 8, 12, 16, 17, 40, 255, 256, 257, 600][len % 10];
                 let aad = bytes(len as u64 + 7, aad_len);
@@ -612,7 +652,7 @@ mod tests {
                 let want_tag = ring_seal(&key, nonce, &aad, &mut want);
                 let mut got = pt.clone();
                 let mut tag = [0u8; 16];
-                g.seal(&salt, &iv, &aad, &mut got, &mut tag);
+                g.seal(&salt, &iv, &aad, &mut got, &mut tag).unwrap();
                 assert_eq!(got, want, "ciphertext, len {len} aad {aad_len} key {klen}");
                 assert_eq!(tag, want_tag, "tag, len {len} aad {aad_len} key {klen}");
                 let mut back = got.clone();
@@ -633,10 +673,10 @@ mod tests {
     /// 64-byte stores.
     #[test]
     fn masked_tail_stays_inside_the_text() {
-        if !available() {
+        if !cpu_has_vaes() {
             return;
         }
-        let g = VaesGcm::new(&[7u8; 16]).unwrap().unwrap();
+        let g = VaesGcm::on_this_cpu(&[7u8; 16]).unwrap();
         for len in [0usize, 1, 15, 16, 17, 63, 64, 65, 255, 256, 257, 300] {
             let mut buf = vec![0x5au8; len + 128];
             let mut tag = [0u8; 16];
@@ -646,12 +686,48 @@ mod tests {
                 b"spi+seq!",
                 &mut buf[64..64 + len],
                 &mut tag,
-            );
+            )
+            .unwrap();
             assert!(buf[..64].iter().all(|&b| b == 0x5a), "len {len}: before");
             assert!(
                 buf[64 + len..].iter().all(|&b| b == 0x5a),
                 "len {len}: after"
             );
         }
+    }
+
+    /// The feature probe these tests rely on agrees with the kernel's view of the CPU, so
+    /// a machine with VAES cannot skip them.
+    #[test]
+    fn cpu_probe_agrees_with_proc_cpuinfo() {
+        let Some(flags) = proc_cpuinfo_flags() else {
+            return;
+        };
+        let want = [
+            "aes",
+            "pclmulqdq",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "vaes",
+            "vpclmulqdq",
+        ]
+        .iter()
+        .all(|f| flags.iter().any(|g| g == f));
+        assert_eq!(cpu_has_vaes(), want, "/proc/cpuinfo flags: {flags:?}");
+    }
+
+    /// A longer tag than GCM's is an error, not a panic.
+    #[test]
+    fn seal_refuses_a_tag_longer_than_gcms() {
+        if !cpu_has_vaes() {
+            return;
+        }
+        let g = VaesGcm::on_this_cpu(&[7u8; 16]).unwrap();
+        let mut tag = [0u8; 17];
+        assert_eq!(
+            g.seal(&[0; 4], &[0; 8], &[], &mut [0u8; 4], &mut tag),
+            Err(CryptoError::BadIcvLength(17))
+        );
     }
 }

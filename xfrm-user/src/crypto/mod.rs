@@ -30,7 +30,20 @@ pub mod chacha;
 pub mod cipher;
 pub mod gcm;
 #[cfg(target_arch = "x86_64")]
-pub mod gcm_vaes;
+mod gcm_vaes;
+#[cfg(target_arch = "x86_64")]
+pub use gcm_vaes::cpu_has_vaes;
+
+/// Set (to any value), every AES-GCM key made afterwards in this process uses the fallback
+/// (ring and the portable GCM), not the VAES code: a machine with VAES tests and measures
+/// that path too.
+pub const ENV_NO_VAES: &str = "XFRM_GCM_NO_VAES";
+
+/// Whether this CPU has what the VAES GCM needs (never, off x86_64).
+#[cfg(not(target_arch = "x86_64"))]
+pub fn cpu_has_vaes() -> bool {
+    false
+}
 pub mod hmac;
 
 pub use authenc::AuthEnc;
@@ -46,10 +59,15 @@ pub enum CryptoError {
     BadKeyLength(usize),
     #[error("bad ICV length {0}")]
     BadIcvLength(usize),
-    /// Also returned when the input exceeds GCM's limit of 2^36 - 32 bytes, which no IP
-    /// packet (at most 2^32 - 1 bytes, IPv6 jumbogram) reaches.
     #[error("ICV mismatch")]
     IcvMismatch,
+    /// The input exceeds GCM's limit of 2^36 - 32 bytes, which no IP packet (at most
+    /// 2^32 - 1 bytes, IPv6 jumbogram) reaches.
+    #[error("text of {0} bytes too long")]
+    TextTooLong(usize),
+    /// The AEAD library refused to seal (it does so only for inputs past its limits).
+    #[error("seal failed")]
+    SealFailed,
     /// A CBC text that is no whole number of blocks, or an IV of the wrong length.
     #[error("bad length {0}")]
     BadLength(usize),

@@ -19,6 +19,9 @@ use crate::config::request::{parse_request, Request};
 /// A request for the run loop, and where its reply goes.
 pub struct Call {
     pub request: Request,
+    /// Its words as received (the state file keeps those of an add or update; wiped when
+    /// dropped: they may hold a key).
+    pub text: zeroize::Zeroizing<String>,
     pub show: Show,
     pub reply: oneshot::Sender<Result<String, String>>,
 }
@@ -141,6 +144,7 @@ async fn serve(
                     let (tx, rx) = oneshot::channel();
                     let call = Call {
                         request,
+                        text: zeroize::Zeroizing::new(m.command.to_string()),
                         show: m.show,
                         reply: tx,
                     };

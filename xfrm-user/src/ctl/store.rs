@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use xfrm_common::{MAX_POLICIES, MAX_SAS};
 
+use super::keep::{Keep, Reservations};
 use super::render::{self, proto_name, Show};
 use crate::config::normalized_selector;
 use crate::config::request::{AllocSpi, PolicyId, Request, StateFilter, StateId};
@@ -72,6 +73,8 @@ pub struct Store {
     /// at run time stays).
     from_config: HashSet<XfrmId>,
     policies_from_config: HashSet<PolicyKey>,
+    /// The state file, when there is one: every committed change is written to it.
+    keep: Option<Keep>,
 }
 
 /// How long one acquire stands for its (policy, flow) (XFRM_ACQ_EXPIRES).
@@ -99,13 +102,18 @@ pub struct Prepared {
     removed: Vec<SaRef>,
     /// A reload's new view of what came from the configuration.
     from_config: Option<(HashSet<XfrmId>, HashSet<PolicyKey>)>,
+    /// The request's words, kept in the state file for an SA or policy it adds or updates.
+    pub(super) text: Option<zeroize::Zeroizing<String>>,
+    /// State-file records of the new SAs (given back unless committed).
+    pub(super) res: Reservations,
 }
 
 impl Prepared {
     /// A new SA (the newest of its template), filling its larval reservation if any.
     fn add_sa(&mut self, cfg: &SaConfig, now: u64, what: &str) -> Result<(), String> {
         self.lists.larval.retain(|l| l.id != cfg.id);
-        let x = SecurityAssociation::new(cfg.clone(), self.lists.next_sa, now)
+        let slot = self.res.slot(cfg).map_err(|e| format!("{what}: {e}"))?;
+        let x = SecurityAssociation::with_slot(cfg.clone(), self.lists.next_sa, now, slot)
             .map_err(|e| format!("{what}: {e}"))?;
         self.lists.next_sa += 1;
         let x = Arc::new(x);
@@ -151,8 +159,24 @@ impl Store {
             acquired: HashMap::new(),
             from_config: db.states().iter().map(|x| x.cfg.id).collect(),
             policies_from_config: Default::default(),
+            keep: None,
         }
         .with_config_policies()
+    }
+
+    /// The store of a daemon with a state file (keep.rs `restore`): what the configuration
+    /// brought is `from_config`, the rest came from the file.
+    pub(super) fn with_keep(
+        db: &XfrmDb,
+        from_config: HashSet<XfrmId>,
+        policies_from_config: HashSet<PolicyKey>,
+        keep: Keep,
+    ) -> Self {
+        let mut s = Self::new(db);
+        s.from_config = from_config;
+        s.policies_from_config = policies_from_config;
+        s.keep = Some(keep);
+        s
     }
 
     fn with_config_policies(mut self) -> Self {
@@ -164,8 +188,15 @@ impl Store {
         &self.lists.sas
     }
 
-    /// Answers a request that only reads, or prepares a change.
-    pub fn execute(&self, req: &Request, show: Show, now: Instant) -> Result<Executed, String> {
+    /// Answers a request that only reads, or prepares a change. `text`: the request's words
+    /// as received (kept in the state file for what it adds or updates).
+    pub fn execute(
+        &self,
+        req: &Request,
+        text: Option<&str>,
+        show: Show,
+        now: Instant,
+    ) -> Result<Executed, String> {
         match req {
             Request::StateGet(id) => {
                 let x = self.find(id).ok_or_else(|| no_state(id))?;
@@ -215,9 +246,21 @@ impl Store {
                 )))
             }
             Request::Monitor => Ok(Executed::Read(String::new())),
-            _ => self
-                .prepare(req, now)
-                .map(|p| Executed::Change(Box::new(p))),
+            _ => self.prepare(req, now).and_then(|mut p| {
+                if let Some(t) = text {
+                    if matches!(
+                        req,
+                        Request::StateAdd(_)
+                            | Request::StateUpdate(_)
+                            | Request::PolicyAdd(_)
+                            | Request::PolicyUpdate(_)
+                    ) {
+                        super::keep::check_text(self.keep.as_ref(), t)?;
+                        p.text = Some(zeroize::Zeroizing::new(t.trim().to_string()));
+                    }
+                }
+                Ok(Executed::Change(Box::new(p)))
+            }),
         }
     }
 
@@ -266,6 +309,8 @@ impl Store {
             },
             removed: Vec::new(),
             from_config: None,
+            text: None,
+            res: Reservations::new(self.keep.as_ref()),
         }
     }
 
@@ -446,7 +491,13 @@ impl Store {
                         )
                     } else {
                         p.lists.next_sa += 1;
-                        SecurityAssociation::new(c.clone(), p.lists.next_sa - 1, clock_now)
+                        let slot = p.res.slot(c).map_err(|e| format!("reload: {e}"))?;
+                        SecurityAssociation::with_slot(
+                            c.clone(),
+                            p.lists.next_sa - 1,
+                            clock_now,
+                            slot,
+                        )
                     }
                     .map_err(|e| format!("reload: {e}"))?;
                     let x = Arc::new(x);
@@ -541,10 +592,26 @@ impl Store {
 
     /// Makes a prepared change the store's own (call once it is live). The SAs it removed
     /// are marked dead: a worker still holding one would not use it any more.
-    pub fn commit(&mut self, p: Prepared) {
+    /// Returns what the state file could not take (the change is live all the same).
+    pub fn commit(&mut self, mut p: Prepared) -> Result<(), String> {
         for x in &p.removed {
             x.set_km_state(KmState::Dead);
         }
+        let kept = match self.keep.as_mut() {
+            Some(k) => k.write(&super::keep::Change {
+                old_sas: &self.lists.sas,
+                old_policies: &self.lists.policies,
+                sas: &p.lists.sas,
+                policies: &p.lists.policies,
+                removed: &p.removed,
+                text: p.text.as_deref().map(|t| t.as_str()),
+                reload: p.from_config.is_some(),
+                from_config: &self.from_config,
+                policies_from_config: &self.policies_from_config,
+            }),
+            None => Ok(()),
+        };
+        p.res.commit();
         self.lists = p.lists;
         if let Some((sas, pols)) = p.from_config {
             self.from_config = sas;
@@ -552,6 +619,7 @@ impl Store {
         }
         // The next allocspi draws other numbers.
         self.next_random();
+        kept
     }
 
     /// The lifetime timer (xfrm_timer_handler): an `Expired … hard 0` event for each SA
@@ -658,9 +726,9 @@ impl Store {
 }
 
 /// What names a policy: its direction and selector (addresses masked to their prefix).
-type PolicyKey = (PolicyDir, Selector);
+pub(super) type PolicyKey = (PolicyDir, Selector);
 
-fn policy_key(p: &Policy) -> PolicyKey {
+pub(super) fn policy_key(p: &Policy) -> PolicyKey {
     (p.dir, normalized_selector(&p.selector))
 }
 
@@ -757,11 +825,11 @@ mod tests {
 
     fn run(s: &mut Store, req: &str) -> Result<String, String> {
         let r = parse_request(req, "request").map_err(|e| e.to_string())?;
-        match s.execute(&r, Show::default(), Instant::now())? {
+        match s.execute(&r, None, Show::default(), Instant::now())? {
             Executed::Read(b) => Ok(b),
             Executed::Change(p) => {
                 let body = p.body.clone();
-                s.commit(*p);
+                s.commit(*p)?;
                 Ok(body)
             }
         }
@@ -805,7 +873,10 @@ mod tests {
         x.xfrm_replay_overflow().unwrap();
         x.xfrm_replay_overflow().unwrap();
         let r = parse_request(&sa(0x11, 1), "request").unwrap();
-        let Executed::Change(p) = s.execute(&r, Show::default(), Instant::now()).unwrap() else {
+        let Executed::Change(p) = s
+            .execute(&r, None, Show::default(), Instant::now())
+            .unwrap()
+        else {
             panic!()
         };
         // Prepared but not committed: the store still has one SA.
@@ -853,13 +924,16 @@ mod tests {
         let mut s = store();
         let pol = "policy add src 10.1.0.0/16 dst 10.2.0.0/16 dir out tmpl src 192.0.2.1 dst 192.0.2.2 proto esp mode tunnel reqid 1";
         let r = parse_request(pol, "request").unwrap();
-        let Executed::Change(p) = s.execute(&r, Show::default(), Instant::now()).unwrap() else {
+        let Executed::Change(p) = s
+            .execute(&r, None, Show::default(), Instant::now())
+            .unwrap()
+        else {
             panic!()
         };
         assert!(p.policies_changed);
         let tag = p.tables.as_ref().unwrap().db.policy_tag();
         assert_ne!(tag, 0);
-        s.commit(*p);
+        s.commit(*p).unwrap();
         assert!(run(&mut s, pol).unwrap_err().contains("File exists"));
         // Another spelling of the same selector names the same policy.
         let g = run(&mut s, "policy get dir out src 10.1.7.0/16 dst 10.2.0.0/16").unwrap();
@@ -984,7 +1058,7 @@ mod tests {
         let reload = |s: &mut Store, c| {
             let p = s.prepare_reload(c, Instant::now()).unwrap();
             let body = p.body.clone();
-            s.commit(p);
+            s.commit(p).unwrap();
             body
         };
         // The same file: nothing changes, the SAs are the same objects.

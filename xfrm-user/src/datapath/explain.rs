@@ -75,8 +75,8 @@ pub fn attach_error(e: anyhow::Error, prog: &str, iface: &str, mode: AttachMode)
              --xdp-mode skb (generic XDP: any interface, slower)"
         ),
         Some(libc::EBUSY) => format!(
-            "another tool holds {iface}'s XDP hook through a bpf_link (a running `xfrm-user \
-             attach`, say). Try: stop it first"
+            "another tool holds {iface}'s XDP hook through a bpf_link (a running xdp-loader, \
+             say). Try: stop it first"
         ),
         Some(libc::EEXIST) => format!(
             "{iface} has an XDP program in the other mode. Try: --xdp-mode {other}, or take it \

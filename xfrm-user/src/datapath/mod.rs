@@ -1,8 +1,8 @@
 //! The live datapath around the pure transforms: the XDP classifier's loader (aya), its rule
 //! table, and AF_XDP sockets (xdpilone).
 
-pub mod attach;
 pub mod bench;
+pub mod detach;
 pub mod doctor;
 pub mod explain;
 pub mod loader;
@@ -15,6 +15,9 @@ pub mod sys;
 pub mod tap;
 pub mod umem;
 pub mod worker;
+#[cfg(feature = "test-support")]
 pub mod xsk;
 
-pub use loader::{AttachMode, Counters, Datapath, TestRunOutcome};
+#[cfg(feature = "test-support")]
+pub use loader::TestRunOutcome;
+pub use loader::{AttachMode, Counters, Datapath};

@@ -66,7 +66,7 @@ use crate::selector::FlowKey;
 use crate::stats::{XfrmStat, XfrmStats};
 use crate::wire::{checksum, flow, proto, tcp::TcpPacket};
 use crate::xfrm::{
-    persist::{self, SaIdentity, StateFile},
+    persist,
     pmtu::{bundle_mtu, SaMtu},
     spd::XFRM_MAX_DEPTH,
     xfrm_input, xfrm_output_bundle, InputVerdict, SystemClock, Verdict, XfrmDb,
@@ -574,6 +574,7 @@ const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 #[allow(clippy::too_many_arguments)]
 fn control(
     req: &Request,
+    text: Option<&str>,
     show: Show,
     config: &std::path::Path,
     sad: &mut Store,
@@ -592,7 +593,7 @@ fn control(
         })?;
         sad.prepare_reload(cfg, Instant::now())?
     } else {
-        match sad.execute(req, show, Instant::now())? {
+        match sad.execute(req, text, show, Instant::now())? {
             Executed::Read(body) => return Ok(body),
             Executed::Change(p) => *p,
         }
@@ -637,7 +638,10 @@ fn control(
     }
     let body = std::mem::take(&mut p.body);
     let evs = std::mem::take(&mut p.events);
-    sad.commit(p);
+    if let Err(e) = sad.commit(p) {
+        log::error!("control: {e}");
+        late.get_or_insert(e);
+    }
     for e in evs {
         // No subscriber is not an error.
         let _ = events.send(e);
@@ -699,14 +703,14 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         None => persist::default_path(&opts.outside)
             .context("the default state file's name (network namespace)")?,
     };
-    let ids: Vec<SaIdentity> = cfg.states.iter().map(SaIdentity::of).collect();
-    let store = StateFile::open(&state_path, &ids, opts.discard_corrupt_state)?;
-    let slots = (0..ids.len())
-        .map(|i| store.slot(i).context("state file slot"))
-        .collect::<Result<Vec<_>>>()?;
-    let db = XfrmDb::with_slots(cfg.states, cfg.policies, Arc::new(SystemClock), slots)
-        .map_err(|e| anyhow!("{e}"))?;
-    let mut sad = Store::new(&db);
+    // The configuration, then what the control plane changed before a restart.
+    let kept = crate::ctl::keep::restore(
+        &state_path,
+        opts.discard_corrupt_state,
+        cfg,
+        Arc::new(SystemClock),
+    )?;
+    let (store, db, mut sad) = (kept.file, kept.db, kept.store);
     let gw = Gateway::new(db);
     let r = store.report();
     let state_line = format!(
@@ -724,7 +728,8 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
         } else {
             ""
         }
-    );
+    ) + "; "
+        + &kept.summary;
     let start = gw.tables.current();
     for x in start
         .db
@@ -869,7 +874,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                 tokio::select! {
                     sig = signals.recv() => {
                         if sig == "SIGHUP" {
-                            match control(&Request::Reload, Show::default(), &opts.config, &mut sad, &gw, &mut dp, &ctl.events) {
+                            match control(&Request::Reload, None, Show::default(), &opts.config, &mut sad, &gw, &mut dp, &ctl.events) {
                                 Ok(r) => log::info!("SIGHUP: {}", r.trim_end()),
                                 Err(e) => log::error!("SIGHUP: {e}"),
                             }
@@ -892,13 +897,13 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                         // Past a hard limit the SA goes, as the kernel deletes it.
                         for id in hard {
                             let req = Request::StateDelete(id);
-                            if let Err(e) = control(&req, Show::default(), &opts.config, &mut sad, &gw, &mut dp, &ctl.events) {
+                            if let Err(e) = control(&req, None, Show::default(), &opts.config, &mut sad, &gw, &mut dp, &ctl.events) {
                                 log::error!("expired SA spi 0x{:08x}: delete: {e}", id.spi);
                             }
                         }
                     }
                     Some(call) = ctl.calls.recv() => {
-                        let r = control(&call.request, call.show, &opts.config, &mut sad, &gw, &mut dp, &ctl.events);
+                        let r = control(&call.request, Some(&call.text), call.show, &opts.config, &mut sad, &gw, &mut dp, &ctl.events);
                         let _ = call.reply.send(r);
                     }
                     _ = report.tick() => {

@@ -360,8 +360,8 @@ pub struct Worker<T: Transform> {
     stats: Arc<WorkerStats>,
 }
 
-// The raw pointers inside point into `area`, owned by the same value; the rings are SPSC
-// with the kernel and used by this one thread.
+// SAFETY: the raw pointers inside point into `area`, owned by the same value; the rings are
+// SPSC with the kernel and used by this one thread.
 unsafe impl<T: Transform> Send for Worker<T> {}
 
 impl<T: Transform> Worker<T> {

@@ -1,7 +1,7 @@
 //! One AF_XDP socket (xdpilone) on one interface queue, with its own UMEM: the frames below
 //! `rx_frames` feed the fill ring, the rest are a free list for transmit. A copying,
-//! callback-style socket for the classifier tests (tests/xdp_veth.rs) and `xfrm-user attach
-//! --xsk`; the gateway's workers (worker.rs) use the same building blocks (umem.rs) in place.
+//! callback-style socket for the classifier tests (tests/xdp_veth.rs, feature `test-support`);
+//! the gateway's workers (worker.rs) use the same building blocks (umem.rs) in place.
 //!
 //! Frame layout as the kernel fills it (copy mode, what veth gives):
 //! `[XDP_PACKET_HEADROOM (256) … XdpMeta | packet … ]` — the descriptor's `addr` is the
@@ -48,7 +48,7 @@ pub struct XskSocket {
     fd: RawFd,
 }
 
-// The raw pointers inside point into `area`, owned by the same value.
+// SAFETY: the raw pointers inside point into `area`, owned by the same value.
 unsafe impl Send for XskSocket {}
 
 impl XskSocket {

@@ -226,15 +226,11 @@ pub struct SecurityAssociation {
     /// the curlft update). Across a restart the count goes on with the number, so a packet
     /// limit bounds what the key protected, not what one run did.
     oseq_base: u64,
-    /// Packets taken in by the input path (an inbound SA hands out no sequence numbers, so
-    /// its curlft.packets is counted here; only input touches it).
-    curlft_in_packets: AtomicU64,
-    curlft_bytes: AtomicU64,
+    /// curlft.bytes, the input path's packets (an inbound SA hands out no sequence
+    /// numbers), add_time and use_time live in `slot` too: they go on across a restart.
     add_time: u64,
     /// The nearest of the soft and hard limits, for the per-packet check's fast path.
     expire_bounds: ExpireBounds,
-    /// 0 until the first packet.
-    use_time: AtomicU64,
     /// Outer IPv4 identification = low 16 bits of the sequence number XOR this random value:
     /// the per-destination counter of ip_select_ident (an SA has one destination), without a
     /// second atomic per packet.
@@ -331,6 +327,14 @@ impl SecurityAssociation {
             u64::from(cfg.replay_oseq)
         };
         slot.oseq().fetch_max(oseq, Ordering::Relaxed);
+        // Kept from before a restart (or a `state update`), else now.
+        let add_time = match slot.add_time().load(Ordering::Relaxed) {
+            0 => {
+                slot.add_time().store(now, Ordering::Relaxed);
+                now
+            }
+            t => t,
+        };
         let top = slot.in_top().load(Ordering::Relaxed);
         if top > replay.top() {
             replay.resume_above(top);
@@ -345,12 +349,9 @@ impl SecurityAssociation {
             km_state: AtomicU8::new(KmState::Valid as u8),
             dying: AtomicBool::new(false),
             slot,
-            curlft_bytes: AtomicU64::new(0),
             oseq_base: oseq,
-            curlft_in_packets: AtomicU64::new(0),
-            add_time: now,
-            expire_bounds: ExpireBounds::new(&cfg.lifetime, now),
-            use_time: AtomicU64::new(0),
+            add_time,
+            expire_bounds: ExpireBounds::new(&cfg.lifetime, add_time),
             ip_id_base: random_u32() as u16,
             mtu: AtomicU32::new(DEFAULT_MTU),
             hop_limit: AtomicU8::new(DEFAULT_HOP_LIMIT),
@@ -403,7 +404,7 @@ impl SecurityAssociation {
     }
     #[inline]
     pub fn curlft_bytes(&self) -> u64 {
-        self.curlft_bytes.load(Ordering::Relaxed)
+        self.slot.bytes().load(Ordering::Relaxed)
     }
     #[inline]
     pub fn curlft_packets(&self) -> u64 {
@@ -411,14 +412,14 @@ impl SecurityAssociation {
             .oseq()
             .load(Ordering::Relaxed)
             .saturating_sub(self.oseq_base)
-            + self.curlft_in_packets.load(Ordering::Relaxed)
+            + self.slot.in_packets().load(Ordering::Relaxed)
     }
     pub fn add_time(&self) -> u64 {
         self.add_time
     }
     #[inline]
     pub fn use_time(&self) -> u64 {
-        self.use_time.load(Ordering::Relaxed)
+        self.slot.use_time().load(Ordering::Relaxed)
     }
     /// The last output sequence number handed out (x->replay.oseq, with oseq_hi above bit
     /// 32 under ESN). Saturates at the limit: a refused number is never counted.
@@ -487,7 +488,7 @@ impl SecurityAssociation {
     /// byte/packet limit can be overshot by at most one packet per worker.
     #[inline]
     pub fn xfrm_state_check_expire(&self, now: u64) -> Result<(), StateExpired> {
-        let mut use_time = self.use_time.load(Ordering::Relaxed);
+        let mut use_time = self.slot.use_time().load(Ordering::Relaxed);
         if use_time == 0 {
             use_time = self.first_use(now);
         }
@@ -521,7 +522,7 @@ impl SecurityAssociation {
     /// what the packet paths found (bytes, packets, sequence numbers exhausted).
     pub fn lifetime_tick(&self, now: u64) -> (bool, bool) {
         // Never used: the use-time limits do not run yet (the kernel's use_time 0).
-        let use_time = match self.use_time.load(Ordering::Relaxed) {
+        let use_time = match self.slot.use_time().load(Ordering::Relaxed) {
             0 => u64::MAX,
             t => t,
         };
@@ -535,10 +536,12 @@ impl SecurityAssociation {
     /// The first packet sets use_time (once, whichever worker gets there first).
     #[cold]
     fn first_use(&self, now: u64) -> u64 {
-        match self
-            .use_time
-            .compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-        {
+        match self.slot.use_time().compare_exchange(
+            0,
+            now.max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
             Ok(_) => now.max(1),
             Err(t) => t,
         }
@@ -650,7 +653,7 @@ impl SecurityAssociation {
     /// packet took, see `oseq_base`).
     #[inline]
     pub fn add_curlft(&self, bytes: usize) {
-        self.curlft_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.slot.bytes().fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// xfrm_replay_advance once the ICV verified (see ReplayState::advance), and the new top
@@ -670,8 +673,8 @@ impl SecurityAssociation {
     /// The input path's x->curlft.bytes += len; x->curlft.packets++ (xfrm_input, after the
     /// replay advance).
     pub fn add_curlft_input(&self, bytes: usize) {
-        self.curlft_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        self.curlft_in_packets.fetch_add(1, Ordering::Relaxed);
+        self.slot.bytes().fetch_add(bytes as u64, Ordering::Relaxed);
+        self.slot.in_packets().fetch_add(1, Ordering::Relaxed);
     }
 }
 
