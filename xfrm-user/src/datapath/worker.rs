@@ -66,7 +66,7 @@ use super::reasm::{Datagram, Reassembled};
 use super::umem::{new_umem, take_meta, Area, QueueSocket};
 use crate::frame::Frame;
 use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, HEADER_LEN as ETH_LEN};
-use crate::wire::{ip_version, ipv4::Ipv4Packet, ipv6::Ipv6Packet};
+use crate::wire::{flow, ip_version, ipv4::Ipv4Packet, ipv6::Ipv6Packet};
 use crate::xfrm::pmtu::{self, Fragmenter, SizeCheck};
 
 /// Metadata flag for the one-armed gateway, where one socket receives both directions: set
@@ -94,8 +94,10 @@ pub enum Side {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send the IP packet now in the frame out of `Side`, to the next hop towards its
-    /// destination address.
+    /// destination address (the worker looks it up).
     Tx(Side),
+    /// Send it out of `Side` to this next hop, which the transform looked up already.
+    TxTo(Side, L2),
     /// The frame now holds an error for the sender (ICMP built in place): send it back out
     /// of the interface it came from, to the MAC it came from.
     Reply,
@@ -168,16 +170,25 @@ where
 /// Returns `Some(Action::Reply)` with the ICMP error built in the frame, `Some(Drop)` when
 /// the packet is too big but no error may be sent, None when the packet fits.
 pub fn too_big(frame: &mut Frame<'_>, mtu: u32, ctx: &Ctx<'_>) -> Option<Action> {
-    let verdict = pmtu::check_size(frame.data(), mtu).ok()?;
-    let sender = match ip_version(frame.data())? {
-        4 => IpAddr::V4(Ipv4Packet::new_unchecked(frame.data()).src_addr()),
-        _ => IpAddr::V6(Ipv6Packet::new_unchecked(frame.data()).src_addr()),
-    };
+    let info = flow::parse(frame.data()).ok()?;
+    match pmtu::check_size_parsed(&info.l4(), mtu) {
+        SizeCheck::Fits => None,
+        check => Some(reply_too_big(frame, &info, check, ctx)),
+    }
+}
+
+/// The ICMP error for a packet `check` found too big (`info`: its parse): `Reply` with the
+/// error built in the frame, or `Drop` when none may be sent.
+pub fn reply_too_big(
+    frame: &mut Frame<'_>,
+    info: &flow::FlowInfo,
+    check: SizeCheck,
+    ctx: &Ctx<'_>,
+) -> Action {
     // Our address towards the sender: the route's preferred source, as icmp_send picks it.
     // (The reply goes back to the MAC the packet came from: no neighbour needed.)
-    let src = ctx.src_towards(sender);
-    let r = match (verdict, src) {
-        (SizeCheck::Fits, _) => return None,
+    let src = ctx.src_towards(info.key.src);
+    let r = match (check, src) {
         (SizeCheck::FragNeeded { mtu }, Some(IpAddr::V4(s))) => {
             let id = frame_ident(frame);
             pmtu::icmp4_frag_needed(frame, s, mtu, id)
@@ -185,13 +196,13 @@ pub fn too_big(frame: &mut Frame<'_>, mtu: u32, ctx: &Ctx<'_>) -> Option<Action>
         (SizeCheck::PacketTooBig { mtu }, Some(IpAddr::V6(s))) => {
             pmtu::icmp6_packet_too_big(frame, s, mtu)
         }
-        _ => return Some(Action::Drop),
+        _ => return Action::Drop,
     };
-    Some(if r.is_ok() {
+    if r.is_ok() {
         Action::Reply
     } else {
         Action::Drop
-    })
+    }
 }
 
 /// An IP ID for our ICMP errors: the kernel picks a hashed one; the original's, inverted,
@@ -780,6 +791,10 @@ impl<T: Transform> Worker<T> {
                     dst = self.infos[Side::Local as usize].mac;
                 }
                 (from, dst, src)
+            }
+            Action::TxTo(to, l2) => {
+                self.transmit(to, frame, base, &l2, stats);
+                return;
             }
             Action::Tx(to) => {
                 let Some(dst) = ip_dst(frame.data()) else {
