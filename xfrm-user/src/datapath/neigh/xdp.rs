@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 
 use netlink_packet_core::Parseable;
-use netlink_packet_route::link::{LinkHeader, LinkXdp};
+use netlink_packet_route::link::{LinkAttribute, LinkHeader, LinkMessage, LinkXdp};
 
 use super::netlink::*;
 
@@ -54,11 +54,9 @@ impl Rtnl {
     /// The XDP programs on the interface named `name` (its index, then one entry per mode
     /// with a program: rtnl_xdp_fill reports each mode's program id).
     pub fn xdp_programs(&mut self, name: &str) -> Result<(u32, Vec<XdpProg>)> {
-        let mut fixed = [0u8; 16];
-        fixed[4..8].copy_from_slice(&0i32.to_ne_bytes());
-        let mut z = name.as_bytes().to_vec();
-        z.push(0);
-        let m = Msg::new(RTM_GETLINK, 0, &fixed).attr(IFLA_IFNAME, &z);
+        let mut l = LinkMessage::default();
+        l.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let m = Msg::emit(RTM_GETLINK, 0, &l);
         let replies = self
             .sock
             .request(m, false)
