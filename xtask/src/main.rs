@@ -81,6 +81,9 @@ enum Cmd {
         /// Run nothing: print the campaign log's totals per target (a Markdown table).
         #[arg(long)]
         report: bool,
+        /// Build without optimisation (quicker to build, slower to run).
+        #[arg(long)]
+        dev: bool,
     },
     /// Benchmarks: the user-space ones (`cargo bench -p xfrm-user`), then the XDP classifier's
     /// ns/packet table (BPF_PROG_TEST_RUN; needs root, prints SKIP otherwise), then the
@@ -98,6 +101,9 @@ enum Cmd {
         /// Seconds per iperf3 run of --gateway.
         #[arg(long, default_value_t = 5, requires = "gateway")]
         secs: u32,
+        /// --gateway with this `xfrm-user` binary instead of building one (A/B of two builds).
+        #[arg(long, requires = "gateway")]
+        bin: Option<std::path::PathBuf>,
         /// Extra arguments for `cargo bench -p xfrm-user` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -143,6 +149,7 @@ fn real_main() -> Result<()> {
             jobs,
             campaign,
             report: false,
+            dev,
         } => fuzz::run(
             target.as_deref(),
             seconds,
@@ -150,13 +157,15 @@ fn real_main() -> Result<()> {
                 sanitizer,
                 jobs,
                 campaign,
+                dev,
             },
         ),
         Cmd::Bench {
             gateway: true,
             secs,
+            bin,
             ..
-        } => gwbench::gateway(secs),
+        } => gwbench::gateway(secs, bin),
         Cmd::Bench {
             classifier, args, ..
         } => {
@@ -181,8 +190,8 @@ fn real_main() -> Result<()> {
     }
 }
 
-/// Seconds per fuzz target in `cargo xtask test`: eight targets and the harness build stay
-/// within about three minutes.
+/// Seconds per fuzz target in `cargo xtask test`, unoptimised (`--dev`: its fresh build took
+/// 160 CPU-seconds here): eight targets and the build stay within about three minutes.
 const FUZZ_SMOKE_SECONDS: u64 = 10;
 
 /// The CI gate. Every step must pass; the first failure stops it with a non-zero exit.
@@ -242,7 +251,14 @@ fn test(no_setup: bool, extra: &[String]) -> Result<()> {
     }
     // Every fuzz target a few seconds: one that stops building or crashes at once is caught
     // here; long runs are `cargo xtask fuzz --seconds N`.
-    fuzz::run(None, FUZZ_SMOKE_SECONDS, fuzz::Mode::default())?;
+    fuzz::run(
+        None,
+        FUZZ_SMOKE_SECONDS,
+        fuzz::Mode {
+            dev: true,
+            ..fuzz::Mode::default()
+        },
+    )?;
     println!("xtask test: all steps passed in {:.0?}", t0.elapsed());
     if !vaes {
         println!("VAES code not run: CPU lacks vaes");

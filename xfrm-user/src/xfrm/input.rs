@@ -77,15 +77,26 @@ impl InputTables {
     /// templates (where tunnels end) and the source of out templates. Encapsulation ports
     /// come from the SAs addressed to a local address (all SAs when none is known).
     pub fn new(db: &XfrmDb) -> Self {
+        let dirs = [PolicyDir::In, PolicyDir::Fwd, PolicyDir::Out];
+        Self::compute(
+            dirs.iter().flat_map(|&d| db.policies(d)),
+            db.states().iter().map(|x| &**x),
+        )
+    }
+
+    /// [`Self::new`] from the policies (any order of directions) and SAs a database would
+    /// hold: a running gateway's change computes its input tables without building one.
+    pub fn compute<'a>(
+        policies: impl Iterator<Item = &'a crate::policy::Policy> + Clone,
+        states: impl Iterator<Item = &'a super::SecurityAssociation>,
+    ) -> Self {
         let mut t = Self::default();
-        for dir in [PolicyDir::In, PolicyDir::Fwd] {
-            for p in db.policies(dir) {
-                for tmpl in &p.templates {
-                    t.add_local(tmpl.dst);
-                }
+        for p in policies.clone().filter(|p| p.dir != PolicyDir::Out) {
+            for tmpl in &p.templates {
+                t.add_local(tmpl.dst);
             }
         }
-        for p in db.policies(PolicyDir::Out) {
+        for p in policies.filter(|p| p.dir == PolicyDir::Out) {
             for tmpl in &p.templates {
                 if let Some(src) = tmpl.src {
                     t.add_local(src);
@@ -93,7 +104,7 @@ impl InputTables {
             }
         }
         let known = !t.local.is_empty();
-        for x in db.states() {
+        for x in states {
             let Some(e) = x.cfg.encap else { continue };
             if known && !t.is_local(x.cfg.id.daddr) {
                 continue;
