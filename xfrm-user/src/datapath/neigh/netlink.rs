@@ -478,6 +478,16 @@ impl Rtnl {
     }
 
     pub(super) fn link_req(&mut self, index: u32, name: Option<&str>) -> Result<Link> {
+        self.get_link(index, name, parse_link)
+    }
+
+    /// RTM_GETLINK by index or name; `parse` reads the RTM_NEWLINK answer.
+    pub(super) fn get_link<T>(
+        &mut self,
+        index: u32,
+        name: Option<&str>,
+        parse: fn(&[u8]) -> Option<T>,
+    ) -> Result<T> {
         let mut l = LinkMessage::default();
         l.header.index = index;
         if let Some(n) = name {
@@ -492,7 +502,7 @@ impl Rtnl {
         replies
             .iter()
             .find(|(ty, _)| *ty == RTM_NEWLINK)
-            .and_then(|(_, b)| parse_link(b))
+            .and_then(|(_, b)| parse(b))
             .with_context(|| format!("interface {what}: no answer"))
     }
 
