@@ -21,17 +21,23 @@ use crate::{
     traffic::{expected_sha256, tcp_transfer_paced},
 };
 
-/// A receiver of numbered datagrams (the number in the first 8 bytes) in `ns`.
+/// A receiver of numbered datagrams (the number in the first 8 bytes) in `ns`. The socket is
+/// bound before this returns, so a sender started next cannot lose its first datagrams to a
+/// port that is not open yet.
 pub fn receiver(
     ns: &Netns,
     port: u16,
     stop: Arc<AtomicBool>,
     got: Arc<Mutex<HashSet<u64>>>,
 ) -> std::thread::JoinHandle<Result<()>> {
-    ns.thread(move || {
+    let bound = ns.run(|| {
         let s = UdpSocket::bind(SocketAddr::new(IpAddr::from([0u8; 16]), port))
             .or_else(|_| UdpSocket::bind(SocketAddr::new(IpAddr::from([0u8; 4]), port)))?;
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        Ok(s)
+    });
+    std::thread::spawn(move || {
+        let s = bound.with_context(|| format!("bind UDP port {port}"))?;
         let mut buf = [0u8; 2048];
         while !stop.load(Ordering::Relaxed) {
             match s.recv(&mut buf) {
