@@ -1,6 +1,6 @@
 //! The `control` target: arbitrary bytes as control-socket datagrams, each through what the
 //! daemon does with one (`protocol::parse`, `parse_request`, `Store::execute`, the XDP
-//! tables compiled, `Store::commit`: `datapath::run::control` without the socket, the
+//! tables compiled, `Store::commit`: `ctl::apply::control` without the socket, the
 //! workers and the maps), against a store holding site-a.conf.
 //!
 //! Properties: no panic; a refused request leaves the store as it was (its listing with
@@ -14,12 +14,11 @@ use std::time::Instant;
 use xfrm_user::{
     config::request::{parse_request, PolicyId, Request, StateFilter, StateId},
     ctl::{
+        apply::compile,
         protocol,
         render::Show,
         store::{Executed, Store},
     },
-    datapath::rules::{compile_db, compile_inbound, compile_sas, encap_ports},
-    policy::PolicyDir,
     xfrm::{ManualClock, XfrmDb},
 };
 
@@ -87,18 +86,8 @@ fn apply(s: &mut Store, dgram: &[u8]) -> Result<(Request, Show, String), String>
         },
     };
     let mut p = p;
-    if let Some(t) = p.tables.take() {
-        // What the maps are written from: a change they cannot take is refused whole.
-        compile_sas(&t.db).map_err(|e| format!("request: {e:#} (nothing applied)"))?;
-        encap_ports(&t.input).map_err(|e| format!("request: {e:#} (nothing applied)"))?;
-        if p.policies_changed {
-            compile_db(&t.db).map_err(|e| format!("request: {e:#} (nothing applied)"))?;
-            for d in [PolicyDir::In, PolicyDir::Fwd] {
-                compile_inbound(&t.db, d)
-                    .map_err(|e| format!("request: {e:#} (nothing applied)"))?;
-            }
-        }
-    }
+    // What the maps are written from: a change they cannot take is refused whole.
+    compile(&p.delta).map_err(|e| format!("request: {e:#} (nothing applied)"))?;
     let body = std::mem::take(&mut p.body);
     s.commit(p)?;
     Ok((req, m.show, body))

@@ -367,21 +367,41 @@ static bool hmac_words(words_t *w, uint16_t alg, chunk_t key)
 
 	switch (alg)
 	{
+		case AUTH_HMAC_SHA2_256_96:
+			name = "sha256";
+			bits = 96;
+			break;
 		case AUTH_HMAC_SHA2_256_128:
 			name = "sha256";
 			bits = 128;
+			break;
+		case AUTH_HMAC_SHA2_256_256:
+			name = "sha256";
+			bits = 256;
 			break;
 		case AUTH_HMAC_SHA2_384_192:
 			name = "sha384";
 			bits = 192;
 			break;
+		case AUTH_HMAC_SHA2_384_384:
+			name = "sha384";
+			bits = 384;
+			break;
 		case AUTH_HMAC_SHA2_512_256:
 			name = "sha512";
 			bits = 256;
 			break;
+		case AUTH_HMAC_SHA2_512_512:
+			name = "sha512";
+			bits = 512;
+			break;
 		case AUTH_HMAC_SHA1_96:
 			name = "sha1";
 			bits = 96;
+			break;
+		case AUTH_HMAC_SHA1_160:
+			name = "sha1";
+			bits = 160;
 			break;
 		default:
 			return FALSE;
@@ -393,7 +413,9 @@ static bool hmac_words(words_t *w, uint16_t alg, chunk_t key)
 }
 
 /* The algorithm words of an SA: ESP AES-GCM (rfc4106), AES-GMAC (rfc4543),
- * ChaCha20-Poly1305 (rfc7539esp), AES-CBC or NULL with an HMAC; AH with an HMAC. */
+ * ChaCha20-Poly1305 (rfc7539esp), AES-CBC, AES-CTR (rfc3686) or NULL with an HMAC; AH with
+ * an HMAC. What `xfrm-user check --algorithms` lists; anything else is refused here, with
+ * its name in charon's log, before the datapath is asked. */
 static bool algorithm_words(words_t *w, uint8_t proto, kernel_ipsec_add_sa_t *data)
 {
 	const char *aead = NULL;
@@ -406,7 +428,7 @@ static bool algorithm_words(words_t *w, uint8_t proto, kernel_ipsec_add_sa_t *da
 			return TRUE;
 		}
 		DBG1(DBG_KNL, "kernel-xfrmuser: AH integrity %N is not supported by the "
-			 "datapath (supported: HMAC-SHA1-96, HMAC-SHA2-256/384/512)",
+			 "datapath (supported: HMAC-SHA1, HMAC-SHA2-256/384/512)",
 			 integrity_algorithm_names, data->int_alg);
 		return FALSE;
 	}
@@ -436,12 +458,14 @@ static bool algorithm_words(words_t *w, uint8_t proto, kernel_ipsec_add_sa_t *da
 			aead = "rfc7539esp(chacha20,poly1305)";
 			break;
 		case ENCR_AES_CBC:
+		case ENCR_AES_CTR:
 		case ENCR_NULL:
 			break;
 		default:
 			DBG1(DBG_KNL, "kernel-xfrmuser: ESP encryption %N is not supported by "
 				 "the datapath (supported: AES-GCM, AES-GMAC, ChaCha20-Poly1305, "
-				 "AES-CBC, NULL)", encryption_algorithm_names, data->enc_alg);
+				 "AES-CBC, AES-CTR, NULL)", encryption_algorithm_names,
+				 data->enc_alg);
 			return FALSE;
 	}
 	if (aead)
@@ -460,7 +484,10 @@ static bool algorithm_words(words_t *w, uint8_t proto, kernel_ipsec_add_sa_t *da
 		add(w, " %d", icv);
 		return TRUE;
 	}
-	add(w, " enc '%s'", data->enc_alg == ENCR_NULL ? "ecb(cipher_null)" : "cbc(aes)");
+	/* AES-CTR's key from charon is the AES key followed by the 4-byte nonce, as
+	 * rfc3686(ctr(aes)) takes it */
+	add(w, " enc '%s'", data->enc_alg == ENCR_NULL ? "ecb(cipher_null)" :
+		data->enc_alg == ENCR_AES_CTR ? "rfc3686(ctr(aes))" : "cbc(aes)");
 	if (data->enc_key.len)
 	{
 		add_hex(w, data->enc_key);
@@ -472,7 +499,7 @@ static bool algorithm_words(words_t *w, uint8_t proto, kernel_ipsec_add_sa_t *da
 	if (!hmac_words(w, data->int_alg, data->int_key))
 	{
 		DBG1(DBG_KNL, "kernel-xfrmuser: ESP integrity %N is not supported by the "
-			 "datapath (supported: HMAC-SHA1-96, HMAC-SHA2-256/384/512)",
+			 "datapath (supported: HMAC-SHA1, HMAC-SHA2-256/384/512)",
 			 integrity_algorithm_names, data->int_alg);
 		return FALSE;
 	}
@@ -1041,6 +1068,7 @@ static void handle_expire(const char *ev)
 	unsigned int spi;
 	const char *at = strstr(ev, "\n\tproto ");
 	host_t *host;
+	bool hard;
 
 	if (sscanf(ev, "Expired src %63s dst %63s", src, dst) != 2 || !at ||
 		sscanf(at, "\n\tproto %7s spi 0x%x", proto, &spi) != 2)
@@ -1053,9 +1081,12 @@ static void handle_expire(const char *ev)
 	{
 		return;
 	}
+	hard = strstr(ev, "\thard 1") != NULL;
+	DBG1(DBG_KNL, "kernel-xfrmuser: %s expire for %s SA %.8x to %H",
+		 hard ? "hard" : "soft", proto, spi, host);
 	charon->kernel->expire(charon->kernel,
 						   streq(proto, "ah") ? IPPROTO_AH : IPPROTO_ESP,
-						   htonl(spi), host, strstr(ev, "\thard 1") != NULL);
+						   htonl(spi), host, hard);
 	host->destroy(host);
 }
 

@@ -47,6 +47,9 @@ pub struct Mode {
     pub jobs: u32,
     /// Append the figures to the campaign log.
     pub campaign: bool,
+    /// `cargo fuzz build --dev`: no optimisation, so a fresh build takes a fraction of the
+    /// time and each execution several times longer (CI's smoke run).
+    pub dev: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -70,6 +73,7 @@ impl Default for Mode {
             sanitizer: Sanitizer::Address,
             jobs: 1,
             campaign: false,
+            dev: false,
         }
     }
 }
@@ -87,29 +91,46 @@ fn campaign_log() -> PathBuf {
     harness().join("campaign.log")
 }
 
-fn fuzz_cmd(sub: &str, mode: Mode) -> Command {
+/// fuzz/harness/target whatever CARGO_TARGET_DIR says (cargo sets it for us when the caller
+/// has): flags differ from every other build. Without a sanitizer a directory of its own, as
+/// switching flags in one would rebuild everything.
+fn target_dir(mode: Mode) -> PathBuf {
+    match (mode.sanitizer, mode.dev) {
+        (Sanitizer::Address, false) => harness().join("target"),
+        (Sanitizer::Address, true) => harness().join("target/dev"),
+        (Sanitizer::None, false) => harness().join("target/nosan"),
+        (Sanitizer::None, true) => harness().join("target/nosan-dev"),
+    }
+}
+
+fn build_cmd(mode: Mode) -> Command {
     let mut c = Command::new(cargo_fuzz());
     // cargo-fuzz needs nightly (-Z sanitizer flags); `cargo run` of xtask sets stable.
     c.args([
         "fuzz",
-        sub,
+        "build",
         "--sanitizer",
         mode.sanitizer.name(),
         "--fuzz-dir",
     ])
     .arg(harness())
+    .args(mode.dev.then_some("--dev"))
+    .arg("--target-dir")
+    .arg(target_dir(mode))
     .env("RUSTUP_TOOLCHAIN", "nightly")
     .current_dir(repo_root())
     .stdin(Stdio::null());
-    // fuzz/harness/target whatever CARGO_TARGET_DIR says (cargo sets it for us when the
-    // caller has): flags differ from every other build. Without a sanitizer a directory of
-    // its own, as switching flags in one would rebuild everything.
-    let dir = match mode.sanitizer {
-        Sanitizer::Address => harness().join("target"),
-        Sanitizer::None => harness().join("target/nosan"),
-    };
-    c.arg("--target-dir").arg(dir);
     c
+}
+
+/// The fuzzer binary `cargo fuzz build` made. Run directly (not through `cargo fuzz run`,
+/// which would build again if a source changed since): the CPU time measured is the
+/// fuzzer's alone.
+fn fuzzer(target: &str, mode: Mode) -> PathBuf {
+    target_dir(mode)
+        .join("x86_64-unknown-linux-gnu")
+        .join(if mode.dev { "debug" } else { "release" })
+        .join(target)
 }
 
 #[derive(Debug, Default)]
@@ -146,7 +167,7 @@ pub fn run(only: Option<&str>, seconds: u64, mode: Mode) -> Result<()> {
         mode.sanitizer.name()
     ));
     let t0 = Instant::now();
-    util::run(&mut fuzz_cmd("build", mode))?;
+    util::run(&mut build_cmd(mode))?;
     println!("fuzz build: {:.0?}", t0.elapsed());
     let mut rows = Vec::new();
     for t in &targets {
@@ -158,9 +179,10 @@ pub fn run(only: Option<&str>, seconds: u64, mode: Mode) -> Result<()> {
         rows.push(r);
     }
     println!(
-        "\nfuzz: {seconds} s per target, sanitizer {}, {} job(s), on this machine",
+        "\nfuzz: {seconds} s per target, sanitizer {}, {} job(s){}, on this machine",
         mode.sanitizer.name(),
-        mode.jobs
+        mode.jobs,
+        if mode.dev { ", unoptimised" } else { "" }
     );
     println!(
         "{:<13} {:>12} {:>9} {:>7} {:>7} {:>8}  crashes",
@@ -232,11 +254,10 @@ fn run_one(target: &str, seconds: u64, mode: Mode) -> Result<Outcome> {
     let artifacts = harness().join("artifacts").join(target);
     fs::create_dir_all(&artifacts)?;
     let before: Vec<PathBuf> = list(&artifacts);
-    let mut cmd = fuzz_cmd("run", mode);
-    cmd.arg(target)
-        .arg(&corpus)
-        .arg(&seeds)
-        .arg("--")
+    let mut cmd = Command::new(fuzzer(target, mode));
+    cmd.current_dir(&root)
+        .stdin(Stdio::null())
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .arg(format!("-max_total_time={seconds}"))
         .arg("-print_final_stats=1")
         // An input that takes 10 s is a hang, reported as a crash.
@@ -248,6 +269,8 @@ fn run_one(target: &str, seconds: u64, mode: Mode) -> Result<Outcome> {
     if let Some(dict) = dictionary(target)? {
         cmd.arg(format!("-dict={}", dict.display()));
     }
+    // New inputs go to the first directory.
+    cmd.arg(&corpus).arg(&seeds);
     println!("+ {}", util::show(&cmd));
     let t0 = Instant::now();
     let cpu0 = children_cpu_seconds();
@@ -255,7 +278,7 @@ fn run_one(target: &str, seconds: u64, mode: Mode) -> Result<Outcome> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot start cargo fuzz run")?;
+        .with_context(|| format!("cannot start {}", fuzzer(target, mode).display()))?;
     let mut out = Outcome {
         target: target.to_string(),
         ..Default::default()
@@ -300,7 +323,7 @@ fn run_one(target: &str, seconds: u64, mode: Mode) -> Result<Outcome> {
         .collect();
     if !status.success() || !new.is_empty() {
         let Some(first) = new.first() else {
-            bail!("fuzz {target}: cargo fuzz failed ({status}) without a crash input");
+            bail!("fuzz {target}: the fuzzer failed ({status}) without a crash input");
         };
         let keep = root.join("fuzz/regressions").join(target);
         fs::create_dir_all(&keep)?;

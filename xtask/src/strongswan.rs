@@ -26,13 +26,16 @@ const CHARON: &str = "/usr/lib/ipsec/charon";
 pub const PLUGIN_DIR: &str = "/usr/lib/ipsec/plugins";
 const PLUGIN: &str = "libstrongswan-kernel-xfrmuser.so";
 /// charon, swanctl, the plugins the tests load (standard: gcm, kdf, …; extra:
-/// kernel-libipsec for the interop peer).
+/// kernel-libipsec for the interop peer), `pki` for the tests' CA and certificates, and
+/// `nft` for the NAT between the gateways of the NAT-T test.
 const PACKAGES: &[&str] = &[
     "strongswan-charon",
     "strongswan-swanctl",
     "charon-systemd",
     "libstrongswan-standard-plugins",
     "libcharon-extra-plugins",
+    "strongswan-pki",
+    "nftables",
 ];
 
 fn dir() -> PathBuf {
@@ -206,6 +209,8 @@ pub fn step() -> Result<Done> {
     }
     let missing = !Path::new(CHARON).is_file()
         || find_program("swanctl").is_none()
+        || find_program("pki").is_none()
+        || find_program("nft").is_none()
         || !Path::new(PLUGIN_DIR)
             .join("libstrongswan-kernel-libipsec.so")
             .is_file()

@@ -143,47 +143,42 @@ mod tests {
         assert!(!k.verify(&[data], &[]));
     }
 
-    /// RFC 4231 section 4 (HMAC-SHA-256 test cases 1-7; case 5 is the 128-bit truncation).
-    #[test]
-    fn rfc4231_hmac_sha256() {
-        let cases: [(Vec<u8>, Vec<u8>, &str); 7] = [
-            (
-                vec![0x0b; 20],
-                b"Hi There".to_vec(),
-                "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
-            ),
-            (
-                b"Jefe".to_vec(),
-                b"what do ya want for nothing?".to_vec(),
-                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
-            ),
-            (
-                vec![0xaa; 20],
-                vec![0xdd; 50],
-                "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe",
-            ),
+    /// RFC 4231 section 4, the keys and data of test cases 1-7 (case 5's MAC is truncated
+    /// to 128 bits).
+    fn rfc4231_inputs() -> [(Vec<u8>, Vec<u8>); 7] {
+        [
+            (vec![0x0b; 20], b"Hi There".to_vec()),
+            (b"Jefe".to_vec(), b"what do ya want for nothing?".to_vec()),
+            (vec![0xaa; 20], vec![0xdd; 50]),
             (
                 hex("0102030405060708090a0b0c0d0e0f10111213141516171819"),
                 vec![0xcd; 50],
-                "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b",
             ),
-            (
-                vec![0x0c; 20],
-                b"Test With Truncation".to_vec(),
-                "a3b6167473100ee06e0c796c2955552b",
-            ),
+            (vec![0x0c; 20], b"Test With Truncation".to_vec()),
             (
                 vec![0xaa; 131],
                 b"Test Using Larger Than Block-Size Key - Hash Key First".to_vec(),
-                "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
             ),
             (
                 vec![0xaa; 131],
                 b"This is a test using a larger than block-size key and a larger than block-size data. The key needs to be hashed before being used by the HMAC algorithm.".to_vec(),
-                "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2",
             ),
+        ]
+    }
+
+    /// RFC 4231 section 4 (HMAC-SHA-256 test cases 1-7; case 5 is the 128-bit truncation).
+    #[test]
+    fn rfc4231_hmac_sha256() {
+        let macs = [
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe",
+            "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b",
+            "a3b6167473100ee06e0c796c2955552b",
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+            "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2",
         ];
-        for (key, data, mac) in &cases {
+        for ((key, data), mac) in rfc4231_inputs().iter().zip(macs) {
             check(AuthAlgo::HmacSha256, key, data, &hex(mac));
         }
     }
@@ -192,54 +187,28 @@ mod tests {
     /// the 128-bit truncation).
     #[test]
     fn rfc4231_hmac_sha384_sha512() {
-        let data7 = b"This is a test using a larger than block-size key and a larger than block-size data. The key needs to be hashed before being used by the HMAC algorithm.";
-        let cases: [(Vec<u8>, Vec<u8>, &str, &str); 7] = [
-            (
-                vec![0x0b; 20],
-                b"Hi There".to_vec(),
-                "afd03944d84895626b0825f4ab46907f15f9dadbe4101ec682aa034c7cebc59cfaea9ea9076ede7f4af152e8b2fa9cb6",
-                "87aa7cdea5ef619d4ff0b4241a1d6cb02379f4e2ce4ec2787ad0b30545e17cdedaa833b7d6b8a702038b274eaea3f4e4be9d914eeb61f1702e696c203a126854",
-            ),
-            (
-                b"Jefe".to_vec(),
-                b"what do ya want for nothing?".to_vec(),
-                "af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47e42ec3736322445e8e2240ca5e69e2c78b3239ecfab21649",
-                "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737",
-            ),
-            (
-                vec![0xaa; 20],
-                vec![0xdd; 50],
-                "88062608d3e6ad8a0aa2ace014c8a86f0aa635d947ac9febe83ef4e55966144b2a5ab39dc13814b94e3ab6e101a34f27",
-                "fa73b0089d56a284efb0f0756c890be9b1b5dbdd8ee81a3655f83e33b2279d39bf3e848279a722c806b485a47e67c807b946a337bee8942674278859e13292fb",
-            ),
-            (
-                hex("0102030405060708090a0b0c0d0e0f10111213141516171819"),
-                vec![0xcd; 50],
-                "3e8a69b7783c25851933ab6290af6ca77a9981480850009cc5577c6e1f573b4e6801dd23c4a7d679ccf8a386c674cffb",
-                "b0ba465637458c6990e5a8c5f61d4af7e576d97ff94b872de76f8050361ee3dba91ca5c11aa25eb4d679275cc5788063a5f19741120c4f2de2adebeb10a298dd",
-            ),
-            (
-                vec![0x0c; 20],
-                b"Test With Truncation".to_vec(),
-                "3abf34c3503b2a23a46efc619baef897",
-                "415fad6271580a531d4179bc891d87a6",
-            ),
-            (
-                vec![0xaa; 131],
-                b"Test Using Larger Than Block-Size Key - Hash Key First".to_vec(),
-                "4ece084485813e9088d2c63a041bc5b44f9ef1012a2b588f3cd11f05033ac4c60c2ef6ab4030fe8296248df163f44952",
-                "80b24263c7c1a3ebb71493c1dd7be8b49b46d1f41b4aeec1121b013783f8f3526b56d037e05f2598bd0fd2215d6a1e5295e64f73f63f0aec8b915a985d786598",
-            ),
-            (
-                vec![0xaa; 131],
-                data7.to_vec(),
-                "6617178e941f020d351e2f254e8fd32c602420feb0b8fb9adccebb82461e99c5a678cc31e799176d3860e6110c46523e",
-                "e37b6a775dc87dbaa4dfa9f96e5e3ffddebd71f8867289865df5a32d20cdc944b6022cac3c4982b10d5eeb55c3e4de15134676fb6de0446065c97440fa8c6a58",
-            ),
+        let macs384 = [
+            "afd03944d84895626b0825f4ab46907f15f9dadbe4101ec682aa034c7cebc59cfaea9ea9076ede7f4af152e8b2fa9cb6",
+            "af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47e42ec3736322445e8e2240ca5e69e2c78b3239ecfab21649",
+            "88062608d3e6ad8a0aa2ace014c8a86f0aa635d947ac9febe83ef4e55966144b2a5ab39dc13814b94e3ab6e101a34f27",
+            "3e8a69b7783c25851933ab6290af6ca77a9981480850009cc5577c6e1f573b4e6801dd23c4a7d679ccf8a386c674cffb",
+            "3abf34c3503b2a23a46efc619baef897",
+            "4ece084485813e9088d2c63a041bc5b44f9ef1012a2b588f3cd11f05033ac4c60c2ef6ab4030fe8296248df163f44952",
+            "6617178e941f020d351e2f254e8fd32c602420feb0b8fb9adccebb82461e99c5a678cc31e799176d3860e6110c46523e",
         ];
-        for (key, data, mac384, mac512) in &cases {
-            check(AuthAlgo::HmacSha384, key, data, &hex(mac384));
-            check(AuthAlgo::HmacSha512, key, data, &hex(mac512));
+        let macs512 = [
+            "87aa7cdea5ef619d4ff0b4241a1d6cb02379f4e2ce4ec2787ad0b30545e17cdedaa833b7d6b8a702038b274eaea3f4e4be9d914eeb61f1702e696c203a126854",
+            "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737",
+            "fa73b0089d56a284efb0f0756c890be9b1b5dbdd8ee81a3655f83e33b2279d39bf3e848279a722c806b485a47e67c807b946a337bee8942674278859e13292fb",
+            "b0ba465637458c6990e5a8c5f61d4af7e576d97ff94b872de76f8050361ee3dba91ca5c11aa25eb4d679275cc5788063a5f19741120c4f2de2adebeb10a298dd",
+            "415fad6271580a531d4179bc891d87a6",
+            "80b24263c7c1a3ebb71493c1dd7be8b49b46d1f41b4aeec1121b013783f8f3526b56d037e05f2598bd0fd2215d6a1e5295e64f73f63f0aec8b915a985d786598",
+            "e37b6a775dc87dbaa4dfa9f96e5e3ffddebd71f8867289865df5a32d20cdc944b6022cac3c4982b10d5eeb55c3e4de15134676fb6de0446065c97440fa8c6a58",
+        ];
+        let cases = rfc4231_inputs().into_iter().zip(macs384).zip(macs512);
+        for (((key, data), mac384), mac512) in cases {
+            check(AuthAlgo::HmacSha384, &key, &data, &hex(mac384));
+            check(AuthAlgo::HmacSha512, &key, &data, &hex(mac512));
         }
     }
 

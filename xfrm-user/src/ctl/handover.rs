@@ -1,15 +1,18 @@
-//! Handing the workers a new immutable snapshot of the tables (SAD, SPD, input tables): an
-//! epoch scheme in the spirit of RCU. The control plane publishes the next snapshot and
-//! bumps the generation; each worker, between two batches (never with a packet in hand),
-//! sees the generation move, takes the new snapshot and acknowledges it; the control plane
-//! waits until every live worker has, and only then answers the request. A packet is thus
-//! handled wholly by one snapshot, and the per-packet path reads the worker's own `Arc`
-//! without any lock or atomic.
+//! Handing the workers each change of the tables (SAD, SPD, input tables): an epoch scheme
+//! in the spirit of RCU, with deltas. Each worker keeps its own copy of the tables; the
+//! control plane publishes a change (a delta: the SAs added and removed, the policies when
+//! they changed) and bumps the generation; each worker, between two batches (never with a
+//! packet in hand), sees the generation move, applies the deltas it has not seen to its copy
+//! and acknowledges; the control plane waits until every live worker has, and only then
+//! answers the request. A packet is thus handled wholly by the tables before a change or
+//! wholly by those after it, the per-packet path reads the worker's own tables without any
+//! lock or atomic, and a change costs what it changes, not what the tables hold.
 //!
 //! A worker asleep in `poll` is woken through its eventfd ([`Reader::wake_fd`]). A worker
 //! whose thread has ended drops its [`Reader`], which stops the waiting for it.
 
 use std::{
+    collections::VecDeque,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -18,14 +21,23 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Tables a change can be applied to.
+pub trait Apply: Clone {
+    type Delta;
+    fn apply(&mut self, d: &Self::Delta);
+}
+
 struct Slot {
     acked: AtomicU64,
     alive: AtomicBool,
     wake: OwnedFd,
 }
 
-struct Shared<T> {
+struct Shared<T: Apply> {
+    /// The tables as of the latest generation (new readers start from a copy).
     current: Mutex<Arc<T>>,
+    /// The deltas some live reader may not have applied yet, with their generations.
+    log: Mutex<VecDeque<(u64, Arc<T::Delta>)>>,
     generation: AtomicU64,
     slots: Mutex<Vec<Arc<Slot>>>,
     /// Notified when a reader acknowledges or goes away.
@@ -34,28 +46,29 @@ struct Shared<T> {
 }
 
 /// The control plane's end.
-pub struct Handover<T> {
+pub struct Handover<T: Apply> {
     shared: Arc<Shared<T>>,
 }
 
-/// A worker's end: its snapshot, renewed only by [`Reader::refresh`].
-pub struct Reader<T> {
+/// A worker's end: its own tables, changed only by [`Reader::refresh`].
+pub struct Reader<T: Apply> {
     shared: Arc<Shared<T>>,
-    current: Arc<T>,
+    current: T,
     generation: u64,
     slot: Arc<Slot>,
 }
 
-/// Workers that did not take a snapshot in time (their queue numbers in reader order).
+/// Workers that did not take a change in time.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0} worker(s) did not take the new tables within the time allowed")]
 pub struct Laggards(pub usize);
 
-impl<T> Handover<T> {
+impl<T: Apply> Handover<T> {
     pub fn new(initial: T) -> Self {
         Self {
             shared: Arc::new(Shared {
                 current: Mutex::new(Arc::new(initial)),
+                log: Mutex::new(VecDeque::new()),
                 generation: AtomicU64::new(0),
                 slots: Mutex::new(Vec::new()),
                 acked: Condvar::new(),
@@ -64,7 +77,7 @@ impl<T> Handover<T> {
         }
     }
 
-    /// A reader for one worker, on the current snapshot.
+    /// A reader for one worker, on a copy of the current tables.
     pub fn reader(&self) -> std::io::Result<Reader<T>> {
         // SAFETY: eventfd takes two integers; the result is checked before use.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -73,7 +86,14 @@ impl<T> Handover<T> {
         }
         // SAFETY: a new fd that nothing else owns.
         let wake = unsafe { OwnedFd::from_raw_fd(fd) };
-        let generation = self.shared.generation.load(Ordering::Acquire);
+        // The copy and its generation together: publish takes the same lock.
+        let (current, generation) = {
+            let c = lock(&self.shared.current);
+            (
+                (**c).clone(),
+                self.shared.generation.load(Ordering::Acquire),
+            )
+        };
         let slot = Arc::new(Slot {
             acked: AtomicU64::new(generation),
             alive: AtomicBool::new(true),
@@ -82,13 +102,13 @@ impl<T> Handover<T> {
         lock(&self.shared.slots).push(slot.clone());
         Ok(Reader {
             shared: self.shared.clone(),
-            current: self.current(),
+            current,
             generation,
             slot,
         })
     }
 
-    /// The latest published snapshot.
+    /// The tables as of the latest change.
     pub fn current(&self) -> Arc<T> {
         lock(&self.shared.current).clone()
     }
@@ -97,12 +117,20 @@ impl<T> Handover<T> {
         self.shared.generation.load(Ordering::Acquire)
     }
 
-    /// Publishes `next` and wakes every reader; returns its generation, for [`Self::wait`].
-    pub fn publish(&self, next: T) -> u64 {
-        *lock(&self.shared.current) = Arc::new(next);
-        // After the store: a reader that sees this generation finds this snapshot (or a
-        // later one) under the lock.
-        let g = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    /// Publishes a change and wakes every reader; returns its generation, for
+    /// [`Self::wait`].
+    pub fn publish(&self, delta: Arc<T::Delta>) -> u64 {
+        let g = {
+            let mut c = lock(&self.shared.current);
+            Arc::make_mut(&mut c).apply(&delta);
+            let mut log = lock(&self.shared.log);
+            // In the log before the generation moves: a reader that sees the generation
+            // finds the delta.
+            let g = self.shared.generation.load(Ordering::Acquire) + 1;
+            log.push_back((g, delta));
+            self.shared.generation.store(g, Ordering::Release);
+            g
+        };
         let slots = lock(&self.shared.slots);
         for s in slots.iter() {
             let one = 1u64.to_ne_bytes();
@@ -114,19 +142,29 @@ impl<T> Handover<T> {
     }
 
     /// Waits until every live reader has taken generation `g` (or a later one), at most
-    /// `timeout`.
+    /// `timeout`; then forgets the deltas every live reader has applied.
     pub fn wait(&self, g: u64, timeout: Duration) -> Result<(), Laggards> {
         let deadline = Instant::now() + timeout;
         let mut guard = lock(&self.shared.ack_lock);
         loop {
-            let behind = {
+            let (behind, oldest) = {
                 let mut slots = lock(&self.shared.slots);
                 slots.retain(|s| s.alive.load(Ordering::Acquire));
-                slots
-                    .iter()
-                    .filter(|s| s.acked.load(Ordering::Acquire) < g)
-                    .count()
+                let acked = slots.iter().map(|s| s.acked.load(Ordering::Acquire));
+                (
+                    slots
+                        .iter()
+                        .filter(|s| s.acked.load(Ordering::Acquire) < g)
+                        .count(),
+                    acked.min().unwrap_or(u64::MAX),
+                )
             };
+            {
+                let mut log = lock(&self.shared.log);
+                while log.front().is_some_and(|(lg, _)| *lg <= oldest) {
+                    log.pop_front();
+                }
+            }
             if behind == 0 {
                 return Ok(());
             }
@@ -142,45 +180,53 @@ impl<T> Handover<T> {
     }
 }
 
-impl<T> Reader<T> {
-    /// The snapshot this worker works with until the next [`Self::refresh`].
+impl<T: Apply> Reader<T> {
+    /// The tables this worker works with until the next [`Self::refresh`].
     #[inline]
-    pub fn get(&self) -> &Arc<T> {
+    pub fn get(&self) -> &T {
         &self.current
     }
 
-    /// Between batches: takes the latest snapshot if one was published, and acknowledges
-    /// it. One atomic load when nothing changed.
+    /// Between batches: applies the changes published since the last call, if any, and
+    /// acknowledges them. One atomic load when nothing changed.
     #[inline]
     pub fn refresh(&mut self) -> bool {
         let g = self.shared.generation.load(Ordering::Acquire);
         if g == self.generation {
             return false;
         }
-        self.take(g);
+        self.take();
         true
     }
 
     #[cold]
-    fn take(&mut self, g: u64) {
+    fn take(&mut self) {
         let mut buf = [0u8; 8];
         // SAFETY: reads at most 8 bytes into a live buffer from our non-blocking eventfd
         // (nothing to read is EAGAIN, which is fine: the wake-up is consumed either way).
         unsafe { libc::read(self.slot.wake.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
-        self.current = lock(&self.shared.current).clone();
-        self.generation = g;
-        self.slot.acked.store(g, Ordering::Release);
+        // The deltas after ours, taken out under the lock and applied outside it.
+        let todo: Vec<(u64, Arc<T::Delta>)> = lock(&self.shared.log)
+            .iter()
+            .filter(|(g, _)| *g > self.generation)
+            .cloned()
+            .collect();
+        for (g, d) in todo {
+            self.current.apply(&d);
+            self.generation = g;
+        }
+        self.slot.acked.store(self.generation, Ordering::Release);
         let _g = lock(&self.shared.ack_lock);
         self.shared.acked.notify_all();
     }
 
-    /// Readable when a new snapshot waits: poll it with the sockets.
+    /// Readable when a change waits: poll it with the sockets.
     pub fn wake_fd(&self) -> RawFd {
         self.slot.wake.as_raw_fd()
     }
 }
 
-impl<T> Drop for Reader<T> {
+impl<T: Apply> Drop for Reader<T> {
     fn drop(&mut self) {
         self.slot.alive.store(false, Ordering::Release);
         let _g = lock(&self.shared.ack_lock);
@@ -189,7 +235,7 @@ impl<T> Drop for Reader<T> {
 }
 
 /// A poisoned lock only means another thread panicked while holding it; the data (an Arc,
-/// a list of slots) is still whole.
+/// a list of slots, a log of deltas) is still whole.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -198,15 +244,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    /// A snapshot whose two halves must always agree: a reader that ever saw them differ
-    /// would have seen a mix of two generations.
+    /// Tables whose two halves must always agree: a reader that ever saw them differ would
+    /// have seen a change half applied.
+    #[derive(Clone)]
     struct Snap {
         a: u64,
         b: u64,
     }
 
+    impl Apply for Snap {
+        type Delta = u64;
+        fn apply(&mut self, d: &u64) {
+            self.a = *d;
+            self.b = *d;
+        }
+    }
+
     #[test]
-    fn workers_see_whole_snapshots_and_acknowledge_each() {
+    fn workers_see_whole_changes_and_acknowledge_each() {
         let h = Handover::new(Snap { a: 0, b: 0 });
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -214,14 +269,14 @@ mod tests {
             let mut r = h.reader().unwrap();
             let stop = stop.clone();
             threads.push(std::thread::spawn(move || {
-                // The snapshot it was created on, then each one it takes.
+                // The tables it was created on, then each change it takes.
                 let mut seen = vec![r.get().a];
                 while !stop.load(Ordering::Relaxed) {
                     r.refresh();
-                    // A "batch": many reads of the one snapshot.
+                    // A "batch": many reads of the one state.
                     for _ in 0..100 {
                         let s = r.get();
-                        assert_eq!(s.a, s.b, "a snapshot seen half old, half new");
+                        assert_eq!(s.a, s.b, "a change seen half applied");
                     }
                     if seen.last() != Some(&r.get().a) {
                         seen.push(r.get().a);
@@ -239,10 +294,11 @@ mod tests {
             }));
         }
         for n in 1..=200u64 {
-            let g = h.publish(Snap { a: n, b: n });
+            let g = h.publish(Arc::new(n));
             h.wait(g, Duration::from_secs(10)).unwrap();
-            // Committed: every worker is on n now.
+            // Committed: every worker is on n now, and the log holds nothing they need.
             assert_eq!(h.current().a, n);
+            assert!(lock(&h.shared.log).is_empty());
         }
         stop.store(true, Ordering::Relaxed);
         for t in threads {
@@ -254,16 +310,23 @@ mod tests {
 
     #[test]
     fn a_gone_worker_does_not_block_and_a_stuck_one_times_out() {
-        let h = Handover::new(1u32);
+        let h = Handover::new(Snap { a: 1, b: 1 });
         let r1 = h.reader().unwrap();
-        let r2 = h.reader().unwrap();
+        let mut r2 = h.reader().unwrap();
         drop(r1);
-        let g = h.publish(2);
+        let g = h.publish(Arc::new(2));
         assert_eq!(h.wait(g, Duration::from_millis(20)), Err(Laggards(1)));
-        drop(r2);
+        // A late reader catches up on every delta it missed, in order.
+        let g = h.publish(Arc::new(3));
+        assert_eq!(lock(&h.shared.log).len(), 2);
+        assert!(r2.refresh());
+        assert_eq!((r2.get().a, r2.get().b), (3, 3));
         assert_eq!(h.wait(g, Duration::from_millis(20)), Ok(()));
-        // With no reader at all, nothing to wait for.
-        let g = h.publish(3);
+        drop(r2);
+        // With no reader at all, nothing to wait for; a new reader starts from the latest.
+        let g = h.publish(Arc::new(4));
         assert_eq!(h.wait(g, Duration::ZERO), Ok(()));
+        let r3 = h.reader().unwrap();
+        assert_eq!(r3.get().a, 4);
     }
 }

@@ -83,13 +83,13 @@ impl Drop for Reservations {
     }
 }
 
-/// A change going live: the tables before and after, and what made it.
+/// A change going live: the SAs it removes and adds, the policies before and after, and
+/// what made it.
 pub struct Change<'a> {
-    pub old_sas: &'a [SaRef],
     pub old_policies: &'a [Policy],
-    pub sas: &'a [SaRef],
     pub policies: &'a [Policy],
     pub removed: &'a [SaRef],
+    pub added: &'a [SaRef],
     /// The request's words (`state add|update`, `policy add|update`).
     pub text: Option<&'a str>,
     /// A reload: what it puts in place is the configuration's, not run time's.
@@ -107,15 +107,11 @@ impl Keep {
     /// came at run time), of SAs gone (retired, request and key wiped), of policies.
     pub fn write(&mut self, c: &Change<'_>) -> Result<(), String> {
         let f = &self.file;
-        let old: HashSet<*const _> = c.old_sas.iter().map(Arc::as_ptr).collect();
         let mut live = HashSet::new();
         let mut errors = Vec::new();
-        for x in c.sas {
+        for x in c.added {
             let Some(rec) = record(x) else { continue };
             live.insert(rec);
-            if old.contains(&Arc::as_ptr(x)) {
-                continue;
-            }
             let text = if c.reload { None } else { c.text };
             if let Err(e) = f.set_sa(rec, text.map(|t| (t, x.index as u64))) {
                 errors.push(e);
@@ -128,6 +124,9 @@ impl Keep {
             }
             let deleted = !c.reload && c.from_config.contains(&x.cfg.id);
             f.retire_sa(rec, &SaIdentity::of(&x.cfg), deleted);
+        }
+        if std::ptr::eq(c.old_policies, c.policies) {
+            return done(errors);
         }
         let before: HashMap<PolicyKey, &Policy> =
             c.old_policies.iter().map(|p| (policy_key(p), p)).collect();
@@ -175,14 +174,18 @@ impl Keep {
                 self.policies.insert(*k, r);
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "the change is live but the state file did not take it: {}",
-                errors.join("; ")
-            ))
-        }
+        done(errors)
+    }
+}
+
+fn done(errors: Vec<String>) -> Result<(), String> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the change is live but the state file did not take it: {}",
+            errors.join("; ")
+        ))
     }
 }
 
@@ -644,6 +647,44 @@ mod tests {
             v
         };
         assert_eq!(blocks(&after.0), blocks(&before.0));
+    }
+
+    /// A configured SA updated at run time comes back updated; a reload puts the file's
+    /// version back, and the next restart agrees.
+    #[test]
+    fn a_configured_sa_updated_at_run_time_stays_updated_until_a_reload() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("gw.state");
+        let c0 = sa(0x10, KEY2);
+        let limit = |s: &mut Store| {
+            s.sas()
+                .iter()
+                .find(|x| x.spi() == 0x10)
+                .unwrap()
+                .cfg
+                .lifetime
+                .hard_packet_limit
+        };
+        let mut k = start(&path, conf(&c0)).unwrap();
+        run(
+            &mut k.store,
+            &(c0.replace("add", "update") + " limit packet-hard 777"),
+        )
+        .unwrap();
+        drop(k);
+        let mut k = start(&path, conf(&c0)).unwrap();
+        assert!(
+            k.summary.contains("1 configured SA(s) updated"),
+            "{}",
+            k.summary
+        );
+        assert_eq!(limit(&mut k.store), 777);
+        let p = k.store.prepare_reload(conf(&c0), Instant::now()).unwrap();
+        k.store.commit(p).unwrap();
+        assert_eq!(limit(&mut k.store), u64::MAX);
+        drop(k);
+        let mut k = start(&path, conf(&c0)).unwrap();
+        assert_eq!(limit(&mut k.store), u64::MAX);
     }
 
     /// A config with nothing in it (the key manager adds everything) starts, and what was

@@ -7,6 +7,7 @@
 //! control plane's SAD/SPD and what each request does to it), `render` (how SAs and
 //! policies print), `keep` (what the state file keeps of it), `handover` (new tables to the workers, acknowledged before the reply).
 
+pub mod apply;
 pub mod client;
 pub mod handover;
 pub mod keep;
@@ -15,3 +16,4 @@ pub mod render;
 pub mod server;
 pub mod socket;
 pub mod store;
+pub mod tables;

@@ -1,10 +1,12 @@
 //! The control plane's copy of the SAD and SPD, and what each request does to it.
 //!
 //! A change is prepared against the current tables without touching them ([`Store::prepare`]):
-//! the new SA list, policy list and the database built from them, or an error. Only when the
-//! caller has made the prepared tables live does it [`Store::commit`] them, so a rejected or
-//! failed request changes nothing. Unchanged SAs are the same `Arc`s in the new database:
-//! their sequence numbers, replay windows and counters go on.
+//! the SAs it removes and adds and the policies when they change (a `TablesDelta`), or an
+//! error. Only when the caller has made the change live does it [`Store::commit`] it (the
+//! same delta applied to the store's copy), so a rejected or failed request changes nothing.
+//! Preparing, applying and committing cost what the change holds, not what the tables hold
+//! (SAs are found through the database's maps). Unchanged SAs are the same `Arc`s: their
+//! sequence numbers, replay windows and counters go on.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -24,18 +26,7 @@ use crate::xfrm::persist::key_fingerprint;
 use crate::xfrm::state::SaRef;
 use crate::xfrm::{Clock, InputTables, KmState, SecurityAssociation, XfrmDb};
 
-/// What the workers run on: the databases and the input tables derived from them.
-pub struct Tables {
-    pub db: XfrmDb,
-    pub input: InputTables,
-}
-
-impl Tables {
-    pub fn new(db: XfrmDb) -> Self {
-        let input = InputTables::new(&db);
-        Self { db, input }
-    }
-}
+pub use super::tables::{Tables, TablesDelta};
 
 /// How long an `allocspi` reservation lasts (the kernel's larval state: XFRM_ACQ_EXPIRES).
 pub const LARVAL_LIFETIME: Duration = Duration::from_secs(30);
@@ -46,11 +37,10 @@ struct Larval {
     expires: Instant,
 }
 
-/// The SAD and SPD as the control plane edits them: the store's, and a change's copy.
+/// What the control plane edits besides the SAs (which live in the tables' maps): the
+/// store's, and a change's copy (small: no SA in it).
 #[derive(Clone)]
 struct Lists {
-    /// In the order they were added (an SA's `index` grows with it: newer is preferred).
-    sas: Vec<SaRef>,
     /// Every direction, in the order they were added (`index` grows with it).
     policies: Vec<Policy>,
     next_sa: usize,
@@ -62,6 +52,8 @@ struct Lists {
 
 pub struct Store {
     lists: Lists,
+    /// The SAD (index order) and SPD as the workers have them.
+    tables: Tables,
     clock: Arc<dyn Clock>,
     rng: u64,
     /// SAs (by index) whose soft expiry was reported.
@@ -89,8 +81,9 @@ pub struct Acquire {
 
 /// A change ready to go live; nothing in the [`Store`] has moved yet.
 pub struct Prepared {
-    /// The new tables, when the request changes them (`allocspi` only reserves).
-    pub tables: Option<Tables>,
+    /// What changes in the tables (nothing for `allocspi`, which only reserves): shared
+    /// with the workers once published.
+    pub delta: Arc<TablesDelta>,
     /// Whether any policy changed (the XDP policy tables must be rewritten).
     pub policies_changed: bool,
     /// The reply's body.
@@ -98,8 +91,6 @@ pub struct Prepared {
     /// What `monitor` subscribers are told once it is live.
     pub events: Vec<String>,
     lists: Lists,
-    /// SAs that are gone once this is live (marked dead then).
-    removed: Vec<SaRef>,
     /// A reload's new view of what came from the configuration.
     from_config: Option<(HashSet<XfrmId>, HashSet<PolicyKey>)>,
     /// The request's words, kept in the state file for an SA or policy it adds or updates.
@@ -109,6 +100,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The delta, while it is being prepared (not shared yet: nothing is copied).
+    fn delta(&mut self) -> &mut TablesDelta {
+        Arc::make_mut(&mut self.delta)
+    }
+
     /// A new SA (the newest of its template), filling its larval reservation if any.
     fn add_sa(&mut self, cfg: &SaConfig, now: u64, what: &str) -> Result<(), String> {
         self.lists.larval.retain(|l| l.id != cfg.id);
@@ -118,7 +114,7 @@ impl Prepared {
         self.lists.next_sa += 1;
         let x = Arc::new(x);
         self.events.push(render::state_text(&x, Show::default()));
-        self.lists.sas.push(x);
+        self.delta().added.push(x);
         Ok(())
     }
 }
@@ -145,8 +141,8 @@ impl Store {
             .collect();
         policies.sort_by_key(|p| p.index);
         Self {
+            tables: Tables::new(db.clone()),
             lists: Lists {
-                sas: db.states().to_vec(),
                 next_sa: db.states().iter().map(|x| x.index + 1).max().unwrap_or(0),
                 next_policy: policies.last().map_or(0, |p| p.index + 1),
                 policies,
@@ -184,8 +180,9 @@ impl Store {
         self
     }
 
+    /// The SAs, in index order (newest last).
     pub fn sas(&self) -> &[SaRef] {
-        &self.lists.sas
+        self.tables.db.states()
     }
 
     /// Answers a request that only reads, or prepares a change. `text`: the request's words
@@ -206,18 +203,14 @@ impl Store {
             }
             Request::StateList(f) => {
                 let v: Vec<SaRef> = self
-                    .lists
-                    .sas
+                    .sas()
                     .iter()
                     .filter(|x| matches(x, f))
                     .cloned()
                     .collect();
                 Ok(Executed::Read(self.show_states(&v, show)))
             }
-            Request::StateCount => Ok(Executed::Read(format!(
-                "SAD count {}\n",
-                self.lists.sas.len()
-            ))),
+            Request::StateCount => Ok(Executed::Read(format!("SAD count {}\n", self.sas().len()))),
             Request::PolicyGet(id) => {
                 let p = self.find_policy(id).ok_or_else(|| no_policy(id))?;
                 Ok(Executed::Read(show_policies(
@@ -274,12 +267,14 @@ impl Store {
     }
 
     fn find(&self, id: &StateId) -> Option<&SaRef> {
-        self.lists.sas.iter().find(|x| {
-            x.cfg.id.daddr == id.dst
-                && x.cfg.id.spi == id.spi
-                && x.cfg.id.proto == id.proto
-                && id.src.is_none_or(|s| s == x.cfg.saddr)
-        })
+        self.tables
+            .db
+            .state_lookup(id.dst, id.spi, id.proto)
+            .filter(|x| id.src.is_none_or(|s| s == x.cfg.saddr))
+    }
+
+    fn by_id(&self, id: &XfrmId) -> Option<&SaRef> {
+        self.tables.db.state_lookup(id.daddr, id.spi, id.proto)
     }
 
     fn find_policy(&self, id: &PolicyId) -> Option<usize> {
@@ -293,7 +288,7 @@ impl Store {
     /// A change that changes nothing yet: the current lists to edit.
     fn empty_change(&self, now: Instant) -> Prepared {
         Prepared {
-            tables: None,
+            delta: Arc::default(),
             policies_changed: false,
             body: String::new(),
             events: Vec::new(),
@@ -307,7 +302,6 @@ impl Store {
                     .collect(),
                 ..self.lists.clone()
             },
-            removed: Vec::new(),
             from_config: None,
             text: None,
             res: Reservations::new(self.keep.as_ref()),
@@ -320,7 +314,7 @@ impl Store {
         let no_keys = Show::default();
         match req {
             Request::StateAdd(cfg) => {
-                if self.lists.sas.iter().any(|x| x.cfg.id == cfg.id) {
+                if self.by_id(&cfg.id).is_some() {
                     return Err(format!(
                         "state add: an SA with dst {} spi 0x{:08x} proto {} exists already (File exists)",
                         cfg.id.daddr, cfg.id.spi, proto_name(cfg.id.proto)
@@ -329,7 +323,7 @@ impl Store {
                 p.add_sa(cfg, clock_now, "state add")?;
             }
             Request::StateUpdate(cfg) => {
-                let Some(pos) = self.lists.sas.iter().position(|x| x.cfg.id == cfg.id) else {
+                let Some(old) = self.by_id(&cfg.id) else {
                     // A larval SA from allocspi is filled by update, as IKE daemons do.
                     if p.lists.larval.iter().any(|l| l.id == cfg.id) {
                         p.add_sa(cfg, clock_now, "state update")?;
@@ -342,7 +336,6 @@ impl Store {
                         proto_name(cfg.id.proto)
                     ));
                 };
-                let old = &self.lists.sas[pos];
                 check_update(&old.cfg, cfg)?;
                 let x = SecurityAssociation::with_slot(
                     (**cfg).clone(),
@@ -354,24 +347,22 @@ impl Store {
                 let x = Arc::new(x);
                 p.events
                     .push(format!("Updated {}", render::state_text(&x, no_keys)));
-                p.removed.push(old.clone());
-                p.lists.sas[pos] = x;
+                p.delta().removed.push(old.clone());
+                p.delta().added.push(x);
             }
             Request::StateDelete(id) => {
                 let x = self.find(id).ok_or_else(|| no_state(id))?.clone();
-                p.lists.sas.retain(|y| !Arc::ptr_eq(y, &x));
                 p.events
                     .push(format!("Deleted {}", render::state_text(&x, no_keys)));
-                p.removed.push(x);
+                p.delta().removed.push(x);
             }
             Request::StateFlush(proto) => {
-                let (gone, kept): (Vec<SaRef>, Vec<SaRef>) = p
-                    .lists
-                    .sas
-                    .drain(..)
-                    .partition(|x| proto.is_none_or(|q| q == x.cfg.id.proto));
-                p.lists.sas = kept;
-                p.removed = gone;
+                p.delta().removed = self
+                    .sas()
+                    .iter()
+                    .filter(|x| proto.is_none_or(|q| q == x.cfg.id.proto))
+                    .cloned()
+                    .collect();
                 p.events.push(match proto {
                     Some(q) => format!("Flushed state proto {}\n", proto_name(*q)),
                     None => "Flushed state proto any\n".to_string(),
@@ -460,27 +451,25 @@ impl Store {
         let (mut added, mut changed, mut deleted, mut kept) = (0, 0, 0, 0);
         let new_ids: HashSet<XfrmId> = cfg.states.iter().map(|c| c.id).collect();
         // SAs of the old configuration that the new one drops.
-        let gone: Vec<SaRef> = p
-            .lists
-            .sas
+        let gone: Vec<SaRef> = self
+            .sas()
             .iter()
             .filter(|x| self.from_config.contains(&x.cfg.id) && !new_ids.contains(&x.cfg.id))
             .cloned()
             .collect();
         for x in gone {
-            p.lists.sas.retain(|y| !Arc::ptr_eq(y, &x));
             p.events.push(format!(
                 "Deleted {}",
                 render::state_text(&x, Show::default())
             ));
-            p.removed.push(x);
+            p.delta().removed.push(x);
             deleted += 1;
         }
         for c in &cfg.states {
-            match p.lists.sas.iter().position(|x| x.cfg.id == c.id) {
-                Some(i) if p.lists.sas[i].cfg == *c => kept += 1,
-                Some(i) => {
-                    let old = p.lists.sas[i].clone();
+            match self.by_id(&c.id) {
+                Some(x) if x.cfg == *c => kept += 1,
+                Some(old) => {
+                    let old = old.clone();
                     // The same key goes on from its numbers; a new key starts afresh.
                     let x = if check_update(&old.cfg, c).is_ok() {
                         SecurityAssociation::with_slot(
@@ -505,8 +494,8 @@ impl Store {
                         "Updated {}",
                         render::state_text(&x, Show::default())
                     ));
-                    p.lists.sas[i] = x;
-                    p.removed.push(old);
+                    p.delta().removed.push(old);
+                    p.delta().added.push(x);
                     changed += 1;
                 }
                 None => {
@@ -557,36 +546,64 @@ impl Store {
 
     /// Limits of the XDP tables, then the database built (its own checks: duplicates).
     fn finish(&self, mut p: Prepared) -> Result<Prepared, String> {
-        if p.lists.sas.len() > MAX_SAS as usize {
+        let d = &p.delta;
+        let count = self.sas().len() + d.added.len() - d.removed.len();
+        if count > MAX_SAS as usize {
             return Err(format!(
-                "state add: {} SAs: the XDP SA table holds {MAX_SAS}",
-                p.lists.sas.len()
+                "state add: {count} SAs: the XDP SA table holds {MAX_SAS}"
             ));
         }
-        for d in [PolicyDir::Out, PolicyDir::In, PolicyDir::Fwd] {
-            let n = p.lists.policies.iter().filter(|q| q.dir == d).count();
-            if n > MAX_POLICIES as usize {
+        // The same (dst, spi, proto) twice (a reload's file, say): refused as a whole.
+        let mut ids = HashSet::with_capacity(d.added.len());
+        for x in &d.added {
+            let taken = self
+                .by_id(&x.cfg.id)
+                .is_some_and(|y| !d.removed.iter().any(|r| Arc::ptr_eq(r, y)));
+            if taken || !ids.insert(x.cfg.id) {
                 return Err(format!(
-                    "policy add: {n} dir {} policies: the XDP table holds {MAX_POLICIES}",
-                    render::dir_name(d)
+                    "an SA with dst {} spi 0x{:08x} proto {} twice (File exists)",
+                    x.cfg.id.daddr,
+                    x.cfg.id.spi,
+                    proto_name(x.cfg.id.proto)
                 ));
             }
         }
         if p.policies_changed {
+            for d in [PolicyDir::Out, PolicyDir::In, PolicyDir::Fwd] {
+                let n = p.lists.policies.iter().filter(|q| q.dir == d).count();
+                if n > MAX_POLICIES as usize {
+                    return Err(format!(
+                        "policy add: {n} dir {} policies: the XDP table holds {MAX_POLICIES}",
+                        render::dir_name(d)
+                    ));
+                }
+            }
+            XfrmDb::check_policies(&p.lists.policies).map_err(|e| format!("internal: {e}"))?;
             // Never the tag of NO_POLICY's upper half.
             p.lists.tag = match p.lists.tag.wrapping_add(1) {
                 0xffff => 0,
                 t => t,
             };
+            let v = (p.lists.policies.clone(), p.lists.tag);
+            p.delta().policies = Some(v);
         }
-        let db = XfrmDb::from_sas(
-            p.lists.sas.clone(),
-            p.lists.policies.clone(),
-            self.clock.clone(),
-            p.lists.tag,
-        )
-        .map_err(|e| format!("internal: {e}"))?;
-        p.tables = Some(Tables::new(db));
+        // The input tables follow the policies (local addresses) and the SAs with encap
+        // (NAT-T ports): computed again only when one of those moves.
+        let encap = |v: &[SaRef]| v.iter().any(|x| x.cfg.encap.is_some());
+        if p.policies_changed || encap(&p.delta.removed) || encap(&p.delta.added) {
+            let gone: HashSet<*const SecurityAssociation> =
+                p.delta.removed.iter().map(Arc::as_ptr).collect();
+            let mut states: Vec<&SaRef> = self
+                .sas()
+                .iter()
+                .filter(|x| !gone.contains(&Arc::as_ptr(x)))
+                .chain(p.delta.added.iter())
+                .collect();
+            states.sort_by_key(|x| x.index);
+            let input =
+                InputTables::compute(p.lists.policies.iter(), states.into_iter().map(|x| &**x));
+            p.delta().input = Some(input);
+        }
         Ok(p)
     }
 
@@ -594,16 +611,20 @@ impl Store {
     /// are marked dead: a worker still holding one would not use it any more.
     /// Returns what the state file could not take (the change is live all the same).
     pub fn commit(&mut self, mut p: Prepared) -> Result<(), String> {
-        for x in &p.removed {
+        for x in &p.delta.removed {
             x.set_km_state(KmState::Dead);
         }
         let kept = match self.keep.as_mut() {
             Some(k) => k.write(&super::keep::Change {
-                old_sas: &self.lists.sas,
                 old_policies: &self.lists.policies,
-                sas: &p.lists.sas,
-                policies: &p.lists.policies,
-                removed: &p.removed,
+                // The same list when no policy changed (nothing to compare).
+                policies: if p.policies_changed {
+                    &p.lists.policies
+                } else {
+                    &self.lists.policies
+                },
+                removed: &p.delta.removed,
+                added: &p.delta.added,
                 text: p.text.as_deref().map(|t| t.as_str()),
                 reload: p.from_config.is_some(),
                 from_config: &self.from_config,
@@ -612,6 +633,7 @@ impl Store {
             None => Ok(()),
         };
         p.res.commit();
+        super::handover::Apply::apply(&mut self.tables, &p.delta);
         self.lists = p.lists;
         if let Some((sas, pols)) = p.from_config {
             self.from_config = sas;
@@ -628,7 +650,7 @@ impl Store {
     pub fn expiries(&mut self) -> (Vec<String>, Vec<StateId>) {
         let now = self.clock.now();
         let (mut events, mut hard) = (Vec::new(), Vec::new());
-        for x in &self.lists.sas {
+        for x in self.tables.db.states() {
             let (soft_now, hard_now) = x.lifetime_tick(now);
             let text = || render::state_text(x, Show::default());
             // A soft limit passed on the way to a hard one between two ticks is still
@@ -648,7 +670,7 @@ impl Store {
                 events.push(format!("Expired {}\thard 0\n", text()));
             }
         }
-        let live: HashSet<usize> = self.lists.sas.iter().map(|x| x.index).collect();
+        let live: HashSet<usize> = self.tables.db.states().iter().map(|x| x.index).collect();
         self.soft_reported.retain(|i| live.contains(i));
         (events, hard)
     }
@@ -688,11 +710,10 @@ impl Store {
     /// holds; tries random ones, then walks the range from a random start.
     fn free_spi(&self, a: &AllocSpi, larval: &[Larval]) -> Result<u32, String> {
         let taken = |spi: u32| {
-            self.lists.sas.iter().any(|x| {
-                x.cfg.id.spi == spi && x.cfg.id.daddr == a.dst && x.cfg.id.proto == a.proto
-            }) || larval
-                .iter()
-                .any(|l| l.id.spi == spi && l.id.daddr == a.dst && l.id.proto == a.proto)
+            self.tables.db.state_lookup(a.dst, spi, a.proto).is_some()
+                || larval
+                    .iter()
+                    .any(|l| l.id.spi == spi && l.id.daddr == a.dst && l.id.proto == a.proto)
         };
         let span = u64::from(a.max - a.min) + 1;
         let mut r = self.rng;
@@ -835,6 +856,29 @@ mod tests {
         }
     }
 
+    /// A tunnel template to 192.0.2.2 (ESP, `reqid`).
+    fn tmpl(reqid: u32) -> crate::policy::Template {
+        crate::policy::Template {
+            src: None,
+            dst: "192.0.2.2".parse().unwrap(),
+            proto: XfrmProto::Esp,
+            spi: None,
+            reqid,
+            mode: crate::sa::XfrmMode::Tunnel,
+            level: crate::policy::TmplLevel::Required,
+        }
+    }
+
+    fn udp_flow(src: &str, dst: &str) -> crate::selector::FlowKey {
+        crate::selector::FlowKey {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto: 17,
+            sport: 1,
+            dport: 2,
+        }
+    }
+
     fn store() -> Store {
         let db = XfrmDb::with_clock(vec![], vec![], Arc::new(ManualClock::new(1000))).unwrap();
         Store::new(&db)
@@ -881,26 +925,15 @@ mod tests {
         };
         // Prepared but not committed: the store still has one SA.
         assert_eq!(s.sas().len(), 1);
-        let t = p.tables.as_ref().unwrap();
+        // The change holds only the new SA; applied to a copy of the tables (as a worker
+        // does), the old one is the same object, its numbers going on.
+        assert!(p.delta.removed.is_empty() && p.delta.added.len() == 1);
+        let mut t = s.tables.clone();
+        crate::ctl::handover::Apply::apply(&mut t, &p.delta);
         assert!(Arc::ptr_eq(&t.db.states()[0], &x));
         assert_eq!(t.db.states()[0].oseq(), 2);
         // Newest valid SA of the template wins (make-before-break on output).
-        let tm = crate::policy::Template {
-            src: None,
-            dst: "192.0.2.2".parse().unwrap(),
-            proto: XfrmProto::Esp,
-            spi: None,
-            reqid: 1,
-            mode: crate::sa::XfrmMode::Tunnel,
-            level: crate::policy::TmplLevel::Required,
-        };
-        let flow = crate::selector::FlowKey {
-            src: "192.0.2.1".parse().unwrap(),
-            dst: "192.0.2.2".parse().unwrap(),
-            proto: 17,
-            sport: 1,
-            dport: 2,
-        };
+        let (tm, flow) = (tmpl(1), udp_flow("192.0.2.1", "192.0.2.2"));
         assert_eq!(t.db.state_find(&tm, &flow).unwrap().spi(), 0x11);
         drop(p);
         // An update may not change the key.
@@ -931,7 +964,7 @@ mod tests {
             panic!()
         };
         assert!(p.policies_changed);
-        let tag = p.tables.as_ref().unwrap().db.policy_tag();
+        let tag = p.delta.policies.as_ref().unwrap().1;
         assert_ne!(tag, 0);
         s.commit(*p).unwrap();
         assert!(run(&mut s, pol).unwrap_err().contains("File exists"));
@@ -1137,5 +1170,101 @@ mod tests {
         assert!(run(&mut s, &sa(0x1000, 1).replace("add", "update"))
             .unwrap_err()
             .contains("No such process"));
+    }
+
+    /// The store's tables, changed in place request by request, and a worker's copy that
+    /// applies the same published deltas, always equal what a database built from scratch
+    /// out of the same SAs and policies says: every SA found by its id, every template
+    /// resolving to the same SA, the policies in the same order, the same NAT-T ports.
+    #[test]
+    fn incremental_tables_equal_tables_built_from_scratch() {
+        use crate::ctl::handover::Handover;
+        let mut s = store();
+        let h = Handover::new(s.tables.clone());
+        let mut worker = h.reader().unwrap();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        // Out policies make 192.0.2.1 local, in policies 192.0.2.2 (the SAs' destination:
+        // their NAT-T ports count then).
+        let pol = |n: u64, reqid: u64, dir: &str| {
+            format!("policy update src 10.{n}.0.0/16 dst 10.9.0.0/16 dir {dir} tmpl src 192.0.2.1 dst 192.0.2.2 proto esp mode tunnel reqid {reqid}")
+        };
+        let dir = |n: u64| if n.is_multiple_of(2) { "out" } else { "in" };
+        let (mut saw_encap, mut saw_policy) = (false, false);
+        for step in 0..400 {
+            let spi = 0x100 + next() % 40;
+            let reqid = 1 + next() % 3;
+            let req = match next() % 10 {
+                0..=3 => sa(spi as u32, reqid as u32),
+                4 => sa(spi as u32, reqid as u32) + " encap espinudp 4500 4500 0.0.0.0",
+                5 => {
+                    sa(spi as u32, reqid as u32).replace("add", "update")
+                        + " limit packet-hard 9999"
+                }
+                6 | 7 => format!("state delete dst 192.0.2.2 proto esp spi {spi:#x}"),
+                8 => pol(next() % 5, reqid, dir(next())),
+                _ if step % 50 == 0 => "state flush".to_string(),
+                _ => format!(
+                    "policy delete dir {} src 10.{}.0.0/16 dst 10.9.0.0/16",
+                    dir(next()),
+                    next() % 5
+                ),
+            };
+            let r = parse_request(&req, "request").unwrap();
+            let Ok(Executed::Change(p)) = s.execute(&r, None, Show::default(), Instant::now())
+            else {
+                continue;
+            };
+            let g = h.publish(p.delta.clone());
+            worker.refresh();
+            h.wait(g, Duration::from_secs(5)).unwrap();
+            s.commit(*p).unwrap();
+            let policies = s.lists.policies.clone();
+            let scratch = XfrmDb::from_sas(
+                s.sas().to_vec(),
+                policies.clone(),
+                s.clock.clone(),
+                s.lists.tag,
+            )
+            .unwrap();
+            let input = InputTables::new(&scratch);
+            saw_encap |= !input.encap_ports().is_empty();
+            saw_policy |= !policies.is_empty();
+            for t in [&s.tables, worker.get()] {
+                let ids = |db: &XfrmDb| {
+                    db.states()
+                        .iter()
+                        .map(|x| (x.index, x.spi()))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(ids(&t.db), ids(&scratch), "step {step}: {req}");
+                for x in scratch.states() {
+                    let y =
+                        t.db.state_lookup(x.daddr(), x.spi(), x.cfg.id.proto)
+                            .unwrap();
+                    assert!(Arc::ptr_eq(x, y), "step {step}");
+                }
+                for reqid in 1..=3 {
+                    let (tm, flow) = (tmpl(reqid), udp_flow("10.1.0.1", "10.9.0.1"));
+                    let a = t.db.state_find(&tm, &flow).map(Arc::as_ptr);
+                    let b = scratch.state_find(&tm, &flow).map(Arc::as_ptr);
+                    assert_eq!(a, b, "step {step}: template reqid {reqid}");
+                }
+                for d in [PolicyDir::Out, PolicyDir::In, PolicyDir::Fwd] {
+                    assert_eq!(t.db.policies(d), scratch.policies(d), "step {step}");
+                }
+                assert_eq!(t.db.policy_tag(), scratch.policy_tag());
+                assert_eq!(t.input.encap_ports(), input.encap_ports(), "step {step}");
+            }
+        }
+        assert!(
+            saw_encap && saw_policy,
+            "NAT-T ports and policies were exercised"
+        );
     }
 }

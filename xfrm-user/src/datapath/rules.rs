@@ -462,20 +462,20 @@ pub fn compile_sas(db: &XfrmDb) -> Result<Vec<(SaKey, u32)>> {
     if states.len() > MAX_SAS as usize {
         bail!("{} SAs: the XDP table holds {MAX_SAS}", states.len());
     }
-    Ok(states
-        .iter()
-        .map(|x| {
-            let (daddr, family) = addr_words(x.cfg.id.daddr);
-            let key = SaKey {
-                daddr,
-                spi: x.cfg.id.spi,
-                family,
-                proto: x.cfg.id.proto.ip_proto(),
-                _pad: 0,
-            };
-            (key, x.index as u32)
-        })
-        .collect())
+    Ok(states.iter().map(|x| sa_entry(x)).collect())
+}
+
+/// One SA's entry in the XDP SA map: (daddr, spi, family, proto) → its index.
+pub fn sa_entry(x: &crate::xfrm::SecurityAssociation) -> (SaKey, u32) {
+    let (daddr, family) = addr_words(x.cfg.id.daddr);
+    let key = SaKey {
+        daddr,
+        spi: x.cfg.id.spi,
+        family,
+        proto: x.cfg.id.proto.ip_proto(),
+        _pad: 0,
+    };
+    (key, x.index as u32)
 }
 
 /// The NAT-T ports of the outside classifier: those of the input path (`InputTables`: the

@@ -38,7 +38,7 @@ use std::{
         mpsc::{Receiver, SyncSender},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{anyhow, Context, Result};
@@ -46,19 +46,20 @@ use xfrm_common::XdpMeta;
 
 use super::{
     bench::NullOr,
-    loader::{AttachMode, Datapath, Program, Table},
+    loader::{AttachMode, Datapath, Program},
     neigh::{NeighOptions, NeighService},
     reasm::Reassembled,
-    rules::{compile_db, compile_inbound, compile_sas, encap_ports},
+    rules::compile_db,
     tap::Tap,
     worker::{port_info, reply_too_big, Action, Ctx, Side, Transform, Worker, WorkerConfig},
 };
 use crate::config::request::Request;
 use crate::ctl::{
+    apply::control,
     handover::{Handover, Reader},
     render::Show,
     server::Server,
-    store::{Acquire, Executed, Store, Tables, ACQUIRE_INTERVAL_SECS},
+    store::{Acquire, Tables, ACQUIRE_INTERVAL_SECS},
 };
 use crate::frame::Frame;
 use crate::policy::{Policy, PolicyAction, PolicyDir};
@@ -70,8 +71,8 @@ use crate::xfrm::{
     persist, xfrm_input, InputVerdict, SystemClock, Verdict, XfrmDb,
 };
 
-/// What the workers share: the tables (SAD, SPD, input tables), handed over whole at each
-/// change (ctl::handover), and the counters.
+/// What the workers share: the tables (SAD, SPD, input tables), each change handed over as a
+/// delta that every worker applies to its own copy (ctl::handover), and the counters.
 pub struct Gateway {
     pub tables: Handover<Tables>,
     pub stats: Arc<XfrmStats>,
@@ -125,7 +126,7 @@ impl Gateway {
 }
 
 pub struct GatewayTransform {
-    /// This worker's snapshot of the tables, renewed between batches.
+    /// This worker's own copy of the tables, changed between batches.
     tables: Reader<Tables>,
     stats: Arc<XfrmStats>,
     acquire: SyncSender<Acquire>,
@@ -488,99 +489,6 @@ impl Signals {
     }
 }
 
-/// How long a change waits for every worker to take the new tables (a worker takes them
-/// between two batches, within a millisecond or so; one that does not is stuck).
-const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One control request: a read is answered from the store; a change is prepared (a refused
-/// one changes nothing), compiled for the XDP maps (a table too large is refused before
-/// anything moves), handed to the workers and acknowledged by each, written to the maps,
-/// and only then committed, told to `monitor` and answered.
-///
-/// The workers go first: what the maps newly send them (a new SA's SPI) finds tables that
-/// know it. Between the two, a packet classified by the old XDP rules carries an id of the
-/// old policy table, which the worker's tag check turns into its own lookup.
-#[allow(clippy::too_many_arguments)]
-fn control(
-    req: &Request,
-    text: Option<&str>,
-    show: Show,
-    config: &std::path::Path,
-    sad: &mut Store,
-    gw: &Gateway,
-    dp: &mut Datapath,
-    events: &tokio::sync::broadcast::Sender<String>,
-) -> Result<String, String> {
-    let mut p = if *req == Request::Reload {
-        // All or nothing, as at start: a file with an error changes nothing.
-        let cfg = crate::config::load_config(config).map_err(|errs| {
-            let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-            format!(
-                "reload: invalid configuration (nothing applied): {}",
-                lines.join("; ")
-            )
-        })?;
-        sad.prepare_reload(cfg, Instant::now())?
-    } else {
-        match sad.execute(req, text, show, Instant::now())? {
-            Executed::Read(body) => return Ok(body),
-            Executed::Change(p) => *p,
-        }
-    };
-    let mut late = None;
-    if let Some(t) = p.tables.take() {
-        let compiled = (|| -> Result<_> {
-            let sas = compile_sas(&t.db)?;
-            let ports = encap_ports(&t.input)?;
-            let rules = if p.policies_changed {
-                Some((
-                    compile_db(&t.db)?,
-                    compile_inbound(&t.db, PolicyDir::In)?,
-                    compile_inbound(&t.db, PolicyDir::Fwd)?,
-                ))
-            } else {
-                None
-            };
-            Ok((sas, ports, rules))
-        })();
-        let (sas, ports, rules) =
-            compiled.map_err(|e| format!("request: {e:#} (nothing applied)"))?;
-        let g = gw.tables.publish(t);
-        if let Err(e) = gw.tables.wait(g, HANDOVER_TIMEOUT) {
-            log::error!("control: {e}");
-            late = Some(e.to_string());
-        }
-        let maps = (|| -> Result<()> {
-            dp.set_sas(&sas)?;
-            if let Some((out, inp, fwd)) = &rules {
-                dp.set_out_policies(out)?;
-                dp.set_policies(Table::In, inp)?;
-                dp.set_policies(Table::Fwd, fwd)?;
-            }
-            dp.set_encap_ports(ports)
-        })();
-        if let Err(e) = maps {
-            // The workers have the new tables; the store must say what they run.
-            log::error!("control: the XDP maps refused the change: {e:#}");
-            late.get_or_insert(format!("the XDP maps refused the change: {e:#}"));
-        }
-    }
-    let body = std::mem::take(&mut p.body);
-    let evs = std::mem::take(&mut p.events);
-    if let Err(e) = sad.commit(p) {
-        log::error!("control: {e}");
-        late.get_or_insert(e);
-    }
-    for e in evs {
-        // No subscriber is not an error.
-        let _ = events.send(e);
-    }
-    match late {
-        Some(e) => Err(format!("internal: {e}; the change is in the tables")),
-        None => Ok(body),
-    }
-}
-
 /// The programs onto the interfaces: inside (or one-armed), outside, then the host's own
 /// output last, once the workers hold the TAP's queues.
 fn attach_all(
@@ -803,7 +711,7 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                 tokio::select! {
                     sig = signals.recv() => {
                         if sig == "SIGHUP" {
-                            match control(&Request::Reload, None, Show::default(), &opts.config, &mut sad, &gw, &mut dp, &ctl.events) {
+                            match control(&Request::Reload, None, Show::default(), &opts.config, &mut sad, &gw.tables, &mut dp, &ctl.events) {
                                 Ok(r) => log::info!("SIGHUP: {}", r.trim_end()),
                                 Err(e) => log::error!("SIGHUP: {e}"),
                             }
@@ -826,13 +734,13 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
                         // Past a hard limit the SA goes, as the kernel deletes it.
                         for id in hard {
                             let req = Request::StateDelete(id);
-                            if let Err(e) = control(&req, None, Show::default(), &opts.config, &mut sad, &gw, &mut dp, &ctl.events) {
+                            if let Err(e) = control(&req, None, Show::default(), &opts.config, &mut sad, &gw.tables, &mut dp, &ctl.events) {
                                 log::error!("expired SA spi 0x{:08x}: delete: {e}", id.spi);
                             }
                         }
                     }
                     Some(call) = ctl.calls.recv() => {
-                        let r = control(&call.request, Some(&call.text), call.show, &opts.config, &mut sad, &gw, &mut dp, &ctl.events);
+                        let r = control(&call.request, Some(&call.text), call.show, &opts.config, &mut sad, &gw.tables, &mut dp, &ctl.events);
                         let _ = call.reply.send(r);
                     }
                     _ = report.tick() => {

@@ -1,33 +1,15 @@
 //! ESP header (RFC 4303 §2): SPI and sequence number; the transform's IV follows (8 bytes
 //! for the AEADs and CTR, 16 for CBC, none for NULL: `SaProps::iv_len`).
 
-use super::{be32, put32, Result, WireError};
+use super::{be32, put32};
 
 pub const HEADER_LEN: usize = 8;
 /// The explicit IV of the AEAD transforms (AES-GCM, AES-GMAC, ChaCha20-Poly1305).
 pub const IV_LEN: usize = 8;
 
-#[derive(Debug, Clone)]
-pub struct EspPacket<T: AsRef<[u8]>> {
-    buffer: T,
-}
+fixed_header_view!(EspPacket, HEADER_LEN);
 
 impl<T: AsRef<[u8]>> EspPacket<T> {
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(WireError::Truncated)
-        } else {
-            Ok(())
-        }
-    }
     pub fn spi(&self) -> u32 {
         be32(self.buffer.as_ref(), 0)
     }

@@ -1,27 +1,14 @@
 //! ICMP (RFC 792) and ICMPv6 (RFC 4443): type and code, which Linux's flowi carries in the
 //! port fields for the selectors, and the checksum offset.
 
-use super::{be16, Result, WireError};
+use super::be16;
 
 pub const HEADER_LEN: usize = 4;
 pub const CHECKSUM_OFFSET: usize = 2;
 
-#[derive(Debug, Clone)]
-pub struct IcmpPacket<T: AsRef<[u8]>> {
-    buffer: T,
-}
+fixed_header_view!(IcmpPacket, HEADER_LEN);
 
 impl<T: AsRef<[u8]>> IcmpPacket<T> {
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let p = Self::new_unchecked(buffer);
-        if p.buffer.as_ref().len() < HEADER_LEN {
-            return Err(WireError::Truncated);
-        }
-        Ok(p)
-    }
     pub fn msg_type(&self) -> u8 {
         self.buffer.as_ref()[0]
     }

@@ -194,6 +194,38 @@ pub fn upper_layer(pkt: &[u8]) -> Result<UpperLayer> {
     })
 }
 
+/// The header after an IPv6 packet's hop-by-hop, routing and destination-options headers,
+/// as the input path meets it (`pkt` cut to its total length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfterOptions {
+    /// Its type (FRAGMENT when a fragment header ended the walk).
+    pub proto: u8,
+    /// Offset of the byte that names it (the next-header field before it).
+    pub proto_off: usize,
+    /// Offset of the header itself.
+    pub offset: usize,
+}
+
+/// Steps over hop-by-hop, routing and destination-options headers; stops at anything else,
+/// a fragment header included (what follows it is not here to process).
+pub fn skip_options(pkt: &[u8]) -> Result<AfterOptions> {
+    if pkt.len() < HEADER_LEN {
+        return Err(WireError::Truncated);
+    }
+    let mut proto_off = NEXT_HEADER_OFFSET;
+    let mut off = HEADER_LEN;
+    while let nh @ (proto::HOPOPTS | proto::ROUTING | proto::DSTOPTS) = pkt[proto_off] {
+        let n = ext_header_len(pkt, off, nh)?;
+        proto_off = off;
+        off += n;
+    }
+    Ok(AfterOptions {
+        proto: pkt[proto_off],
+        proto_off,
+        offset: off,
+    })
+}
+
 /// Where xfrm6_transport_output opens its gap: ip6_find_1stfragopt (net/ipv6/output_core.c).
 /// Hop-by-hop and routing headers stay in front; destination options stay in front unless a
 /// routing header came before them (or they carry a Home Address option, CONFIG_IPV6_MIP6);
@@ -306,6 +338,17 @@ mod tests {
         let ul = upper_layer(&later).unwrap();
         assert!(ul.later_fragment);
         assert!(upper_layer(&v[..60]).is_err());
+    }
+
+    #[test]
+    fn skip_options_stops_at_the_fragment_header() {
+        let v = chain();
+        let a = skip_options(&v).unwrap();
+        assert_eq!((a.proto, a.proto_off, a.offset), (proto::FRAGMENT, 56, 64));
+        let v = base(proto::UDP, &[0; 8]);
+        let a = skip_options(&v).unwrap();
+        assert_eq!((a.proto, a.proto_off, a.offset), (proto::UDP, 6, 40));
+        assert!(skip_options(&chain()[..50]).is_err());
     }
 
     #[test]

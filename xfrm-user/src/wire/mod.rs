@@ -2,6 +2,36 @@
 //! `check_len` proves every getter in range, `new_checked` does both. Getters and setters
 //! never allocate; after `new_checked` they never panic.
 
+/// A view over a header of fixed length `$len`: the struct, `new_unchecked`, and
+/// `new_checked`/`check_len`, which ask for `$len` bytes.
+macro_rules! fixed_header_view {
+    ($(#[$m:meta])* $name:ident, $len:expr) => {
+        $(#[$m])*
+        #[derive(Debug, Clone)]
+        pub struct $name<T: AsRef<[u8]>> {
+            buffer: T,
+        }
+
+        impl<T: AsRef<[u8]>> $name<T> {
+            pub const fn new_unchecked(buffer: T) -> Self {
+                Self { buffer }
+            }
+            pub fn new_checked(buffer: T) -> $crate::wire::Result<Self> {
+                let p = Self::new_unchecked(buffer);
+                p.check_len()?;
+                Ok(p)
+            }
+            pub fn check_len(&self) -> $crate::wire::Result<()> {
+                if self.buffer.as_ref().len() < $len {
+                    Err($crate::wire::WireError::Truncated)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    };
+}
+
 pub mod ah;
 pub mod checksum;
 pub mod esp;
@@ -58,6 +88,16 @@ pub fn ip_version(buf: &[u8]) -> Option<u8> {
     match buf.first().map(|b| b >> 4) {
         Some(4) => Some(4),
         Some(6) => Some(6),
+        _ => None,
+    }
+}
+
+/// Where the checksum sits in a TCP, UDP, ICMP or ICMPv6 header (None: another protocol).
+pub fn l4_checksum_offset(p: u8) -> Option<usize> {
+    match p {
+        proto::TCP => Some(tcp::CHECKSUM_OFFSET),
+        proto::UDP => Some(udp::CHECKSUM_OFFSET),
+        proto::ICMP | proto::ICMPV6 => Some(icmp::CHECKSUM_OFFSET),
         _ => None,
     }
 }

@@ -1,31 +1,13 @@
 //! UDP header (RFC 768).
 
-use super::{be16, put16, Result, WireError};
+use super::{be16, put16};
 
 pub const HEADER_LEN: usize = 8;
 pub const CHECKSUM_OFFSET: usize = 6;
 
-#[derive(Debug, Clone)]
-pub struct UdpPacket<T: AsRef<[u8]>> {
-    buffer: T,
-}
+fixed_header_view!(UdpPacket, HEADER_LEN);
 
 impl<T: AsRef<[u8]>> UdpPacket<T> {
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(WireError::Truncated)
-        } else {
-            Ok(())
-        }
-    }
     pub fn src_port(&self) -> u16 {
         be16(self.buffer.as_ref(), 0)
     }

@@ -14,7 +14,7 @@ use crate::crypto::cipher::MAX_IV_LEN;
 use crate::crypto::{EspAead, SaCrypto};
 use crate::frame::Frame;
 use crate::sa::{EncapType, XfrmMode};
-use crate::wire::{checksum, esp, ipv6, proto, put16, put32, udp};
+use crate::wire::{checksum, esp, proto, put32, udp, EspPacket, UdpPacket};
 
 use super::mode::XfrmLayout;
 use super::state::SecurityAssociation;
@@ -82,6 +82,33 @@ pub fn esp_output_fill_trailer(tail: &mut [u8], t: &EspTrailer, nexthdr: u8) {
     }
     pad[padlen] = padlen as u8;
     pad[padlen + 1] = nexthdr;
+}
+
+/// Runs `f(data, start)` with the AAD of RFC 4543 (GMAC) contiguous from `start`. Without
+/// ESN that is the ESP header at `esph` as it is. With ESN the AAD is SPI | seq_hi | seq_lo
+/// | IV ..., so, like esp_output_set_extra and esp_restore_header, the header moves 4 bytes
+/// forward for the call (into the end of the IP/UDP header, saved and restored): at
+/// `esph - 4` an ESP header whose sequence field holds seq_hi. `esph` >= 4 with ESN.
+fn gmac_esn_aad<R>(
+    data: &mut [u8],
+    esph: usize,
+    spi: u32,
+    seq_hi: Option<u32>,
+    f: impl FnOnce(&mut [u8], usize) -> R,
+) -> R {
+    let Some(hi) = seq_hi else {
+        return f(data, esph);
+    };
+    let start = esph - 4;
+    let mut saved = [0u8; 4];
+    saved.copy_from_slice(&data[start..esph]);
+    let mut moved = EspPacket::new_unchecked(&mut data[start..]);
+    moved.set_spi(spi);
+    moved.set_seq(hi);
+    let r = f(data, start);
+    EspPacket::new_unchecked(&mut data[esph..]).set_spi(spi);
+    data[start..esph].copy_from_slice(&saved);
+    r
 }
 
 /// The AAD of ESP with a combined-mode algorithm (RFC 4106 section 5): SPI || seq, or with
@@ -207,11 +234,11 @@ pub fn esp_output(
     let mut esph = l.xfrm_off;
     if let Some(encap) = x.cfg.encap {
         let ulen = u16::try_from(total - l.xfrm_off).map_err(|_| EspError::TooBig)?;
-        let u = &mut data[esph..esph + udp::HEADER_LEN];
-        put16(u, 0, encap.sport);
-        put16(u, 2, encap.dport);
-        put16(u, 4, ulen);
-        put16(u, 6, 0);
+        let mut u = UdpPacket::new_unchecked(&mut data[esph..esph + udp::HEADER_LEN]);
+        u.set_src_port(encap.sport);
+        u.set_dst_port(encap.dport);
+        u.set_len(ulen);
+        u.set_checksum(0);
         esph += udp::HEADER_LEN;
         if encap.kind == EncapType::EspInUdpNonIke {
             // UDP_ENCAP_ESPINUDP_NON_IKE: two zero words mark "not IKE".
@@ -220,8 +247,9 @@ pub fn esp_output(
         }
         data[l.proto_off] = proto::UDP;
     }
-    put32(data, esph, x.spi());
-    put32(data, esph + 4, seq as u32);
+    let mut e = EspPacket::new_unchecked(&mut data[esph..]);
+    e.set_spi(x.spi());
+    e.set_seq(seq as u32);
     let enc = esph + esp::HEADER_LEN + x.props.iv_len;
     if iv.len() != x.props.iv_len {
         return Err(EspError::Crypto);
@@ -245,39 +273,27 @@ pub fn esp_output(
         SaCrypto::Gmac { key } => {
             let iv: &[u8; 8] = iv.try_into().map_err(|_| EspError::Crypto)?;
             // RFC 4543 section 3.2: nothing is encrypted; SPI, [seq_hi,] seq, IV, payload
-            // and trailer are all AAD. With ESN the AAD must be contiguous, so, like
-            // esp_output_set_extra, the header moves 4 bytes forward for the call (into the
-            // end of the IP/UDP header, saved and restored): SPI | seq_hi | seq_lo | IV ...
-            let start = if esn { esph - 4 } else { esph };
-            let mut saved = [0u8; 4];
-            if esn {
-                saved.copy_from_slice(&data[start..esph]);
-                put32(data, start, x.spi());
-                put32(data, esph, (seq >> 32) as u32);
-            }
-            let (a, tag) = data.split_at_mut(enc + t.clen);
-            let r = key.seal_in_place(iv, &a[start..], &mut [], &mut tag[..alen]);
-            if esn {
-                // esp_restore_header
-                put32(data, esph, x.spi());
-                data[start..esph].copy_from_slice(&saved);
-            }
-            r.map_err(|_| EspError::Crypto)?;
+            // and trailer are all AAD.
+            let hi = esn.then_some((seq >> 32) as u32);
+            gmac_esn_aad(data, esph, x.spi(), hi, |data, start| {
+                let (a, tag) = data.split_at_mut(enc + t.clen);
+                key.seal_in_place(iv, &a[start..], &mut [], &mut tag[..alen])
+            })
+            .map_err(|_| EspError::Crypto)?;
         }
         SaCrypto::Hmac { .. } => return Err(EspError::Crypto),
     }
 
     // esp6: "UDP encap with IPv6 requires a valid checksum" (esp_output_encap_csum).
     if x.cfg.encap.is_some() && l.v6 {
-        let src = ipv6::addr_at(data, 8);
-        let dst = ipv6::addr_at(data, 24);
+        let ulen = data.len() - l.xfrm_off;
+        let ph = checksum::pseudo_header_at(data, true, proto::UDP, ulen as u32);
         let u = &mut data[l.xfrm_off..];
-        let ph = checksum::pseudo_header_v6(src, dst, proto::UDP, u.len() as u32);
         let mut c = !checksum::combine(&[ph, checksum::data(u)]);
         if c == 0 {
             c = 0xffff;
         }
-        put16(u, udp::CHECKSUM_OFFSET, c);
+        UdpPacket::new_unchecked(u).set_checksum(c);
     }
     Ok(())
 }
@@ -351,26 +367,15 @@ pub fn esp_input(
             }
         }
         SaCrypto::Gmac { key } => {
-            // All of SPI, [seq_hi,] seq, IV and payload is AAD. With ESN it must be
-            // contiguous: as on output, the header moves 4 bytes forward for the call,
-            // into the end of the IP/UDP header, which is saved and restored.
+            // All of SPI, [seq_hi,] seq, IV and payload is AAD.
             if esn && esp_off < 4 {
                 return Err(EspInputError::Truncated);
             }
-            let start = if esn { esp_off - 4 } else { esp_off };
-            let mut saved = [0u8; 4];
-            if esn {
-                saved.copy_from_slice(&data[start..esp_off]);
-                put32(data, start, x.spi());
-                put32(data, esp_off, (seq >> 32) as u32);
-            }
-            let (a, tag) = data.split_at_mut(enc + elen);
-            let r = key.open_in_place(&iv, &a[start..], &mut [], tag);
-            if esn {
-                put32(data, esp_off, x.spi());
-                data[start..esp_off].copy_from_slice(&saved);
-            }
-            r
+            let hi = esn.then_some((seq >> 32) as u32);
+            gmac_esn_aad(data, esp_off, x.spi(), hi, |data, start| {
+                let (a, tag) = data.split_at_mut(enc + elen);
+                key.open_in_place(&iv, &a[start..], &mut [], tag)
+            })
         }
         SaCrypto::Hmac { .. } => return Err(EspInputError::Crypto),
     };

@@ -77,15 +77,26 @@ impl InputTables {
     /// templates (where tunnels end) and the source of out templates. Encapsulation ports
     /// come from the SAs addressed to a local address (all SAs when none is known).
     pub fn new(db: &XfrmDb) -> Self {
+        let dirs = [PolicyDir::In, PolicyDir::Fwd, PolicyDir::Out];
+        Self::compute(
+            dirs.iter().flat_map(|&d| db.policies(d)),
+            db.states().iter().map(|x| &**x),
+        )
+    }
+
+    /// [`Self::new`] from the policies (any order of directions) and SAs a database would
+    /// hold: a running gateway's change computes its input tables without building one.
+    pub fn compute<'a>(
+        policies: impl Iterator<Item = &'a crate::policy::Policy> + Clone,
+        states: impl Iterator<Item = &'a super::SecurityAssociation>,
+    ) -> Self {
         let mut t = Self::default();
-        for dir in [PolicyDir::In, PolicyDir::Fwd] {
-            for p in db.policies(dir) {
-                for tmpl in &p.templates {
-                    t.add_local(tmpl.dst);
-                }
+        for p in policies.clone().filter(|p| p.dir != PolicyDir::Out) {
+            for tmpl in &p.templates {
+                t.add_local(tmpl.dst);
             }
         }
-        for p in db.policies(PolicyDir::Out) {
+        for p in policies.filter(|p| p.dir == PolicyDir::Out) {
             for tmpl in &p.templates {
                 if let Some(src) = tmpl.src {
                     t.add_local(src);
@@ -93,7 +104,7 @@ impl InputTables {
             }
         }
         let known = !t.local.is_empty();
-        for x in db.states() {
+        for x in states {
             let Some(e) = x.cfg.encap else { continue };
             if known && !t.is_local(x.cfg.id.daddr) {
                 continue;
@@ -155,11 +166,11 @@ struct IpHeaders {
 
 /// Parses the IP headers at the head of `frame` and cuts anything after the IP length
 /// (Ethernet padding). IPv6 hop-by-hop, routing and destination-options headers are
-/// stepped over; a fragment header stops the walk.
-fn ip_headers(frame: &mut Frame<'_>) -> Result<IpHeaders, ()> {
-    let h = match crate::wire::ip_version(frame.data()) {
+/// stepped over; a fragment header stops the walk. None: not a well-formed IP header.
+fn ip_headers(frame: &mut Frame<'_>) -> Option<IpHeaders> {
+    match crate::wire::ip_version(frame.data()) {
         Some(4) => {
-            let ip = Ipv4Packet::new_checked(frame.data()).map_err(|_| ())?;
+            let ip = Ipv4Packet::new_checked(frame.data()).ok()?;
             let len = usize::from(ip.total_len());
             let h = IpHeaders {
                 v6: false,
@@ -170,45 +181,27 @@ fn ip_headers(frame: &mut Frame<'_>) -> Result<IpHeaders, ()> {
                 fragment: ip.is_fragment(),
                 csum_ok: ip.verify_checksum(),
             };
-            frame.trim_tail(frame.len() - len).map_err(|_| ())?;
-            h
+            frame.trim_tail(frame.len() - len).ok()?;
+            Some(h)
         }
         Some(6) => {
-            let ip = Ipv6Packet::new_checked(frame.data()).map_err(|_| ())?;
+            let ip = Ipv6Packet::new_checked(frame.data()).ok()?;
             let len = ip.total_len();
             let daddr = IpAddr::V6(ip.dst_addr());
-            frame.trim_tail(frame.len() - len).map_err(|_| ())?;
-            let pkt = frame.data();
-            let mut proto_off = ipv6::NEXT_HEADER_OFFSET;
-            let mut off = ipv6::HEADER_LEN;
-            let mut fragment = false;
-            loop {
-                match pkt[proto_off] {
-                    proto::HOPOPTS | proto::ROUTING | proto::DSTOPTS => {
-                        let n = ipv6::ext_header_len(pkt, off, pkt[proto_off]).map_err(|_| ())?;
-                        proto_off = off;
-                        off += n;
-                    }
-                    proto::FRAGMENT => {
-                        fragment = true;
-                        break;
-                    }
-                    _ => break,
-                }
-            }
-            IpHeaders {
+            frame.trim_tail(frame.len() - len).ok()?;
+            let next = ipv6::skip_options(frame.data()).ok()?;
+            Some(IpHeaders {
                 v6: true,
                 daddr,
-                proto_off,
-                l4_off: off,
-                proto: pkt[proto_off],
-                fragment,
+                proto_off: next.proto_off,
+                l4_off: next.offset,
+                proto: next.proto,
+                fragment: next.proto == proto::FRAGMENT,
                 csum_ok: true,
-            }
+            })
         }
-        _ => return Err(()),
-    };
-    Ok(h)
+        _ => None,
+    }
 }
 
 /// What arrived on a NAT-T port (xfrm4_udp_encap_rcv's cases).
@@ -260,17 +253,8 @@ fn udp_encap_header_ok(pkt: &[u8], h: &IpHeaders) -> bool {
     if uh.checksum() == 0 {
         return !h.v6;
     }
-    let ph = l4_pseudo_header(pkt, h.v6, proto::UDP, u.len());
+    let ph = checksum::pseudo_header_at(pkt, h.v6, proto::UDP, u.len() as u32);
     checksum::combine(&[ph, checksum::data(u)]) == 0xffff
-}
-
-fn l4_pseudo_header(pkt: &[u8], v6: bool, p: u8, len: usize) -> u16 {
-    if v6 {
-        checksum::pseudo_header_v6(ipv6::addr_at(pkt, 8), ipv6::addr_at(pkt, 24), p, len as u32)
-    } else {
-        let ip = Ipv4Packet::new_unchecked(pkt);
-        checksum::pseudo_header_v4(ip.src_addr(), ip.dst_addr(), p, len as u32)
-    }
 }
 
 /// RFC 3948 section 3.1.2, transport mode: NAT changed the addresses the inner TCP/UDP
@@ -282,10 +266,11 @@ fn nat_t_transport_fix_l4_checksum(pkt: &mut [u8]) {
     if info.fragment || !info.l4_present {
         return;
     }
-    let at = match info.key.proto {
-        proto::TCP => 16,
-        proto::UDP => 6,
-        _ => return,
+    if !matches!(info.key.proto, proto::TCP | proto::UDP) {
+        return;
+    }
+    let Some(at) = crate::wire::l4_checksum_offset(info.key.proto) else {
+        return;
     };
     let Some(l4) = pkt.get(info.l4_offset..info.ip_len) else {
         return;
@@ -295,7 +280,7 @@ fn nat_t_transport_fix_l4_checksum(pkt: &mut [u8]) {
         return;
     }
     let len = l4.len();
-    let ph = l4_pseudo_header(pkt, info.version == 6, info.key.proto, len);
+    let ph = checksum::pseudo_header_at(pkt, info.version == 6, info.key.proto, len as u32);
     let l4 = &mut pkt[info.l4_offset..info.ip_len];
     l4[at..at + 2].fill(0);
     let mut c = !checksum::combine(&[ph, checksum::data(l4)]);
@@ -347,7 +332,7 @@ pub fn xfrm_input(
     frame: &mut Frame<'_>,
 ) -> InputVerdict {
     let now = db.now();
-    let Ok(mut h) = ip_headers(frame) else {
+    let Some(mut h) = ip_headers(frame) else {
         return drop_global(stats, XfrmStat::XfrmInHdrError);
     };
 
@@ -485,7 +470,7 @@ pub fn xfrm_input(
         // Another SA to undo? After transport mode the next header says so; after a tunnel,
         // the inner packet is ours again only when it is addressed to us (the kernel
         // re-receives it and xfrm_input adds to the same sec path).
-        let Ok(next) = ip_headers(frame) else {
+        let Some(next) = ip_headers(frame) else {
             return drop_sa(x, stats, XfrmStat::XfrmInHdrError);
         };
         let ours = x.cfg.mode == XfrmMode::Transport

@@ -332,11 +332,8 @@ fn fill_l4_checksum(p: &mut [u8]) {
     let info = crate::wire::flow::parse(p).unwrap();
     let off = info.l4_offset;
     let len = (info.ip_len - off) as u32;
-    let at = match info.key.proto {
-        proto::TCP => 16,
-        proto::UDP => 6,
-        proto::ICMP | proto::ICMPV6 => 2,
-        _ => return,
+    let Some(at) = crate::wire::l4_checksum_offset(info.key.proto) else {
+        return;
     };
     p[off + at] = 0;
     p[off + at + 1] = 0;

@@ -34,22 +34,33 @@ pub enum DbError {
 }
 
 /// The databases one datapath runs on: every SA and every policy of a config.
+///
+/// A running gateway changes it in place, SA by SA ([`Self::add_sa`], [`Self::remove_sa`]:
+/// each worker applies the same change to its own copy between two batches, see
+/// ctl/handover.rs), so a change costs the same with 10 000 SAs as with 10.
+#[derive(Clone)]
 pub struct XfrmDb {
+    /// In index order (newest last).
     states: Vec<SaRef>,
     /// Per direction, in lookup order (see `sort_like_the_kernel`).
     out: Vec<Policy>,
     inp: Vec<Policy>,
     fwd: Vec<Policy>,
-    by_id: FastMap<XfrmId, usize>,
+    by_id: FastMap<XfrmId, SaRef>,
     /// What a template names of an SA (daddr, proto, mode, reqid) → the SAs that have it, in
     /// index order: xfrm_state_find's bydst hash, so a lookup meets the few candidates and
     /// not every SA.
-    by_tmpl: FastMap<TmplKey, Vec<usize>>,
+    by_tmpl: FastMap<TmplKey, Vec<SaRef>>,
     clock: Arc<dyn Clock>,
     policy_tag: u16,
 }
 
 type TmplKey = (IpAddr, XfrmProto, XfrmMode, u32);
+
+fn tmpl_key(x: &SecurityAssociation) -> TmplKey {
+    let c = &x.cfg;
+    (c.id.daddr, c.id.proto, c.mode, c.reqid)
+}
 
 /// The per-packet tables: filled once at start, then only read, so a packet cannot grow a
 /// collision chain; foldhash instead of SipHash halves the lookup (benches/lookup.rs).
@@ -131,12 +142,37 @@ impl XfrmDb {
         clock: Arc<dyn Clock>,
         policy_tag: u16,
     ) -> Result<Self, DbError> {
+        let mut sas = sas;
+        sas.sort_by_key(|x| x.index);
         let mut by_id = FastMap::default();
         for (i, x) in sas.iter().enumerate() {
-            if by_id.insert(x.cfg.id, i).is_some() {
+            if by_id.insert(x.cfg.id, x.clone()).is_some() {
                 return Err(DbError::DuplicateState(i));
             }
         }
+        let (out, inp, fwd) = Self::sort_policies(policies)?;
+        let mut by_tmpl: FastMap<TmplKey, Vec<SaRef>> = FastMap::default();
+        for x in &sas {
+            by_tmpl.entry(tmpl_key(x)).or_default().push(x.clone());
+        }
+        Ok(Self {
+            states: sas,
+            out,
+            inp,
+            fwd,
+            by_id,
+            by_tmpl,
+            clock,
+            policy_tag,
+        })
+    }
+
+    /// The policies of each direction in lookup order, checked (xfrm_policy_insert's
+    /// refusals).
+    #[allow(clippy::type_complexity)]
+    fn sort_policies(
+        policies: Vec<Policy>,
+    ) -> Result<(Vec<Policy>, Vec<Policy>, Vec<Policy>), DbError> {
         let (mut out, mut inp, mut fwd) = (Vec::new(), Vec::new(), Vec::new());
         for (i, p) in policies.into_iter().enumerate() {
             if p.templates.len() > XFRM_MAX_DEPTH {
@@ -155,24 +191,57 @@ impl XfrmDb {
         sort_like_the_kernel(&mut out);
         sort_like_the_kernel(&mut inp);
         sort_like_the_kernel(&mut fwd);
-        let mut by_tmpl: FastMap<TmplKey, Vec<usize>> = FastMap::default();
-        for (i, x) in sas.iter().enumerate() {
-            let c = &x.cfg;
-            by_tmpl
-                .entry((c.id.daddr, c.id.proto, c.mode, c.reqid))
-                .or_default()
-                .push(i);
+        Ok((out, inp, fwd))
+    }
+
+    /// Checks policies as [`Self::set_policies`] would take them, without taking them.
+    pub fn check_policies(policies: &[Policy]) -> Result<(), DbError> {
+        Self::sort_policies(policies.to_vec()).map(|_| ())
+    }
+
+    /// Replaces every policy (a change of the SPD: its size is the policies', not the SAs').
+    pub fn set_policies(&mut self, policies: Vec<Policy>, tag: u16) -> Result<(), DbError> {
+        (self.out, self.inp, self.fwd) = Self::sort_policies(policies)?;
+        self.policy_tag = tag;
+        Ok(())
+    }
+
+    /// xfrm_state_add of a running SA (its index above every other's, or in its place for
+    /// the replacement of an updated one): the caller checked its id is free.
+    pub fn add_sa(&mut self, x: SaRef) {
+        let at = self.states.partition_point(|y| y.index < x.index);
+        self.states.insert(at, x.clone());
+        let list = self.by_tmpl.entry(tmpl_key(&x)).or_default();
+        let at = list.partition_point(|y| y.index < x.index);
+        list.insert(at, x.clone());
+        self.by_id.insert(x.cfg.id, x);
+    }
+
+    /// xfrm_state_delete: this SA (the same object) leaves the tables.
+    pub fn remove_sa(&mut self, x: &SaRef) {
+        if let Some(at) = self.position(x) {
+            self.states.remove(at);
         }
-        Ok(Self {
-            states: sas,
-            out,
-            inp,
-            fwd,
-            by_id,
-            by_tmpl,
-            clock,
-            policy_tag,
-        })
+        if self.by_id.get(&x.cfg.id).is_some_and(|y| Arc::ptr_eq(y, x)) {
+            self.by_id.remove(&x.cfg.id);
+        }
+        let k = tmpl_key(x);
+        if let Some(list) = self.by_tmpl.get_mut(&k) {
+            list.retain(|y| !Arc::ptr_eq(y, x));
+            if list.is_empty() {
+                self.by_tmpl.remove(&k);
+            }
+        }
+    }
+
+    /// Where `x` is in index order (a binary search, then the few of the same index).
+    fn position(&self, x: &SaRef) -> Option<usize> {
+        let from = self.states.partition_point(|y| y.index < x.index);
+        self.states[from..]
+            .iter()
+            .take_while(|y| y.index == x.index)
+            .position(|y| Arc::ptr_eq(y, x))
+            .map(|i| from + i)
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -225,9 +294,7 @@ impl XfrmDb {
     /// xfrm_state_lookup: the SA an inbound ESP/AH packet names (any km state; the caller
     /// checks it is valid).
     pub fn state_lookup(&self, daddr: IpAddr, spi: u32, proto: XfrmProto) -> Option<&SaRef> {
-        self.by_id
-            .get(&XfrmId { daddr, spi, proto })
-            .and_then(|&i| self.states.get(i))
+        self.by_id.get(&XfrmId { daddr, spi, proto })
     }
 
     /// xfrm_state_find for one template: a VALID SA with the template's dst, proto, mode,
@@ -245,7 +312,7 @@ impl XfrmDb {
             .by_tmpl
             .get(&(t.dst, t.proto, t.mode, t.reqid))
             .map_or(&[][..], Vec::as_slice);
-        for x in candidates.iter().filter_map(|&i| self.states.get(i)) {
+        for x in candidates {
             let c = &x.cfg;
             if t.spi.is_some_and(|s| s != c.id.spi)
                 || src.is_some_and(|s| s != c.saddr)

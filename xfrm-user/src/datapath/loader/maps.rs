@@ -266,6 +266,35 @@ impl Datapath {
         Ok(())
     }
 
+    /// Changes only the given SA map entries (a running gateway's change): what
+    /// [`Self::set_sas`] does for the whole table, at the cost of the change.
+    pub fn change_sas(&mut self, remove: &[SaKey], insert: &[(SaKey, u32)]) -> Result<()> {
+        let mut map: HashMap<&mut MapData, SaKey, u32> = HashMap::try_from(
+            self.ebpf
+                .map_mut(MAP_SAS)
+                .ok_or_else(|| anyhow!("no map {MAP_SAS}"))?,
+        )?;
+        for k in remove {
+            // An entry an insert below rewrites stays (no moment without it).
+            if self.sas.contains_key(k) && !insert.iter().any(|(i, _)| i == k) {
+                map.remove(k)
+                    .with_context(|| format!("{MAP_SAS} remove (spi {:#x})", k.spi))?;
+                self.sas.remove(k);
+            }
+        }
+        for (k, id) in insert {
+            if self.sas.get(k) != Some(id) {
+                if self.sas.len() >= MAX_SAS as usize && !self.sas.contains_key(k) {
+                    bail!("{MAP_SAS}: full ({MAX_SAS} SAs)");
+                }
+                map.insert(k, id, 0)
+                    .with_context(|| format!("{MAP_SAS} insert (spi {:#x})", k.spi))?;
+                self.sas.insert(*k, *id);
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn xsk_map(&mut self, name: &str) -> Result<XskMap<&mut MapData>> {
         Ok(XskMap::try_from(
             self.ebpf

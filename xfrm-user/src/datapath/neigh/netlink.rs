@@ -3,11 +3,26 @@
 
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     os::fd::{AsRawFd, OwnedFd},
 };
 
 use anyhow::{Context, Result};
+
+use netlink_packet_core::{NlaBuffer, NlasIterator, ParseableParametrized};
+use netlink_packet_route::{
+    link::{LinkAttribute, LinkHeader},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourHeader},
+    route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteLwEnCapType, RouteMetric, RouteType,
+        RouteVia,
+    },
+};
+
+/// Fixed headers: struct ifinfomsg, rtmsg, ndmsg.
+const LINK_HEADER_LEN: usize = 16;
+const ROUTE_HEADER_LEN: usize = 12;
+const NEIGHBOUR_HEADER_LEN: usize = 12;
 
 use crate::datapath::sys::{setsockopt_int, socket};
 
@@ -39,29 +54,34 @@ pub(super) const RTNLGRP_IPV4_ROUTE: u32 = 7;
 pub(super) const RTNLGRP_IPV6_ROUTE: u32 = 11;
 
 pub(super) const RTA_DST: u16 = 1;
+#[cfg(test)]
 pub(super) const RTA_OIF: u16 = 4;
+#[cfg(test)]
 pub(super) const RTA_GATEWAY: u16 = 5;
+#[cfg(test)]
 pub(super) const RTA_PREFSRC: u16 = 7;
+#[cfg(test)]
 pub(super) const RTA_METRICS: u16 = 8;
-pub(super) const RTA_CACHEINFO: u16 = 12;
-pub(super) const RTA_VIA: u16 = 18;
+#[cfg(test)]
 pub(super) const RTAX_MTU: u16 = 2;
+#[cfg(test)]
 pub(super) const RTN_UNICAST: u8 = 1;
-pub(super) const RTN_LOCAL: u8 = 2;
 
 pub(super) const NDA_DST: u16 = 1;
-pub(super) const NDA_LLADDR: u16 = 2;
 pub(super) const NTF_USE: u8 = 0x01;
 
-pub(super) const IFLA_ADDRESS: u16 = 1;
 pub(super) const IFLA_IFNAME: u16 = 3;
+#[cfg(test)]
 pub(super) const IFLA_MTU: u16 = 4;
 pub(super) const IFLA_XDP: u16 = 43;
 pub(super) const IFLA_XDP_FD: u16 = 1;
 pub(super) const IFLA_XDP_FLAGS: u16 = 3;
+#[cfg(test)]
 pub(super) const IFLA_XDP_DRV_PROG_ID: u16 = 5;
-pub(super) const IFLA_XDP_SKB_PROG_ID: u16 = 6;
+#[cfg(test)]
 pub(super) const IFLA_XDP_HW_PROG_ID: u16 = 7;
+#[cfg(test)]
+pub(super) const IFLA_XDP_SKB_PROG_ID: u16 = 6;
 pub(super) const IFLA_XDP_EXPECTED_FD: u16 = 8;
 pub(super) const NLA_F_NESTED: u16 = 1 << 15;
 
@@ -93,37 +113,8 @@ pub(super) fn addr_bytes(a: &IpAddr) -> Vec<u8> {
     }
 }
 
-pub(super) fn parse_addr(b: &[u8]) -> Option<IpAddr> {
-    match b.len() {
-        4 => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
-        16 => {
-            let mut o = [0u8; 16];
-            o.copy_from_slice(b);
-            Some(IpAddr::V6(Ipv6Addr::from(o)))
-        }
-        _ => None,
-    }
-}
-
 pub(super) fn align4(n: usize) -> usize {
     (n + 3) & !3
-}
-
-/// Route attributes (struct rtattr) after a fixed header: (type, payload) pairs.
-pub(super) fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff; // NLA_F_NESTED / NET_BYTEORDER
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let payload = &b[4..len];
-        b = &b[align4(len).min(b.len())..];
-        Some((ty, payload))
-    })
 }
 
 /// One request message: nlmsghdr + fixed header + attributes.
@@ -349,64 +340,79 @@ impl Neigh {
 }
 
 pub(super) fn parse_link(body: &[u8]) -> Option<Link> {
-    // struct ifinfomsg: family, pad, type(u16), index(i32), flags, change.
-    if body.len() < 16 {
-        return None;
-    }
-    let index = i32::from_ne_bytes(body[4..8].try_into().ok()?) as u32;
+    let (header, attributes) = link_message(body)?;
     let mut l = Link {
-        index,
+        index: header.index,
         name: String::new(),
         mac: [0; 6],
         mtu: 0,
     };
-    for (ty, p) in attrs(&body[16..]) {
-        match ty {
-            IFLA_ADDRESS if p.len() == 6 => l.mac.copy_from_slice(p),
-            IFLA_MTU if p.len() == 4 => l.mtu = u32::from_ne_bytes(p.try_into().ok()?),
-            IFLA_IFNAME => {
-                let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
-                l.name = String::from_utf8_lossy(&p[..end]).into_owned();
-            }
+    for a in attributes {
+        match a {
+            LinkAttribute::Address(p) if p.len() == 6 => l.mac.copy_from_slice(&p),
+            LinkAttribute::Mtu(mtu) => l.mtu = mtu,
+            LinkAttribute::IfName(name) => l.name = name,
             _ => {}
         }
     }
     Some(l)
 }
 
+/// An RTM_*LINK body: struct ifinfomsg (None when short) and the attributes that parse.
+pub(super) fn link_message(body: &[u8]) -> Option<(LinkHeader, Vec<LinkAttribute>)> {
+    let header = LinkHeader::parse(body).ok()?;
+    let family = header.interface_family;
+    let attrs = attributes(body.get(LINK_HEADER_LEN..)?, |n| {
+        LinkAttribute::parse_with_param(n, family).ok()
+    });
+    Some((header, attrs))
+}
+
+/// The attributes in `buf` that the crate parses: one that does not is skipped and a length
+/// past the end stops the walk, so a part the kernel adds later, or gets wrong, costs only
+/// itself (as in the kernel's own nla_for_each_attr users).
+pub(super) fn attributes<'a, A>(
+    buf: &'a [u8],
+    parse: impl Fn(&NlaBuffer<&'a [u8]>) -> Option<A>,
+) -> Vec<A> {
+    NlasIterator::new(buf)
+        .map_while(|n| n.ok())
+        .filter_map(|n| parse(&n))
+        .collect()
+}
+
 pub(super) fn parse_route(body: &[u8], dst: IpAddr) -> Option<Route> {
-    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags(u32).
-    if body.len() < 12 {
-        return None;
-    }
-    let rtype = body[7];
+    let header = RouteHeader::parse(body).ok()?;
+    let param = (header.address_family, header.kind, RouteLwEnCapType::None);
+    let attrs = attributes(body.get(ROUTE_HEADER_LEN..)?, |n| {
+        RouteAttribute::parse_with_param(n, param).ok()
+    });
+    let local = match header.kind {
+        RouteType::Unicast => false,
+        RouteType::Local => true,
+        _ => return None, // unreachable, blackhole, prohibit, broadcast, multicast…
+    };
     let mut r = Route {
         dst,
         oif: 0,
         gateway: None,
         prefsrc: None,
         mtu: None,
-        local: rtype == RTN_LOCAL,
+        local,
     };
-    if rtype != RTN_UNICAST && rtype != RTN_LOCAL {
-        return None; // unreachable, blackhole, prohibit, broadcast, multicast…
-    }
     let mut expires = false;
-    for (ty, p) in attrs(&body[12..]) {
-        match ty {
-            // struct rta_cacheinfo: clntref, lastuse, expires (s32), ...
-            RTA_CACHEINFO if p.len() >= 12 => {
-                expires = i32::from_ne_bytes(p[8..12].try_into().ok()?) != 0;
-            }
-            RTA_OIF if p.len() == 4 => r.oif = u32::from_ne_bytes(p.try_into().ok()?),
-            RTA_GATEWAY => r.gateway = parse_addr(p),
-            // struct rtvia: family (u16) then the address (an IPv4 route via IPv6).
-            RTA_VIA if p.len() > 2 => r.gateway = parse_addr(&p[2..]),
-            RTA_PREFSRC => r.prefsrc = parse_addr(p),
-            RTA_METRICS => {
-                for (mty, mp) in attrs(p) {
-                    if mty == RTAX_MTU && mp.len() == 4 {
-                        let m = u32::from_ne_bytes(mp.try_into().ok()?);
+    for a in attrs {
+        match a {
+            RouteAttribute::CacheInfo(c) => expires = c.expires != 0,
+            RouteAttribute::Oif(oif) => r.oif = oif,
+            RouteAttribute::Gateway(g) => r.gateway = route_addr(g),
+            // An IPv4 route via an IPv6 next hop.
+            RouteAttribute::Via(RouteVia::Inet(a)) => r.gateway = Some(IpAddr::V4(a)),
+            RouteAttribute::Via(RouteVia::Inet6(a)) => r.gateway = Some(IpAddr::V6(a)),
+            RouteAttribute::PrefSource(a) => r.prefsrc = route_addr(a),
+            RouteAttribute::Metrics(ms) => {
+                for m in ms {
+                    if let RouteMetric::Mtu(m) = m {
                         r.mtu = (m != 0).then_some(m);
                     }
                 }
@@ -420,31 +426,43 @@ pub(super) fn parse_route(body: &[u8], dst: IpAddr) -> Option<Route> {
     Some(r)
 }
 
-pub(super) fn parse_neigh(body: &[u8]) -> Option<Neigh> {
-    // struct ndmsg: family, pad1, pad2(u16), ifindex(i32), state(u16), flags, type.
-    if body.len() < 12 {
-        return None;
+fn route_addr(a: RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(a)),
+        _ => None,
     }
-    let ifindex = i32::from_ne_bytes(body[4..8].try_into().ok()?) as u32;
-    let state = u16::from_ne_bytes([body[8], body[9]]);
+}
+
+pub(super) fn parse_neigh(body: &[u8]) -> Option<Neigh> {
+    let header = NeighbourHeader::parse(body).ok()?;
+    let family = header.family;
+    let attrs = attributes(body.get(NEIGHBOUR_HEADER_LEN..)?, |n| {
+        NeighbourAttribute::parse_with_param(n, family).ok()
+    });
     let mut addr = None;
     let mut mac = None;
-    for (ty, p) in attrs(&body[12..]) {
-        match ty {
-            NDA_DST => addr = parse_addr(p),
-            NDA_LLADDR if p.len() == 6 => {
+    for a in attrs {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                addr = Some(IpAddr::V4(a))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                addr = Some(IpAddr::V6(a))
+            }
+            NeighbourAttribute::LinkLayerAddress(p) if p.len() == 6 => {
                 let mut m = [0u8; 6];
-                m.copy_from_slice(p);
+                m.copy_from_slice(&p);
                 mac = Some(m);
             }
             _ => {}
         }
     }
     Some(Neigh {
-        ifindex,
+        ifindex: header.ifindex,
         addr: addr?,
         mac,
-        state,
+        state: u16::from(header.state),
     })
 }
 
@@ -570,14 +588,14 @@ mod tests {
         let b = m.finish(5);
         let (ty, seq, body) = messages(&b).next().unwrap();
         assert_eq!((ty, seq), (RTM_GETROUTE, 5));
-        let a: Vec<_> = attrs(&body[12..]).collect();
+        let a = attributes(&body[12..], |n| Some((n.kind(), n.value().to_vec())));
         assert_eq!(a.len(), 3);
-        assert_eq!(a[0], (RTA_DST, &[10u8, 0, 0, 1][..]));
-        assert_eq!(a[2], (99, &[1u8, 2, 3][..]));
+        assert_eq!(a[0], (RTA_DST, vec![10u8, 0, 0, 1]));
+        assert_eq!(a[2], (99, vec![1u8, 2, 3]));
         // A length past the end stops the walk instead of panicking.
         let mut bad = body[12..].to_vec();
         bad[0] = 200;
-        assert_eq!(attrs(&bad).count(), 0);
+        assert_eq!(attributes(&bad, |_| Some(())).len(), 0);
         assert_eq!(messages(&b[..10]).count(), 0);
     }
 
