@@ -21,30 +21,23 @@ use crate::{
     traffic::{expected_sha256, tcp_transfer_paced},
 };
 
-/// A receiver of numbered datagrams (the number in the first 8 bytes) in `ns`.
+/// A receiver of numbered datagrams (the number in the first 8 bytes) in `ns`. The socket is
+/// bound before this returns, so a sender started next cannot lose its first datagrams to a
+/// port that is not open yet.
 pub fn receiver(
     ns: &Netns,
     port: u16,
     stop: Arc<AtomicBool>,
     got: Arc<Mutex<HashSet<u64>>>,
 ) -> std::thread::JoinHandle<Result<()>> {
-    receiver_bound(ns, port, stop, got, Default::default())
-}
-
-/// [`receiver`], setting `bound` once its socket is bound (a datagram sent before that
-/// finds no socket).
-fn receiver_bound(
-    ns: &Netns,
-    port: u16,
-    stop: Arc<AtomicBool>,
-    got: Arc<Mutex<HashSet<u64>>>,
-    bound: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Result<()>> {
-    ns.thread(move || {
+    let bound = ns.run(|| {
         let s = UdpSocket::bind(SocketAddr::new(IpAddr::from([0u8; 16]), port))
             .or_else(|_| UdpSocket::bind(SocketAddr::new(IpAddr::from([0u8; 4]), port)))?;
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
-        bound.store(true, Ordering::Release);
+        Ok(s)
+    });
+    std::thread::spawn(move || {
+        let s = bound.with_context(|| format!("bind UDP port {port}"))?;
         let mut buf = [0u8; 2048];
         while !stop.load(Ordering::Relaxed) {
             match s.recv(&mut buf) {
@@ -147,20 +140,13 @@ impl DatagramStreams {
         for (s, port) in [(Side::A, ports[0]), (Side::B, ports[1])] {
             let got = Arc::new(Mutex::new(HashSet::new()));
             let sent = Arc::new(AtomicU64::new(0));
-            let bound = Arc::new(AtomicBool::new(false));
-            let rx = receiver_bound(
+            // Bound before it returns: the first datagram finds the socket.
+            let rx = receiver(
                 net.topo.ns(case.traffic_ns(net, s.other())),
                 port,
                 stop_rx.clone(),
                 got.clone(),
-                bound.clone(),
             );
-            // The first datagram only once the far end listens (bounded: a receiver that
-            // failed to bind reports it when joined).
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !bound.load(Ordering::Acquire) && !rx.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
             let tx = sender(
                 net.topo.ns(case.traffic_ns(net, s)),
                 SocketAddr::new(case.traffic_addr(net, s.other()), port),

@@ -9,14 +9,17 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use netlink_packet_core::{NlaBuffer, NlasIterator, ParseableParametrized};
+use netlink_packet_core::{Emitable, NlaBuffer, NlasIterator, ParseableParametrized};
 use netlink_packet_route::{
-    link::{LinkAttribute, LinkHeader},
-    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourHeader},
-    route::{
-        RouteAddress, RouteAttribute, RouteHeader, RouteLwEnCapType, RouteMetric, RouteType,
-        RouteVia,
+    link::{LinkAttribute, LinkHeader, LinkMessage},
+    neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourHeader, NeighbourMessage,
     },
+    route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteLwEnCapType, RouteMessage, RouteMetric,
+        RouteType, RouteVia,
+    },
+    AddressFamily,
 };
 
 /// Fixed headers: struct ifinfomsg, rtmsg, ndmsg.
@@ -53,6 +56,7 @@ pub(super) const RTNLGRP_NEIGH: u32 = 3;
 pub(super) const RTNLGRP_IPV4_ROUTE: u32 = 7;
 pub(super) const RTNLGRP_IPV6_ROUTE: u32 = 11;
 
+#[cfg(test)]
 pub(super) const RTA_DST: u16 = 1;
 #[cfg(test)]
 pub(super) const RTA_OIF: u16 = 4;
@@ -67,10 +71,6 @@ pub(super) const RTAX_MTU: u16 = 2;
 #[cfg(test)]
 pub(super) const RTN_UNICAST: u8 = 1;
 
-pub(super) const NDA_DST: u16 = 1;
-pub(super) const NTF_USE: u8 = 0x01;
-
-pub(super) const IFLA_IFNAME: u16 = 3;
 #[cfg(test)]
 pub(super) const IFLA_MTU: u16 = 4;
 pub(super) const IFLA_XDP: u16 = 43;
@@ -99,17 +99,10 @@ pub mod nud {
     pub const VALID: u16 = PERMANENT | NOARP | REACHABLE | PROBE | STALE | DELAY;
 }
 
-pub(super) fn family_of(a: IpAddr) -> u8 {
+pub(super) fn family_of(a: IpAddr) -> AddressFamily {
     match a {
-        IpAddr::V4(_) => libc::AF_INET as u8,
-        IpAddr::V6(_) => libc::AF_INET6 as u8,
-    }
-}
-
-pub(super) fn addr_bytes(a: &IpAddr) -> Vec<u8> {
-    match a {
-        IpAddr::V4(v) => v.octets().to_vec(),
-        IpAddr::V6(v) => v.octets().to_vec(),
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
     }
 }
 
@@ -138,6 +131,12 @@ impl Msg {
         self.buf.extend_from_slice(payload);
         self.buf.resize(align4(self.buf.len()), 0);
         self
+    }
+    /// A request whose body the crate writes (fixed header and attributes).
+    pub(super) fn emit(ty: u16, flags: u16, body: &impl Emitable) -> Self {
+        let mut b = vec![0u8; body.buffer_len()];
+        body.emit(&mut b);
+        Self::new(ty, flags, &b)
     }
     pub(super) fn finish(mut self, seq: u32) -> Vec<u8> {
         let len = self.buf.len() as u32;
@@ -479,14 +478,22 @@ impl Rtnl {
     }
 
     pub(super) fn link_req(&mut self, index: u32, name: Option<&str>) -> Result<Link> {
-        let mut fixed = [0u8; 16];
-        fixed[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
-        let mut m = Msg::new(RTM_GETLINK, 0, &fixed);
+        self.get_link(index, name, parse_link)
+    }
+
+    /// RTM_GETLINK by index or name; `parse` reads the RTM_NEWLINK answer.
+    pub(super) fn get_link<T>(
+        &mut self,
+        index: u32,
+        name: Option<&str>,
+        parse: fn(&[u8]) -> Option<T>,
+    ) -> Result<T> {
+        let mut l = LinkMessage::default();
+        l.header.index = index;
         if let Some(n) = name {
-            let mut z = n.as_bytes().to_vec();
-            z.push(0);
-            m = m.attr(IFLA_IFNAME, &z);
+            l.attributes.push(LinkAttribute::IfName(n.to_string()));
         }
+        let m = Msg::emit(RTM_GETLINK, 0, &l);
         let what = name.map_or_else(|| format!("ifindex {index}"), |n| n.to_string());
         let replies = self
             .sock
@@ -495,7 +502,7 @@ impl Rtnl {
         replies
             .iter()
             .find(|(ty, _)| *ty == RTM_NEWLINK)
-            .and_then(|(_, b)| parse_link(b))
+            .and_then(|(_, b)| parse(b))
             .with_context(|| format!("interface {what}: no answer"))
     }
 
@@ -510,10 +517,11 @@ impl Rtnl {
 
     /// `ip route get DST`: the route the kernel would use.
     pub fn route_get(&mut self, dst: IpAddr) -> Result<Route> {
-        let mut fixed = [0u8; 12];
-        fixed[0] = family_of(dst);
-        fixed[1] = if dst.is_ipv4() { 32 } else { 128 };
-        let m = Msg::new(RTM_GETROUTE, 0, &fixed).attr(RTA_DST, &addr_bytes(&dst));
+        let mut r = RouteMessage::default();
+        r.header.address_family = family_of(dst);
+        r.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        r.attributes.push(RouteAttribute::Destination(dst.into()));
+        let m = Msg::emit(RTM_GETROUTE, 0, &r);
         let replies = self
             .sock
             .request(m, false)
@@ -527,8 +535,11 @@ impl Rtnl {
 
     /// `ip neigh get ADDR dev IF`; Ok(None) when the kernel has no entry.
     pub fn neigh_get(&mut self, ifindex: u32, addr: IpAddr) -> Result<Option<Neigh>> {
-        let m = Msg::new(RTM_GETNEIGH, 0, &ndmsg(ifindex, addr, 0, 0))
-            .attr(NDA_DST, &addr_bytes(&addr));
+        let m = Msg::emit(
+            RTM_GETNEIGH,
+            0,
+            &neigh_msg(ifindex, addr, NeighbourFlags::empty()),
+        );
         match self.sock.request(m, false) {
             Ok(replies) => Ok(replies
                 .iter()
@@ -543,12 +554,11 @@ impl Rtnl {
     /// NTF_USE runs neigh_event_send on the entry, created if needed; the kernel sends the
     /// ARP request / neighbour solicitation and reports the outcome as RTM_NEWNEIGH.
     pub fn neigh_resolve(&mut self, ifindex: u32, addr: IpAddr) -> Result<()> {
-        let m = Msg::new(
+        let m = Msg::emit(
             RTM_NEWNEIGH,
             NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
-            &ndmsg(ifindex, addr, 0, NTF_USE),
-        )
-        .attr(NDA_DST, &addr_bytes(&addr));
+            &neigh_msg(ifindex, addr, NeighbourFlags::Use),
+        );
         self.sock
             .request(m, false)
             .map(|_| ())
@@ -566,13 +576,15 @@ pub(super) fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
     b
 }
 
-pub(super) fn ndmsg(ifindex: u32, addr: IpAddr, state: u16, flags: u8) -> [u8; 12] {
-    let mut b = [0u8; 12];
-    b[0] = family_of(addr);
-    b[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-    b[8..10].copy_from_slice(&state.to_ne_bytes());
-    b[10] = flags;
-    b
+/// An ndmsg for `addr` on `ifindex` (state 0) with NDA_DST.
+fn neigh_msg(ifindex: u32, addr: IpAddr, flags: NeighbourFlags) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family_of(addr);
+    m.header.ifindex = ifindex;
+    m.header.flags = flags;
+    m.attributes
+        .push(NeighbourAttribute::Destination(addr.into()));
+    m
 }
 
 #[cfg(test)]

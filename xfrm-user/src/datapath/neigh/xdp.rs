@@ -1,7 +1,7 @@
 //! XDP attach over rtnetlink (IFLA_XDP): which programs an interface runs, and the netlink-mode
 //! attach that outlives the daemon (fail closed).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use netlink_packet_core::Parseable;
 use netlink_packet_route::link::{LinkHeader, LinkXdp};
@@ -54,20 +54,7 @@ impl Rtnl {
     /// The XDP programs on the interface named `name` (its index, then one entry per mode
     /// with a program: rtnl_xdp_fill reports each mode's program id).
     pub fn xdp_programs(&mut self, name: &str) -> Result<(u32, Vec<XdpProg>)> {
-        let mut fixed = [0u8; 16];
-        fixed[4..8].copy_from_slice(&0i32.to_ne_bytes());
-        let mut z = name.as_bytes().to_vec();
-        z.push(0);
-        let m = Msg::new(RTM_GETLINK, 0, &fixed).attr(IFLA_IFNAME, &z);
-        let replies = self
-            .sock
-            .request(m, false)
-            .with_context(|| format!("interface {name}"))?;
-        replies
-            .iter()
-            .find(|(ty, _)| *ty == RTM_NEWLINK)
-            .and_then(|(_, b)| parse_link_xdp(b))
-            .with_context(|| format!("interface {name}: no answer"))
+        self.get_link(0, Some(name), parse_link_xdp)
     }
 
     /// `ip link set dev IFINDEX xdp fd FD` (netlink mode, no bpf_link): RTM_SETLINK with
