@@ -8,12 +8,7 @@
 //! and nothing protected may cross the wire in clear.
 
 use std::{
-    collections::HashSet,
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -22,7 +17,7 @@ use xfrm_tests::{
     daemon::Daemon,
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
     init_logging,
-    load::{paced_transfers, receiver, sender},
+    load::{paced_transfers, DatagramStreams},
     root_or_skip,
     scenario::{check_capture, daemon_logs, heavy, report, start_gateway, wait_path, wire_capture},
 };
@@ -82,29 +77,9 @@ fn load(net: &GatewayNet, case: &Case, a: &mut Daemon, b: &mut Daemon) -> Result
         a.check_alive()?;
         b.check_alive()
     })?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_rx = Arc::new(AtomicBool::new(false));
-    let mut streams = Vec::new();
-    for (s, port) in [(Side::A, 7201u16), (Side::B, 7202)] {
-        let got = Arc::new(Mutex::new(HashSet::new()));
-        let sent = Arc::new(AtomicU64::new(0));
-        let rx = receiver(
-            net.topo.ns(case.traffic_ns(net, s.other())),
-            port,
-            stop_rx.clone(),
-            got.clone(),
-        );
-        let tx = sender(
-            net.topo.ns(case.traffic_ns(net, s)),
-            SocketAddr::new(case.traffic_addr(net, s.other()), port),
-            UDP_INTERVAL,
-            stop.clone(),
-            sent.clone(),
-        );
-        streams.push((s, got, sent, rx, tx));
-    }
+    let streams = DatagramStreams::start(net, case, [7201, 7202], UDP_INTERVAL);
     let transfers = std::thread::scope(|sc| -> Result<u32> {
-        let stop_tcp = stop.clone();
+        let stop_tcp = streams.stop.clone();
         let tcp = sc.spawn(move || -> Result<u32> {
             let mut n = 0u32;
             while !stop_tcp.load(Ordering::Relaxed) {
@@ -117,7 +92,7 @@ fn load(net: &GatewayNet, case: &Case, a: &mut Daemon, b: &mut Daemon) -> Result
         while Instant::now() < end && !tcp.is_finished() {
             std::thread::sleep(Duration::from_millis(100));
         }
-        stop.store(true, Ordering::Relaxed);
+        streams.stop.store(true, Ordering::Relaxed);
         tcp.join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
             .context("TCP transfers under the datagrams")
@@ -129,35 +104,14 @@ fn load(net: &GatewayNet, case: &Case, a: &mut Daemon, b: &mut Daemon) -> Result
     ));
     a.check_alive()?;
     b.check_alive()?;
-    // The last datagrams land, then the receivers stop.
-    std::thread::sleep(Duration::from_millis(500));
-    stop_rx.store(true, Ordering::Relaxed);
     let mut problems = Vec::new();
-    for (s, got, sent, rx, tx) in streams {
-        tx.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-        rx.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-        let sent = sent.load(Ordering::Relaxed);
-        let got = got.lock().unwrap_or_else(|p| p.into_inner());
-        let lost: Vec<u64> = (0..sent).filter(|n| !got.contains(n)).collect();
-        report(&format!(
-            "  UDP {s:?}->{:?}: {sent} sent, {} received, {} lost{}",
-            s.other(),
-            got.len(),
-            lost.len(),
-            if lost.is_empty() {
-                String::new()
-            } else {
-                format!(" (first {:?})", &lost[..lost.len().min(10)])
-            }
-        ));
-        if sent == 0 {
-            problems.push(format!("UDP from {s:?}: nothing sent"));
+    for t in streams.finish()? {
+        report(&format!("  {t}"));
+        if t.sent == 0 {
+            problems.push(format!("UDP from {:?}: nothing sent", t.from));
         }
-        if !lost.is_empty() {
-            problems.push(format!(
-                "UDP from {s:?}: {} of {sent} datagrams lost",
-                lost.len()
-            ));
+        if !t.lost.is_empty() {
+            problems.push(format!("{t}"));
         }
     }
     // The counter lines written after the load: every drop reason of each gateway.
