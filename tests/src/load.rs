@@ -21,17 +21,23 @@ use crate::{
     traffic::{expected_sha256, tcp_transfer_paced},
 };
 
-/// A receiver of numbered datagrams (the number in the first 8 bytes) in `ns`.
+/// A receiver of numbered datagrams (the number in the first 8 bytes) in `ns`. The socket is
+/// bound before this returns, so a sender started next cannot lose its first datagrams to a
+/// port that is not open yet.
 pub fn receiver(
     ns: &Netns,
     port: u16,
     stop: Arc<AtomicBool>,
     got: Arc<Mutex<HashSet<u64>>>,
 ) -> std::thread::JoinHandle<Result<()>> {
-    ns.thread(move || {
+    let bound = ns.run(|| {
         let s = UdpSocket::bind(SocketAddr::new(IpAddr::from([0u8; 16]), port))
             .or_else(|_| UdpSocket::bind(SocketAddr::new(IpAddr::from([0u8; 4]), port)))?;
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        Ok(s)
+    });
+    std::thread::spawn(move || {
+        let s = bound.with_context(|| format!("bind UDP port {port}"))?;
         let mut buf = [0u8; 2048];
         while !stop.load(Ordering::Relaxed) {
             match s.recv(&mut buf) {
@@ -78,6 +84,106 @@ pub fn sender(
         }
         Ok(())
     })
+}
+
+/// Numbered datagrams both ways between the two traffic ends of a case, each direction to
+/// its own port: [`sender`] and [`receiver`] for each, stopped and counted together.
+pub struct DatagramStreams {
+    /// Stops the senders (a load running beside them may share it).
+    pub stop: Arc<AtomicBool>,
+    stop_rx: Arc<AtomicBool>,
+    #[allow(clippy::type_complexity)]
+    streams: Vec<(
+        Side,
+        Arc<Mutex<HashSet<u64>>>,
+        Arc<AtomicU64>,
+        std::thread::JoinHandle<Result<()>>,
+        std::thread::JoinHandle<Result<()>>,
+    )>,
+}
+
+/// What one direction of [`DatagramStreams`] sent and lost.
+#[derive(Debug)]
+pub struct StreamTally {
+    pub from: Side,
+    pub sent: u64,
+    pub received: usize,
+    /// The numbers that did not arrive, in order.
+    pub lost: Vec<u64>,
+}
+
+impl std::fmt::Display for StreamTally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "UDP {:?}->{:?}: {} sent, {} received, {} lost",
+            self.from,
+            self.from.other(),
+            self.sent,
+            self.received,
+            self.lost.len()
+        )?;
+        if !self.lost.is_empty() {
+            write!(f, " (first {:?})", &self.lost[..self.lost.len().min(10)])?;
+        }
+        Ok(())
+    }
+}
+
+impl DatagramStreams {
+    /// From side A to B's end on `ports[0]`, from B to A's on `ports[1]`, one datagram
+    /// every `interval` each way, until [`Self::finish`] (or `stop`).
+    pub fn start(net: &GatewayNet, case: &Case, ports: [u16; 2], interval: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_rx = Arc::new(AtomicBool::new(false));
+        let mut streams = Vec::new();
+        for (s, port) in [(Side::A, ports[0]), (Side::B, ports[1])] {
+            let got = Arc::new(Mutex::new(HashSet::new()));
+            let sent = Arc::new(AtomicU64::new(0));
+            // Bound before it returns: the first datagram finds the socket.
+            let rx = receiver(
+                net.topo.ns(case.traffic_ns(net, s.other())),
+                port,
+                stop_rx.clone(),
+                got.clone(),
+            );
+            let tx = sender(
+                net.topo.ns(case.traffic_ns(net, s)),
+                SocketAddr::new(case.traffic_addr(net, s.other()), port),
+                interval,
+                stop.clone(),
+                sent.clone(),
+            );
+            streams.push((s, got, sent, rx, tx));
+        }
+        Self {
+            stop,
+            stop_rx,
+            streams,
+        }
+    }
+
+    /// Stops the senders, lets the last datagrams land, stops the receivers; each
+    /// direction's tally (A's first).
+    pub fn finish(self) -> Result<Vec<StreamTally>> {
+        self.stop.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(500));
+        self.stop_rx.store(true, Ordering::Relaxed);
+        let mut out = Vec::new();
+        for (from, got, sent, rx, tx) in self.streams {
+            tx.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+            rx.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+            let sent = sent.load(Ordering::Relaxed);
+            let got = got.lock().unwrap_or_else(|p| p.into_inner());
+            out.push(StreamTally {
+                from,
+                sent,
+                received: got.len(),
+                lost: (0..sent).filter(|n| !got.contains(n)).collect(),
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// One transfer of `size` bytes each way at once, paced to `pacing` (tcp_transfer_paced), each checked whole (SHA-256 at both ends).

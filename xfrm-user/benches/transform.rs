@@ -401,6 +401,10 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--profile-time") {
         return;
     }
+    // Which AES-GCM the ESP rows ran (XFRM_GCM_NO_VAES=1 forces ring's AES-NI/AVX2 code
+    // where the CPU has VAES, as on machines without it).
+    let backend = xfrm_user::crypto::gcm::GcmKey::new(&[0; 16], [0; 4]).map(|k| k.backend());
+    println!("gcm_backend={}", backend.unwrap_or("none"));
     let timer = timer_cost();
     println!("timer_ns={timer:.1}");
     let mut last = 0.0;

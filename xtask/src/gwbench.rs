@@ -7,13 +7,24 @@ use xfrm_tests::gwbench::{self, Load, Options, Route};
 
 use crate::{ebpf, setup, util};
 
-pub fn gateway(secs: u32) -> Result<()> {
+/// `bin`: the `xfrm-user` to run (None: the one this tree builds). `XFRM_GCM_NO_VAES=1` in
+/// the environment reaches the daemons and makes them use the AES-NI/AVX2 backend.
+pub fn gateway(secs: u32, bin: Option<std::path::PathBuf>) -> Result<()> {
     if !util::is_root() {
         bail!("`cargo xtask bench --gateway` needs root: network namespaces, XDP, AF_XDP");
     }
     setup::run(&[])?;
     let bpf = ebpf::build(true)?;
-    let bin = util::build_xfrm_user_release()?;
+    let bin = match bin {
+        Some(b) => b,
+        None => util::build_xfrm_user_release()?,
+    };
+    let gcm = if std::env::var_os("XFRM_GCM_NO_VAES").is_some() {
+        "AES-NI/AVX2 (XFRM_GCM_NO_VAES)"
+    } else {
+        "the CPU's best (VAES where present)"
+    };
+    println!("xfrm-user: {}; AES-GCM backend: {gcm}", bin.display());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     util::section(&format!(
         "gateway bench: iperf3 host-a -> host-b, {secs} s per run, {cpus} CPUs"

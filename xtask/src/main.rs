@@ -101,6 +101,9 @@ enum Cmd {
         /// Seconds per iperf3 run of --gateway.
         #[arg(long, default_value_t = 5, requires = "gateway")]
         secs: u32,
+        /// --gateway with this `xfrm-user` binary instead of building one (A/B of two builds).
+        #[arg(long, requires = "gateway")]
+        bin: Option<std::path::PathBuf>,
         /// Extra arguments for `cargo bench -p xfrm-user` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -160,8 +163,9 @@ fn real_main() -> Result<()> {
         Cmd::Bench {
             gateway: true,
             secs,
+            bin,
             ..
-        } => gwbench::gateway(secs),
+        } => gwbench::gateway(secs, bin),
         Cmd::Bench {
             classifier, args, ..
         } => {

@@ -649,6 +649,44 @@ mod tests {
         assert_eq!(blocks(&after.0), blocks(&before.0));
     }
 
+    /// A configured SA updated at run time comes back updated; a reload puts the file's
+    /// version back, and the next restart agrees.
+    #[test]
+    fn a_configured_sa_updated_at_run_time_stays_updated_until_a_reload() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("gw.state");
+        let c0 = sa(0x10, KEY2);
+        let limit = |s: &mut Store| {
+            s.sas()
+                .iter()
+                .find(|x| x.spi() == 0x10)
+                .unwrap()
+                .cfg
+                .lifetime
+                .hard_packet_limit
+        };
+        let mut k = start(&path, conf(&c0)).unwrap();
+        run(
+            &mut k.store,
+            &(c0.replace("add", "update") + " limit packet-hard 777"),
+        )
+        .unwrap();
+        drop(k);
+        let mut k = start(&path, conf(&c0)).unwrap();
+        assert!(
+            k.summary.contains("1 configured SA(s) updated"),
+            "{}",
+            k.summary
+        );
+        assert_eq!(limit(&mut k.store), 777);
+        let p = k.store.prepare_reload(conf(&c0), Instant::now()).unwrap();
+        k.store.commit(p).unwrap();
+        assert_eq!(limit(&mut k.store), u64::MAX);
+        drop(k);
+        let mut k = start(&path, conf(&c0)).unwrap();
+        assert_eq!(limit(&mut k.store), u64::MAX);
+    }
+
     /// A config with nothing in it (the key manager adds everything) starts, and what was
     /// added comes back.
     #[test]

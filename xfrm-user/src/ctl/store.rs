@@ -856,6 +856,29 @@ mod tests {
         }
     }
 
+    /// A tunnel template to 192.0.2.2 (ESP, `reqid`).
+    fn tmpl(reqid: u32) -> crate::policy::Template {
+        crate::policy::Template {
+            src: None,
+            dst: "192.0.2.2".parse().unwrap(),
+            proto: XfrmProto::Esp,
+            spi: None,
+            reqid,
+            mode: crate::sa::XfrmMode::Tunnel,
+            level: crate::policy::TmplLevel::Required,
+        }
+    }
+
+    fn udp_flow(src: &str, dst: &str) -> crate::selector::FlowKey {
+        crate::selector::FlowKey {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto: 17,
+            sport: 1,
+            dport: 2,
+        }
+    }
+
     fn store() -> Store {
         let db = XfrmDb::with_clock(vec![], vec![], Arc::new(ManualClock::new(1000))).unwrap();
         Store::new(&db)
@@ -910,22 +933,7 @@ mod tests {
         assert!(Arc::ptr_eq(&t.db.states()[0], &x));
         assert_eq!(t.db.states()[0].oseq(), 2);
         // Newest valid SA of the template wins (make-before-break on output).
-        let tm = crate::policy::Template {
-            src: None,
-            dst: "192.0.2.2".parse().unwrap(),
-            proto: XfrmProto::Esp,
-            spi: None,
-            reqid: 1,
-            mode: crate::sa::XfrmMode::Tunnel,
-            level: crate::policy::TmplLevel::Required,
-        };
-        let flow = crate::selector::FlowKey {
-            src: "192.0.2.1".parse().unwrap(),
-            dst: "192.0.2.2".parse().unwrap(),
-            proto: 17,
-            sport: 1,
-            dport: 2,
-        };
+        let (tm, flow) = (tmpl(1), udp_flow("192.0.2.1", "192.0.2.2"));
         assert_eq!(t.db.state_find(&tm, &flow).unwrap().spi(), 0x11);
         drop(p);
         // An update may not change the key.
@@ -1242,22 +1250,7 @@ mod tests {
                     assert!(Arc::ptr_eq(x, y), "step {step}");
                 }
                 for reqid in 1..=3 {
-                    let tm = crate::policy::Template {
-                        src: None,
-                        dst: "192.0.2.2".parse().unwrap(),
-                        proto: crate::sa::XfrmProto::Esp,
-                        spi: None,
-                        reqid,
-                        mode: crate::sa::XfrmMode::Tunnel,
-                        level: crate::policy::TmplLevel::Required,
-                    };
-                    let flow = crate::selector::FlowKey {
-                        src: "10.1.0.1".parse().unwrap(),
-                        dst: "10.9.0.1".parse().unwrap(),
-                        proto: 17,
-                        sport: 1,
-                        dport: 2,
-                    };
+                    let (tm, flow) = (tmpl(reqid), udp_flow("10.1.0.1", "10.9.0.1"));
                     let a = t.db.state_find(&tm, &flow).map(Arc::as_ptr);
                     let b = scratch.state_find(&tm, &flow).map(Arc::as_ptr);
                     assert_eq!(a, b, "step {step}: template reqid {reqid}");

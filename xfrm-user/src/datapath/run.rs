@@ -51,7 +51,7 @@ use super::{
     reasm::Reassembled,
     rules::compile_db,
     tap::Tap,
-    worker::{port_info, too_big, Action, Ctx, Side, Transform, Worker, WorkerConfig},
+    worker::{port_info, reply_too_big, Action, Ctx, Side, Transform, Worker, WorkerConfig},
 };
 use crate::config::request::Request;
 use crate::ctl::{
@@ -65,12 +65,10 @@ use crate::frame::Frame;
 use crate::policy::{Policy, PolicyAction, PolicyDir};
 use crate::selector::FlowKey;
 use crate::stats::{XfrmStat, XfrmStats};
-use crate::wire::{checksum, flow, proto, tcp::TcpPacket};
+use crate::wire::flow;
 use crate::xfrm::{
-    persist,
-    pmtu::{bundle_mtu, SaMtu},
-    spd::XFRM_MAX_DEPTH,
-    xfrm_input, xfrm_output_bundle, InputVerdict, SystemClock, Verdict, XfrmDb,
+    output::{xfrm_output_policy, OutputOpts, PolicyVerdict},
+    persist, xfrm_input, InputVerdict, SystemClock, Verdict, XfrmDb,
 };
 
 /// What the workers share: the tables (SAD, SPD, input tables), each change handed over as a
@@ -207,8 +205,10 @@ impl GatewayTransform {
         self.output_policy(pol, &info, frame, ctx, false)
     }
 
-    /// The packet in `frame` (parsed: `info`) under the protect policy `pol`. `local`: the
-    /// host's own packet, whose TCP SYNs get their MSS clamped to the bundle.
+    /// The packet in `frame` (parsed: `info`) under the protect policy `pol`: the output
+    /// path every mode shares ([`xfrm_output_policy`]), with the route towards the outermost
+    /// SA's peer from the neighbour cache (one lookup, handed to the worker with the
+    /// action). `local`: the host's own packet, whose TCP SYNs get their MSS clamped.
     fn output_policy(
         &self,
         pol: &Policy,
@@ -217,55 +217,34 @@ impl GatewayTransform {
         ctx: &Ctx<'_>,
         local: bool,
     ) -> Action {
-        let mut xs = [None; XFRM_MAX_DEPTH];
         let db = self.db();
-        let n = match db.tmpl_resolve(pol, &info.key, &mut xs) {
-            Ok(n) => n,
-            Err(s) => {
+        // Not resolved yet (the lookup asked for it): the outside interface's MTU, and the
+        // worker holds the ESP packet until the peer's MAC arrives, as the kernel queues it
+        // on the neighbour.
+        let mut hop = None;
+        let mut route = |peer: IpAddr| {
+            hop = ctx.l2(peer);
+            Some(hop.map_or(ctx.port(Side::Outside).mtu, |l2| l2.mtu))
+        };
+        let opts = OutputOpts {
+            csum_partial: None,
+            clamp_mss: local,
+        };
+        match xfrm_output_policy(db, pol, info, &self.stats, frame, opts, &mut route) {
+            PolicyVerdict::Done(Verdict::Transformed) => match hop {
+                Some(l2) => Action::TxTo(Side::Outside, l2),
+                None => Action::Tx(Side::Outside),
+            },
+            PolicyVerdict::Done(Verdict::Dropped(s)) => {
                 if s == XfrmStat::XfrmOutNoStates {
                     self.raise_acquire(pol, &info.key, db.now());
                 }
-                return self.drop_with(s);
+                Action::Drop
             }
-        };
-        // A policy without SA to apply would mean clear text: the classifier passes those,
-        // so getting one here means the tables disagree. Never send it in clear.
-        if n == 0 {
-            return self.drop_with(XfrmStat::XfrmOutPolError);
-        }
-        let Some(first) = xs[0] else {
-            return self.drop_with(XfrmStat::XfrmOutPolError);
-        };
-        let mut refs = [&**first; XFRM_MAX_DEPTH];
-        let mut overhead = [SaMtu::ah(0, false, 0, false); XFRM_MAX_DEPTH];
-        for (i, x) in xs[..n].iter().flatten().enumerate() {
-            refs[i] = x;
-            overhead[i] = x.overhead();
-        }
-        // The outermost SA's peer decides the route and its MTU. Not resolved yet (the
-        // lookup asked for it): dropped, as the kernel would queue and drop past unres_qlen.
-        let Some(l2) = ctx.l2(refs[n - 1].daddr()) else {
-            return Action::Drop;
-        };
-        let mtu = bundle_mtu(&overhead[..n], l2.mtu);
-        if local {
-            clamp_mss(frame.data_mut(), info, mtu);
-        }
-        if let Some(a) = too_big(frame, mtu, ctx) {
-            return a;
-        }
-        // Each SA's view of the path MTU (dst->child_mtu_cached: what the SAs outside it
-        // leave), for TFC padding. A relaxed load per SA; a store only when it changed.
-        for i in 0..n {
-            let child = bundle_mtu(&overhead[i + 1..n], l2.mtu);
-            if refs[i].mtu() != child {
-                refs[i].set_mtu(child);
-            }
-        }
-        let partial = csum_partial(frame.data(), info);
-        match xfrm_output_bundle(&refs[..n], &self.stats, frame, partial, db.now()) {
-            Verdict::Transformed => Action::Tx(Side::Outside),
-            _ => Action::Drop,
+            // A policy without SA to apply would mean clear text: the classifier passes
+            // those, so getting one here means the tables disagree. Never send it in clear.
+            PolicyVerdict::Done(Verdict::Pass) => self.drop_with(XfrmStat::XfrmOutPolError),
+            PolicyVerdict::TooBig(check) => reply_too_big(frame, info, check, ctx),
         }
     }
 }
@@ -300,55 +279,6 @@ impl Transform for GatewayTransform {
     fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(self.tables.wake_fd())
     }
-}
-
-/// The MSS a TCP SYN of the host may announce so that its segments fit `mtu` (what the bundle
-/// leaves): `mtu` less the IP and TCP headers, as tcp_mtu_to_mss counts them.
-fn clamp_mss(pkt: &mut [u8], info: &flow::FlowInfo, mtu: u32) {
-    if info.key.proto != proto::TCP || !info.l4_present || info.fragment {
-        return;
-    }
-    let ip_hdr = if info.version == 4 { 20 } else { 40 };
-    let max = mtu
-        .saturating_sub(ip_hdr + 20)
-        .clamp(88, u32::from(u16::MAX)) as u16;
-    let Some(l4) = pkt.get_mut(info.l4_offset..info.ip_len) else {
-        return;
-    };
-    if let Ok(mut tcp) = TcpPacket::new_checked(l4) {
-        tcp.clamp_mss(max);
-    }
-}
-
-/// Did veth (or any CHECKSUM_PARTIAL sender) leave only the pseudo-header sum in the TCP/UDP
-/// checksum? Then the field equals that sum, not complemented (csum_tcpudp_magic's
-/// complement), and the full checksum does not verify. AF_XDP does not carry the skb's
-/// ip_summed, so this is read from the packet.
-pub fn csum_partial(pkt: &[u8], info: &flow::FlowInfo) -> bool {
-    if info.fragment || !info.l4_present {
-        return false;
-    }
-    let off = match info.key.proto {
-        proto::TCP => 16,
-        proto::UDP => 6,
-        _ => return false,
-    };
-    let Some(l4) = pkt.get(info.l4_offset..info.ip_len) else {
-        return false;
-    };
-    if l4.len() < off + 2 {
-        return false;
-    }
-    let field = u16::from_be_bytes([l4[off], l4[off + 1]]);
-    let len = l4.len() as u32;
-    let pseudo = match (info.key.src, info.key.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => checksum::pseudo_header_v4(s, d, info.key.proto, len),
-        (IpAddr::V6(s), IpAddr::V6(d)) => checksum::pseudo_header_v6(s, d, info.key.proto, len),
-        _ => return false,
-    };
-    // The cheap test first: a complete checksum equals the pseudo-header sum only by chance
-    // (1 in 65536), and only then does the whole segment need summing to tell them apart.
-    field == pseudo && checksum::combine(&[pseudo, checksum::data(l4)]) != 0xffff
 }
 
 #[derive(Clone, Debug)]
@@ -451,7 +381,9 @@ fn write_counters(
     writeln!(
         out,
         "out {} pkts + local {} -> wire {}, in {} (reassembled {}) -> inside {} + local {}, \
-         icmp {}, frags {}, no-l2 {}, no-buffer {}, too-big {}, drops {}, bad frames {} | {}",
+         icmp {}, frags {}, no-l2 {}, no-buffer {}, too-big {}, drops {}, bad frames {}, \
+         unres-discards {}, tx-full {}, tx-device-drops {}, xsk rx-dropped {} rx-ring-full {} \
+         fill-empty {} tx-invalid {} | {}",
         sum(|w| w.rx[0].load(Ordering::Relaxed)),
         sum(|w| w.rx[2].load(Ordering::Relaxed)),
         sum(|w| w.tx[1].load(Ordering::Relaxed)),
@@ -467,6 +399,13 @@ fn write_counters(
         sum(|w| w.dropped.load(Ordering::Relaxed)),
         // Frames without Ethernet + IP, or from a socket without a valid XdpMeta header.
         sum(|w| w.bad_frame.load(Ordering::Relaxed) + w.bad_meta.load(Ordering::Relaxed)),
+        sum(|w| w.unres_discards.load(Ordering::Relaxed)),
+        sum(|w| w.tx_full.load(Ordering::Relaxed)),
+        sum(|w| w.tx_device_drops.load(Ordering::Relaxed)),
+        sum(|w| w.xsk.rx_dropped.load(Ordering::Relaxed)),
+        sum(|w| w.xsk.rx_ring_full.load(Ordering::Relaxed)),
+        sum(|w| w.xsk.rx_fill_empty.load(Ordering::Relaxed)),
+        sum(|w| w.xsk.tx_invalid.load(Ordering::Relaxed)),
         stats.render_nonzero().replace('\n', " ").trim_end(),
     )?;
     for x in gw.tables.current().db.states() {
@@ -889,31 +828,6 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool, out: &mut dyn Write) -> Result<
 mod tests {
     use super::*;
 
-    fn udp4(partial: bool) -> Vec<u8> {
-        let mut p = vec![0u8; 28 + 5];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&33u16.to_be_bytes());
-        p[8] = 64;
-        p[9] = proto::UDP;
-        p[12..16].copy_from_slice(&[10, 1, 0, 1]);
-        p[16..20].copy_from_slice(&[10, 2, 0, 2]);
-        let c = !checksum::data(&p[..20]);
-        p[10..12].copy_from_slice(&c.to_be_bytes());
-        p[20..22].copy_from_slice(&4000u16.to_be_bytes());
-        p[22..24].copy_from_slice(&5000u16.to_be_bytes());
-        p[24..26].copy_from_slice(&13u16.to_be_bytes());
-        p[28..].copy_from_slice(b"hello");
-        let pseudo =
-            checksum::pseudo_header_v4([10, 1, 0, 1].into(), [10, 2, 0, 2].into(), proto::UDP, 13);
-        let v = if partial {
-            pseudo
-        } else {
-            !checksum::combine(&[pseudo, checksum::data(&p[20..])])
-        };
-        p[26..28].copy_from_slice(&v.to_be_bytes());
-        p
-    }
-
     #[test]
     fn sa_lines_show_use_and_drops() {
         use crate::sa::XfrmMode;
@@ -934,26 +848,5 @@ mod tests {
         );
         assert!(line.contains("| XfrmOutStateExpired"), "{line}");
         assert!(!line.contains("replay"), "no replay drops: {line}");
-    }
-
-    #[test]
-    fn partial_checksums_are_recognised() {
-        let full = udp4(false);
-        let info = flow::parse(&full).unwrap();
-        assert!(!csum_partial(&full, &info));
-        let part = udp4(true);
-        let info = flow::parse(&part).unwrap();
-        assert!(csum_partial(&part, &info));
-        // A wrong checksum that is not the pseudo-header sum is not "partial".
-        let mut bad = udp4(false);
-        bad[27] ^= 1;
-        let info = flow::parse(&bad).unwrap();
-        assert!(!csum_partial(&bad, &info));
-        // UDP checksum 0 (none) is not partial.
-        let mut none = udp4(false);
-        none[26] = 0;
-        none[27] = 0;
-        let info = flow::parse(&none).unwrap();
-        assert!(!csum_partial(&none, &info));
     }
 }

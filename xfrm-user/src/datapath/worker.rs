@@ -14,9 +14,19 @@
 //! Reap both completion rings into the free list → top up both fill rings (waking the kernel
 //! when it asks: need_wakeup) → receive a batch from each RX ring → for each frame: read the
 //! metadata, strip Ethernet, run the [`Transform`], put the next hop's Ethernet header from
-//! the neighbour cache in front, fragment the outer packet if it exceeds the route MTU →
-//! submit each TX batch (kick with sendto when the kernel asks). Buffers for descriptors are
-//! allocated once at start; nothing is allocated per packet.
+//! the neighbour cache in front (or hold the frame until the next hop resolves), fragment
+//! the outer packet if it exceeds the route MTU → submit each TX batch, kicking and reaping
+//! until the kernel has taken it all. Buffers for descriptors are allocated once at start;
+//! nothing is allocated per packet.
+//!
+//! # No frame lost to the plumbing
+//! A frame the wire could take is not dropped by the worker: a TX batch is kicked until the
+//! kernel has taken it (copy mode sends 32 frames per sendto and needs completion room);
+//! an RX batch is no larger than every TX ring can still hold, so what does not fit waits
+//! in the RX ring; the UMEM holds full fill and RX rings on both sockets with as many
+//! frames again in flight ([`WorkerConfig::new`]); a frame for an unresolved next hop waits
+//! for its MAC in a bounded queue per destination. Each remaining drop has its counter
+//! ([`WorkerStats`], with the kernel's own XDP_STATISTICS of the sockets).
 //!
 //! # Several workers on one SA
 //! Sequence numbers come from the SA's atomic counter (`SecurityAssociation`), so two workers
@@ -56,7 +66,7 @@ use super::reasm::{Datagram, Reassembled};
 use super::umem::{new_umem, take_meta, Area, QueueSocket};
 use crate::frame::Frame;
 use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, HEADER_LEN as ETH_LEN};
-use crate::wire::{ip_version, ipv4::Ipv4Packet, ipv6::Ipv6Packet};
+use crate::wire::{flow, ip_version, ipv4::Ipv4Packet, ipv6::Ipv6Packet};
 use crate::xfrm::pmtu::{self, Fragmenter, SizeCheck};
 
 /// Metadata flag for the one-armed gateway, where one socket receives both directions: set
@@ -84,8 +94,10 @@ pub enum Side {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send the IP packet now in the frame out of `Side`, to the next hop towards its
-    /// destination address.
+    /// destination address (the worker looks it up).
     Tx(Side),
+    /// Send it out of `Side` to this next hop, which the transform looked up already.
+    TxTo(Side, L2),
     /// The frame now holds an error for the sender (ICMP built in place): send it back out
     /// of the interface it came from, to the MAC it came from.
     Reply,
@@ -158,16 +170,25 @@ where
 /// Returns `Some(Action::Reply)` with the ICMP error built in the frame, `Some(Drop)` when
 /// the packet is too big but no error may be sent, None when the packet fits.
 pub fn too_big(frame: &mut Frame<'_>, mtu: u32, ctx: &Ctx<'_>) -> Option<Action> {
-    let verdict = pmtu::check_size(frame.data(), mtu).ok()?;
-    let sender = match ip_version(frame.data())? {
-        4 => IpAddr::V4(Ipv4Packet::new_unchecked(frame.data()).src_addr()),
-        _ => IpAddr::V6(Ipv6Packet::new_unchecked(frame.data()).src_addr()),
-    };
+    let info = flow::parse(frame.data()).ok()?;
+    match pmtu::check_size_parsed(&info.l4(), mtu) {
+        SizeCheck::Fits => None,
+        check => Some(reply_too_big(frame, &info, check, ctx)),
+    }
+}
+
+/// The ICMP error for a packet `check` found too big (`info`: its parse): `Reply` with the
+/// error built in the frame, or `Drop` when none may be sent.
+pub fn reply_too_big(
+    frame: &mut Frame<'_>,
+    info: &flow::FlowInfo,
+    check: SizeCheck,
+    ctx: &Ctx<'_>,
+) -> Action {
     // Our address towards the sender: the route's preferred source, as icmp_send picks it.
     // (The reply goes back to the MAC the packet came from: no neighbour needed.)
-    let src = ctx.src_towards(sender);
-    let r = match (verdict, src) {
-        (SizeCheck::Fits, _) => return None,
+    let src = ctx.src_towards(info.key.src);
+    let r = match (check, src) {
         (SizeCheck::FragNeeded { mtu }, Some(IpAddr::V4(s))) => {
             let id = frame_ident(frame);
             pmtu::icmp4_frag_needed(frame, s, mtu, id)
@@ -175,13 +196,13 @@ pub fn too_big(frame: &mut Frame<'_>, mtu: u32, ctx: &Ctx<'_>) -> Option<Action>
         (SizeCheck::PacketTooBig { mtu }, Some(IpAddr::V6(s))) => {
             pmtu::icmp6_packet_too_big(frame, s, mtu)
         }
-        _ => return Some(Action::Drop),
+        _ => return Action::Drop,
     };
-    Some(if r.is_ok() {
+    if r.is_ok() {
         Action::Reply
     } else {
         Action::Drop
-    })
+    }
 }
 
 /// An IP ID for our ICMP errors: the kernel picks a hashed one; the original's, inverted,
@@ -214,13 +235,18 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// Rings of 2048 descriptors: at ~120 kpps a burst of ~17 ms before the kernel finds an
+    /// RX ring full. UMEM of 16 384 frames (64 MiB): per socket a full fill ring and a full
+    /// RX ring (2 x 2048), for the two sockets 8192, and as many again for frames in TX
+    /// rings, held for a neighbour or being fragmented: the fill rings never run dry
+    /// because frames are elsewhere.
     pub fn new(inside: PortInfo, outside: PortInfo, queue: u32) -> Self {
         Self {
             inside,
             outside,
             queue,
-            frames: 4096,
-            ring_size: 1024,
+            frames: 16384,
+            ring_size: 2048,
             batch: 64,
         }
     }
@@ -250,8 +276,34 @@ pub struct WorkerStats {
     pub replies: AtomicU64,
     /// Outer fragments the kernel reassembled, taken from the raw sockets.
     pub reassembled: AtomicU64,
-    /// No free frame / TX ring full.
+    /// No free frame in the UMEM (outer fragments, the host's own frames, reassembled
+    /// datagrams): with the UMEM sized as [`WorkerConfig`] says, only a burst of fragments.
     pub no_buffer: AtomicU64,
+    /// The TX ring stayed full while the kernel took nothing more, however often it was
+    /// kicked and its completions reaped: the frames that did not fit.
+    pub tx_full: AtomicU64,
+    /// Frames the kernel took from the TX ring and the device then refused (sendto EBUSY:
+    /// the driver's NET_XMIT_DROP, e.g. a veth peer's full ring).
+    pub tx_device_drops: AtomicU64,
+    /// Frames held for an unresolved next hop and dropped because its queue was full (the
+    /// kernel's unresolved_discards).
+    pub unres_discards: AtomicU64,
+    /// The kernel's counters of this worker's sockets (XDP_STATISTICS), sampled by the
+    /// worker: frames it could not hand us.
+    pub xsk: XskStats,
+}
+
+/// The kernel's XDP_STATISTICS, summed over a worker's sockets (values, not increments).
+#[derive(Debug, Default)]
+pub struct XskStats {
+    /// Dropped on receive for any reason (includes the two below).
+    pub rx_dropped: AtomicU64,
+    /// The RX ring was full: the worker did not keep up.
+    pub rx_ring_full: AtomicU64,
+    /// The fill ring was empty: the worker gave the kernel no frame to write into.
+    pub rx_fill_empty: AtomicU64,
+    /// TX descriptors the kernel refused (outside the UMEM, too long).
+    pub tx_invalid: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -269,11 +321,22 @@ struct Parked {
     since: Instant,
 }
 
-/// How many frames a worker holds for unresolved neighbours, and for how long (the
-/// kernel's defaults: unres_qlen_bytes holds a few packets; resolution gives up after 3
-/// solicitations a second apart).
-const PARK_MAX: usize = 64;
+/// What a worker holds for unresolved next hops (the kernel's arp_queue): per destination
+/// at most `PARK_PER_HOP` frames (unres_qlen_bytes' 212 992 bytes hold about 90 full-size
+/// frames), the oldest dropped first beyond it, as neigh_event_send does; `PARK_MAX` in
+/// all; each for at most `PARK_TIMEOUT` (resolution gives up after 3 solicitations a
+/// second apart).
+const PARK_PER_HOP: usize = 64;
+const PARK_MAX: usize = 256;
 const PARK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Kicks of a TX ring in a row that the kernel answers without taking a descriptor before
+/// the worker gives up on what is left (a device that stopped, a peer that does not drain).
+const TX_STALLS: u32 = 64;
+
+/// How often (in loop iterations, and whenever the loop idles) the worker copies the
+/// kernel's socket counters into [`WorkerStats::xsk`]: a getsockopt per socket.
+const XSK_STATS_EVERY: u32 = 1024;
 
 /// One socket of the worker and the descriptors waiting for its TX ring (capacity reserved
 /// at start).
@@ -300,6 +363,8 @@ pub struct Worker<T: Transform> {
     free: Vec<u64>,
     rx_batch: Vec<XdpDesc>,
     parked: Vec<Parked>,
+    /// Loop iterations, for sampling the kernel's socket counters.
+    steps: u32,
     cfg: WorkerConfig,
     transform: T,
     neigh: NeighReader,
@@ -360,6 +425,7 @@ impl<T: Transform> Worker<T> {
             free,
             rx_batch: Vec::with_capacity(cfg.batch as usize),
             parked: Vec::with_capacity(PARK_MAX),
+            steps: 0,
             cfg,
             transform,
             neigh,
@@ -447,7 +513,43 @@ impl<T: Transform> Worker<T> {
         for pi in 0..self.ports.len() {
             self.submit(pi);
         }
+        self.steps = self.steps.wrapping_add(1);
+        if n == 0 || self.steps.is_multiple_of(XSK_STATS_EVERY) {
+            self.sample_xsk_stats();
+        }
         Ok(n)
+    }
+
+    /// The kernel's counters of our sockets into [`WorkerStats::xsk`].
+    fn sample_xsk_stats(&self) {
+        let mut sum = [0u64; 4];
+        for p in &self.ports {
+            if let Ok(st) = p.sock.device.statistics_v2() {
+                sum[0] += st.rx_dropped;
+                sum[1] += st.rx_ring_full;
+                sum[2] += st.rx_fill_ring_empty_descs;
+                sum[3] += st.tx_invalid_descs;
+            }
+        }
+        let x = &self.stats.xsk;
+        for (c, v) in [
+            &x.rx_dropped,
+            &x.rx_ring_full,
+            &x.rx_fill_empty,
+            &x.tx_invalid,
+        ]
+        .into_iter()
+        .zip(sum)
+        {
+            c.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Descriptors a port's TX ring has room for now.
+    fn tx_room(&self, pi: usize) -> u32 {
+        self.cfg
+            .ring_size
+            .saturating_sub(self.ports[pi].sock.tx.pending())
     }
 
     fn poll(&self, wait: Duration) -> Result<()> {
@@ -542,9 +644,17 @@ impl<T: Transform> Worker<T> {
 
     fn receive(&mut self, pi: usize) -> usize {
         self.rx_batch.clear();
+        // Backpressure: take no more than every TX ring can still hold (a frame may leave
+        // by either side) and than the free frames can stand for outer fragments; what we
+        // leave in the RX ring waits there, in order, for the next iteration.
+        let room = (0..self.ports.len()).map(|i| self.tx_room(i)).min();
+        let budget = self.cfg.batch.min(room.unwrap_or(0));
+        if budget == 0 {
+            return 0;
+        }
         {
             let p = &mut self.ports[pi];
-            let mut r = p.sock.rx.receive(self.cfg.batch);
+            let mut r = p.sock.rx.receive(budget);
             while let Some(d) = r.read() {
                 self.rx_batch.push(d);
             }
@@ -682,6 +792,10 @@ impl<T: Transform> Worker<T> {
                 }
                 (from, dst, src)
             }
+            Action::TxTo(to, l2) => {
+                self.transmit(to, frame, base, &l2, stats);
+                return;
+            }
             Action::Tx(to) => {
                 let Some(dst) = ip_dst(frame.data()) else {
                     inc(&stats.bad_frame);
@@ -729,12 +843,21 @@ impl<T: Transform> Worker<T> {
         self.send_eth(to, frame, base, l2.dst_mac, l2.src_mac, stats);
     }
 
-    /// No neighbour yet (the lookup asked the kernel to resolve it): hold the frame a
-    /// little, as the kernel queues packets on an unresolved neighbour (unres_qlen), so the
-    /// first packets of a flow are not lost. Held frames are not in any ring.
+    /// No neighbour yet (the lookup asked the kernel to resolve it): hold the frame until
+    /// the MAC arrives, as the kernel queues packets on an unresolved neighbour (arp_queue),
+    /// so that no packet is lost to resolution. Bounded per destination (the oldest goes
+    /// first, as in neigh_event_send) and in all; held frames are not in any ring.
     fn park(&mut self, to: Side, dst: IpAddr, frame: &Frame<'_>, base: u64, stats: &WorkerStats) {
-        if self.parked.len() == self.parked.capacity() {
-            inc(&stats.no_l2);
+        let same = self.parked.iter().filter(|p| p.dst == dst).count();
+        if same >= PARK_PER_HOP {
+            if let Some(i) = self.parked.iter().position(|p| p.dst == dst) {
+                // Order kept: `unpark` sends in the order of the vector.
+                let old = self.parked.remove(i);
+                inc(&stats.unres_discards);
+                self.free.push(old.base);
+            }
+        } else if self.parked.len() == self.parked.capacity() {
+            inc(&stats.unres_discards);
             self.free.push(base);
             return;
         }
@@ -748,7 +871,8 @@ impl<T: Transform> Worker<T> {
         });
     }
 
-    /// Sends the held frames whose next hop resolved; drops those held too long.
+    /// Sends the held frames whose next hop resolved, in the order they came; drops those
+    /// held too long.
     fn unpark(&mut self, stats: &WorkerStats) {
         let mut i = 0;
         while i < self.parked.len() {
@@ -756,7 +880,7 @@ impl<T: Transform> Worker<T> {
             // Resolution was asked for when the frame was parked: only look here.
             match self.neigh.snapshot().hop(&p.dst) {
                 Some(hop) => {
-                    self.parked.swap_remove(i);
+                    self.parked.remove(i);
                     // SAFETY: a held frame: ours, in no ring, no other slice of it alive.
                     let Some(buf) = (unsafe { self.frame_bytes(p.base) }) else {
                         continue;
@@ -765,7 +889,7 @@ impl<T: Transform> Worker<T> {
                     self.forward(p.to, hop, frame, p.base, stats);
                 }
                 None if p.since.elapsed() > PARK_TIMEOUT => {
-                    self.parked.swap_remove(i);
+                    self.parked.remove(i);
                     inc(&stats.no_l2);
                     self.free.push(p.base);
                 }
@@ -840,42 +964,74 @@ impl<T: Transform> Worker<T> {
             self.write_local(desc, base);
             return;
         }
-        let p = &mut self.ports[self.side_port[to as usize]];
-        if p.pending.len() == p.pending.capacity() {
-            inc(&self.stats.no_buffer);
-            self.free.push(base);
-            return;
+        let pi = self.side_port[to as usize];
+        if self.ports[pi].pending.len() == self.ports[pi].pending.capacity() {
+            // A batch that grew past a ring (fragments): send what is queued first.
+            self.submit(pi);
         }
-        p.pending.push(desc);
+        self.ports[pi].pending.push(desc);
     }
 
-    /// The pending descriptors of port `pi` onto its TX ring; what does not fit is dropped
-    /// (the frames go back to the free list). Kicks the kernel when it asks.
+    /// The pending descriptors of port `pi` onto its TX ring, kicking the kernel (when it
+    /// asks: need_wakeup) and reaping completions until it has taken them all. Copy mode
+    /// sends only inside sendto, at most 32 frames a call, and only while the completion
+    /// ring has room: a ring left half sent fills up and drops the next batch. Only a
+    /// kernel that stops taking descriptors ([`TX_STALLS`] kicks in a row) makes the rest
+    /// count as `tx_full`; in zero-copy mode the driver sends on its own and the loop ends
+    /// once every descriptor is in the ring.
     fn submit(&mut self, pi: usize) {
         let side = if pi == self.side_port[1] {
             Side::Outside
         } else {
             Side::Inside
         };
-        let p = &mut self.ports[pi];
-        if p.pending.is_empty() {
+        if self.ports[pi].pending.is_empty() {
             return;
         }
-        let mut w = p.sock.tx.transmit(p.pending.len() as u32);
-        let n = w.insert(p.pending.iter().copied()) as usize;
-        w.commit();
-        drop(w);
+        let total = self.ports[pi].pending.len();
+        let mut done = 0;
+        let mut stalls = 0;
+        loop {
+            let p = &mut self.ports[pi];
+            if done < total {
+                let mut w = p.sock.tx.transmit((total - done) as u32);
+                done += w.insert(p.pending[done..].iter().copied()) as usize;
+                w.commit();
+            }
+            let before = p.sock.tx.pending();
+            let wake = p.sock.tx.needs_wakeup();
+            if done == total && (before == 0 || !wake) {
+                break;
+            }
+            if wake {
+                match kick(p.sock.tx.as_raw_fd()) {
+                    // The driver refused a frame the kernel had taken (its completion comes
+                    // back as for a sent one): lost, and counted.
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        inc(&self.stats.tx_device_drops)
+                    }
+                    // EAGAIN: more to send, or no completion slot: reap and go on.
+                    Ok(()) | Err(_) => {}
+                }
+            }
+            self.reap();
+            if self.ports[pi].sock.tx.pending() < before {
+                stalls = 0;
+            } else {
+                stalls += 1;
+                if stalls >= TX_STALLS {
+                    break;
+                }
+            }
+        }
         let mask = !(u64::from(FRAME_SIZE) - 1);
-        for d in &p.pending[n..] {
-            inc(&self.stats.no_buffer);
+        let p = &mut self.ports[pi];
+        for d in &p.pending[done..] {
+            inc(&self.stats.tx_full);
             self.free.push(d.addr & mask);
         }
-        self.stats.tx[side as usize].fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.tx[side as usize].fetch_add(done as u64, Ordering::Relaxed);
         p.pending.clear();
-        // Copy mode transmits only on a syscall: kick whenever the kernel asks.
-        if p.sock.tx.needs_wakeup() {
-            p.sock.tx.wake();
-        }
     }
 
     /// Frames the TC program took from the host's own output, from this worker's TAP queue:
@@ -1056,6 +1212,27 @@ impl<T: Transform> Worker<T> {
     /// Frames of the UMEM not in our free list (in rings or in flight).
     pub fn frames_in_use(&self) -> usize {
         self.umem.len_frames() as usize - self.free.len()
+    }
+}
+
+/// sendto(MSG_DONTWAIT) on an AF_XDP socket: the TX wake-up. Its error says what the kernel
+/// did (EAGAIN: more left or no completion room; EBUSY: the device dropped a frame).
+fn kick(fd: i32) -> std::io::Result<()> {
+    // SAFETY: a zero-length sendto without buffers on a socket fd we own.
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            std::ptr::null(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null(),
+            0,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 

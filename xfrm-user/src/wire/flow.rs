@@ -23,6 +23,11 @@ pub struct L4Info {
     pub l4_present: bool,
     /// The packet is a fragment (first or later).
     pub fragment: bool,
+    /// What a tunnel's outer header copies (xfrm4/6_extract_header): TOS / traffic class,
+    /// DF (always set for IPv6, as xfrm6_extract_header does) and the IPv6 flow label.
+    pub tos: u8,
+    pub df: bool,
+    pub flow_lbl: u32,
 }
 
 /// What `parse` found besides the flow key: enough for the output path to find the L4
@@ -40,6 +45,10 @@ pub struct FlowInfo {
     pub l4_present: bool,
     /// The packet is a fragment (first or later).
     pub fragment: bool,
+    /// As in [`L4Info`].
+    pub tos: u8,
+    pub df: bool,
+    pub flow_lbl: u32,
 }
 
 impl FlowInfo {
@@ -52,6 +61,9 @@ impl FlowInfo {
             proto: self.key.proto,
             l4_present: self.l4_present,
             fragment: self.fragment,
+            tos: self.tos,
+            df: self.df,
+            flow_lbl: self.flow_lbl,
         }
     }
 }
@@ -89,6 +101,9 @@ pub fn parse_l4(pkt: &[u8]) -> Result<L4Info> {
                 proto: ip.protocol(),
                 l4_present: ip.frag_offset() == 0,
                 fragment: ip.is_fragment(),
+                tos: ip.tos(),
+                df: ip.dont_frag(),
+                flow_lbl: 0,
             })
         }
         Some(6) => {
@@ -102,6 +117,9 @@ pub fn parse_l4(pkt: &[u8]) -> Result<L4Info> {
                 proto: ul.proto,
                 l4_present: !ul.later_fragment,
                 fragment: ul.fragment,
+                tos: ip.traffic_class(),
+                df: true,
+                flow_lbl: ip.flow_label(),
             })
         }
         _ => Err(WireError::Malformed),
@@ -137,6 +155,9 @@ pub fn parse(pkt: &[u8]) -> Result<FlowInfo> {
         l4_offset: l4.l4_offset,
         l4_present: l4.l4_present,
         fragment: l4.fragment,
+        tos: l4.tos,
+        df: l4.df,
+        flow_lbl: l4.flow_lbl,
     })
 }
 

@@ -59,11 +59,22 @@ pub fn xfrm_outer_mode_output(
     x: &SecurityAssociation,
     frame: &mut Frame<'_>,
 ) -> Result<XfrmLayout, ModeError> {
+    xfrm_outer_mode_output_with(x, frame, None)
+}
+
+/// [`xfrm_outer_mode_output`] with the inner header already read (`inner`: the packet's
+/// parse, for the first SA of a bundle), so that tunnel mode does not read it again.
+#[inline]
+pub fn xfrm_outer_mode_output_with(
+    x: &SecurityAssociation,
+    frame: &mut Frame<'_>,
+    inner: Option<InnerHeader>,
+) -> Result<XfrmLayout, ModeError> {
     match (x.cfg.mode, x.props.outer_v6) {
         (XfrmMode::Transport, false) => xfrm4_transport_output(x, frame),
         (XfrmMode::Transport, true) => xfrm6_transport_output(x, frame),
-        (XfrmMode::Tunnel, false) => xfrm4_prepare_output(x, frame),
-        (XfrmMode::Tunnel, true) => xfrm6_prepare_output(x, frame),
+        (XfrmMode::Tunnel, false) => xfrm4_prepare_output(x, frame, inner),
+        (XfrmMode::Tunnel, true) => xfrm6_prepare_output(x, frame, inner),
     }
 }
 
@@ -134,7 +145,41 @@ pub fn xfrm_inner_extract_output(
     x: &SecurityAssociation,
     pkt: &[u8],
 ) -> Result<InnerHeader, ModeError> {
-    let inner = match crate::wire::ip_version(pkt) {
+    xfrm_inner_check_family(x, inner_header(pkt)?)
+}
+
+impl From<&crate::wire::flow::L4Info> for InnerHeader {
+    fn from(i: &crate::wire::flow::L4Info) -> Self {
+        Self {
+            v6: i.version == 6,
+            tos: i.tos,
+            df: i.df,
+            flow_lbl: i.flow_lbl,
+            len: i.ip_len,
+        }
+    }
+}
+
+/// The part of xfrm_inner_extract_output that checks the SA may carry the inner family.
+#[inline]
+fn xfrm_inner_check_family(
+    x: &SecurityAssociation,
+    inner: InnerHeader,
+) -> Result<InnerHeader, ModeError> {
+    let allowed = match &x.cfg.selector {
+        Some(sel) => sel.src.addr.is_ipv6() == inner.v6,
+        None => x.cfg.flags.af_unspec || x.props.outer_v6 == inner.v6,
+    };
+    if !allowed {
+        return Err(ModeError::Family);
+    }
+    Ok(inner)
+}
+
+/// The inner header's fields (xfrm4/6_extract_header).
+#[inline]
+fn inner_header(pkt: &[u8]) -> Result<InnerHeader, ModeError> {
+    Ok(match crate::wire::ip_version(pkt) {
         Some(4) => {
             let ip = Ipv4Packet::new_checked(pkt).map_err(|_| ModeError::Malformed)?;
             InnerHeader {
@@ -156,15 +201,7 @@ pub fn xfrm_inner_extract_output(
             }
         }
         _ => return Err(ModeError::Malformed),
-    };
-    let allowed = match &x.cfg.selector {
-        Some(sel) => sel.src.addr.is_ipv6() == inner.v6,
-        None => x.cfg.flags.af_unspec || x.props.outer_v6 == inner.v6,
-    };
-    if !allowed {
-        return Err(ModeError::Family);
-    }
-    Ok(inner)
+    })
 }
 
 /// INET_ECN_encapsulate (include/net/inet_ecn.h): the outer ECN field copies the inner one,
@@ -201,8 +238,12 @@ fn outer_dsfield(x: &SecurityAssociation, inner_tos: u8) -> u8 {
 pub fn xfrm4_prepare_output(
     x: &SecurityAssociation,
     frame: &mut Frame<'_>,
+    inner: Option<InnerHeader>,
 ) -> Result<XfrmLayout, ModeError> {
-    let inner = xfrm_inner_extract_output(x, frame.data())?;
+    let inner = match inner {
+        Some(i) => xfrm_inner_check_family(x, i)?,
+        None => xfrm_inner_extract_output(x, frame.data())?,
+    };
     let (IpAddr::V4(saddr), IpAddr::V4(daddr)) = (x.saddr(), x.daddr()) else {
         return Err(ModeError::Family);
     };
@@ -241,8 +282,12 @@ pub fn xfrm4_prepare_output(
 pub fn xfrm6_prepare_output(
     x: &SecurityAssociation,
     frame: &mut Frame<'_>,
+    inner: Option<InnerHeader>,
 ) -> Result<XfrmLayout, ModeError> {
-    let inner = xfrm_inner_extract_output(x, frame.data())?;
+    let inner = match inner {
+        Some(i) => xfrm_inner_check_family(x, i)?,
+        None => xfrm_inner_extract_output(x, frame.data())?,
+    };
     let (IpAddr::V6(saddr), IpAddr::V6(daddr)) = (x.saddr(), x.daddr()) else {
         return Err(ModeError::Family);
     };

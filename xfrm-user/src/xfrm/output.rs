@@ -5,15 +5,18 @@
 //! on the SA concerned. Nothing here allocates or panics; the packet is changed in place
 //! inside its frame (headroom for the new headers, tailroom for the trailer).
 
+use std::net::IpAddr;
+
 use crate::frame::Frame;
-use crate::policy::{PolicyAction, PolicyDir};
+use crate::policy::{Policy, PolicyAction, PolicyDir};
 use crate::sa::{XfrmMode, XfrmProto};
 use crate::stats::{XfrmStat, XfrmStats};
-use crate::wire::{checksum, flow, proto, put16};
+use crate::wire::{checksum, flow, proto, put16, tcp::TcpPacket};
 
 use super::ah::ah_output;
 use super::esp::{esp_iv, esp_output, esp_tfc_padto};
-use super::mode::{ip_local_out_fixup, xfrm_outer_mode_output};
+use super::mode::{ip_local_out_fixup, xfrm_outer_mode_output_with, InnerHeader};
+use super::pmtu::{bundle_mtu, check_size_parsed, SaMtu, SizeCheck};
 use super::spd::{XfrmDb, XFRM_MAX_DEPTH};
 use super::state::SecurityAssociation;
 
@@ -28,8 +31,142 @@ pub enum Verdict {
     Dropped(XfrmStat),
 }
 
-/// The whole output path for one IP packet at the head of `frame`: SPD lookup, template
-/// resolution, then `xfrm_output_bundle`. `csum_partial` says the inner L4 checksum field
+/// How the caller's mode wants the output path run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputOpts {
+    /// Whether the inner L4 checksum field holds only the pseudo-header sum
+    /// (CHECKSUM_PARTIAL); None: find out from the packet ([`csum_partial`]: veth hands
+    /// packets over that way, and AF_XDP does not say).
+    pub csum_partial: Option<bool>,
+    /// The host's own TCP SYNs get their MSS clamped to what the bundle leaves (its stack
+    /// cannot know the ESP overhead).
+    pub clamp_mss: bool,
+}
+
+/// What [`xfrm_output_policy`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyVerdict {
+    /// The bundle's verdict (Pass: no SA to apply).
+    Done(Verdict),
+    /// Over what the bundle leaves of the route MTU and not to be fragmented: the caller
+    /// answers with the ICMP error (pmtu.rs builds it).
+    TooBig(SizeCheck),
+}
+
+/// The output path from a protect policy on, for every mode (the pcap tool and the live
+/// gateway): template resolution, then, when `route_mtu` gives the MTU towards the
+/// outermost SA's peer, the size check against what the bundle leaves of it (ip_forward /
+/// xfrm_tunnel_check_size), each SA's path MTU for TFC padding, the host's MSS clamp; then
+/// the inner checksum and every SA. `info` is the packet's one parse.
+pub fn xfrm_output_policy(
+    db: &XfrmDb,
+    pol: &Policy,
+    info: &flow::FlowInfo,
+    stats: &XfrmStats,
+    frame: &mut Frame<'_>,
+    opts: OutputOpts,
+    route_mtu: &mut dyn FnMut(IpAddr) -> Option<u32>,
+) -> PolicyVerdict {
+    let mut xs = [None; XFRM_MAX_DEPTH];
+    let n = match db.tmpl_resolve(pol, &info.key, &mut xs) {
+        Ok(n) => n,
+        Err(s) => {
+            stats.inc(s);
+            return PolicyVerdict::Done(Verdict::Dropped(s));
+        }
+    };
+    // Allow without transforms, or only optional (`level use`) templates without SA.
+    let Some(first) = xs[0].filter(|_| n > 0) else {
+        return PolicyVerdict::Done(Verdict::Pass);
+    };
+    let mut refs = [&**first; XFRM_MAX_DEPTH];
+    let mut overhead = [SaMtu::ah(0, false, 0, false); XFRM_MAX_DEPTH];
+    for (i, x) in xs[..n].iter().flatten().enumerate() {
+        refs[i] = x;
+        overhead[i] = x.overhead();
+    }
+    if let Some(link) = route_mtu(refs[n - 1].daddr()) {
+        let mtu = bundle_mtu(&overhead[..n], link);
+        if opts.clamp_mss {
+            clamp_mss(frame.data_mut(), info, mtu);
+        }
+        let verdict = check_size_parsed(&info.l4(), mtu);
+        if verdict != SizeCheck::Fits {
+            return PolicyVerdict::TooBig(verdict);
+        }
+        // Each SA's view of the path MTU (dst->child_mtu_cached: what the SAs outside it
+        // leave), for TFC padding. A relaxed load per SA; a store only when it changed.
+        for i in 0..n {
+            let child = bundle_mtu(&overhead[i + 1..n], link);
+            if refs[i].mtu() != child {
+                refs[i].set_mtu(child);
+            }
+        }
+    }
+    let partial = opts
+        .csum_partial
+        .unwrap_or_else(|| csum_partial(frame.data(), info));
+    PolicyVerdict::Done(xfrm_output_parsed(
+        &refs[..n],
+        stats,
+        frame,
+        &info.l4(),
+        partial,
+        db.now(),
+    ))
+}
+
+/// The MSS a TCP SYN of the host may announce so that its segments fit `mtu` (what the bundle
+/// leaves): `mtu` less the IP and TCP headers, as tcp_mtu_to_mss counts them.
+fn clamp_mss(pkt: &mut [u8], info: &flow::FlowInfo, mtu: u32) {
+    if info.key.proto != proto::TCP || !info.l4_present || info.fragment {
+        return;
+    }
+    let ip_hdr = if info.version == 4 { 20 } else { 40 };
+    let max = mtu
+        .saturating_sub(ip_hdr + 20)
+        .clamp(88, u32::from(u16::MAX)) as u16;
+    let Some(l4) = pkt.get_mut(info.l4_offset..info.ip_len) else {
+        return;
+    };
+    if let Ok(mut tcp) = TcpPacket::new_checked(l4) {
+        tcp.clamp_mss(max);
+    }
+}
+
+/// Did veth (or any CHECKSUM_PARTIAL sender) leave only the pseudo-header sum in the TCP/UDP
+/// checksum? Then the field equals that sum, not complemented (csum_tcpudp_magic's
+/// complement), and the full checksum does not verify. AF_XDP does not carry the skb's
+/// ip_summed, so this is read from the packet.
+pub fn csum_partial(pkt: &[u8], info: &flow::FlowInfo) -> bool {
+    if info.fragment || !info.l4_present {
+        return false;
+    }
+    let off = match info.key.proto {
+        proto::TCP => 16,
+        proto::UDP => 6,
+        _ => return false,
+    };
+    let Some(l4) = pkt.get(info.l4_offset..info.ip_len) else {
+        return false;
+    };
+    if l4.len() < off + 2 {
+        return false;
+    }
+    let field = u16::from_be_bytes([l4[off], l4[off + 1]]);
+    let len = l4.len() as u32;
+    let pseudo = match (info.key.src, info.key.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => checksum::pseudo_header_v4(s, d, info.key.proto, len),
+        (IpAddr::V6(s), IpAddr::V6(d)) => checksum::pseudo_header_v6(s, d, info.key.proto, len),
+        _ => return false,
+    };
+    // The cheap test first: a complete checksum equals the pseudo-header sum only by chance
+    // (1 in 65536), and only then does the whole segment need summing to tell them apart.
+    field == pseudo && checksum::combine(&[pseudo, checksum::data(l4)]) != 0xffff
+}
+
+/// The whole output path for one IP packet at the head of `frame`: SPD lookup, then
+/// [`xfrm_output_policy`] without a route (no size check). `csum_partial` says the inner L4 checksum field
 /// holds only the pseudo-header sum (CHECKSUM_PARTIAL, as veth hands packets over); it is
 /// completed before encryption. Otherwise the checksum is verified and a packet with a
 /// wrong one is dropped (XfrmOutError) rather than encrypted.
@@ -51,20 +188,18 @@ pub fn xfrm_output(
         stats.inc(XfrmStat::XfrmOutPolBlock);
         return Verdict::Dropped(XfrmStat::XfrmOutPolBlock);
     }
-    let mut xs = [None; XFRM_MAX_DEPTH];
-    let n = match db.tmpl_resolve(pol, &info.key, &mut xs) {
-        Ok(n) => n,
-        Err(s) => {
-            stats.inc(s);
-            return Verdict::Dropped(s);
-        }
+    let opts = OutputOpts {
+        csum_partial: Some(csum_partial),
+        clamp_mss: false,
     };
-    if n == 0 {
-        // Allow without transforms, or only optional (`level use`) templates without SA.
-        return Verdict::Pass;
+    match xfrm_output_policy(db, pol, &info, stats, frame, opts, &mut |_| None) {
+        PolicyVerdict::Done(v) => v,
+        // No route MTU, no size check: cannot happen; dropped and counted if it did.
+        PolicyVerdict::TooBig(_) => {
+            stats.inc(XfrmStat::XfrmOutError);
+            Verdict::Dropped(XfrmStat::XfrmOutError)
+        }
     }
-    let bundle = xs[..n].iter().flatten().map(|x| &***x);
-    output_checked(bundle, stats, frame, &info.l4(), csum_partial, db.now())
 }
 
 /// The output path for a bundle already resolved (e.g. by the XDP classifier, whose
@@ -82,6 +217,18 @@ pub fn xfrm_output_bundle(
         stats.inc(XfrmStat::XfrmOutError);
         return Verdict::Dropped(XfrmStat::XfrmOutError);
     };
+    xfrm_output_parsed(xs, stats, frame, &info, csum_partial, now)
+}
+
+/// [`xfrm_output_bundle`] for a packet parsed already (`info`: its one parse).
+pub fn xfrm_output_parsed(
+    xs: &[&SecurityAssociation],
+    stats: &XfrmStats,
+    frame: &mut Frame<'_>,
+    info: &flow::L4Info,
+    csum_partial: bool,
+    now: u64,
+) -> Verdict {
     if xs.is_empty() {
         return Verdict::Pass;
     }
@@ -89,7 +236,7 @@ pub fn xfrm_output_bundle(
         stats.inc(XfrmStat::XfrmOutBundleGenError);
         return Verdict::Dropped(XfrmStat::XfrmOutBundleGenError);
     }
-    output_checked(xs.iter().copied(), stats, frame, &info, csum_partial, now)
+    output_checked(xs.iter().copied(), stats, frame, info, csum_partial, now)
 }
 
 /// xfrm_output: cut the Ethernet padding, fix or verify the inner L4 checksum
@@ -112,7 +259,7 @@ fn output_checked<'a>(
         stats.inc(XfrmStat::XfrmOutError);
         return Verdict::Dropped(XfrmStat::XfrmOutError);
     }
-    xfrm_output_resume(xs, stats, frame, now)
+    resume(xs, stats, frame, now, Some(InnerHeader::from(info)))
 }
 
 /// xfrm_output_resume: one xfrm_output_one per SA of the bundle, in order.
@@ -122,8 +269,19 @@ pub fn xfrm_output_resume<'a>(
     frame: &mut Frame<'_>,
     now: u64,
 ) -> Verdict {
+    resume(xs, stats, frame, now, None)
+}
+
+/// xfrm_output_resume, the first SA told what the parse read of the inner header.
+fn resume<'a>(
+    xs: impl Iterator<Item = &'a SecurityAssociation>,
+    stats: &XfrmStats,
+    frame: &mut Frame<'_>,
+    now: u64,
+    mut inner: Option<InnerHeader>,
+) -> Verdict {
     for x in xs {
-        if let Err(s) = xfrm_output_one(x, frame, now) {
+        if let Err(s) = output_one(x, frame, now, inner.take()) {
             x.count(stats, s);
             return Verdict::Dropped(s);
         }
@@ -155,10 +313,21 @@ pub fn xfrm_output_one(
     frame: &mut Frame<'_>,
     now: u64,
 ) -> Result<(), XfrmStat> {
+    output_one(x, frame, now, None)
+}
+
+#[inline]
+fn output_one(
+    x: &SecurityAssociation,
+    frame: &mut Frame<'_>,
+    now: u64,
+    inner: Option<InnerHeader>,
+) -> Result<(), XfrmStat> {
     if !xfrm_skb_check_space(x, frame) {
         return Err(XfrmStat::XfrmOutError);
     }
-    let l = xfrm_outer_mode_output(x, frame).map_err(|_| XfrmStat::XfrmOutStateModeError)?;
+    let l = xfrm_outer_mode_output_with(x, frame, inner)
+        .map_err(|_| XfrmStat::XfrmOutStateModeError)?;
     if !x.is_valid() {
         return Err(XfrmStat::XfrmOutStateInvalid);
     }
@@ -237,5 +406,56 @@ pub fn inner_l4_checksum(
         Ok(())
     } else {
         Err(BadChecksum)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp4(partial: bool) -> Vec<u8> {
+        let mut p = vec![0u8; 28 + 5];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&33u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = proto::UDP;
+        p[12..16].copy_from_slice(&[10, 1, 0, 1]);
+        p[16..20].copy_from_slice(&[10, 2, 0, 2]);
+        let c = !checksum::data(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p[20..22].copy_from_slice(&4000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&5000u16.to_be_bytes());
+        p[24..26].copy_from_slice(&13u16.to_be_bytes());
+        p[28..].copy_from_slice(b"hello");
+        let pseudo =
+            checksum::pseudo_header_v4([10, 1, 0, 1].into(), [10, 2, 0, 2].into(), proto::UDP, 13);
+        let v = if partial {
+            pseudo
+        } else {
+            !checksum::combine(&[pseudo, checksum::data(&p[20..])])
+        };
+        p[26..28].copy_from_slice(&v.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn partial_checksums_are_recognised() {
+        let full = udp4(false);
+        let info = flow::parse(&full).unwrap();
+        assert!(!csum_partial(&full, &info));
+        let part = udp4(true);
+        let info = flow::parse(&part).unwrap();
+        assert!(csum_partial(&part, &info));
+        // A wrong checksum that is not the pseudo-header sum is not "partial".
+        let mut bad = udp4(false);
+        bad[27] ^= 1;
+        let info = flow::parse(&bad).unwrap();
+        assert!(!csum_partial(&bad, &info));
+        // UDP checksum 0 (none) is not partial.
+        let mut none = udp4(false);
+        none[26] = 0;
+        none[27] = 0;
+        let info = flow::parse(&none).unwrap();
+        assert!(!csum_partial(&none, &info));
     }
 }

@@ -270,6 +270,19 @@ pub fn check_size(pkt: &[u8], mtu: u32) -> Result<SizeCheck, PmtuError> {
     }
 }
 
+/// [`check_size`] from the packet's parse: no second look at its header.
+pub fn check_size_parsed(info: &crate::wire::flow::L4Info, mtu: u32) -> SizeCheck {
+    if info.version == 6 {
+        let mtu = mtu.max(IPV6_MIN_MTU);
+        if info.ip_len as u32 > mtu {
+            return SizeCheck::PacketTooBig { mtu };
+        }
+    } else if info.ip_len as u32 > mtu && info.df {
+        return SizeCheck::FragNeeded { mtu };
+    }
+    SizeCheck::Fits
+}
+
 // ---------------------------------------------------------------------------------------
 // ICMP errors back to the sender, built in place.
 

@@ -3,11 +3,29 @@
 
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     os::fd::{AsRawFd, OwnedFd},
 };
 
 use anyhow::{Context, Result};
+
+use netlink_packet_core::{Emitable, NlaBuffer, NlasIterator, ParseableParametrized};
+use netlink_packet_route::{
+    link::{LinkAttribute, LinkHeader, LinkMessage},
+    neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourHeader, NeighbourMessage,
+    },
+    route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteLwEnCapType, RouteMessage, RouteMetric,
+        RouteType, RouteVia,
+    },
+    AddressFamily,
+};
+
+/// Fixed headers: struct ifinfomsg, rtmsg, ndmsg.
+const LINK_HEADER_LEN: usize = 16;
+const ROUTE_HEADER_LEN: usize = 12;
+const NEIGHBOUR_HEADER_LEN: usize = 12;
 
 use crate::datapath::sys::{setsockopt_int, socket};
 
@@ -38,30 +56,32 @@ pub(super) const RTNLGRP_NEIGH: u32 = 3;
 pub(super) const RTNLGRP_IPV4_ROUTE: u32 = 7;
 pub(super) const RTNLGRP_IPV6_ROUTE: u32 = 11;
 
+#[cfg(test)]
 pub(super) const RTA_DST: u16 = 1;
+#[cfg(test)]
 pub(super) const RTA_OIF: u16 = 4;
+#[cfg(test)]
 pub(super) const RTA_GATEWAY: u16 = 5;
+#[cfg(test)]
 pub(super) const RTA_PREFSRC: u16 = 7;
+#[cfg(test)]
 pub(super) const RTA_METRICS: u16 = 8;
-pub(super) const RTA_CACHEINFO: u16 = 12;
-pub(super) const RTA_VIA: u16 = 18;
+#[cfg(test)]
 pub(super) const RTAX_MTU: u16 = 2;
+#[cfg(test)]
 pub(super) const RTN_UNICAST: u8 = 1;
-pub(super) const RTN_LOCAL: u8 = 2;
 
-pub(super) const NDA_DST: u16 = 1;
-pub(super) const NDA_LLADDR: u16 = 2;
-pub(super) const NTF_USE: u8 = 0x01;
-
-pub(super) const IFLA_ADDRESS: u16 = 1;
-pub(super) const IFLA_IFNAME: u16 = 3;
+#[cfg(test)]
 pub(super) const IFLA_MTU: u16 = 4;
 pub(super) const IFLA_XDP: u16 = 43;
 pub(super) const IFLA_XDP_FD: u16 = 1;
 pub(super) const IFLA_XDP_FLAGS: u16 = 3;
+#[cfg(test)]
 pub(super) const IFLA_XDP_DRV_PROG_ID: u16 = 5;
-pub(super) const IFLA_XDP_SKB_PROG_ID: u16 = 6;
+#[cfg(test)]
 pub(super) const IFLA_XDP_HW_PROG_ID: u16 = 7;
+#[cfg(test)]
+pub(super) const IFLA_XDP_SKB_PROG_ID: u16 = 6;
 pub(super) const IFLA_XDP_EXPECTED_FD: u16 = 8;
 pub(super) const NLA_F_NESTED: u16 = 1 << 15;
 
@@ -79,51 +99,15 @@ pub mod nud {
     pub const VALID: u16 = PERMANENT | NOARP | REACHABLE | PROBE | STALE | DELAY;
 }
 
-pub(super) fn family_of(a: IpAddr) -> u8 {
+pub(super) fn family_of(a: IpAddr) -> AddressFamily {
     match a {
-        IpAddr::V4(_) => libc::AF_INET as u8,
-        IpAddr::V6(_) => libc::AF_INET6 as u8,
-    }
-}
-
-pub(super) fn addr_bytes(a: &IpAddr) -> Vec<u8> {
-    match a {
-        IpAddr::V4(v) => v.octets().to_vec(),
-        IpAddr::V6(v) => v.octets().to_vec(),
-    }
-}
-
-pub(super) fn parse_addr(b: &[u8]) -> Option<IpAddr> {
-    match b.len() {
-        4 => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
-        16 => {
-            let mut o = [0u8; 16];
-            o.copy_from_slice(b);
-            Some(IpAddr::V6(Ipv6Addr::from(o)))
-        }
-        _ => None,
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
     }
 }
 
 pub(super) fn align4(n: usize) -> usize {
     (n + 3) & !3
-}
-
-/// Route attributes (struct rtattr) after a fixed header: (type, payload) pairs.
-pub(super) fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff; // NLA_F_NESTED / NET_BYTEORDER
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let payload = &b[4..len];
-        b = &b[align4(len).min(b.len())..];
-        Some((ty, payload))
-    })
 }
 
 /// One request message: nlmsghdr + fixed header + attributes.
@@ -147,6 +131,12 @@ impl Msg {
         self.buf.extend_from_slice(payload);
         self.buf.resize(align4(self.buf.len()), 0);
         self
+    }
+    /// A request whose body the crate writes (fixed header and attributes).
+    pub(super) fn emit(ty: u16, flags: u16, body: &impl Emitable) -> Self {
+        let mut b = vec![0u8; body.buffer_len()];
+        body.emit(&mut b);
+        Self::new(ty, flags, &b)
     }
     pub(super) fn finish(mut self, seq: u32) -> Vec<u8> {
         let len = self.buf.len() as u32;
@@ -349,64 +339,79 @@ impl Neigh {
 }
 
 pub(super) fn parse_link(body: &[u8]) -> Option<Link> {
-    // struct ifinfomsg: family, pad, type(u16), index(i32), flags, change.
-    if body.len() < 16 {
-        return None;
-    }
-    let index = i32::from_ne_bytes(body[4..8].try_into().ok()?) as u32;
+    let (header, attributes) = link_message(body)?;
     let mut l = Link {
-        index,
+        index: header.index,
         name: String::new(),
         mac: [0; 6],
         mtu: 0,
     };
-    for (ty, p) in attrs(&body[16..]) {
-        match ty {
-            IFLA_ADDRESS if p.len() == 6 => l.mac.copy_from_slice(p),
-            IFLA_MTU if p.len() == 4 => l.mtu = u32::from_ne_bytes(p.try_into().ok()?),
-            IFLA_IFNAME => {
-                let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
-                l.name = String::from_utf8_lossy(&p[..end]).into_owned();
-            }
+    for a in attributes {
+        match a {
+            LinkAttribute::Address(p) if p.len() == 6 => l.mac.copy_from_slice(&p),
+            LinkAttribute::Mtu(mtu) => l.mtu = mtu,
+            LinkAttribute::IfName(name) => l.name = name,
             _ => {}
         }
     }
     Some(l)
 }
 
+/// An RTM_*LINK body: struct ifinfomsg (None when short) and the attributes that parse.
+pub(super) fn link_message(body: &[u8]) -> Option<(LinkHeader, Vec<LinkAttribute>)> {
+    let header = LinkHeader::parse(body).ok()?;
+    let family = header.interface_family;
+    let attrs = attributes(body.get(LINK_HEADER_LEN..)?, |n| {
+        LinkAttribute::parse_with_param(n, family).ok()
+    });
+    Some((header, attrs))
+}
+
+/// The attributes in `buf` that the crate parses: one that does not is skipped and a length
+/// past the end stops the walk, so a part the kernel adds later, or gets wrong, costs only
+/// itself (as in the kernel's own nla_for_each_attr users).
+pub(super) fn attributes<'a, A>(
+    buf: &'a [u8],
+    parse: impl Fn(&NlaBuffer<&'a [u8]>) -> Option<A>,
+) -> Vec<A> {
+    NlasIterator::new(buf)
+        .map_while(|n| n.ok())
+        .filter_map(|n| parse(&n))
+        .collect()
+}
+
 pub(super) fn parse_route(body: &[u8], dst: IpAddr) -> Option<Route> {
-    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags(u32).
-    if body.len() < 12 {
-        return None;
-    }
-    let rtype = body[7];
+    let header = RouteHeader::parse(body).ok()?;
+    let param = (header.address_family, header.kind, RouteLwEnCapType::None);
+    let attrs = attributes(body.get(ROUTE_HEADER_LEN..)?, |n| {
+        RouteAttribute::parse_with_param(n, param).ok()
+    });
+    let local = match header.kind {
+        RouteType::Unicast => false,
+        RouteType::Local => true,
+        _ => return None, // unreachable, blackhole, prohibit, broadcast, multicast…
+    };
     let mut r = Route {
         dst,
         oif: 0,
         gateway: None,
         prefsrc: None,
         mtu: None,
-        local: rtype == RTN_LOCAL,
+        local,
     };
-    if rtype != RTN_UNICAST && rtype != RTN_LOCAL {
-        return None; // unreachable, blackhole, prohibit, broadcast, multicast…
-    }
     let mut expires = false;
-    for (ty, p) in attrs(&body[12..]) {
-        match ty {
-            // struct rta_cacheinfo: clntref, lastuse, expires (s32), ...
-            RTA_CACHEINFO if p.len() >= 12 => {
-                expires = i32::from_ne_bytes(p[8..12].try_into().ok()?) != 0;
-            }
-            RTA_OIF if p.len() == 4 => r.oif = u32::from_ne_bytes(p.try_into().ok()?),
-            RTA_GATEWAY => r.gateway = parse_addr(p),
-            // struct rtvia: family (u16) then the address (an IPv4 route via IPv6).
-            RTA_VIA if p.len() > 2 => r.gateway = parse_addr(&p[2..]),
-            RTA_PREFSRC => r.prefsrc = parse_addr(p),
-            RTA_METRICS => {
-                for (mty, mp) in attrs(p) {
-                    if mty == RTAX_MTU && mp.len() == 4 {
-                        let m = u32::from_ne_bytes(mp.try_into().ok()?);
+    for a in attrs {
+        match a {
+            RouteAttribute::CacheInfo(c) => expires = c.expires != 0,
+            RouteAttribute::Oif(oif) => r.oif = oif,
+            RouteAttribute::Gateway(g) => r.gateway = route_addr(g),
+            // An IPv4 route via an IPv6 next hop.
+            RouteAttribute::Via(RouteVia::Inet(a)) => r.gateway = Some(IpAddr::V4(a)),
+            RouteAttribute::Via(RouteVia::Inet6(a)) => r.gateway = Some(IpAddr::V6(a)),
+            RouteAttribute::PrefSource(a) => r.prefsrc = route_addr(a),
+            RouteAttribute::Metrics(ms) => {
+                for m in ms {
+                    if let RouteMetric::Mtu(m) = m {
                         r.mtu = (m != 0).then_some(m);
                     }
                 }
@@ -420,31 +425,43 @@ pub(super) fn parse_route(body: &[u8], dst: IpAddr) -> Option<Route> {
     Some(r)
 }
 
-pub(super) fn parse_neigh(body: &[u8]) -> Option<Neigh> {
-    // struct ndmsg: family, pad1, pad2(u16), ifindex(i32), state(u16), flags, type.
-    if body.len() < 12 {
-        return None;
+fn route_addr(a: RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(a)),
+        _ => None,
     }
-    let ifindex = i32::from_ne_bytes(body[4..8].try_into().ok()?) as u32;
-    let state = u16::from_ne_bytes([body[8], body[9]]);
+}
+
+pub(super) fn parse_neigh(body: &[u8]) -> Option<Neigh> {
+    let header = NeighbourHeader::parse(body).ok()?;
+    let family = header.family;
+    let attrs = attributes(body.get(NEIGHBOUR_HEADER_LEN..)?, |n| {
+        NeighbourAttribute::parse_with_param(n, family).ok()
+    });
     let mut addr = None;
     let mut mac = None;
-    for (ty, p) in attrs(&body[12..]) {
-        match ty {
-            NDA_DST => addr = parse_addr(p),
-            NDA_LLADDR if p.len() == 6 => {
+    for a in attrs {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                addr = Some(IpAddr::V4(a))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                addr = Some(IpAddr::V6(a))
+            }
+            NeighbourAttribute::LinkLayerAddress(p) if p.len() == 6 => {
                 let mut m = [0u8; 6];
-                m.copy_from_slice(p);
+                m.copy_from_slice(&p);
                 mac = Some(m);
             }
             _ => {}
         }
     }
     Some(Neigh {
-        ifindex,
+        ifindex: header.ifindex,
         addr: addr?,
         mac,
-        state,
+        state: u16::from(header.state),
     })
 }
 
@@ -461,14 +478,22 @@ impl Rtnl {
     }
 
     pub(super) fn link_req(&mut self, index: u32, name: Option<&str>) -> Result<Link> {
-        let mut fixed = [0u8; 16];
-        fixed[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
-        let mut m = Msg::new(RTM_GETLINK, 0, &fixed);
+        self.get_link(index, name, parse_link)
+    }
+
+    /// RTM_GETLINK by index or name; `parse` reads the RTM_NEWLINK answer.
+    pub(super) fn get_link<T>(
+        &mut self,
+        index: u32,
+        name: Option<&str>,
+        parse: fn(&[u8]) -> Option<T>,
+    ) -> Result<T> {
+        let mut l = LinkMessage::default();
+        l.header.index = index;
         if let Some(n) = name {
-            let mut z = n.as_bytes().to_vec();
-            z.push(0);
-            m = m.attr(IFLA_IFNAME, &z);
+            l.attributes.push(LinkAttribute::IfName(n.to_string()));
         }
+        let m = Msg::emit(RTM_GETLINK, 0, &l);
         let what = name.map_or_else(|| format!("ifindex {index}"), |n| n.to_string());
         let replies = self
             .sock
@@ -477,7 +502,7 @@ impl Rtnl {
         replies
             .iter()
             .find(|(ty, _)| *ty == RTM_NEWLINK)
-            .and_then(|(_, b)| parse_link(b))
+            .and_then(|(_, b)| parse(b))
             .with_context(|| format!("interface {what}: no answer"))
     }
 
@@ -492,10 +517,11 @@ impl Rtnl {
 
     /// `ip route get DST`: the route the kernel would use.
     pub fn route_get(&mut self, dst: IpAddr) -> Result<Route> {
-        let mut fixed = [0u8; 12];
-        fixed[0] = family_of(dst);
-        fixed[1] = if dst.is_ipv4() { 32 } else { 128 };
-        let m = Msg::new(RTM_GETROUTE, 0, &fixed).attr(RTA_DST, &addr_bytes(&dst));
+        let mut r = RouteMessage::default();
+        r.header.address_family = family_of(dst);
+        r.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        r.attributes.push(RouteAttribute::Destination(dst.into()));
+        let m = Msg::emit(RTM_GETROUTE, 0, &r);
         let replies = self
             .sock
             .request(m, false)
@@ -509,8 +535,11 @@ impl Rtnl {
 
     /// `ip neigh get ADDR dev IF`; Ok(None) when the kernel has no entry.
     pub fn neigh_get(&mut self, ifindex: u32, addr: IpAddr) -> Result<Option<Neigh>> {
-        let m = Msg::new(RTM_GETNEIGH, 0, &ndmsg(ifindex, addr, 0, 0))
-            .attr(NDA_DST, &addr_bytes(&addr));
+        let m = Msg::emit(
+            RTM_GETNEIGH,
+            0,
+            &neigh_msg(ifindex, addr, NeighbourFlags::empty()),
+        );
         match self.sock.request(m, false) {
             Ok(replies) => Ok(replies
                 .iter()
@@ -525,12 +554,11 @@ impl Rtnl {
     /// NTF_USE runs neigh_event_send on the entry, created if needed; the kernel sends the
     /// ARP request / neighbour solicitation and reports the outcome as RTM_NEWNEIGH.
     pub fn neigh_resolve(&mut self, ifindex: u32, addr: IpAddr) -> Result<()> {
-        let m = Msg::new(
+        let m = Msg::emit(
             RTM_NEWNEIGH,
             NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
-            &ndmsg(ifindex, addr, 0, NTF_USE),
-        )
-        .attr(NDA_DST, &addr_bytes(&addr));
+            &neigh_msg(ifindex, addr, NeighbourFlags::Use),
+        );
         self.sock
             .request(m, false)
             .map(|_| ())
@@ -548,13 +576,15 @@ pub(super) fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
     b
 }
 
-pub(super) fn ndmsg(ifindex: u32, addr: IpAddr, state: u16, flags: u8) -> [u8; 12] {
-    let mut b = [0u8; 12];
-    b[0] = family_of(addr);
-    b[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-    b[8..10].copy_from_slice(&state.to_ne_bytes());
-    b[10] = flags;
-    b
+/// An ndmsg for `addr` on `ifindex` (state 0) with NDA_DST.
+fn neigh_msg(ifindex: u32, addr: IpAddr, flags: NeighbourFlags) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family_of(addr);
+    m.header.ifindex = ifindex;
+    m.header.flags = flags;
+    m.attributes
+        .push(NeighbourAttribute::Destination(addr.into()));
+    m
 }
 
 #[cfg(test)]
@@ -570,14 +600,14 @@ mod tests {
         let b = m.finish(5);
         let (ty, seq, body) = messages(&b).next().unwrap();
         assert_eq!((ty, seq), (RTM_GETROUTE, 5));
-        let a: Vec<_> = attrs(&body[12..]).collect();
+        let a = attributes(&body[12..], |n| Some((n.kind(), n.value().to_vec())));
         assert_eq!(a.len(), 3);
-        assert_eq!(a[0], (RTA_DST, &[10u8, 0, 0, 1][..]));
-        assert_eq!(a[2], (99, &[1u8, 2, 3][..]));
+        assert_eq!(a[0], (RTA_DST, vec![10u8, 0, 0, 1]));
+        assert_eq!(a[2], (99, vec![1u8, 2, 3]));
         // A length past the end stops the walk instead of panicking.
         let mut bad = body[12..].to_vec();
         bad[0] = 200;
-        assert_eq!(attrs(&bad).count(), 0);
+        assert_eq!(attributes(&bad, |_| Some(())).len(), 0);
         assert_eq!(messages(&b[..10]).count(), 0);
     }
 

@@ -1,7 +1,10 @@
 //! XDP attach over rtnetlink (IFLA_XDP): which programs an interface runs, and the netlink-mode
 //! attach that outlives the daemon (fail closed).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+
+use netlink_packet_core::Parseable;
+use netlink_packet_route::link::{LinkHeader, LinkXdp};
 
 use super::netlink::*;
 
@@ -24,51 +27,34 @@ pub enum XdpAttachMode {
 }
 
 pub(super) fn parse_link_xdp(body: &[u8]) -> Option<(u32, Vec<XdpProg>)> {
-    if body.len() < 16 {
-        return None;
-    }
-    let index = i32::from_ne_bytes(body[4..8].try_into().ok()?) as u32;
+    let header = LinkHeader::parse(body).ok()?;
     let mut progs = Vec::new();
-    for (ty, p) in attrs(&body[16..]) {
-        if ty != IFLA_XDP {
-            continue;
-        }
-        for (ty, p) in attrs(p) {
-            let mode = match ty {
-                IFLA_XDP_SKB_PROG_ID => XdpAttachMode::Skb,
-                IFLA_XDP_DRV_PROG_ID => XdpAttachMode::Drv,
-                IFLA_XDP_HW_PROG_ID => XdpAttachMode::Hw,
+    // IFLA_XDP by hand (the crate drops the whole nest for one bad entry), each entry
+    // through the crate.
+    let nests = attributes(body.get(16..)?, |n| {
+        (n.kind() & !NLA_F_NESTED == IFLA_XDP).then(|| n.value().to_vec())
+    });
+    for nest in nests {
+        for x in attributes(&nest, |n| LinkXdp::parse(n).ok()) {
+            let (id, mode) = match x {
+                LinkXdp::SkbProgId(id) => (id, XdpAttachMode::Skb),
+                LinkXdp::DrvProgId(id) => (id, XdpAttachMode::Drv),
+                LinkXdp::HwProgId(id) => (id, XdpAttachMode::Hw),
                 _ => continue,
             };
-            if let Ok(b) = <[u8; 4]>::try_from(p) {
-                let id = u32::from_ne_bytes(b);
-                if id != 0 {
-                    progs.push(XdpProg { id, mode });
-                }
+            if id != 0 {
+                progs.push(XdpProg { id, mode });
             }
         }
     }
-    Some((index, progs))
+    Some((header.index, progs))
 }
 
 impl Rtnl {
     /// The XDP programs on the interface named `name` (its index, then one entry per mode
     /// with a program: rtnl_xdp_fill reports each mode's program id).
     pub fn xdp_programs(&mut self, name: &str) -> Result<(u32, Vec<XdpProg>)> {
-        let mut fixed = [0u8; 16];
-        fixed[4..8].copy_from_slice(&0i32.to_ne_bytes());
-        let mut z = name.as_bytes().to_vec();
-        z.push(0);
-        let m = Msg::new(RTM_GETLINK, 0, &fixed).attr(IFLA_IFNAME, &z);
-        let replies = self
-            .sock
-            .request(m, false)
-            .with_context(|| format!("interface {name}"))?;
-        replies
-            .iter()
-            .find(|(ty, _)| *ty == RTM_NEWLINK)
-            .and_then(|(_, b)| parse_link_xdp(b))
-            .with_context(|| format!("interface {name}: no answer"))
+        self.get_link(0, Some(name), parse_link_xdp)
     }
 
     /// `ip link set dev IFINDEX xdp fd FD` (netlink mode, no bpf_link): RTM_SETLINK with
