@@ -163,6 +163,26 @@ impl DatagramStreams {
         }
     }
 
+    /// Datagrams sent so far from each side (A's first).
+    pub fn sent(&self) -> Vec<u64> {
+        self.streams
+            .iter()
+            .map(|x| x.2.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// How many datagrams numbered `first[i]` or later have arrived from each side.
+    pub fn received_since(&self, first: &[u64]) -> Vec<usize> {
+        self.streams
+            .iter()
+            .zip(first)
+            .map(|(x, &n0)| {
+                let got = x.1.lock().unwrap_or_else(|p| p.into_inner());
+                got.iter().filter(|&&n| n >= n0).count()
+            })
+            .collect()
+    }
+
     /// Stops the senders, lets the last datagrams land, stops the receivers; each
     /// direction's tally (A's first).
     pub fn finish(self) -> Result<Vec<StreamTally>> {

@@ -12,15 +12,7 @@
 //! number of gw-a's outbound SA after the restart is above every one before (none reused,
 //! none going backwards) and nothing crossed in clear; gw-b counts no replay.
 
-use std::{
-    collections::HashSet,
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use xfrm_tests::{
@@ -28,7 +20,7 @@ use xfrm_tests::{
     daemon::Daemon,
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
     init_logging,
-    load::{receiver, sender},
+    load::DatagramStreams,
     root_or_skip,
     scenario::{
         check_capture, config_lines, daemon_logs, heavy, report, start_ctl_gateway, wait_path,
@@ -163,27 +155,7 @@ fn body(
     })?;
 
     // Numbered datagrams both ways for the whole test.
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_rx = Arc::new(AtomicBool::new(false));
-    let mut streams = Vec::new();
-    for (s, port) in [(Side::A, 7201u16), (Side::B, 7202)] {
-        let got = Arc::new(Mutex::new(HashSet::new()));
-        let sent = Arc::new(AtomicU64::new(0));
-        let rx = receiver(
-            net.topo.ns(case.traffic_ns(net, s.other())),
-            port,
-            stop_rx.clone(),
-            got.clone(),
-        );
-        let tx = sender(
-            net.topo.ns(case.traffic_ns(net, s)),
-            SocketAddr::new(case.traffic_addr(net, s.other()), port),
-            UDP_INTERVAL,
-            stop.clone(),
-            sent.clone(),
-        );
-        streams.push((s, got, sent, rx, tx));
-    }
+    let streams = DatagramStreams::start(net, case, [7201, 7202], UDP_INTERVAL);
     let r = (|| -> Result<String> {
         std::thread::sleep(Duration::from_millis(1500));
         let before = tables(&gws[0])?;
@@ -201,10 +173,7 @@ fn body(
         }
         let restarted = start_ctl_gateway(net, Side::A, a_conf)?;
         drop(std::mem::replace(&mut gws[0], restarted));
-        let sent_at_restart: Vec<u64> = streams
-            .iter()
-            .map(|s| s.2.load(Ordering::Relaxed))
-            .collect();
+        let sent_at_restart = streams.sent();
         cap.mark();
         let after = tables(&gws[0])?;
         if after != before {
@@ -231,14 +200,9 @@ fn body(
         }
         // Traffic resumes both ways (bounded wait).
         let deadline = Instant::now() + Duration::from_secs(20);
-        for (i, (s, got, ..)) in streams.iter().enumerate() {
+        for (i, s) in [Side::A, Side::B].into_iter().enumerate() {
             loop {
-                let n = got
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .filter(|&&n| n >= sent_at_restart[i])
-                    .count();
+                let n = streams.received_since(&sent_at_restart)[i];
                 if n >= 100 {
                     break;
                 }
@@ -264,19 +228,10 @@ fn body(
                 .collect::<String>()
         ))
     })();
-    stop.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(300));
-    stop_rx.store(true, Ordering::Relaxed);
+    let tallies = streams.finish();
     let mut out = r?;
-    for (s, got, sent, rx, tx) in streams {
-        tx.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-        rx.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-        let sent = sent.load(Ordering::Relaxed);
-        let got = got.lock().unwrap_or_else(|p| p.into_inner()).len();
-        out += &format!(
-            "  UDP {s:?}->{:?}: {sent} sent, {got} received (the rest dropped while gw-a was down)\n",
-            s.other()
-        );
+    for t in tallies? {
+        out += &format!("  {t} (the lost ones while gw-a was down)\n");
     }
     // gw-b took nothing twice: a reused number would count as a replay.
     std::thread::sleep(Duration::from_millis(1200));

@@ -12,19 +12,14 @@
 //! charons force a rekey every 250 ms; their throughput is reported, not asserted.
 
 use std::{
-    collections::HashSet,
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use xfrm_tests::{
     gateway::{Case, Endpoints, Family, GatewayNet, Mode, NetOpts, SaSpec, Side, GCM128},
-    load::{paced_transfers, receiver, sender},
+    load::{paced_transfers, DatagramStreams},
     scenario::{transfers_both_ways, wait_path, wire_capture},
     strongswan::{run_test, sa_count, wait_for, with_sites, SiteConf, Sites},
     traffic::TransferReport,
@@ -142,28 +137,7 @@ fn rekey_under_load() -> Result<String> {
             " (a rekey came during it)"
         };
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_rx = Arc::new(AtomicBool::new(false));
-        let mut flows = Vec::new();
-        for (s, port) in [(Side::A, 6100u16), (Side::B, 6101)] {
-            let got = Arc::new(Mutex::new(HashSet::new()));
-            let sent = Arc::new(AtomicU64::new(0));
-            let rx = receiver(
-                net.topo.ns(case.traffic_ns(&net, s.other())),
-                port,
-                stop_rx.clone(),
-                got.clone(),
-            );
-            std::thread::sleep(Duration::from_millis(100));
-            let tx = sender(
-                net.topo.ns(case.traffic_ns(&net, s)),
-                SocketAddr::new(case.traffic_addr(&net, s.other()), port),
-                UDP_INTERVAL,
-                stop.clone(),
-                sent.clone(),
-            );
-            flows.push((s, rx, tx, got, sent));
-        }
+        let streams = DatagramStreams::start(&net, &case, [6100, 6101], UDP_INTERVAL);
         let load = Instant::now();
         let mut transfers = 0u32;
         let mut forced = false;
@@ -200,28 +174,11 @@ fn rekey_under_load() -> Result<String> {
             }
             sites.check_alive()?;
         }
-        stop.store(true, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_secs(1));
-        stop_rx.store(true, Ordering::Relaxed);
         let mut lines = Vec::new();
         let mut lost_total = 0;
-        for (s, rx, tx, got, sent) in flows {
-            tx.join().expect("sender thread")?;
-            rx.join().expect("receiver thread")?;
-            let sent = sent.load(Ordering::Relaxed);
-            let got = got.lock().unwrap_or_else(|p| p.into_inner());
-            let lost: Vec<u64> = (0..sent).filter(|n| !got.contains(n)).collect();
-            lost_total += lost.len();
-            lines.push(format!(
-                "{s:?}->{:?}: {sent} datagrams sent, {} lost{}",
-                s.other(),
-                lost.len(),
-                if lost.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (first {:?})", &lost[..lost.len().min(10)])
-                }
-            ));
+        for t in streams.finish()? {
+            lost_total += t.lost.len();
+            lines.push(t.to_string());
         }
         result?;
         // Old SAs are deleted: charon keeps a rekeyed CHILD_SA's inbound SA for a few
