@@ -156,6 +156,13 @@ pub fn output(data: &[u8]) {
         return;
     }
     let wire = f.data().to_vec();
+    // Transport mode keeps a fragment's IP header (as the kernel's does: it transforms
+    // before it fragments, so it never meets one of its own): the result is a fragment
+    // the peer reassembles before its xfrm_input, which is not what this round trip runs.
+    let fragment = xfrm_user::wire::flow::parse_l4(data).is_ok_and(|i| i.fragment);
+    if fragment && !tunnel_to(&wire) {
+        return;
+    }
     let peer = db_of(peer_of_site_a());
     let tables = InputTables::new(&peer);
     let mut back = OwnedFrame::with_room(&wire, 64, 64);
