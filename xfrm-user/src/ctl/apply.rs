@@ -107,6 +107,7 @@ pub fn control(
             ports,
             rules,
         } = compile(&d).map_err(|e| format!("request: {e:#} (nothing applied)"))?;
+        p.claim_slots();
         let g = tables.publish(d.clone());
         if let Err(e) = tables.wait(g, HANDOVER_TIMEOUT) {
             log::error!("control: {e}");

@@ -100,6 +100,15 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Raises the slots the new SAs share with live ones to their configured numbers: call
+    /// when the change goes live (before the workers see it), not before, so that a change
+    /// refused after it was prepared leaves the live SAs' numbers alone.
+    pub fn claim_slots(&self) {
+        for x in &self.delta.added {
+            x.claim_slot();
+        }
+    }
+
     /// The delta, while it is being prepared (not shared yet: nothing is copied).
     fn delta(&mut self) -> &mut TablesDelta {
         Arc::make_mut(&mut self.delta)
@@ -337,7 +346,8 @@ impl Store {
                     ));
                 };
                 check_update(&old.cfg, cfg)?;
-                let x = SecurityAssociation::with_slot(
+                // The live SA's slot: nothing written to it unless the change goes live.
+                let x = SecurityAssociation::on_slot(
                     (**cfg).clone(),
                     old.index,
                     clock_now,
@@ -472,7 +482,7 @@ impl Store {
                     let old = old.clone();
                     // The same key goes on from its numbers; a new key starts afresh.
                     let x = if check_update(&old.cfg, c).is_ok() {
-                        SecurityAssociation::with_slot(
+                        SecurityAssociation::on_slot(
                             c.clone(),
                             old.index,
                             clock_now,
@@ -611,6 +621,7 @@ impl Store {
     /// are marked dead: a worker still holding one would not use it any more.
     /// Returns what the state file could not take (the change is live all the same).
     pub fn commit(&mut self, mut p: Prepared) -> Result<(), String> {
+        p.claim_slots();
         for x in &p.delta.removed {
             x.set_km_state(KmState::Dead);
         }
@@ -905,6 +916,31 @@ mod tests {
         assert_eq!(s.sas().len(), 1);
         run(&mut s, "state flush").unwrap();
         assert!(s.sas().is_empty());
+    }
+
+    /// A `state update` shares the live SA's sequence-number slot: preparing it writes
+    /// nothing there (the change may still be refused, e.g. by the XDP maps); committing it
+    /// raises the numbers to the request's `replay-oseq`.
+    #[test]
+    fn a_prepared_update_leaves_the_live_numbers_until_committed() {
+        let mut s = store();
+        run(&mut s, &sa(0x10, 1)).unwrap();
+        let live = s.sas()[0].clone();
+        assert_eq!(live.oseq(), 0);
+        let upd = sa(0x10, 1).replace("state add", "state update") + " replay-oseq 500";
+        let r = parse_request(&upd, "request").unwrap();
+        let Executed::Change(p) = s
+            .execute(&r, None, Show::default(), Instant::now())
+            .unwrap()
+        else {
+            panic!("an update is a change");
+        };
+        assert_eq!(live.oseq(), 0, "prepared, not committed");
+        assert_eq!(live.curlft_packets(), 0);
+        drop(p);
+        assert_eq!(live.oseq(), 0, "dropped: nothing changed");
+        run(&mut s, &upd).unwrap();
+        assert_eq!(s.sas()[0].oseq(), 500);
     }
 
     /// A rejected change leaves everything as it was; unchanged SAs are the same objects

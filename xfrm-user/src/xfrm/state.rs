@@ -226,6 +226,8 @@ pub struct SecurityAssociation {
     /// the curlft update). Across a restart the count goes on with the number, so a packet
     /// limit bounds what the key protected, not what one run did.
     oseq_base: u64,
+    /// The input window's top when made, written to the slot by `claim_slot`.
+    claim_in_top: u64,
     /// curlft.bytes, the input path's packets (an inbound SA hands out no sequence
     /// numbers), add_time and use_time live in `slot` too: they go on across a restart.
     add_time: u64,
@@ -285,6 +287,16 @@ impl SecurityAssociation {
         now: u64,
         slot: SeqSlot,
     ) -> Result<Self, SaError> {
+        let x = Self::on_slot(cfg, index, now, slot)?;
+        x.claim_slot();
+        Ok(x)
+    }
+
+    /// [`Self::with_slot`] without writing to `slot` yet: for an SA that shares a live SA's
+    /// slot (a `state update`, a reload) in a change that may still be refused. Its numbers
+    /// start from what the slot holds now; [`Self::claim_slot`] raises the slot to its
+    /// configured ones once the change goes live.
+    pub fn on_slot(cfg: SaConfig, index: usize, now: u64, slot: SeqSlot) -> Result<Self, SaError> {
         let spi = cfg.id.spi;
         let crypto =
             SaCrypto::from_algorithm(&cfg.algorithm).map_err(|err| SaError::Crypto { spi, err })?;
@@ -326,21 +338,16 @@ impl SecurityAssociation {
         } else {
             u64::from(cfg.replay_oseq)
         };
-        slot.oseq().fetch_max(oseq, Ordering::Relaxed);
         // Kept from before a restart (or a `state update`), else now.
         let add_time = match slot.add_time().load(Ordering::Relaxed) {
-            0 => {
-                slot.add_time().store(now, Ordering::Relaxed);
-                now
-            }
+            0 => now,
             t => t,
         };
         let top = slot.in_top().load(Ordering::Relaxed);
         if top > replay.top() {
             replay.resume_above(top);
-        } else {
-            slot.in_top().store(replay.top(), Ordering::Relaxed);
         }
+        let claim_in_top = replay.top();
         Ok(Self {
             overhead: SaMtu::from_sa(&cfg),
             props,
@@ -350,6 +357,7 @@ impl SecurityAssociation {
             dying: AtomicBool::new(false),
             slot,
             oseq_base: oseq,
+            claim_in_top,
             add_time,
             expire_bounds: ExpireBounds::new(&cfg.lifetime, add_time),
             ip_id_base: random_u32() as u16,
@@ -427,6 +435,23 @@ impl SecurityAssociation {
         self.slot.oseq().load(Ordering::Relaxed)
     }
     /// Where this SA keeps its sequence counters, shared (see [`SeqSlot::share`]).
+    /// Writes this SA's configured numbers and add time into its slot (each only raises
+    /// what is there): what [`Self::on_slot`] left for the moment the SA goes live.
+    pub fn claim_slot(&self) {
+        self.slot
+            .oseq()
+            .fetch_max(self.oseq_base, Ordering::Relaxed);
+        let _ = self.slot.add_time().compare_exchange(
+            0,
+            self.add_time,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        self.slot
+            .in_top()
+            .fetch_max(self.claim_in_top, Ordering::Relaxed);
+    }
+
     pub fn share_slot(&self) -> SeqSlot {
         self.slot.share()
     }
