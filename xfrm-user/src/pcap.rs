@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::DataLink;
 
 use crate::config::Config;
@@ -26,6 +26,8 @@ use crate::xfrm::input::{xfrm_input, InputTables, InputVerdict};
 use crate::xfrm::output::{xfrm_output, Verdict};
 use crate::xfrm::spd::{DbError, XfrmDb};
 use crate::xfrm::state::ManualClock;
+
+mod records;
 
 const HEADROOM: usize = 256;
 const TAILROOM: usize = 2048;
@@ -186,7 +188,7 @@ fn run_capture<R: Read, W: Write, S>(
     setup: impl Fn(XfrmDb) -> S,
     mut step: impl FnMut(&S, &mut Frame<'_>) -> Step,
 ) -> Result<Tally, PcapModeError> {
-    let mut reader = PcapReader::new(input)?;
+    let mut reader = records::Records::new(input)?;
     let header = reader.header();
     let (ethernet, only_family) = match header.datalink {
         DataLink::ETHERNET => (true, None),
@@ -360,7 +362,7 @@ policy add src 10.1.0.0/16 dst 10.3.0.0/16 dir out priority 100 action block
     }
 
     fn read(cap: &[u8]) -> (DataLink, Vec<Vec<u8>>) {
-        let mut r = PcapReader::new(cap).unwrap();
+        let mut r = pcap_file::pcap::PcapReader::new(cap).unwrap();
         let link = r.header().datalink;
         let mut v = Vec::new();
         while let Some(p) = r.next_packet() {
