@@ -1048,6 +1048,41 @@ mod tests {
         );
     }
 
+    /// More SAs than one tick looks at: each soft expiry is still reported, once, within
+    /// the ticks it takes to go round the table.
+    #[test]
+    fn a_large_table_is_ticked_in_turns() {
+        let clock = Arc::new(ManualClock::new(1000));
+        let n = TICK_SAS + 100;
+        let states = (0..n)
+            .map(|i| {
+                let mut c = crate::xfrm::state::tests::esp_cfg(
+                    0x1000 + i as u32,
+                    "192.0.2.1",
+                    "192.0.2.2",
+                    crate::sa::XfrmMode::Tunnel,
+                );
+                c.lifetime.soft_add_expires_seconds = 10;
+                c
+            })
+            .collect();
+        let db = XfrmDb::with_clock(states, vec![], clock.clone()).unwrap();
+        let mut s = Store::new(&db);
+        assert_eq!(s.expiries(), (vec![], vec![]));
+        clock.set(1010);
+        let (first, hard) = s.expiries();
+        assert_eq!(first.len(), TICK_SAS, "one turn");
+        assert!(hard.is_empty());
+        let (second, _) = s.expiries();
+        assert_eq!(
+            first.len() + second.len(),
+            n,
+            "every SA once after one round"
+        );
+        assert_eq!(s.expiries().0.len(), 0, "soft once");
+        assert_eq!(s.expiries().0.len(), 0);
+    }
+
     #[test]
     fn expiries_are_reported_once_and_hard_ones_named_for_deletion() {
         let clock = Arc::new(ManualClock::new(1000));
