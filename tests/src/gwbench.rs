@@ -38,15 +38,26 @@ pub enum Route {
     Esp,
     /// (d) The same with `--queues 2` (two queues on every link).
     EspQueues2,
+    /// (e) ESP as (c), with [`SCALE_SAS`] SAs and [`SCALE_POLICIES`] policies per direction
+    /// loaded on both gateways ([`scale_config`]).
+    EspScale,
 }
 
+/// SAs loaded on each gateway in route (e), the traffic's two among them: what the XDP
+/// SA table holds (`xfrm_common::MAX_SAS`).
+pub const SCALE_SAS: usize = 65_536;
+/// Policies per direction (out, in, fwd) in route (e), the traffic's among them: what each
+/// XDP policy table holds (`xfrm_common::MAX_POLICIES`).
+pub const SCALE_POLICIES: usize = 1_024;
+
 impl Route {
-    pub const ALL: [Route; 5] = [
+    pub const ALL: [Route; 6] = [
         Route::KernelOffloadsOn,
         Route::KernelOffloadsOff,
         Route::NullTransform,
         Route::Esp,
         Route::EspQueues2,
+        Route::EspScale,
     ];
 
     pub fn label(self) -> &'static str {
@@ -56,6 +67,9 @@ impl Route {
             Route::NullTransform => "(b) xfrm-user, null transform (no ESP)",
             Route::Esp => "(c) xfrm-user, ESP AES-GCM-128",
             Route::EspQueues2 => "(d) xfrm-user, ESP AES-GCM-128, --queues 2",
+            Route::EspScale => {
+                "(e) xfrm-user, ESP AES-GCM-128, 65 536 SAs and 3 x 1 024 policies loaded"
+            }
         }
     }
 
@@ -67,6 +81,7 @@ impl Route {
             Route::NullTransform => "null",
             Route::Esp => "esp",
             Route::EspQueues2 => "esp_queues2",
+            Route::EspScale => "esp_64k_sas",
         }
     }
 
@@ -180,6 +195,9 @@ pub struct Report {
     pub figures: Vec<Figure>,
     /// Per route: the gateways' command line, or what the kernel path was.
     pub setups: Vec<(Route, String)>,
+    /// Per route through xfrm-user: from the daemons' start to their programs attached
+    /// (the slower of the two).
+    pub startups: Vec<(Route, Duration)>,
 }
 
 /// Runs every route with every load, reporting progress through `log`.
@@ -187,8 +205,8 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
     let mut rep = Report::default();
     for &route in &opts.routes {
         log(&format!("{}:", route.label()));
-        let (setup, figs) =
-            run_route(opts, route, log).with_context(|| format!("route {}", route.label()))?;
+        let (setup, figs) = run_route(opts, route, log, &mut rep.startups)
+            .with_context(|| format!("route {}", route.label()))?;
         rep.setups.push((route, setup));
         rep.figures.extend(figs);
     }
@@ -199,6 +217,7 @@ fn run_route(
     opts: &Options,
     route: Route,
     log: &mut dyn FnMut(&str),
+    startups: &mut Vec<(Route, Duration)>,
 ) -> Result<(String, Vec<Figure>)> {
     let offloads = route == Route::KernelOffloadsOn;
     let net = GatewayNet::new(NetOpts {
@@ -219,12 +238,14 @@ fn run_route(
             net.route_lans_through_wire()?;
         }
         let mut line = String::new();
+        let mut configs = Vec::new();
         for s in [Side::A, Side::B] {
-            let config = if null {
-                null_config(&case, &net, s)
-            } else {
-                case.config(&net, s)
+            let config = match route {
+                Route::NullTransform => null_config(&case, &net, s),
+                Route::EspScale => scale_config(&case, &net, s),
+                _ => case.config(&net, s),
             };
+            configs.push(config_counts(&config));
             let args = RunArgs {
                 inside: net.inside(s).ifname.clone(),
                 outside: net.outside(s).ifname.clone(),
@@ -261,13 +282,50 @@ fn run_route(
             }
             daemons.push(d);
         }
+        let mut startup = Duration::ZERO;
         for (s, d) in [Side::A, Side::B].into_iter().zip(&mut daemons) {
-            d.wait_attached(
+            let took = d.wait_attached(
                 t.ns(net.gw(s)),
                 &[&net.inside(s).ifname],
-                Duration::from_secs(30),
+                Duration::from_secs(120),
             )?;
+            startup = startup.max(took);
         }
+        // What the daemons say they loaded (their start line) is what their files hold:
+        // route (e) runs with its whole table.
+        if route == Route::EspScale && configs[0] != (SCALE_SAS, SCALE_POLICIES) {
+            bail!(
+                "route (e)'s configuration holds (SAs, out policies) {:?}",
+                configs[0]
+            );
+        }
+        for ((s, d), &want) in [Side::A, Side::B]
+            .into_iter()
+            .zip(&mut daemons)
+            .zip(&configs)
+        {
+            let end = Instant::now() + Duration::from_secs(30);
+            let got = loop {
+                if let Some(c) = loaded_counts(&d.log()) {
+                    break c;
+                }
+                d.check_alive()?;
+                if Instant::now() > end {
+                    bail!("gw-{s:?}: no start line after 30 s; log:\n{}", d.log());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if got != want {
+                bail!("gw-{s:?} loaded (SAs, out policies) {got:?}, not {want:?}");
+            }
+        }
+        let (sas, pols) = configs[0];
+        log(&format!(
+            "  loaded {sas} SAs and {pols} out policies per gateway; attached {:.1} s after \
+             start (the slower gateway)",
+            startup.as_secs_f64()
+        ));
+        startups.push((route, startup));
         line
     } else {
         net.route_lans_through_wire()?;
@@ -337,6 +395,111 @@ pub fn null_config(case: &Case, net: &GatewayNet, s: Side) -> String {
         .filter(|l| !l.contains(" dir in "))
         .map(|l| l.replace(" dir fwd ", " dir out ") + "\n")
         .collect()
+}
+
+/// The route (e) configuration of side `s`: the case's own ([`Case::config`]) within
+/// [`SCALE_SAS`] SAs and [`SCALE_POLICIES`] policies per direction. The others are SA
+/// pairs between the same two gateways (each its own SPI, reqid and key, as an IKE daemon
+/// with many child SAs to one peer installs them) and site-to-site policies to remote
+/// /24s of 10.128.0.0/14 that no traffic uses. The case's SAs sit in the middle of the
+/// SA list and its policies in the middle of each direction's lookup order, where a scan
+/// would meet half the table first. Both gateways load the same SAs.
+pub fn scale_config(case: &Case, net: &GatewayNet, s: Side) -> String {
+    let own = case.config(net, s);
+    let (states, policies): (Vec<&str>, Vec<&str>) = own
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .partition(|l| l.starts_with("state "));
+    let pairs = (SCALE_SAS - states.len()) / 2;
+    let addr = |side| case.outer.addr(net.outside(side));
+    // Pair k: from A (SPI 0x0010_0000 + k, reqid likewise) and from B (0x0020_0000 + k).
+    let sa = |k: usize, from: Side| {
+        let base = if from == Side::A {
+            0x0010_0000
+        } else {
+            0x0020_0000
+        };
+        (base + k as u32, addr(from), addr(from.other()))
+    };
+    let mut c = String::with_capacity(SCALE_SAS * 200);
+    let _ = writeln!(
+        c,
+        "# {} route (e): {SCALE_SAS} SAs, {SCALE_POLICIES} policies per direction",
+        case.name
+    );
+    let state = |c: &mut String, k: usize, from: Side| {
+        let (id, src, dst) = sa(k, from);
+        let key = crate::gateway::splitmix64(u64::from(id) ^ case.seed);
+        let _ = writeln!(
+            c,
+            "state add src {src} dst {dst} proto esp spi {id:#010x} reqid {id} mode tunnel \
+             aead 'rfc4106(gcm(aes))' 0x{key:016x}{:016x}{id:08x} 128 replay-window 128",
+            crate::gateway::splitmix64(key)
+        );
+    };
+    for k in 0..pairs {
+        if k == pairs / 2 {
+            for l in &states {
+                c.push_str(l);
+                c.push('\n');
+            }
+        }
+        state(&mut c, k, Side::A);
+        state(&mut c, k, Side::B);
+    }
+    let here = case.selector(net, s);
+    let others = SCALE_POLICIES - 1;
+    for dir in ["out", "in", "fwd"] {
+        for k in 0..others {
+            if k == others / 2 {
+                for l in policies
+                    .iter()
+                    .filter(|l| l.contains(&format!(" dir {dir} ")))
+                {
+                    c.push_str(l);
+                    c.push('\n');
+                }
+            }
+            let remote = format!("10.{}.{}.0/24", 128 + k / 256, k % 256);
+            let from = if dir == "out" { s } else { s.other() };
+            let (id, src, dst) = sa(k, from);
+            let (ssel, dsel) = if dir == "out" {
+                (&here, &remote)
+            } else {
+                (&remote, &here)
+            };
+            let _ = writeln!(
+                c,
+                "policy add src {ssel} dst {dsel} dir {dir} priority 100 tmpl src {src} \
+                 dst {dst} proto esp reqid {id} mode tunnel"
+            );
+        }
+    }
+    c
+}
+
+/// SAs and out policies of a configuration file.
+fn config_counts(config: &str) -> (usize, usize) {
+    let lines = |f: &dyn Fn(&str) -> bool| config.lines().filter(|l| f(l)).count();
+    (
+        lines(&|l| l.starts_with("state add ")),
+        lines(&|l| l.starts_with("policy add ") && l.contains(" dir out ")),
+    )
+}
+
+/// SAs and out policies a daemon loaded, from its start line ("…, 2 SAs, 1 out
+/// policies, …").
+pub fn loaded_counts(log: &str) -> Option<(usize, usize)> {
+    let line = log.lines().find(|l| l.contains(" out policies, "))?;
+    let before = |key: &str| -> Option<usize> {
+        line.split(key)
+            .next()?
+            .rsplit([' ', ','])
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((before(" SAs, ")?, before(" out policies, ")?))
 }
 
 /// What the daemon's latest counter line says its workers sent to the wire and to the inside.
@@ -592,7 +755,8 @@ impl Report {
     }
 
     /// `ratio_*=x` lines (ESP over the null transform, ESP over per-packet kernel
-    /// forwarding, two queues over one) and `cpu_ns_per_packet_*=x`, per load.
+    /// forwarding, two queues over one, 64k SAs over one pair) and `cpu_ns_per_packet_*=x`,
+    /// per load; `startup_s_*=x` per route through xfrm-user.
     pub fn summary(&self) -> Vec<String> {
         let mut out = Vec::new();
         let pairs = [
@@ -603,6 +767,7 @@ impl Report {
                 Route::KernelOffloadsOff,
             ),
             ("queues2_vs_1", Route::EspQueues2, Route::Esp),
+            ("64k_sas_vs_1_sa", Route::EspScale, Route::Esp),
         ];
         for (name, num, den) in pairs {
             for l in Load::ALL {
@@ -623,6 +788,9 @@ impl Report {
                 out.push(format!("cpu_ns_per_packet_{r}_{l}={c:.0} user={u:.0}"));
             }
         }
+        for (r, d) in &self.startups {
+            out.push(format!("startup_s_{}={:.1}", r.key(), d.as_secs_f64()));
+        }
         out
     }
 }
@@ -637,6 +805,14 @@ mod tests {
                     100 1000 100 18446744073709551615";
         assert_eq!(cpu_ticks(stat), Some((731, 269)));
         assert_eq!(cpu_ticks("1 (x) S"), None);
+    }
+
+    #[test]
+    fn loaded_counts_from_the_start_line() {
+        let log = "xfrm-user: gateway veth1 -> veth2 (Tunnel), 65536 SAs, 1024 out policies, \
+                   1 worker(s), host's own traffic through xfrm0; Ctrl-C stops\n";
+        assert_eq!(loaded_counts(log), Some((65536, 1024)));
+        assert_eq!(loaded_counts("xfrm-user: starting"), None);
     }
 
     #[test]
@@ -682,6 +858,7 @@ mod tests {
                 fig(Route::Esp, 1500.0),
             ],
             setups: Vec::new(),
+            startups: Vec::new(),
         };
         assert_eq!(
             rep.summary(),

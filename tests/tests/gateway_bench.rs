@@ -1,8 +1,9 @@
 //! `cargo xtask bench --gateway`'s harness, run for a second per iperf3 run so that it cannot
 //! rot unnoticed: every route (kernel forwarding with and without offloads, the null
-//! transform, ESP on one and two queues) comes up and carries TCP and UDP, the workers
-//! forward both ways where a daemon runs (`gwbench::run` checks their counters), and the
-//! summary has its lines. It measures nothing: no figure is compared with a speed.
+//! transform, ESP on one and two queues, ESP with 65 536 SAs and 1 024 policies per
+//! direction loaded) comes up and carries TCP and UDP, the workers forward both ways where a
+//! daemon runs (`gwbench::run` checks their counters, and that each daemon loaded the SAs
+//! and policies of its route), and the summary has its lines. It measures nothing: no figure is compared with a speed.
 
 use std::time::Instant;
 
@@ -37,7 +38,12 @@ fn gateway_bench_harness_runs_every_route() {
         assert_eq!(f.cpu_ns_per_packet.is_some(), daemon, "{f:?}");
     }
     let summary = rep.summary();
-    for name in ["esp_vs_null", "esp_vs_kernel_offloads_off", "queues2_vs_1"] {
+    for name in [
+        "esp_vs_null",
+        "esp_vs_kernel_offloads_off",
+        "queues2_vs_1",
+        "64k_sas_vs_1_sa",
+    ] {
         for load in ["tcp1", "udp64"] {
             let key = format!("ratio_{name}_{load}=");
             assert!(

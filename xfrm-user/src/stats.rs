@@ -103,6 +103,11 @@ impl XfrmStats {
         out
     }
 
+    /// Whether every counter is 0 (no allocation: the counter lines ask it of every SA).
+    pub fn is_zero(&self) -> bool {
+        self.values.iter().all(|v| v.load(Ordering::Relaxed) == 0)
+    }
+
     /// Only the non-zero counters, for summaries.
     pub fn render_nonzero(&self) -> String {
         let mut out = String::new();
@@ -130,5 +135,7 @@ mod tests {
         assert_eq!(s.get(XfrmStat::XfrmOutPolBlock), 2);
         assert!(s.render().contains("XfrmOutPolBlock                 2\n"));
         assert_eq!(s.render_nonzero().lines().count(), 1);
+        assert!(!s.is_zero());
+        assert!(XfrmStats::new().is_zero());
     }
 }

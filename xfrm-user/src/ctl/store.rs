@@ -50,6 +50,9 @@ struct Lists {
     larval: Vec<Larval>,
 }
 
+/// SAs the lifetime timer looks at per tick (see [`Store::expiries`]).
+pub const TICK_SAS: usize = 8192;
+
 pub struct Store {
     lists: Lists,
     /// The SAD (index order) and SPD as the workers have them.
@@ -58,6 +61,8 @@ pub struct Store {
     rng: u64,
     /// SAs (by index) whose soft expiry was reported.
     soft_reported: HashSet<usize>,
+    /// Where the next lifetime tick starts in a table larger than [`TICK_SAS`].
+    tick_cursor: usize,
     /// Acquires reported, until when (per policy and flow, as the kernel's larval state
     /// holds one acquire for XFRM_ACQ_EXPIRES).
     acquired: HashMap<(u32, FlowKey), u64>,
@@ -161,6 +166,7 @@ impl Store {
             clock: db.clock().clone(),
             rng: random_seed(),
             soft_reported: HashSet::new(),
+            tick_cursor: 0,
             acquired: HashMap::new(),
             from_config: db.states().iter().map(|x| x.cfg.id).collect(),
             policies_from_config: Default::default(),
@@ -661,7 +667,18 @@ impl Store {
     pub fn expiries(&mut self) -> (Vec<String>, Vec<StateId>) {
         let now = self.clock.now();
         let (mut events, mut hard) = (Vec::new(), Vec::new());
-        for x in self.tables.db.states() {
+        // Every SA per tick up to TICK_SAS of them; a larger table in turns, so that a tick
+        // costs the same with 65 536 SAs as with 8 192 (each SA is then seen every
+        // n / TICK_SAS ticks; the packet path checks the limits of an SA in use itself).
+        let all = self.tables.db.states();
+        let n = all.len();
+        let (from, count) = if n <= TICK_SAS {
+            (0, n)
+        } else {
+            (self.tick_cursor % n, TICK_SAS)
+        };
+        self.tick_cursor = (from + count) % n.max(1);
+        for x in all.iter().cycle().skip(from).take(count) {
             let (soft_now, hard_now) = x.lifetime_tick(now);
             let text = || render::state_text(x, Show::default());
             // A soft limit passed on the way to a hard one between two ticks is still
@@ -681,8 +698,11 @@ impl Store {
                 events.push(format!("Expired {}\thard 0\n", text()));
             }
         }
-        let live: HashSet<usize> = self.tables.db.states().iter().map(|x| x.index).collect();
-        self.soft_reported.retain(|i| live.contains(i));
+        // The few reported SAs, each looked up (the states are in index order), rather
+        // than a set of every live index per tick.
+        let states = self.tables.db.states();
+        self.soft_reported
+            .retain(|&i| states.binary_search_by_key(&i, |x| x.index).is_ok());
         (events, hard)
     }
 
@@ -1026,6 +1046,41 @@ mod tests {
             run(&mut s, "policy count").unwrap(),
             "SPD IN  0 OUT 0 FWD 0\n"
         );
+    }
+
+    /// More SAs than one tick looks at: each soft expiry is still reported, once, within
+    /// the ticks it takes to go round the table.
+    #[test]
+    fn a_large_table_is_ticked_in_turns() {
+        let clock = Arc::new(ManualClock::new(1000));
+        let n = TICK_SAS + 100;
+        let states = (0..n)
+            .map(|i| {
+                let mut c = crate::xfrm::state::tests::esp_cfg(
+                    0x1000 + i as u32,
+                    "192.0.2.1",
+                    "192.0.2.2",
+                    crate::sa::XfrmMode::Tunnel,
+                );
+                c.lifetime.soft_add_expires_seconds = 10;
+                c
+            })
+            .collect();
+        let db = XfrmDb::with_clock(states, vec![], clock.clone()).unwrap();
+        let mut s = Store::new(&db);
+        assert_eq!(s.expiries(), (vec![], vec![]));
+        clock.set(1010);
+        let (first, hard) = s.expiries();
+        assert_eq!(first.len(), TICK_SAS, "one turn");
+        assert!(hard.is_empty());
+        let (second, _) = s.expiries();
+        assert_eq!(
+            first.len() + second.len(),
+            n,
+            "every SA once after one round"
+        );
+        assert_eq!(s.expiries().0.len(), 0, "soft once");
+        assert_eq!(s.expiries().0.len(), 0);
     }
 
     #[test]

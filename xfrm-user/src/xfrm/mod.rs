@@ -17,6 +17,7 @@ pub mod output;
 pub mod persist;
 pub mod pmtu;
 pub mod policy_check;
+pub mod policy_index;
 pub mod replay;
 pub mod spd;
 pub mod state;

@@ -551,9 +551,17 @@ impl SecurityAssociation {
             0 => u64::MAX,
             t => t,
         };
-        let hard = self
-            .check_expire_limits(now, self.curlft_bytes(), self.curlft_packets(), use_time)
-            .is_err()
+        let (bytes, packets) = (self.curlft_bytes(), self.curlft_packets());
+        // Short of every limit (most SAs, most ticks): what the packet path's bounds say.
+        let b = &self.expire_bounds;
+        let near = bytes >= b.bytes
+            || packets >= b.packets
+            || now >= b.add_deadline
+            || now >= use_time.saturating_add(b.use_limit);
+        let hard = (near
+            && self
+                .check_expire_limits(now, bytes, packets, use_time)
+                .is_err())
             || self.km_state() == KmState::Expired;
         (self.is_dying() || hard, hard)
     }
