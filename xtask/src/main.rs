@@ -261,7 +261,11 @@ fn test(no_setup: bool, extra: &[String]) -> Result<()> {
     )?;
     println!("xtask test: all steps passed in {:.0?}", t0.elapsed());
     if !vaes {
-        println!("VAES code not run: CPU lacks vaes");
+        // The VAES AES-GCM is 512-bit: a CPU with VAES but no AVX-512 runs ring's code.
+        println!(
+            "VAES code not run: CPU lacks {}",
+            xfrm_user::crypto::vaes_missing().join(", ")
+        );
     }
     // The closing line CI readers look for: the sum over every test binary (the last
     // binary cargo runs is a doc-test one with 0 tests, which alone would read as "no test").

@@ -31,15 +31,40 @@ const HTAB_LEN: usize = MAX_POW + 3;
 /// Bytes per loop step.
 const STEP: usize = 256;
 
+/// What `VaesGcm` needs of the CPU, by /proc/cpuinfo's names: its vectors are 512 bits wide,
+/// so VAES alone (as on CPUs with VAES and AVX2 only) is not enough.
+pub const VAES_FEATURES: [&str; 7] = [
+    "aes",
+    "pclmulqdq",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "vaes",
+    "vpclmulqdq",
+];
+
+/// The features of [`VAES_FEATURES`] this CPU lacks.
+pub fn vaes_missing() -> Vec<&'static str> {
+    let has = [
+        std::is_x86_feature_detected!("aes"),
+        std::is_x86_feature_detected!("pclmulqdq"),
+        std::is_x86_feature_detected!("avx512f"),
+        std::is_x86_feature_detected!("avx512bw"),
+        std::is_x86_feature_detected!("avx512vl"),
+        std::is_x86_feature_detected!("vaes"),
+        std::is_x86_feature_detected!("vpclmulqdq"),
+    ];
+    VAES_FEATURES
+        .iter()
+        .zip(has)
+        .filter(|(_, has)| !has)
+        .map(|(f, _)| *f)
+        .collect()
+}
+
 /// Whether this CPU has what `VaesGcm` needs.
 pub fn cpu_has_vaes() -> bool {
-    std::is_x86_feature_detected!("aes")
-        && std::is_x86_feature_detected!("pclmulqdq")
-        && std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("vaes")
-        && std::is_x86_feature_detected!("vpclmulqdq")
+    vaes_missing().is_empty()
 }
 
 /// Whether [`super::ENV_NO_VAES`] is set (read once).
@@ -703,17 +728,7 @@ mod tests {
         let Some(flags) = proc_cpuinfo_flags() else {
             return;
         };
-        let want = [
-            "aes",
-            "pclmulqdq",
-            "avx512f",
-            "avx512bw",
-            "avx512vl",
-            "vaes",
-            "vpclmulqdq",
-        ]
-        .iter()
-        .all(|f| flags.iter().any(|g| g == f));
+        let want = VAES_FEATURES.iter().all(|f| flags.iter().any(|g| g == f));
         assert_eq!(cpu_has_vaes(), want, "/proc/cpuinfo flags: {flags:?}");
     }
 

@@ -32,7 +32,7 @@ pub mod gcm;
 #[cfg(target_arch = "x86_64")]
 mod gcm_vaes;
 #[cfg(target_arch = "x86_64")]
-pub use gcm_vaes::cpu_has_vaes;
+pub use gcm_vaes::{cpu_has_vaes, vaes_missing};
 
 /// Set (to any value), every AES-GCM key made afterwards in this process uses the fallback
 /// (ring and the portable GCM), not the VAES code: a machine with VAES tests and measures
@@ -43,6 +43,11 @@ pub const ENV_NO_VAES: &str = "XFRM_GCM_NO_VAES";
 #[cfg(not(target_arch = "x86_64"))]
 pub fn cpu_has_vaes() -> bool {
     false
+}
+/// What the VAES GCM would need that this CPU lacks (off x86_64: the architecture).
+#[cfg(not(target_arch = "x86_64"))]
+pub fn vaes_missing() -> Vec<&'static str> {
+    vec!["x86_64"]
 }
 pub mod hmac;
 
