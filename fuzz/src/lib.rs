@@ -163,6 +163,9 @@ pub fn output(data: &[u8]) {
     if fragment && !tunnel_to(&wire) {
         return;
     }
+    if source_routed_elsewhere(&wire) {
+        return;
+    }
     let peer = db_of(peer_of_site_a());
     let tables = InputTables::new(&peer);
     let mut back = OwnedFrame::with_room(&wire, 64, 64);
@@ -185,6 +188,22 @@ pub fn output(data: &[u8]) {
             "tunnel round trip changed the inner packet"
         );
     }
+}
+
+/// Whether AH's ICV covers another destination than `wire` is sent to: with a loose or
+/// strict source route, ah_output (ours as the kernel's) computes it over the route's final
+/// address, which the header carries only once the route's hops have forwarded the packet,
+/// so the peer at the first hop cannot verify it. The round trip does not model the hops.
+fn source_routed_elsewhere(wire: &[u8]) -> bool {
+    let Some(&b0) = wire.first() else {
+        return false;
+    };
+    let ihl = usize::from(b0 & 0x0f) * 4;
+    if b0 >> 4 != 4 || ihl <= 20 || wire.len() < ihl {
+        return false;
+    }
+    let mut hdr = wire[..ihl].to_vec();
+    xfrm_user::xfrm::ah::ip_clear_mutable_options(&mut hdr).is_ok() && hdr[16..20] != wire[16..20]
 }
 
 /// Whether `wire` is IP-in-ESP to a tunnel end point of site-a.conf (192.0.2.2, 203.0.113.50,
