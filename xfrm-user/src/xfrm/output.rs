@@ -142,10 +142,11 @@ pub fn csum_partial(pkt: &[u8], info: &flow::FlowInfo) -> bool {
     if info.fragment || !info.l4_present {
         return false;
     }
-    let off = match info.key.proto {
-        proto::TCP => 16,
-        proto::UDP => 6,
-        _ => return false,
+    if !matches!(info.key.proto, proto::TCP | proto::UDP) {
+        return false;
+    }
+    let Some(off) = crate::wire::l4_checksum_offset(info.key.proto) else {
+        return false;
     };
     let Some(l4) = pkt.get(info.l4_offset..info.ip_len) else {
         return false;
@@ -391,7 +392,7 @@ pub fn inner_l4_checksum(
         put16(l4, csum_off, c);
         return Ok(());
     }
-    if p == proto::UDP && l4[6] == 0 && l4[7] == 0 {
+    if p == proto::UDP && l4[csum_off] == 0 && l4[csum_off + 1] == 0 {
         return Ok(());
     }
     // ICMP (IPv4) has no pseudo-header; the parse proved the addresses are in `hdr`.
