@@ -139,7 +139,7 @@ impl Harness {
     fn with_db(db: XfrmDb, with_socket: bool) -> Self {
         init_logging();
         let mut dp = Datapath::load(&bpf_object()).expect("load the XDP object");
-        let rules = compile_sorted(db.policies(PolicyDir::Out), |p| Some(100 + p.index)).unwrap();
+        let rules = compile_sorted(db.policies(PolicyDir::Out)).unwrap();
         dp.set_out_policies(&rules).unwrap();
         let sock = with_socket.then(|| {
             let s = xdp_socket();

@@ -289,7 +289,7 @@ fn worker_moves_frames_between_veths() {
         protect("fd00:1::/64", "fd00:2::/64", 1),
     ];
     policies[1].templates[0].dst = IpAddr::V6(h2v6);
-    let rules = compile_sorted(&policies, |p| Some(p.index)).unwrap();
+    let rules = compile_sorted(&policies).unwrap();
     let h2_sock = udp_in(&e.t, e.h2, "0.0.0.0:5000".parse().unwrap());
     let h2_sock6 = udp_in(&e.t, e.h2, SocketAddr::new(h2v6.into(), 5000));
     let stats = run_gateway(

@@ -156,7 +156,7 @@ fn veth_redirect(test: &str, mode: AttachMode, tx_checksum: bool) {
     policies[1].index = 1;
     let db = XfrmDb::new(vec![], policies).unwrap();
     // Equal priorities: the db keeps config order, so policy_id = config index here.
-    let rules = compile_sorted(db.policies(PolicyDir::Out), |p| Some(40 + p.index)).unwrap();
+    let rules = compile_sorted(db.policies(PolicyDir::Out)).unwrap();
 
     let topo = &topo;
     topo.ns(gw)

@@ -158,13 +158,9 @@ pub struct PolicyRule {
     pub _pad: u8,
     /// Index of the policy in user space's policy list; handed to the worker in [`XdpMeta`].
     pub policy_id: u32,
-    /// The SA (first of the bundle) user space resolved for this policy, or [`NO_SA`].
-    pub sa_id: u32,
     /// The policy's priority (informational: the table is already sorted).
     pub priority: u32,
 }
-
-pub const NO_SA: u32 = u32::MAX;
 
 /// Which slot of a table is live, how many rules it has, and which port fields its index
 /// covers, in one u32 so that user space switches tables with a single atomic store: fill the
@@ -513,7 +509,7 @@ mod pod {
     unsafe impl aya::Pod for super::EncapPort {}
 }
 
-const _: () = assert!(core::mem::size_of::<PolicyRule>() == 88);
+const _: () = assert!(core::mem::size_of::<PolicyRule>() == 84);
 const _: () = assert!(core::mem::size_of::<Config>() == 16 + 4 * MAX_ENCAP_PORTS);
 const _: () = assert!(TABLE_SLOTS <= 8 && TABLE_SLOTS * MAX_POLICIES <= u32::MAX / 2);
 const _: () = assert!(core::mem::size_of::<PrefixKey>() == 20);
