@@ -14,7 +14,7 @@ use std::{
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use xfrm_common::{
     Counter, XdpMeta, META_F_FRAGMENT, META_F_INBOUND, META_F_IPV6, META_F_NON_IKE,
-    META_F_UDP_ENCAP, META_F_VLAN, NO_POLICY, NO_SA, XDP_META_MAGIC,
+    META_F_UDP_ENCAP, META_F_VLAN, NO_POLICY, XDP_META_MAGIC,
 };
 use xfrm_tests::{
     bpf_object, capture,
@@ -139,7 +139,7 @@ impl Harness {
     fn with_db(db: XfrmDb, with_socket: bool) -> Self {
         init_logging();
         let mut dp = Datapath::load(&bpf_object()).expect("load the XDP object");
-        let rules = compile_sorted(db.policies(PolicyDir::Out), |p| Some(100 + p.index)).unwrap();
+        let rules = compile_sorted(db.policies(PolicyDir::Out)).unwrap();
         dp.set_out_policies(&rules).unwrap();
         let sock = with_socket.then(|| {
             let s = xdp_socket();
@@ -234,9 +234,8 @@ fn verdicts_and_metadata() {
             magic: XDP_META_MAGIC,
             flags: 0,
             l3_offset: 14,
-            l4_offset: 34,
+            _pad: 0,
             policy_id: 0,
-            sa_id: 100,
         }
     );
 
@@ -244,10 +243,7 @@ fn verdicts_and_metadata() {
     assert_eq!(h.run(&udp4(7777).build()), (XDP_PASS, None));
     // Any other UDP port of the subnets: the priority-20 catch-all protects it.
     let (act, meta) = h.run(&udp4(1234).build());
-    assert_eq!(
-        (act, meta.map(|m| (m.policy_id, m.sa_id))),
-        (XDP_REDIRECT, Some((3, 103)))
-    );
+    assert_eq!((act, meta.map(|m| m.policy_id)), (XDP_REDIRECT, Some(3)));
     // TCP between the same hosts: no rule.
     let tcp = FrameSpec::new("10.1.0.1", "10.2.0.2", IPPROTO_TCP, 40000, 5555);
     assert_eq!(h.run(&tcp.build()), (XDP_PASS, None));
@@ -257,8 +253,8 @@ fn verdicts_and_metadata() {
     let (act, meta) = h.run(&v6.build());
     let m = meta.unwrap();
     assert_eq!(
-        (act, m.policy_id, m.flags, m.l3_offset, m.l4_offset),
-        (XDP_REDIRECT, 4, META_F_IPV6, 14, 54)
+        (act, m.policy_id, m.flags, m.l3_offset),
+        (XDP_REDIRECT, 4, META_F_IPV6, 14)
     );
     let mut v6_other = v6.clone();
     v6_other.dport = 444;
@@ -275,16 +271,13 @@ fn verdicts_and_metadata() {
     tagged.vlan = Some(42);
     let (act, meta) = h.run(&tagged.build());
     let m = meta.unwrap();
-    assert_eq!(
-        (act, m.flags, m.l3_offset, m.l4_offset),
-        (XDP_REDIRECT, META_F_VLAN, 18, 38)
-    );
+    assert_eq!((act, m.flags, m.l3_offset), (XDP_REDIRECT, META_F_VLAN, 18));
 
-    // IPv6 extension headers are walked to the transport header.
+    // IPv6 extension headers are walked to the transport header: its port 443 matches.
     let mut ext = v6.clone();
     ext.v6_ext = vec![0, 60, 43];
     let (act, meta) = h.run(&ext.build());
-    assert_eq!((act, meta.unwrap().l4_offset), (XDP_REDIRECT, 14 + 40 + 24));
+    assert_eq!((act, meta.map(|m| m.policy_id)), (XDP_REDIRECT, Some(4)));
 
     let c = h.dp.counters().unwrap();
     assert_eq!(c.get(Counter::Redirect), 6, "{c}");
@@ -384,10 +377,7 @@ fn fragments_and_odd_packets() {
     frag2.frag_offset = 100;
     let (act, meta) = h.run(&frag2.build());
     let m = meta.unwrap();
-    assert_eq!(
-        (act, m.flags, m.l4_offset),
-        (XDP_REDIRECT, META_F_FRAGMENT, 0)
-    );
+    assert_eq!((act, m.flags), (XDP_REDIRECT, META_F_FRAGMENT));
 
     // Too many IPv6 extension headers to follow: dropped, whatever the rules (fail closed).
     let mut deep = FrameSpec::new("fd00:9::1", "fd00:9::2", IPPROTO_UDP, 1, 2);
@@ -499,17 +489,16 @@ fn randomized_agrees_with_reference_lookup() {
                     Some(p) => match p.action {
                         PolicyAction::Block => (XDP_DROP, None),
                         PolicyAction::Allow if p.templates.is_empty() => (XDP_PASS, None),
-                        PolicyAction::Allow => (XDP_REDIRECT, Some((p.index, 100 + p.index))),
+                        PolicyAction::Allow => (XDP_REDIRECT, Some(p.index)),
                     },
                 }
             };
             let (act, meta) = h.run(&spec.build());
-            let got = (act, meta.map(|m| (m.policy_id, m.sa_id)));
+            let got = (act, meta.map(|m| m.policy_id));
             assert_eq!(
                 got, expected,
                 "seed {seed} round {round} ({n} policies) flow {flow:?}"
             );
-            assert!(meta.is_none_or(|m| m.sa_id != NO_SA));
             checked += 1;
         }
     }
@@ -665,28 +654,27 @@ fn outside_verdicts_and_metadata() {
         vec![],
         true,
     );
-    let inbound = |sa_id, flags, l4_offset| XdpMeta {
+    let inbound = |flags| XdpMeta {
         magic: XDP_META_MAGIC,
         flags: flags | META_F_INBOUND,
         l3_offset: 14,
-        l4_offset,
+        _pad: 0,
         policy_id: NO_POLICY,
-        sa_id,
     };
-    // ESP, AH, ESP over IPv6 to our SAs: to the worker with the SA id.
+    // ESP, AH, ESP over IPv6 to our SAs: to the worker, marked inbound.
     let esp = ipsec_frame(peer, us, IPPROTO_ESP, esp_payload(0x1001));
-    assert_eq!(h.run(&esp.build()), (XDP_REDIRECT, Some(inbound(0, 0, 34))));
+    assert_eq!(h.run(&esp.build()), (XDP_REDIRECT, Some(inbound(0))));
     let ah = ipsec_frame(peer, us, IPPROTO_AH, ah_payload(0x1002));
-    assert_eq!(h.run(&ah.build()), (XDP_REDIRECT, Some(inbound(1, 0, 34))));
+    assert_eq!(h.run(&ah.build()), (XDP_REDIRECT, Some(inbound(0))));
     let esp6 = ipsec_frame(peer6, us6, IPPROTO_ESP, esp_payload(0x1003));
     assert_eq!(
         h.run(&esp6.build()),
-        (XDP_REDIRECT, Some(inbound(2, META_F_IPV6, 54)))
+        (XDP_REDIRECT, Some(inbound(META_F_IPV6)))
     );
     // The SA is found by (daddr, SPI, protocol): the same SPI to the peer is the outbound SA
-    // (index 5), ESP with AH's SPI or to another address is unknown.
+    // (an SA of ours too), ESP with AH's SPI or to another address is unknown.
     let out_sa = ipsec_frame(us, peer, IPPROTO_ESP, esp_payload(0x1001));
-    assert_eq!(h.run(&out_sa.build()).1.map(|m| m.sa_id), Some(5));
+    assert_eq!(h.run(&out_sa.build()).0, XDP_REDIRECT);
     for f in [
         ipsec_frame(peer, us, IPPROTO_ESP, esp_payload(0x1002)),
         ipsec_frame(peer, us, IPPROTO_AH, ah_payload(0x1001)),
@@ -702,7 +690,7 @@ fn outside_verdicts_and_metadata() {
     let udp_esp = udp_frame(peer, us, 4500, esp_payload(0x1004));
     assert_eq!(
         h.run(&udp_esp.build()),
-        (XDP_REDIRECT, Some(inbound(3, META_F_UDP_ENCAP, 34)))
+        (XDP_REDIRECT, Some(inbound(META_F_UDP_ENCAP)))
     );
     let mut non_ike = vec![0u8; 8];
     non_ike.extend(esp_payload(0x1005));
@@ -710,7 +698,7 @@ fn outside_verdicts_and_metadata() {
         h.run(&udp_frame(peer, us, 4501, non_ike).build()),
         (
             XDP_REDIRECT,
-            Some(inbound(4, META_F_UDP_ENCAP | META_F_NON_IKE, 34))
+            Some(inbound(META_F_UDP_ENCAP | META_F_NON_IKE))
         )
     );
     let mut ike = vec![0u8; 4];
@@ -814,7 +802,10 @@ fn outside_one_armed_classifies_the_rest() {
     assert_eq!(h.run(&tcp), (XDP_DROP, None));
     // Inbound IPsec is still found first.
     let (act, meta) = h.run(&esp.build());
-    assert_eq!((act, meta.map(|m| m.sa_id)), (XDP_REDIRECT, Some(0)));
+    assert_eq!(
+        (act, meta.map(|m| m.flags & META_F_INBOUND)),
+        (XDP_REDIRECT, Some(META_F_INBOUND))
+    );
     let c = h.dp.outside_counters().unwrap();
     assert_eq!(
         (
@@ -834,7 +825,7 @@ fn outside_one_armed_classifies_the_rest() {
 /// What the outside program must do with an inbound packet, from the library: the input
 /// path's NAT-T classification (`udp_encap_classify`, xfrm4_udp_encap_rcv's rules) on its
 /// ports (`InputTables`), then `XfrmDb::state_lookup`.
-fn inbound_expected(db: &XfrmDb, tables: &InputTables, f: &FrameSpec) -> (u32, Option<(u32, u16)>) {
+fn inbound_expected(db: &XfrmDb, tables: &InputTables, f: &FrameSpec) -> (u32, Option<u16>) {
     let (spi, proto, flags) = match f.proto {
         IPPROTO_ESP => (
             u32::from_be_bytes(f.payload[0..4].try_into().unwrap()),
@@ -870,12 +861,9 @@ fn inbound_expected(db: &XfrmDb, tables: &InputTables, f: &FrameSpec) -> (u32, O
         _ => return (XDP_PASS, None),
     };
     match db.state_lookup(f.dst, spi, proto) {
-        Some(x) => {
+        Some(_) => {
             let v6 = if f.dst.is_ipv6() { META_F_IPV6 } else { 0 };
-            (
-                XDP_REDIRECT,
-                Some((x.index as u32, flags | META_F_INBOUND | v6)),
-            )
+            (XDP_REDIRECT, Some(flags | META_F_INBOUND | v6))
         }
         None => (XDP_PASS, None),
     }
@@ -955,7 +943,7 @@ fn randomized_outside_agrees_with_state_lookup() {
             (f.src, f.dst) = (src, dst);
             let expected = inbound_expected(&h.db, &tables, &f);
             let (act, meta) = h.run(&f.build());
-            let got = (act, meta.map(|m| (m.sa_id, m.flags)));
+            let got = (act, meta.map(|m| m.flags));
             assert_eq!(got, expected, "seed {seed} round {round} ({n} SAs) {f:?}");
             if let Some(m) = meta {
                 assert_eq!(m.policy_id, NO_POLICY);

@@ -289,7 +289,7 @@ fn worker_moves_frames_between_veths() {
         protect("fd00:1::/64", "fd00:2::/64", 1),
     ];
     policies[1].templates[0].dst = IpAddr::V6(h2v6);
-    let rules = compile_sorted(&policies, |p| Some(p.index)).unwrap();
+    let rules = compile_sorted(&policies).unwrap();
     let h2_sock = udp_in(&e.t, e.h2, "0.0.0.0:5000".parse().unwrap());
     let h2_sock6 = udp_in(&e.t, e.h2, SocketAddr::new(h2v6.into(), 5000));
     let stats = run_gateway(
@@ -459,8 +459,8 @@ fn recv_esp(fd: &OwnedFd, n: usize, wait: Duration) -> Vec<Vec<u8>> {
     got
 }
 
-/// The worker's transform for these tests: xfrm_output_bundle on the SA the classifier's
-/// metadata names; with `size_check`, first the size check against what the SA leaves of
+/// The worker's transform for these tests: xfrm_output_bundle on the SA of the policy the
+/// classifier's metadata names; with `size_check`, first the size check against what the SA leaves of
 /// the route MTU (ICMP back when too big).
 fn esp_output(
     db: Arc<XfrmDb>,
@@ -471,7 +471,17 @@ fn esp_output(
         let (Side::Inside, Some(m)) = (from, meta) else {
             return Action::Drop;
         };
-        let Some(x) = db.state(m.sa_id as usize) else {
+        // The SA as the output path finds it: the policy's first template, for this flow.
+        let Ok(info) = xfrm_user::wire::flow::parse(frame.data()) else {
+            return Action::Drop;
+        };
+        let Some(t) = db
+            .policy_by_id(m.policy_id)
+            .and_then(|p| p.templates.first())
+        else {
+            return Action::Drop;
+        };
+        let Some(x) = db.state_find(t, &info.key) else {
             return Action::Drop;
         };
         if size_check {
@@ -489,8 +499,8 @@ fn esp_output(
     }
 }
 
-/// The real output path in the worker: xfrm_output_bundle on the SA the classifier's
-/// metadata names, after the size check against the bundle's MTU.
+/// The real output path in the worker: xfrm_output_bundle on the SA of the policy the
+/// classifier's metadata names, after the size check against the bundle's MTU.
 #[test]
 fn worker_runs_esp_output_in_place() {
     if !root_or_skip("worker_runs_esp_output_in_place") {

@@ -17,23 +17,18 @@ const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ESP: u8 = 50;
 const IPPROTO_AH: u8 = 51;
 
-/// The verdict: `why` is [`Counter::RedirectIn`] for a known SA (then `sa_id` and the
-/// encapsulation's `META_F_*` in `flags`), else the pass counter that says why not.
+/// The verdict: `why` is [`Counter::RedirectIn`] for a known SA (then the encapsulation's
+/// `META_F_*` in `flags`), else the pass counter that says why not.
 /// A plain struct with every field always set, not an enum with payloads: LLVM may leave the
 /// payload registers of the other variants undefined, and the verifier refuses to read them.
 pub struct Inbound {
     pub why: Counter,
-    pub sa_id: u32,
     pub flags: u16,
 }
 
 impl Inbound {
     const fn pass(why: Counter) -> Self {
-        Self {
-            why,
-            sa_id: 0,
-            flags: 0,
-        }
+        Self { why, flags: 0 }
     }
     const NOT_IPSEC: Self = Self::pass(Counter::PassNotIpsec);
     const UNKNOWN_SPI: Self = Self::pass(Counter::PassUnknownSpi);
@@ -156,11 +151,11 @@ fn sa(flow: &Flow, spi: u32, proto: u8, flags: u16) -> Inbound {
         proto,
         _pad: 0,
     };
+    // The worker looks the SA up again by the same key in its own tables: only whether
+    // there is one matters here.
     match SAS.get_ptr(key) {
-        // SAFETY: a u32 map value, alive for this run (RCU); read once.
-        Some(id) => Inbound {
+        Some(_) => Inbound {
             why: Counter::RedirectIn,
-            sa_id: unsafe { *id },
             flags,
         },
         None => Inbound::UNKNOWN_SPI,

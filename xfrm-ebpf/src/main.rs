@@ -173,9 +173,8 @@ pub fn xfrm_outside(ctx: XdpContext) -> u32 {
                     magic: XDP_META_MAGIC,
                     flags: flow.flags | v.flags | META_F_INBOUND,
                     l3_offset: flow.l3_off,
-                    l4_offset: flow.l4_off,
+                    _pad: 0,
                     policy_id: NO_POLICY,
-                    sa_id: v.sa_id,
                 };
                 return to_worker(
                     &ctx,
@@ -223,9 +222,8 @@ fn policy(ctx: &XdpContext, flow: &parse::Flow, side: &Side) -> u32 {
                 magic: XDP_META_MAGIC,
                 flags: flow.flags,
                 l3_offset: flow.l3_off,
-                l4_offset: flow.l4_off,
+                _pad: 0,
                 policy_id: rule.policy_id,
-                sa_id: rule.sa_id,
             };
             to_worker(ctx, side, &meta, Counter::Redirect, Counter::DropNoSocket)
         }
@@ -251,7 +249,7 @@ fn to_worker(ctx: &XdpContext, side: &Side, m: &XdpMeta, ok: Counter, no_socket:
         side.count(no_socket);
         debug!(
             ctx,
-            "drop: policy {} sa {} but no AF_XDP socket on queue {}", m.policy_id, m.sa_id, queue
+            "drop: policy {} but no AF_XDP socket on queue {}", m.policy_id, queue
         );
         return xdp_action::XDP_DROP;
     }
@@ -272,13 +270,7 @@ fn to_worker(ctx: &XdpContext, side: &Side, m: &XdpMeta, ok: Counter, no_socket:
     let action = match side.xsks.redirect(queue, u64::from(xdp_action::XDP_DROP)) {
         Ok(action) => {
             side.count(ok);
-            trace!(
-                ctx,
-                "redirect: policy {} sa {} queue {}",
-                m.policy_id,
-                m.sa_id,
-                queue
-            );
+            trace!(ctx, "redirect: policy {} queue {}", m.policy_id, queue);
             action
         }
         Err(_) => {

@@ -158,13 +158,9 @@ pub struct PolicyRule {
     pub _pad: u8,
     /// Index of the policy in user space's policy list; handed to the worker in [`XdpMeta`].
     pub policy_id: u32,
-    /// The SA (first of the bundle) user space resolved for this policy, or [`NO_SA`].
-    pub sa_id: u32,
     /// The policy's priority (informational: the table is already sorted).
     pub priority: u32,
 }
-
-pub const NO_SA: u32 = u32::MAX;
 
 /// Which slot of a table is live, how many rules it has, and which port fields its index
 /// covers, in one u32 so that user space switches tables with a single atomic store: fill the
@@ -363,12 +359,16 @@ pub struct Config {
 ///   programs and drivers without metadata support fail it at run time; `adjust_head` works
 ///   wherever XDP does, native or generic.
 ///
-/// From the inside program: `policy_id` and `sa_id` of the matching protect rule. From the
-/// outside program for inbound IPsec ([`META_F_INBOUND`]): `policy_id` = [`NO_POLICY`],
-/// `sa_id` = the SA the (daddr, SPI, protocol) names, `l4_offset` = the header after the IP
-/// headers (ESP or AH; UDP with [`META_F_UDP_ENCAP`], the ESP header then following 8 bytes
-/// later, 16 with [`META_F_NON_IKE`]). Offsets count from the Ethernet header, not from the
-/// start of the header.
+/// From the inside program: `policy_id` of the matching protect rule. From the outside
+/// program for inbound IPsec ([`META_F_INBOUND`]): `policy_id` = [`NO_POLICY`], and the
+/// flags say how the SA's header is carried. Offsets count from the Ethernet header, not
+/// from the start of the header.
+///
+/// Neither the SA the program found nor the transport header's offset is carried: the
+/// worker reads the IP header again anyway (the IPv4 checksum, the length, the padding to
+/// cut) and the SPI and sequence number for the replay check, so an SA slot handed over
+/// would still have to be checked against (daddr, SPI, protocol) of the packet, which costs
+/// what the lookup costs (docs/architecture.md).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XdpMeta {
@@ -377,10 +377,9 @@ pub struct XdpMeta {
     pub flags: u16,
     /// Offset of the IP header from the start of the frame (after Ethernet and VLAN tags).
     pub l3_offset: u16,
-    /// Offset of the transport header (0 when there is none: non-first fragment).
-    pub l4_offset: u16,
+    /// Zero (every byte the program writes is set).
+    pub _pad: u16,
     pub policy_id: u32,
-    pub sa_id: u32,
 }
 
 pub const XDP_META_MAGIC: u16 = 0x5846; // "XF"
@@ -389,9 +388,9 @@ pub const META_F_IPV6: u16 = 1 << 0;
 pub const META_F_VLAN: u16 = 1 << 1;
 /// A non-first fragment (no transport header) or a first fragment (MF set).
 pub const META_F_FRAGMENT: u16 = 1 << 2;
-/// Inbound IPsec for a local SA (outside program): `sa_id` is from SAS, no policy.
+/// Inbound IPsec for a local SA (outside program, found in SAS): no policy.
 pub const META_F_INBOUND: u16 = 1 << 3;
-/// With META_F_INBOUND: ESP in UDP (NAT-T); `l4_offset` is the UDP header.
+/// With META_F_INBOUND: ESP in UDP (NAT-T).
 pub const META_F_UDP_ENCAP: u16 = 1 << 4;
 /// With META_F_UDP_ENCAP: the port is UDP_ENCAP_ESPINUDP_NON_IKE (8 zero bytes before ESP).
 pub const META_F_NON_IKE: u16 = 1 << 5;
@@ -510,7 +509,7 @@ mod pod {
     unsafe impl aya::Pod for super::EncapPort {}
 }
 
-const _: () = assert!(core::mem::size_of::<PolicyRule>() == 88);
+const _: () = assert!(core::mem::size_of::<PolicyRule>() == 84);
 const _: () = assert!(core::mem::size_of::<Config>() == 16 + 4 * MAX_ENCAP_PORTS);
 const _: () = assert!(TABLE_SLOTS <= 8 && TABLE_SLOTS * MAX_POLICIES <= u32::MAX / 2);
 const _: () = assert!(core::mem::size_of::<PrefixKey>() == 20);
@@ -519,4 +518,4 @@ const _: () = assert!(MAX_POLICIES <= 0xffff && MAX_POLICIES.is_multiple_of(64))
 const _: () = assert!(core::mem::size_of::<SaKey>() == 24);
 const _: () = assert!(core::mem::size_of::<RuleBitmap>() == 8 * BITMAP_WORDS + 8);
 const _: () = assert!(BITMAP_WORDS <= 64 && BITMAP_WORDS.is_power_of_two());
-const _: () = assert!(XDP_META_LEN == 16);
+const _: () = assert!(XDP_META_LEN == 12);

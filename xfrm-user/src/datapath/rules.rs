@@ -16,12 +16,12 @@ use anyhow::{bail, Result};
 use xfrm_common::{
     EncapPort, PolicyRule, PortKey, PrefixKey, RuleAction, RuleBitmap, SaKey, TableRef, DIM_DPORT,
     DIM_DST, DIM_SPORT, DIM_SRC, ENCAP_ESPINUDP, ENCAP_ESPINUDP_NON_IKE, FAMILY_V4, FAMILY_V6,
-    MAX_ENCAP_PORTS, MAX_POLICIES, MAX_SAS, NO_SA, PREFIX_KEY_HEADER_BITS,
+    MAX_ENCAP_PORTS, MAX_POLICIES, MAX_SAS, PREFIX_KEY_HEADER_BITS,
 };
 
 use crate::{
-    policy::{Policy, PolicyAction, PolicyDir, Template},
-    sa::{EncapType, SaConfig},
+    policy::{Policy, PolicyAction, PolicyDir},
+    sa::EncapType,
     selector::{FlowKey, Prefix, Selector},
     stats::XfrmStat,
     xfrm::{policy_check::xfrm_policy_check_plaintext, InputTables, XfrmDb},
@@ -54,12 +54,7 @@ fn prefix_words(p: &Prefix) -> ([u32; 4], [u32; 4]) {
 }
 
 /// One selector + verdict for the XDP table.
-pub fn compile_rule(
-    sel: &Selector,
-    action: RuleAction,
-    policy_id: u32,
-    sa_id: u32,
-) -> Result<PolicyRule> {
+pub fn compile_rule(sel: &Selector, action: RuleAction, policy_id: u32) -> Result<PolicyRule> {
     let family = match (sel.src.addr, sel.dst.addr) {
         (IpAddr::V4(_), IpAddr::V4(_)) => FAMILY_V4,
         (IpAddr::V6(_), IpAddr::V6(_)) => FAMILY_V6,
@@ -81,7 +76,6 @@ pub fn compile_rule(
         action: action as u8,
         _pad: 0,
         policy_id,
-        sa_id,
         priority: 0,
     })
 }
@@ -96,25 +90,17 @@ pub fn rule_action(p: &Policy) -> RuleAction {
 }
 
 /// The outbound table from policies already in lookup order (`XfrmDb::policies(Out)`);
-/// `policy_id` = position. `sa_of` gives the SA id hint the worker may start the bundle with
-/// ([`NO_SA`] when none is known statically: the worker resolves the templates per flow with
-/// `XfrmDb::tmpl_resolve`, and drops with XfrmOutNoStates as the kernel does without an SA).
-pub fn compile_sorted(
-    out: &[Policy],
-    sa_of: impl Fn(&Policy) -> Option<u32>,
-) -> Result<Vec<PolicyRule>> {
+/// `policy_id` = position. No SA goes with a rule: the worker resolves the templates per flow
+/// with `XfrmDb::tmpl_resolve`, and drops with XfrmOutNoStates as the kernel does without an
+/// SA.
+pub fn compile_sorted(out: &[Policy]) -> Result<Vec<PolicyRule>> {
     out.iter()
         .enumerate()
         .map(|(i, p)| {
             if p.dir != PolicyDir::Out {
                 bail!("policy {}: dir {:?} in the out table", p.index, p.dir);
             }
-            let mut r = compile_rule(
-                &p.selector,
-                rule_action(p),
-                i as u32,
-                sa_of(p).unwrap_or(NO_SA),
-            )?;
+            let mut r = compile_rule(&p.selector, rule_action(p), i as u32)?;
             r.priority = p.priority;
             Ok(r)
         })
@@ -134,7 +120,7 @@ pub fn inbound_rule_action(p: &Policy) -> RuleAction {
 }
 
 /// The `dir in` or `dir fwd` table of a database, in lookup order (`policy_id` = position
-/// in `XfrmDb::policies(dir)`); no SA hint (nothing is redirected by these rules).
+/// in `XfrmDb::policies(dir)`).
 pub fn compile_inbound(db: &XfrmDb, dir: PolicyDir) -> Result<Vec<PolicyRule>> {
     if dir == PolicyDir::Out {
         bail!("compile_inbound: the out table is compile_db's");
@@ -143,7 +129,7 @@ pub fn compile_inbound(db: &XfrmDb, dir: PolicyDir) -> Result<Vec<PolicyRule>> {
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let mut r = compile_rule(&p.selector, inbound_rule_action(p), i as u32, NO_SA)?;
+            let mut r = compile_rule(&p.selector, inbound_rule_action(p), i as u32)?;
             r.priority = p.priority;
             Ok(r)
         })
@@ -194,32 +180,10 @@ pub fn plaintext_check(
     }
 }
 
-/// The SA a template resolves to among the configured states (what `xfrm_state_find` does with
-/// a static SAD): destination, protocol, mode, and SPI / reqid / source when the template
-/// names them. Index into `states`.
-pub fn sa_for_template(states: &[SaConfig], t: &Template) -> Option<u32> {
-    states
-        .iter()
-        .position(|s| {
-            s.id.daddr == t.dst
-                && s.id.proto == t.proto
-                && s.mode == t.mode
-                && t.spi.is_none_or(|spi| spi == s.id.spi)
-                && (t.reqid == 0 || t.reqid == s.reqid)
-                && t.src.is_none_or(|src| src == s.saddr)
-        })
-        .map(|i| i as u32)
-}
-
-/// The outbound table of a database: its out policies in order; the SA hint is the first SA
-/// matching the first template by dst/proto/mode/spi/reqid/src, when there is one.
+/// The outbound table of a database: its out policies in order, each id with the
+/// database's tag.
 pub fn compile_db(db: &XfrmDb) -> Result<Vec<PolicyRule>> {
-    let states: Vec<SaConfig> = db.states().iter().map(|x| x.cfg.clone()).collect();
-    let mut rules = compile_sorted(db.policies(PolicyDir::Out), |p| {
-        p.templates
-            .first()
-            .and_then(|t| sa_for_template(&states, t))
-    })?;
+    let mut rules = compile_sorted(db.policies(PolicyDir::Out))?;
     // The database's tag on each id: see `XfrmDb::policy_by_id`.
     for (i, r) in rules.iter_mut().enumerate() {
         r.policy_id = db.policy_id(i);
@@ -512,6 +476,7 @@ pub fn encap_ports(tables: &InputTables) -> Result<[EncapPort; MAX_ENCAP_PORTS]>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Template;
     use crate::selector::PortMatch;
 
     fn sel(src: &str, dst: &str, proto: u8, dport: Option<u16>) -> Selector {
@@ -548,7 +513,6 @@ mod tests {
             &sel("10.1.2.3/16", "10.9.9.9/32", 17, Some(53)),
             RuleAction::Block,
             7,
-            NO_SA,
         )
         .unwrap();
         assert_eq!(r.src[0].to_ne_bytes(), [10, 1, 0, 0]);
@@ -559,13 +523,7 @@ mod tests {
         assert_eq!((r.dport, r.dport_mask, r.sport_mask), (53, 0xffff, 0));
         assert_eq!((r.family, r.proto, r.policy_id), (FAMILY_V4, 17, 7));
 
-        let r = compile_rule(
-            &sel("fd00:1::/33", "::/0", 0, None),
-            RuleAction::Bypass,
-            0,
-            1,
-        )
-        .unwrap();
+        let r = compile_rule(&sel("fd00:1::/33", "::/0", 0, None), RuleAction::Bypass, 0).unwrap();
         assert_eq!(r.family, FAMILY_V6);
         assert_eq!(r.src_mask[0], u32::MAX);
         assert_eq!(r.src_mask[1].to_ne_bytes(), [0x80, 0, 0, 0]);
@@ -578,8 +536,7 @@ mod tests {
         assert!(compile_rule(
             &sel("10.0.0.0/8", "fd00::/8", 0, None),
             RuleAction::Block,
-            3,
-            NO_SA
+            3
         )
         .is_err());
     }
@@ -613,13 +570,12 @@ mod tests {
         assert_eq!(t.iter().map(|r| r.priority).collect::<Vec<_>>(), [5, 5, 10]);
         assert_eq!(t[0].action, RuleAction::Block as u8);
         assert_eq!(t[1].action, RuleAction::Bypass as u8);
-        assert_eq!(t[0].sa_id, NO_SA);
         // A policy of another direction cannot enter the out table.
         let inbound = Policy {
             dir: PolicyDir::In,
             ..policy(any, 0, 3, PolicyAction::Block)
         };
-        assert!(compile_sorted(&[inbound], |_| None).is_err());
+        assert!(compile_sorted(&[inbound]).is_err());
     }
 
     /// Random tables over a small address/port space (so that rules overlap a lot), random
@@ -854,7 +810,6 @@ mod tests {
             [RuleAction::Bypass as u8, RuleAction::Protect as u8]
         );
         assert_eq!(inp.iter().map(|r| r.policy_id).collect::<Vec<_>>(), [0, 1]);
-        assert!(inp.iter().chain(&fwd).all(|r| r.sa_id == NO_SA));
 
         let tables = InputTables::new(&db);
         let flow = |dst: &str, proto, dport| FlowKey {

@@ -68,7 +68,7 @@ use crate::stats::{XfrmStat, XfrmStats};
 use crate::wire::flow;
 use crate::xfrm::{
     output::{xfrm_output_policy, OutputOpts, PolicyVerdict},
-    persist, xfrm_input, InputVerdict, SystemClock, Verdict, XfrmDb,
+    persist, xfrm_input_flow, InputVerdict, SystemClock, Verdict, XfrmDb,
 };
 
 /// What the workers share: the tables (SAD, SPD, input tables), each change handed over as a
@@ -260,12 +260,14 @@ impl Transform for GatewayTransform {
         match from {
             Side::Inside => self.output(meta, frame, ctx),
             Side::Local => self.output_local(frame, ctx),
-            // To the inner destination; the worker hands it to the host when that is one of
-            // its own addresses.
+            // To the inner destination, as the policy check parsed it; the worker hands it to
+            // the host when that is one of its own addresses.
             Side::Outside => {
                 let t = self.tables.get();
-                match xfrm_input(&t.db, &t.input, &self.stats, frame) {
-                    InputVerdict::Decapsulated => Action::Tx(Side::Inside),
+                match xfrm_input_flow(&t.db, &t.input, &self.stats, frame) {
+                    (InputVerdict::Decapsulated, Some(plain)) => {
+                        Action::Route(Side::Inside, plain.key.dst)
+                    }
                     _ => Action::Drop,
                 }
             }

@@ -180,11 +180,7 @@ pub fn take_meta(buf: &[u8], head: usize, len: usize) -> Option<Received> {
     let meta: XdpMeta = unsafe { std::ptr::read_unaligned(m.as_ptr() as *const XdpMeta) };
     let len = len.checked_sub(XDP_META_LEN)?;
     let head = head + XDP_META_LEN;
-    if meta.magic != XDP_META_MAGIC
-        || buf.len() < head + len
-        || usize::from(meta.l3_offset) > len
-        || usize::from(meta.l4_offset) > len
-    {
+    if meta.magic != XDP_META_MAGIC || buf.len() < head + len || usize::from(meta.l3_offset) > len {
         return None;
     }
     Some(Received { meta, head, len })
@@ -208,12 +204,12 @@ mod tests {
             magic: XDP_META_MAGIC,
             flags: META_F_INBOUND,
             l3_offset: 14,
-            l4_offset: 34,
+            _pad: 0,
             policy_id: 7,
-            sa_id: 9,
         };
-        let buf = frame_with(m, 240);
-        let r = take_meta(&buf, 240, 16 + 100).expect("valid header");
+        let at = 256 - XDP_META_LEN;
+        let buf = frame_with(m, at);
+        let r = take_meta(&buf, at, XDP_META_LEN + 100).expect("valid header");
         assert_eq!(
             r,
             Received {
@@ -222,15 +218,23 @@ mod tests {
                 len: 100
             }
         );
-        assert_eq!(take_meta(&buf, 241, 116), None, "not where the magic is");
-        assert_eq!(take_meta(&buf, 240, 15), None, "shorter than the header");
         assert_eq!(
-            take_meta(&buf, 240, 16 + 33),
+            take_meta(&buf, at + 1, XDP_META_LEN + 100),
             None,
-            "l4_offset beyond the packet"
+            "not where the magic is"
+        );
+        assert_eq!(
+            take_meta(&buf, at, XDP_META_LEN - 1),
+            None,
+            "shorter than the header"
+        );
+        assert_eq!(
+            take_meta(&buf, at, XDP_META_LEN + 13),
+            None,
+            "l3_offset beyond the packet"
         );
         assert_eq!(take_meta(&buf, 4090, 100), None, "outside the frame");
-        assert_eq!(take_meta(&buf, 240, 4000), None, "packet beyond the frame");
+        assert_eq!(take_meta(&buf, at, 4000), None, "packet beyond the frame");
     }
 
     #[test]

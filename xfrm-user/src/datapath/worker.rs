@@ -65,7 +65,7 @@ use super::neigh::{Hop, NeighReader, L2};
 use super::reasm::{Datagram, Reassembled};
 use super::umem::{new_umem, take_meta, Area, QueueSocket};
 use crate::frame::Frame;
-use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, HEADER_LEN as ETH_LEN};
+use crate::wire::ethernet::{EthernetFrame, EthernetRepr, HEADER_LEN as ETH_LEN};
 use crate::wire::{flow, ip_version, ipv4::Ipv4Packet, ipv6::Ipv6Packet};
 use crate::xfrm::pmtu::{self, Fragmenter, SizeCheck};
 
@@ -94,8 +94,11 @@ pub enum Side {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send the IP packet now in the frame out of `Side`, to the next hop towards its
-    /// destination address (the worker looks it up).
+    /// destination address (the worker reads it from the packet and looks the hop up).
     Tx(Side),
+    /// As `Tx`, to the next hop towards this destination, which the transform has read
+    /// from the packet already (the worker looks the hop up).
+    Route(Side, IpAddr),
     /// Send it out of `Side` to this next hop, which the transform looked up already.
     TxTo(Side, L2),
     /// The frame now holds an error for the sender (ICMP built in place): send it back out
@@ -753,13 +756,13 @@ impl<T: Transform> Worker<T> {
             inc(&stats.bad_frame);
             return; // outside the UMEM: cannot be ours, nothing to give back
         };
-        if head + len > buf.len() || len < ETH_LEN {
+        let Some(Ok(eth)) = buf.get(head..head + len).map(EthernetFrame::new_checked) else {
             inc(&stats.bad_frame);
             self.free.push(base);
             return;
-        }
-        let mut eth = [0u8; ETH_LEN];
-        eth.copy_from_slice(&buf[head..head + ETH_LEN]);
+        };
+        // Kept by value: the frame is the transform's from here on.
+        let rx_eth = EthernetRepr::parse(&eth);
         // The classifier said where IP starts (VLAN tags); without its header, plain Ethernet.
         let l3 = meta
             .map(|m| usize::from(m.l3_offset))
@@ -783,14 +786,12 @@ impl<T: Transform> Worker<T> {
                 inc(&stats.replies);
                 // Back to the sender's MAC, from the MAC it sent to; the host's own stack
                 // takes only frames to the TAP's MAC.
-                let mut dst = [0u8; 6];
-                let mut src = [0u8; 6];
-                dst.copy_from_slice(&eth[6..12]);
-                src.copy_from_slice(&eth[0..6]);
-                if from == Side::Local {
-                    dst = self.infos[Side::Local as usize].mac;
-                }
-                (from, dst, src)
+                let dst = if from == Side::Local {
+                    self.infos[Side::Local as usize].mac
+                } else {
+                    rx_eth.src_addr
+                };
+                (from, dst, rx_eth.dst_addr)
             }
             Action::TxTo(to, l2) => {
                 self.transmit(to, frame, base, &l2, stats);
@@ -802,18 +803,27 @@ impl<T: Transform> Worker<T> {
                     self.free.push(base);
                     return;
                 };
-                if to == Side::Local {
-                    self.deliver_local(frame, base, stats);
-                    return;
-                }
-                match self.neigh.next_hop(dst) {
-                    Some(hop) => self.forward(to, hop, frame, base, stats),
-                    None => self.park(to, dst, &frame, base, stats),
-                }
+                self.route(to, dst, frame, base, stats);
+                return;
+            }
+            Action::Route(to, dst) => {
+                self.route(to, dst, frame, base, stats);
                 return;
             }
         };
         self.send_eth(to, frame, base, dst_mac, src_mac, stats);
+    }
+
+    /// To the next hop towards `dst` out of `to` (held until it resolves), or to the host.
+    fn route(&mut self, to: Side, dst: IpAddr, frame: Frame<'_>, base: u64, stats: &WorkerStats) {
+        if to == Side::Local {
+            self.deliver_local(frame, base, stats);
+            return;
+        }
+        match self.neigh.next_hop(dst) {
+            Some(hop) => self.forward(to, hop, frame, base, stats),
+            None => self.park(to, dst, &frame, base, stats),
+        }
     }
 
     /// A frame whose destination resolved: to its next hop, or, decapsulated for one of the
@@ -920,10 +930,7 @@ impl<T: Transform> Worker<T> {
             self.free.push(base);
             return;
         };
-        let ethertype = match ip_version(frame.data()) {
-            Some(4) => ETHERTYPE_IPV4,
-            _ => ETHERTYPE_IPV6,
-        };
+        let eth = EthernetRepr::for_ip(l2.dst_mac, l2.src_mac, frame.data());
         let count = plan.count();
         if self.free.len() < count - 1 {
             inc(&stats.no_buffer);
@@ -937,7 +944,7 @@ impl<T: Transform> Worker<T> {
                 continue;
             };
             let at = XDP_HEADROOM;
-            write_eth(&mut out[at..], l2.dst_mac, l2.src_mac, ethertype);
+            eth.emit(&mut EthernetFrame::new_unchecked(&mut out[at..]));
             match plan.write(frame.data(), i, &mut out[at + ETH_LEN..]) {
                 Ok(n) => {
                     inc(&stats.fragments);
@@ -1124,12 +1131,9 @@ impl<T: Transform> Worker<T> {
                         break;
                     }
                 };
-                let ethertype = match ip_version(&buf[at..at + len]) {
-                    Some(4) => ETHERTYPE_IPV4,
-                    _ => ETHERTYPE_IPV6,
-                };
                 let mac = self.infos[Side::Outside as usize].mac;
-                write_eth(&mut buf[XDP_HEADROOM..], mac, [0; 6], ethertype);
+                let eth = EthernetRepr::for_ip(mac, [0; 6], &buf[at..at + len]);
+                eth.emit(&mut EthernetFrame::new_unchecked(&mut buf[XDP_HEADROOM..]));
                 n += 1;
                 inc(&stats.rx[Side::Outside as usize]);
                 inc(&stats.reassembled);
@@ -1156,16 +1160,13 @@ impl<T: Transform> Worker<T> {
         src: [u8; 6],
         stats: &WorkerStats,
     ) {
-        let ethertype = match ip_version(frame.data()) {
-            Some(4) => ETHERTYPE_IPV4,
-            _ => ETHERTYPE_IPV6,
-        };
+        let eth = EthernetRepr::for_ip(dst, src, frame.data());
         let Ok(h) = frame.push_head(ETH_LEN) else {
             inc(&stats.no_buffer);
             self.free.push(base);
             return;
         };
-        write_eth(h, dst, src, ethertype);
+        eth.emit(&mut EthernetFrame::new_unchecked(h));
         let desc = XdpDesc {
             addr: base + frame.head_offset() as u64,
             len: frame.len() as u32,
@@ -1234,12 +1235,6 @@ fn kick(fd: i32) -> std::io::Result<()> {
     } else {
         Ok(())
     }
-}
-
-fn write_eth(h: &mut [u8], dst: [u8; 6], src: [u8; 6], ethertype: u16) {
-    h[0..6].copy_from_slice(&dst);
-    h[6..12].copy_from_slice(&src);
-    h[12..14].copy_from_slice(&ethertype.to_be_bytes());
 }
 
 fn ip_dst(pkt: &[u8]) -> Option<IpAddr> {

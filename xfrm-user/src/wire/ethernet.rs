@@ -68,6 +68,58 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 }
 
+impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
+    pub fn set_dst_addr(&mut self, a: [u8; 6]) {
+        self.buffer.as_mut()[0..6].copy_from_slice(&a);
+    }
+    pub fn set_src_addr(&mut self, a: [u8; 6]) {
+        self.buffer.as_mut()[6..12].copy_from_slice(&a);
+    }
+    pub fn set_ethertype(&mut self, v: u16) {
+        put16(self.buffer.as_mut(), 12, v)
+    }
+}
+
+/// An untagged Ethernet II header by value: what the worker reads of a received frame and
+/// writes in front of the packets it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EthernetRepr {
+    pub dst_addr: [u8; 6],
+    pub src_addr: [u8; 6],
+    pub ethertype: u16,
+}
+
+impl EthernetRepr {
+    /// The header from `dst` to `src` for the IP packet `ip` (its EtherType by the version:
+    /// IPv4 for a version-4 header, IPv6 otherwise).
+    pub fn for_ip(dst_addr: [u8; 6], src_addr: [u8; 6], ip: &[u8]) -> Self {
+        let ethertype = match super::ip_version(ip) {
+            Some(4) => ETHERTYPE_IPV4,
+            _ => ETHERTYPE_IPV6,
+        };
+        Self {
+            dst_addr,
+            src_addr,
+            ethertype,
+        }
+    }
+    /// The first 14 bytes of a checked frame (the EtherType as it stands: 0x8100 when tagged).
+    pub fn parse<T: AsRef<[u8]>>(f: &EthernetFrame<T>) -> Self {
+        Self {
+            dst_addr: f.dst_addr(),
+            src_addr: f.src_addr(),
+            ethertype: f.ethertype(),
+        }
+    }
+    /// Writes the header into the first [`HEADER_LEN`] bytes of `f` (which must hold them:
+    /// `new_checked`, or a buffer of at least that length).
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, f: &mut EthernetFrame<T>) {
+        f.set_dst_addr(self.dst_addr);
+        f.set_src_addr(self.src_addr);
+        f.set_ethertype(self.ethertype);
+    }
+}
+
 /// A copy of an Ethernet header with its VLAN tags, without the final EtherType.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct L2Header {
@@ -143,6 +195,41 @@ mod tests {
         let e = EthernetFrame::new_checked(f.data()).unwrap();
         assert_eq!(e.src_addr(), [7, 8, 9, 10, 11, 12]);
         assert_eq!(e.ethertype(), ETHERTYPE_VLAN);
+    }
+
+    #[test]
+    fn repr_round_trips_through_the_view() {
+        let r = EthernetRepr {
+            dst_addr: [2, 0, 0, 0, 0, 1],
+            src_addr: [2, 0, 0, 0, 0, 2],
+            ethertype: ETHERTYPE_IPV6,
+        };
+        let mut b = [0xaau8; 20];
+        r.emit(&mut EthernetFrame::new_checked(&mut b[..]).unwrap());
+        assert_eq!(
+            &b[..14],
+            &[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x86, 0xdd],
+            "addresses, then the EtherType in network order"
+        );
+        assert_eq!(&b[14..], &[0xaa; 6], "nothing written past the header");
+        let f = EthernetFrame::new_checked(&b[..]).unwrap();
+        assert_eq!(EthernetRepr::parse(&f), r);
+        assert!(EthernetFrame::new_checked(&b[..13]).is_err());
+    }
+
+    #[test]
+    fn repr_for_ip_follows_the_version() {
+        let (d, s) = ([1; 6], [2; 6]);
+        assert_eq!(
+            EthernetRepr::for_ip(d, s, &[0x45, 0]).ethertype,
+            ETHERTYPE_IPV4
+        );
+        assert_eq!(
+            EthernetRepr::for_ip(d, s, &[0x60, 0]).ethertype,
+            ETHERTYPE_IPV6
+        );
+        let r = EthernetRepr::for_ip(d, s, &[0x45]);
+        assert_eq!((r.dst_addr, r.src_addr), (d, s));
     }
 
     #[test]

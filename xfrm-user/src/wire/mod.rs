@@ -94,10 +94,16 @@ pub fn ip_version(buf: &[u8]) -> Option<u8> {
 
 /// Where the checksum sits in a TCP, UDP, ICMP or ICMPv6 header (None: another protocol).
 pub fn l4_checksum_offset(p: u8) -> Option<usize> {
+    l4_checksum_field(p).map(|(at, _)| at)
+}
+
+/// [`l4_checksum_offset`] and the length of the fixed header that holds the checksum (the
+/// shortest segment whose checksum can be read or written).
+pub fn l4_checksum_field(p: u8) -> Option<(usize, usize)> {
     match p {
-        proto::TCP => Some(tcp::CHECKSUM_OFFSET),
-        proto::UDP => Some(udp::CHECKSUM_OFFSET),
-        proto::ICMP | proto::ICMPV6 => Some(icmp::CHECKSUM_OFFSET),
+        proto::TCP => Some((tcp::CHECKSUM_OFFSET, tcp::HEADER_LEN)),
+        proto::UDP => Some((udp::CHECKSUM_OFFSET, udp::HEADER_LEN)),
+        proto::ICMP | proto::ICMPV6 => Some((icmp::CHECKSUM_OFFSET, icmp::HEADER_LEN)),
         _ => None,
     }
 }

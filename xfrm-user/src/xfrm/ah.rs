@@ -9,7 +9,7 @@
 
 use crate::crypto::SaCrypto;
 use crate::frame::Frame;
-use crate::wire::{ah, ipv6, proto, put16, put32};
+use crate::wire::{ah, ipv6, proto, put32, Ipv4Packet, Ipv6Packet};
 
 use super::mode::XfrmLayout;
 use super::state::SecurityAssociation;
@@ -258,9 +258,10 @@ pub fn ah_output(
     // ah6_output's payload_len).
     if l.v6 {
         let plen = u16::try_from(total - ipv6::HEADER_LEN).map_err(|_| AhError::TooBig)?;
-        put16(data, 4, plen);
+        Ipv6Packet::new_unchecked(&mut *data).set_payload_len(plen);
     } else {
-        put16(data, 2, u16::try_from(total).map_err(|_| AhError::TooBig)?);
+        let len = u16::try_from(total).map_err(|_| AhError::TooBig)?;
+        Ipv4Packet::new_unchecked(&mut *data).set_total_len(len);
     }
     {
         let mut a = ah::AhPacket::new_unchecked(&mut data[l.xfrm_off..l.xfrm_off + ah_len]);

@@ -287,7 +287,7 @@ fn nat_t_transport_fix_l4_checksum(pkt: &mut [u8]) {
     if c == 0 && info.key.proto == proto::UDP {
         c = 0xffff;
     }
-    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    crate::wire::put16(l4, at, c);
 }
 
 fn drop_global(stats: &XfrmStats, s: XfrmStat) -> InputVerdict {
@@ -330,6 +330,31 @@ pub fn xfrm_input(
     t: &InputTables,
     stats: &XfrmStats,
     frame: &mut Frame<'_>,
+) -> InputVerdict {
+    xfrm_input_flow(db, t, stats, frame).0
+}
+
+/// [`xfrm_input`], and for a decapsulated packet the parse of the plaintext the policy check
+/// made (`Some` exactly with [`InputVerdict::Decapsulated`]): the caller routes it on
+/// `key.dst` without reading the packet again.
+pub fn xfrm_input_flow(
+    db: &XfrmDb,
+    t: &InputTables,
+    stats: &XfrmStats,
+    frame: &mut Frame<'_>,
+) -> (InputVerdict, Option<flow::FlowInfo>) {
+    let mut plain = None;
+    let v = xfrm_rcv(db, t, stats, frame, &mut plain);
+    (v, plain)
+}
+
+/// The body of [`xfrm_input_flow`]; `plain` receives the plaintext's parse.
+fn xfrm_rcv(
+    db: &XfrmDb,
+    t: &InputTables,
+    stats: &XfrmStats,
+    frame: &mut Frame<'_>,
+    plain: &mut Option<flow::FlowInfo>,
 ) -> InputVerdict {
     let now = db.now();
     let Some(mut h) = ip_headers(frame) else {
@@ -375,7 +400,7 @@ pub fn xfrm_input(
 
     let mut sp: [Option<&SecurityAssociation>; XFRM_MAX_DEPTH] = [None; XFRM_MAX_DEPTH];
     let mut sp_len = 0;
-    let last: &SecurityAssociation = loop {
+    let (last, info) = loop {
         // xfrm_parse_spi
         let pkt = frame.data();
         let (spi, seq_lo) = match h.proto {
@@ -467,9 +492,20 @@ pub fn xfrm_input(
             nat_t_transport_fix_l4_checksum(frame.data_mut());
         }
 
-        // Another SA to undo? After transport mode the next header says so; after a tunnel,
-        // the inner packet is ours again only when it is addressed to us (the kernel
-        // re-receives it and xfrm_input adds to the same sec path).
+        // The plaintext's one parse, which the policy check needs. Another SA to undo?
+        // After transport mode the next header says so; after a tunnel, the inner packet is
+        // ours again only when it is addressed to us (the kernel re-receives it and
+        // xfrm_input adds to the same sec path). Only a packet that may carry ESP/AH right
+        // after its IP headers (or whose headers the parse refused) has them walked the
+        // way the first round did.
+        let info = flow::parse(frame.data()).ok();
+        let may_nest = info.as_ref().is_none_or(|i| {
+            matches!(i.key.proto, proto::ESP | proto::AH)
+                || (i.version == 6 && i.l4_offset != ipv6::HEADER_LEN)
+        });
+        if !may_nest {
+            break (x, info);
+        }
         let Some(next) = ip_headers(frame) else {
             return drop_sa(x, stats, XfrmStat::XfrmInHdrError);
         };
@@ -480,7 +516,7 @@ pub fn xfrm_input(
                 .flatten()
                 .any(|s| s.daddr() == next.daddr);
         if !matches!(next.proto, proto::ESP | proto::AH) || !ours {
-            break x;
+            break (x, info);
         }
         if next.fragment || !next.csum_ok {
             return drop_sa(x, stats, XfrmStat::XfrmInHdrError);
@@ -491,7 +527,7 @@ pub fn xfrm_input(
     };
 
     // __xfrm_policy_check on the plaintext.
-    let Ok(info) = flow::parse(frame.data()) else {
+    let Some(info) = info else {
         return drop_sa(last, stats, XfrmStat::XfrmInHdrError);
     };
     let dir = if t.is_local(info.key.dst)
@@ -507,7 +543,10 @@ pub fn xfrm_input(
     let pol = db.policy_lookup(dir, &info.key);
     let xs: [&SecurityAssociation; XFRM_MAX_DEPTH] = std::array::from_fn(|i| sp[i].unwrap_or(last));
     match xfrm_policy_check(&info.key, &xs[..sp_len], pol) {
-        Ok(()) => InputVerdict::Decapsulated,
+        Ok(()) => {
+            *plain = Some(info);
+            InputVerdict::Decapsulated
+        }
         Err(s) => drop_global(stats, s),
     }
 }

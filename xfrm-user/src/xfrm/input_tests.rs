@@ -15,7 +15,8 @@ use crate::stats::{XfrmStat, XfrmStats};
 use crate::wire::{checksum, proto, Ipv4Packet, Ipv6Packet};
 
 use super::input::{
-    udp_encap_classify, xfrm_input, Consumed, InputTables, InputVerdict, UdpEncapRcv,
+    udp_encap_classify, xfrm_input, xfrm_input_flow, Consumed, InputTables, InputVerdict,
+    UdpEncapRcv,
 };
 use super::output::{xfrm_output_bundle, Verdict};
 use super::spd::XfrmDb;
@@ -1293,6 +1294,51 @@ fn inner_packet_outside_the_selector() {
     let (v, _) = link.recv(&link.send(&outside));
     assert_eq!(v, InputVerdict::Dropped(XfrmStat::XfrmInStateMismatch));
     link.assert_rx_counted(XfrmStat::XfrmInStateMismatch, 1);
+}
+
+/// What `xfrm_input_flow` hands the worker to route on is the parse of the plaintext it
+/// delivers, for a tunnel, a transport SA and a bundle (ESP transport inside an ESP tunnel:
+/// the plaintext of the first round is ESP again); nothing for a packet it drops.
+#[test]
+fn xfrm_input_flow_hands_the_plaintext_parse() {
+    let gcm = Alg::Gcm {
+        key_len: 16,
+        icv_bits: 128,
+    };
+    let tunnel = sa_cfg(0xb00, gcm, XfrmMode::Tunnel, false);
+    let transport6 = sa_cfg(0xb01, gcm, XfrmMode::Transport, true);
+    let (outer, inner) = (
+        sa_cfg(0xb02, gcm, XfrmMode::Tunnel, false),
+        sa_cfg(0xb03, gcm, XfrmMode::Transport, false),
+    );
+    for (bundle, v6) in [
+        (vec![tunnel], false),
+        (vec![transport6.clone()], true),
+        (vec![inner, outer], false),
+    ] {
+        let c = bundle[0].clone();
+        let link = Link::bundle(bundle, v6);
+        let pkt = packet_for(&c, v6, proto::UDP, 0, b"route me");
+        let mut f = OwnedFrame::with_room(&link.send(&pkt), 64, 64);
+        let (v, plain) =
+            f.with_frame(|fr| xfrm_input_flow(&link.rx, &link.tables, &link.rx_stats, fr));
+        assert_eq!(v, InputVerdict::Decapsulated, "{c:?}");
+        assert_eq!(f.data(), &pkt[..]);
+        assert_eq!(
+            plain,
+            Some(crate::wire::flow::parse(&pkt).unwrap()),
+            "{c:?}"
+        );
+        // A packet whose ICV does not verify: dropped, nothing to route.
+        let mut wire = link.send(&pkt);
+        let last = wire.len() - 1;
+        wire[last] ^= 1;
+        let mut f = OwnedFrame::with_room(&wire, 64, 64);
+        let (v, plain) =
+            f.with_frame(|fr| xfrm_input_flow(&link.rx, &link.tables, &link.rx_stats, fr));
+        assert!(matches!(v, InputVerdict::Dropped(_)), "{v:?}");
+        assert_eq!(plain, None);
+    }
 }
 
 #[test]

@@ -22,7 +22,7 @@ pub mod replay;
 pub mod spd;
 pub mod state;
 
-pub use input::{xfrm_input, InputTables, InputVerdict};
+pub use input::{xfrm_input, xfrm_input_flow, InputTables, InputVerdict};
 pub use output::{xfrm_output, xfrm_output_bundle, Verdict};
 pub use persist::{SaIdentity, SeqSlot, StateFile, StateFileError};
 pub use spd::XfrmDb;

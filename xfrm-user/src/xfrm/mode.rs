@@ -507,14 +507,10 @@ pub(crate) mod tests {
         let info = crate::wire::flow::parse(p).unwrap();
         let off = info.l4_offset;
         let len = (info.ip_len - off) as u32;
-        let csum_at = match info.key.proto {
-            6 => 16,
-            17 => 6,
-            1 | 58 => 2,
-            _ => return,
+        let Some(csum_at) = crate::wire::l4_checksum_offset(info.key.proto) else {
+            return;
         };
-        p[off + csum_at] = 0;
-        p[off + csum_at + 1] = 0;
+        p[off + csum_at..off + csum_at + 2].fill(0);
         let ph = match (info.key.src, info.key.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) if info.key.proto != 1 => {
                 checksum::pseudo_header_v4(s, d, info.key.proto, len)
@@ -526,7 +522,7 @@ pub(crate) mod tests {
         if c == 0 && info.key.proto == 17 {
             c = 0xffff;
         }
-        p[off + csum_at..off + csum_at + 2].copy_from_slice(&c.to_be_bytes());
+        crate::wire::put16(p, off + csum_at, c);
     }
 
     fn sa(cfg: SaConfig) -> SecurityAssociation {

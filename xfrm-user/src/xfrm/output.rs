@@ -11,7 +11,7 @@ use crate::frame::Frame;
 use crate::policy::{Policy, PolicyAction, PolicyDir};
 use crate::sa::{XfrmMode, XfrmProto};
 use crate::stats::{XfrmStat, XfrmStats};
-use crate::wire::{checksum, flow, proto, put16, tcp::TcpPacket};
+use crate::wire::{checksum, flow, proto, put16, tcp::TcpPacket, Ipv4Packet};
 
 use super::ah::ah_output;
 use super::esp::{esp_iv, esp_output, esp_tfc_padto};
@@ -142,10 +142,11 @@ pub fn csum_partial(pkt: &[u8], info: &flow::FlowInfo) -> bool {
     if info.fragment || !info.l4_present {
         return false;
     }
-    let off = match info.key.proto {
-        proto::TCP => 16,
-        proto::UDP => 6,
-        _ => return false,
+    if !matches!(info.key.proto, proto::TCP | proto::UDP) {
+        return false;
+    }
+    let Some(off) = crate::wire::l4_checksum_offset(info.key.proto) else {
+        return false;
     };
     let Some(l4) = pkt.get(info.l4_offset..info.ip_len) else {
         return false;
@@ -342,7 +343,7 @@ fn output_one(
     x.add_curlft(frame.len() - l.payload_off);
     if x.cfg.mode == XfrmMode::Tunnel && !l.v6 {
         // Fresh outer IPv4 ID (ip_select_ident), before AH covers it with the ICV.
-        put16(frame.data_mut(), 4, x.ip_ident(seq));
+        Ipv4Packet::new_unchecked(frame.data_mut()).set_ident(x.ip_ident(seq));
     }
     let typed = match x.cfg.id.proto {
         XfrmProto::Esp => esp_output(x, frame, &l, seq, &esp_iv(x, seq)).is_ok(),
@@ -373,11 +374,8 @@ pub fn inner_l4_checksum(
         return if partial { Err(BadChecksum) } else { Ok(()) };
     }
     let p = info.proto;
-    let (csum_off, min_len) = match p {
-        proto::TCP => (16, 20),
-        proto::UDP => (6, 8),
-        proto::ICMP | proto::ICMPV6 => (2, 4),
-        _ => return if partial { Err(BadChecksum) } else { Ok(()) },
+    let Some((csum_off, min_len)) = crate::wire::l4_checksum_field(p) else {
+        return if partial { Err(BadChecksum) } else { Ok(()) };
     };
     let (hdr, rest) = pkt.split_at_mut(info.l4_offset.min(pkt.len()));
     let l4 = rest
@@ -391,10 +389,10 @@ pub fn inner_l4_checksum(
         if c == 0 {
             c = 0xffff;
         }
-        l4[csum_off..csum_off + 2].copy_from_slice(&c.to_be_bytes());
+        put16(l4, csum_off, c);
         return Ok(());
     }
-    if p == proto::UDP && l4[6] == 0 && l4[7] == 0 {
+    if p == proto::UDP && l4[csum_off] == 0 && l4[csum_off + 1] == 0 {
         return Ok(());
     }
     // ICMP (IPv4) has no pseudo-header; the parse proved the addresses are in `hdr`.
