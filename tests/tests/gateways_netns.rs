@@ -299,8 +299,9 @@ fn two_gateways(name: &str, p: &Plan) {
         });
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // Up: the first packets to a host the cache has not met are dropped while the
-            // kernel resolves it, so the first ping may be lost.
-            let end = Instant::now() + Duration::from_secs(10);
+            // kernel resolves it, so the first ping may be lost. Both gateways load and verify
+            // their programs meanwhile, which took over 10 s on a loaded 2-core machine.
+            let end = Instant::now() + Duration::from_secs(60);
             let mut up = false;
             while !up && Instant::now() < end {
                 up = ping(topo, ha, p.hb) > 0;
