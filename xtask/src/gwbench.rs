@@ -5,16 +5,38 @@
 use anyhow::{bail, Result};
 use xfrm_tests::gwbench::{self, Load, Options, Route};
 
+use std::path::PathBuf;
+
 use crate::{ebpf, setup, util};
+
+/// The routes `--routes` names by letter (none: all), in the bench's order.
+fn routes(letters: &[char]) -> Result<Vec<Route>> {
+    if let Some(c) = letters.iter().find(|c| !"abcde".contains(**c)) {
+        bail!("--routes: unknown route `{c}`: expected letters of a, b, c, d, e");
+    }
+    Ok(Route::ALL
+        .into_iter()
+        .filter(|r| letters.is_empty() || letters.contains(&r.label().as_bytes()[1].into()))
+        .collect())
+}
 
 /// `bin`: the `xfrm-user` to run (None: the one this tree builds). `XFRM_GCM_NO_VAES=1` in
 /// the environment reaches the daemons and makes them use the AES-NI/AVX2 backend.
-pub fn gateway(secs: u32, bin: Option<std::path::PathBuf>) -> Result<()> {
+pub fn gateway(
+    secs: u32,
+    bin: Option<PathBuf>,
+    bpf: Option<PathBuf>,
+    letters: &[char],
+) -> Result<()> {
     if !util::is_root() {
         bail!("`cargo xtask bench --gateway` needs root: network namespaces, XDP, AF_XDP");
     }
+    let routes = routes(letters)?;
     setup::run(&[])?;
-    let bpf = ebpf::build(true)?;
+    let bpf = match bpf {
+        Some(b) => b,
+        None => ebpf::build(true)?,
+    };
     let bin = match bin {
         Some(b) => b,
         None => util::build_xfrm_user_release()?,
@@ -24,13 +46,17 @@ pub fn gateway(secs: u32, bin: Option<std::path::PathBuf>) -> Result<()> {
     } else {
         "the CPU's best (VAES where present)"
     };
-    println!("xfrm-user: {}; AES-GCM backend: {gcm}", bin.display());
+    println!(
+        "xfrm-user: {}; eBPF: {}; AES-GCM backend: {gcm}",
+        bin.display(),
+        bpf.display()
+    );
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     util::section(&format!(
         "gateway bench: iperf3 host-a -> host-b, {secs} s per run, {cpus} CPUs"
     ));
     let opts = Options {
-        routes: Route::ALL.to_vec(),
+        routes,
         loads: Load::ALL.to_vec(),
         secs,
         bin,

@@ -104,6 +104,13 @@ enum Cmd {
         /// --gateway with this `xfrm-user` binary instead of building one (A/B of two builds).
         #[arg(long, requires = "gateway")]
         bin: Option<std::path::PathBuf>,
+        /// --gateway with this eBPF object (the one built with --bin's tree: the two share
+        /// the XdpMeta layout).
+        #[arg(long, requires = "bin")]
+        bpf: Option<std::path::PathBuf>,
+        /// --gateway on these routes only, by letter: a (kernel, both), b, c, d, e.
+        #[arg(long, requires = "gateway", value_delimiter = ',')]
+        routes: Vec<char>,
         /// Extra arguments for `cargo bench -p xfrm-user` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -164,8 +171,10 @@ fn real_main() -> Result<()> {
             gateway: true,
             secs,
             bin,
+            bpf,
+            routes,
             ..
-        } => gwbench::gateway(secs, bin),
+        } => gwbench::gateway(secs, bin, bpf, &routes),
         Cmd::Bench {
             classifier, args, ..
         } => {
