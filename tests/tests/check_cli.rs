@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_xfrm-user"))
+    Command::new(xfrm_tests::daemon::xfrm_user_bin())
 }
 
 /// A 0600 copy of the example (a checkout leaves it 0644, which `check` refuses), removed
@@ -12,8 +12,9 @@ fn bin() -> Command {
 fn sample(name: &str) -> (tempfile::TempDir, PathBuf) {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join(name);
-    let text =
-        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/site-a.conf"));
+    let text = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../xfrm-user/examples/site-a.conf"),
+    );
     xfrm_user::keyfile::write_private(&p, text.unwrap()).unwrap();
     (d, p)
 }
