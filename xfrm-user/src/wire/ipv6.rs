@@ -3,7 +3,7 @@
 
 use std::net::Ipv6Addr;
 
-use super::{be16, proto, put16, Result, WireError};
+use super::{be16, proto, put16, put32, Result, WireError};
 
 pub const HEADER_LEN: usize = 40;
 pub const NEXT_HEADER_OFFSET: usize = 6;
@@ -161,6 +161,20 @@ pub struct UpperLayer {
     pub fragment: bool,
 }
 
+/// The fragment extension header (RFC 8200 section 4.5): next header, reserved, the
+/// offset in 8-byte units with the M flag, identification.
+pub const FRAG_HEADER_LEN: usize = 8;
+const FRAG_OFFSET_MASK: u16 = 0xfff8;
+
+/// Writes a fragment header into `b` ([`FRAG_HEADER_LEN`] bytes): `offset` in bytes (a
+/// multiple of 8), `more`: not the last fragment.
+pub fn emit_fragment_header(b: &mut [u8], next: u8, offset: usize, more: bool, ident: u32) {
+    b[0] = next;
+    b[1] = 0;
+    put16(b, 2, (offset as u16 & FRAG_OFFSET_MASK) | u16::from(more));
+    put32(b, 4, ident);
+}
+
 /// Walks hop-by-hop, routing, destination options, fragment and AH headers to the upper
 /// layer (ESP ends the walk: its content is opaque).
 pub fn upper_layer(pkt: &[u8]) -> Result<UpperLayer> {
@@ -175,7 +189,7 @@ pub fn upper_layer(pkt: &[u8]) -> Result<UpperLayer> {
         let len = ext_header_len(pkt, off, nh)?;
         if nh == proto::FRAGMENT {
             fragment = true;
-            let fo = be16(pkt, off + 2) & 0xfff8;
+            let fo = be16(pkt, off + 2) & FRAG_OFFSET_MASK;
             if fo != 0 {
                 later_fragment = true;
                 nh = pkt[off];

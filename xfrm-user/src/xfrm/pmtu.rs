@@ -20,6 +20,7 @@ use thiserror::Error;
 
 use crate::frame::{Frame, FrameError};
 use crate::sa::{EncapType, SaConfig, XfrmMode, XfrmProto};
+use crate::wire::icmp::{self, IcmpPacket};
 use crate::wire::ipv4::{self, Ipv4Packet, FLAG_MF, FRAG_OFFSET_MASK};
 use crate::wire::ipv6::{self, Ipv6Packet};
 use crate::wire::{checksum, proto, WireError};
@@ -31,7 +32,7 @@ pub const IPV4_MIN_MTU: u32 = 68;
 
 /// RFC 1812 §4.3.2.3 / __icmp_send: an ICMP error is at most 576 bytes.
 const ICMP_ERROR_MAX: usize = 576;
-const ICMP_HEADER_LEN: usize = 8;
+const ICMP_HEADER_LEN: usize = icmp::ERROR_HEADER_LEN;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 /// NR_ICMP_TYPES: types above it are unknown and never answered.
@@ -44,7 +45,7 @@ const DEFAULT_TTL: u8 = 64;
 /// __icmp_send: tos = RT_TOS(iph->tos) | IPTOS_PREC_INTERNETCONTROL for errors.
 const IPTOS_TOS_MASK: u8 = 0x1e;
 const IPTOS_PREC_INTERNETCONTROL: u8 = 0xc0;
-const FRAG_HDR_LEN: usize = 8;
+const FRAG_HDR_LEN: usize = ipv6::FRAG_HEADER_LEN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum PmtuError {
@@ -340,13 +341,10 @@ pub fn icmp4_frag_needed(
     let pkt = frame.push_head(ipv4::HEADER_LEN + ICMP_HEADER_LEN)?;
     let total = pkt.len();
     let (hdr, icmp) = pkt.split_at_mut(ipv4::HEADER_LEN);
-    icmp[0] = ICMP_DEST_UNREACH;
-    icmp[1] = ICMP_FRAG_NEEDED;
-    icmp[2..4].fill(0);
     // un.gateway = htonl(mtu): RFC 1191's unused half-word, then the next-hop MTU.
-    icmp[4..8].copy_from_slice(&mtu.min(0xffff).to_be_bytes());
+    icmp::emit_error_header(icmp, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu.min(0xffff));
     let c = !checksum::data(icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    IcmpPacket::new_unchecked(icmp).set_checksum(c);
 
     let mut ip = Ipv4Packet::new_unchecked(hdr);
     ip.set_version_ihl(ipv4::HEADER_LEN);
@@ -408,15 +406,12 @@ pub fn icmp6_packet_too_big(
     let pkt = frame.push_head(ipv6::HEADER_LEN + ICMP_HEADER_LEN)?;
     let payload_len = (pkt.len() - ipv6::HEADER_LEN) as u16;
     let (hdr, icmp) = pkt.split_at_mut(ipv6::HEADER_LEN);
-    icmp[0] = ICMPV6_PKT_TOOBIG;
-    icmp[1] = 0;
-    icmp[2..4].fill(0);
-    icmp[4..8].copy_from_slice(&mtu.to_be_bytes());
+    icmp::emit_error_header(icmp, ICMPV6_PKT_TOOBIG, 0, mtu);
     let sum = checksum::combine(&[
         checksum::pseudo_header_v6(src, orig_src, proto::ICMPV6, u32::from(payload_len)),
         checksum::data(icmp),
     ]);
-    icmp[2..4].copy_from_slice(&(!sum).to_be_bytes());
+    IcmpPacket::new_unchecked(icmp).set_checksum(!sum);
 
     let mut ip = Ipv6Packet::new_unchecked(hdr);
     ip.set_version_tc_flow(0, 0);
@@ -611,11 +606,7 @@ impl Fragmenter {
             } => {
                 frag[nexthdr_at] = proto::FRAGMENT;
                 let fh = &mut frag[self.hlen..self.hlen + FRAG_HDR_LEN];
-                fh[0] = next;
-                fh[1] = 0;
-                let off = (start as u16 & 0xfff8) | u16::from(!last);
-                fh[2..4].copy_from_slice(&off.to_be_bytes());
-                fh[4..8].copy_from_slice(&ident.to_be_bytes());
+                ipv6::emit_fragment_header(fh, next, start, !last, ident);
                 let plen = (self.hlen + FRAG_HDR_LEN + len - ipv6::HEADER_LEN) as u16;
                 Ipv6Packet::new_unchecked(frag).set_payload_len(plen);
             }
