@@ -293,6 +293,25 @@ pub fn state_json(x: &SecurityAssociation, show: Show) -> Value {
     v
 }
 
+/// `state count`: as ip prints it, or with `-j` the JSON object `{"count": N}` (ip has no
+/// JSON form of it; a client that asked for JSON gets JSON).
+pub fn sad_count(n: usize, show: Show) -> String {
+    if show.json {
+        format!("{}\n", json!({ "count": n }))
+    } else {
+        format!("SAD count {n}\n")
+    }
+}
+
+/// `policy count` per direction: as ip prints it, or with `-j` `{"in": a, "out": b, "fwd": c}`.
+pub fn spd_count(inb: usize, out: usize, fwd: usize, show: Show) -> String {
+    if show.json {
+        format!("{}\n", json!({ "in": inb, "out": out, "fwd": fwd }))
+    } else {
+        format!("SPD IN  {inb} OUT {out} FWD {fwd}\n")
+    }
+}
+
 /// One policy as `ip xfrm policy` prints it.
 pub fn policy_text(p: &Policy) -> String {
     let mut s = format!("{}\n", selector_text(&p.selector));

@@ -225,7 +225,7 @@ impl Store {
                     .collect();
                 Ok(Executed::Read(self.show_states(&v, show)))
             }
-            Request::StateCount => Ok(Executed::Read(format!("SAD count {}\n", self.sas().len()))),
+            Request::StateCount => Ok(Executed::Read(render::sad_count(self.sas().len(), show))),
             Request::PolicyGet(id) => {
                 let p = self.find_policy(id).ok_or_else(|| no_policy(id))?;
                 Ok(Executed::Read(show_policies(
@@ -246,11 +246,11 @@ impl Store {
             }
             Request::PolicyCount => {
                 let n = |d| self.lists.policies.iter().filter(|p| p.dir == d).count();
-                Ok(Executed::Read(format!(
-                    "SPD IN  {} OUT {} FWD {}\n",
+                Ok(Executed::Read(render::spd_count(
                     n(PolicyDir::In),
                     n(PolicyDir::Out),
-                    n(PolicyDir::Fwd)
+                    n(PolicyDir::Fwd),
+                    show,
                 )))
             }
             Request::Monitor => Ok(Executed::Read(String::new())),
@@ -913,6 +913,31 @@ mod tests {
     fn store() -> Store {
         let db = XfrmDb::with_clock(vec![], vec![], Arc::new(ManualClock::new(1000))).unwrap();
         Store::new(&db)
+    }
+
+    /// `-j` asks for JSON of every read, the counts too (ip prints them as text only).
+    #[test]
+    fn counts_in_json() {
+        let mut s = store();
+        run(&mut s, &sa(0x10, 1)).unwrap();
+        let json = Show {
+            json: true,
+            ..Show::default()
+        };
+        let read = |r: &str| match s.execute(
+            &parse_request(r, "t").unwrap(),
+            None,
+            json,
+            Instant::now(),
+        ) {
+            Ok(Executed::Read(b)) => serde_json::from_str::<serde_json::Value>(&b).unwrap(),
+            _ => panic!("{r}"),
+        };
+        assert_eq!(read("state count"), serde_json::json!({ "count": 1 }));
+        assert_eq!(
+            read("policy count"),
+            serde_json::json!({ "in": 0, "out": 0, "fwd": 0 })
+        );
     }
 
     #[test]
