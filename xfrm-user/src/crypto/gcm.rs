@@ -23,14 +23,32 @@ const MAX_TEXT_LEN: u64 = (1 << 36) - 32;
 /// AES-GCM key for rfc4106(gcm(aes)) / rfc4543(gcm(aes)): AES-128 or AES-256 key + 4-byte salt.
 /// Nonce = salt || 8-byte IV (RFC 4106 section 4).
 ///
-/// Seal and open go to the VAES/AVX-512 GCM where the CPU has it (`gcm_vaes`), otherwise to
-/// ring (seal, open with a full tag) and the portable GCM (open with a truncated tag).
+/// Seal and open go to the VAES/AVX-512 GCM where the CPU has it (`gcm_vaes`), else to the
+/// VAES/AVX2 one (`gcm_vaes256`), otherwise to ring (seal, open with a full tag) and the
+/// portable GCM (open with a truncated tag).
 pub struct GcmKey {
     ring: aead::LessSafeKey,
     portable: PortableGcm,
     #[cfg(target_arch = "x86_64")]
-    vaes: Option<super::gcm_vaes::VaesGcm>,
+    vaes: Option<Vaes>,
     salt: [u8; 4],
+}
+
+/// Our own GCMs, the widest the CPU runs.
+#[cfg(target_arch = "x86_64")]
+enum Vaes {
+    W512(super::gcm_vaes::VaesGcm),
+    W256(super::gcm_vaes256::Vaes256Gcm),
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Vaes {
+    fn new(key: &[u8]) -> Result<Option<Self>, CryptoError> {
+        if let Some(v) = super::gcm_vaes::VaesGcm::new(key)? {
+            return Ok(Some(Self::W512(v)));
+        }
+        Ok(super::gcm_vaes256::Vaes256Gcm::new(key)?.map(Self::W256))
+    }
 }
 
 impl GcmKey {
@@ -47,16 +65,18 @@ impl GcmKey {
             ring: aead::LessSafeKey::new(unbound),
             portable: PortableGcm::new(key, salt)?,
             #[cfg(target_arch = "x86_64")]
-            vaes: super::gcm_vaes::VaesGcm::new(key)?,
+            vaes: Vaes::new(key)?,
             salt,
         })
     }
 
-    /// Which backend `seal_in_place` uses: "vaes" or "ring".
+    /// Which backend `seal_in_place` uses: "vaes512", "vaes256" or "ring".
     pub fn backend(&self) -> &'static str {
         #[cfg(target_arch = "x86_64")]
-        if self.vaes.is_some() {
-            return "vaes";
+        match self.vaes {
+            Some(Vaes::W512(_)) => return "vaes512",
+            Some(Vaes::W256(_)) => return "vaes256",
+            None => {}
         }
         "ring"
     }
@@ -75,7 +95,10 @@ impl GcmKey {
         if let Some(v) = &self.vaes {
             check_tag_len(tag.len())?;
             check_text_len(in_out.len().max(aad.len()))?;
-            return v.seal(&self.salt, iv, aad, in_out, tag);
+            return match v {
+                Vaes::W512(v) => v.seal(&self.salt, iv, aad, in_out, tag),
+                Vaes::W256(v) => v.seal(&self.salt, iv, aad, in_out, tag),
+            };
         }
         self.seal_in_place_ring(iv, aad, in_out, tag)
     }
@@ -119,7 +142,10 @@ impl GcmKey {
         if let Some(v) = &self.vaes {
             check_tag_len(tag.len())?;
             check_text_len(in_out.len().max(aad.len()))?;
-            return v.open(&self.salt, iv, aad, in_out, tag);
+            return match v {
+                Vaes::W512(v) => v.open(&self.salt, iv, aad, in_out, tag),
+                Vaes::W256(v) => v.open(&self.salt, iv, aad, in_out, tag),
+            };
         }
         self.open_in_place_ring(iv, aad, in_out, tag)
     }
@@ -371,13 +397,21 @@ mod tests {
         let k = GcmKey::new(&[1; 16], [0; 4]).unwrap();
         #[cfg(target_arch = "x86_64")]
         let want = {
-            use super::super::gcm_vaes::{proc_cpuinfo_flags, VAES_FEATURES};
-            let has = match proc_cpuinfo_flags() {
-                Some(flags) => VAES_FEATURES.iter().all(|f| flags.iter().any(|g| g == f)),
-                None => super::super::gcm_vaes::cpu_has_vaes(),
+            use super::super::gcm_vaes::VAES_FEATURES;
+            use super::super::gcm_vaes256::VAES256_FEATURES;
+            use super::super::gcm_x86::proc_cpuinfo_flags;
+            let has = |features: &[&str]| match proc_cpuinfo_flags() {
+                Some(flags) => features.iter().all(|f| flags.iter().any(|g| g == f)),
+                None => crate::crypto::vaes_backends_missing()
+                    .iter()
+                    .any(|(_, m)| m.is_empty()),
             };
-            if has && std::env::var_os(crate::crypto::ENV_NO_VAES).is_none() {
-                "vaes"
+            if std::env::var_os(crate::crypto::ENV_NO_VAES).is_some() {
+                "ring"
+            } else if has(&VAES_FEATURES) {
+                "vaes512"
+            } else if has(&VAES256_FEATURES) {
+                "vaes256"
             } else {
                 "ring"
             }

@@ -6,10 +6,7 @@
 //! first and last steps' products. Used for seal and open when the CPU has the features
 //! (checked once per key); ring otherwise.
 //!
-//! GHASH is computed as POLYVAL (RFC 8452 appendix A): GHASH(H, X1..Xn) =
-//! ByteReverse(POLYVAL(mulX_POLYVAL(ByteReverse(H)), ByteReverse(X1), ..)), the same
-//! identity the `ghash` crate is built on; POLYVAL's field has the simpler reduction (two
-//! carry-less multiplications by x^127 + x^126 + x^121, Gueron's GCM-SIV code).
+//! GHASH runs as POLYVAL, with the helpers both VAES GCMs share (`gcm_x86`).
 //!
 //! Nothing here branches on or indexes by secret data: AES rounds and carry-less
 //! multiplications are constant-time instructions; lengths are public.
@@ -19,6 +16,10 @@ use core::arch::x86_64::*;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
+use super::gcm_x86::{
+    encrypt_block, finish, h_powers, j0, len_block, missing, mul_parts, reduce, round_keys,
+    u128_to_m128,
+};
 use super::CryptoError;
 
 /// Powers of H in the table: 16 data blocks of one step plus the AAD block in front and
@@ -45,21 +46,7 @@ pub const VAES_FEATURES: [&str; 7] = [
 
 /// The features of [`VAES_FEATURES`] this CPU lacks.
 pub fn vaes_missing() -> Vec<&'static str> {
-    let has = [
-        std::is_x86_feature_detected!("aes"),
-        std::is_x86_feature_detected!("pclmulqdq"),
-        std::is_x86_feature_detected!("avx512f"),
-        std::is_x86_feature_detected!("avx512bw"),
-        std::is_x86_feature_detected!("avx512vl"),
-        std::is_x86_feature_detected!("vaes"),
-        std::is_x86_feature_detected!("vpclmulqdq"),
-    ];
-    VAES_FEATURES
-        .iter()
-        .zip(has)
-        .filter(|(_, has)| !has)
-        .map(|(f, _)| *f)
-        .collect()
+    missing(&VAES_FEATURES)
 }
 
 /// Whether this CPU has what `VaesGcm` needs.
@@ -120,35 +107,10 @@ impl VaesGcm {
 
     #[target_feature(enable = "aes,pclmulqdq,avx512f,avx512bw,avx512vl,vaes,vpclmulqdq")]
     fn new_unchecked(key: &[u8]) -> Self {
-        let mut rk = [_mm_setzero_si128(); 15];
-        let rounds = if key.len() == 16 {
-            expand128(key, &mut rk);
-            10
-        } else {
-            expand256(key, &mut rk);
-            14
-        };
-        let mut g = Self {
-            rk: [0; 15],
-            rounds,
-            htab: [0; HTAB_LEN],
-        };
-        for (d, s) in g.rk.iter_mut().zip(rk.iter()) {
-            *d = m128_to_u128(*s);
-        }
-        // H = E_K(0^128); GHASH's H in POLYVAL's field: mulX(ByteReverse(H)).
-        let h = g.encrypt_block(_mm_setzero_si128());
-        let h = u128::from_le_bytes(m128_to_u128(h).to_be_bytes());
-        let hi = h >> 127;
-        let h = (h << 1) ^ hi ^ (hi << 127) ^ (hi << 126) ^ (hi << 121);
-        let h1 = u128_to_m128(h);
-        let mut p = h1;
-        for i in (0..MAX_POW).rev() {
-            g.htab[i] = m128_to_u128(p);
-            let (lo, mid, hi) = mul_parts(p, h1);
-            p = reduce(lo, mid, hi);
-        }
-        g
+        let (rk, rounds) = round_keys(key);
+        let mut htab = [0; HTAB_LEN];
+        h_powers(&rk, rounds, &mut htab[..MAX_POW]);
+        Self { rk, rounds, htab }
     }
 
     /// Seal in place: `tag` gets the first tag.len() bytes (at most 16) of the GCM tag.
@@ -190,13 +152,8 @@ impl VaesGcm {
 
     #[target_feature(enable = "aes,pclmulqdq,avx512f,avx512bw,avx512vl,vaes,vpclmulqdq")]
     #[inline]
-    fn encrypt_block(&self, mut b: __m128i) -> __m128i {
-        let rk = |i: usize| u128_to_m128(self.rk[i]);
-        b = _mm_xor_si128(b, rk(0));
-        for i in 1..self.rounds {
-            b = _mm_aesenc_si128(b, rk(i));
-        }
-        _mm_aesenclast_si128(b, rk(self.rounds))
+    fn encrypt_block(&self, b: __m128i) -> __m128i {
+        encrypt_block(&self.rk, self.rounds, b)
     }
 
     /// Four blocks at once.
@@ -318,13 +275,7 @@ impl VaesGcm {
         for (d, s) in rk.iter_mut().zip(self.rk.iter()).take(self.rounds + 1) {
             *d = _mm512_broadcast_i32x4(u128_to_m128(*s));
         }
-        // J0 = salt || IV || 0^31 || 1; the tag is masked with E(J0).
-        let mut j0 = [0u8; 16];
-        j0[..4].copy_from_slice(salt);
-        j0[4..12].copy_from_slice(iv);
-        j0[15] = 1;
-        // SAFETY: 16 bytes.
-        let j0 = unsafe { _mm_loadu_si128(j0.as_ptr().cast()) };
+        let j0 = j0(salt, iv);
         let ej0 = self.encrypt_block(j0);
         // Counters kept byte-reversed: inc32 is then a 32-bit add on each lane's low dword.
         // J0 holds counter 1; the data blocks use 2, 3, 4, ...
@@ -333,10 +284,7 @@ impl VaesGcm {
             _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 1),
         );
         let four = _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4);
-        let len_block = _mm_set_epi64x(
-            (aad.len() as u64 * 8) as i64,
-            (data.len() as u64 * 8) as i64,
-        );
+        let len_block = len_block(aad.len(), data.len());
 
         // The AAD: ESP's one block joins the first step; longer ones (GMAC) are hashed first.
         let mut y = _mm_setzero_si128();
@@ -352,7 +300,7 @@ impl VaesGcm {
             let tail = data.is_empty().then_some(len_block);
             y = self.ghash_bytes(y, aad, tail);
             if data.is_empty() {
-                return finish(y, ej0, rev128);
+                return finish(y, ej0);
             }
         }
 
@@ -399,16 +347,8 @@ impl VaesGcm {
             }
         }
         y = self.ghash_step(y, &x, rest.div_ceil(16), head, Some(len_block));
-        finish(y, ej0, rev128)
+        finish(y, ej0)
     }
-}
-
-/// The tag: GHASH back in its byte order, masked with E(J0).
-#[target_feature(enable = "aes,pclmulqdq,avx512f,avx512bw,avx512vl,vaes,vpclmulqdq")]
-#[inline]
-fn finish(y: __m128i, ej0: __m128i, rev128: __m128i) -> [u8; 16] {
-    let t = _mm_xor_si128(_mm_shuffle_epi8(y, rev128), ej0);
-    m128_to_u128(t).to_le_bytes()
 }
 
 /// vpshufb mask reversing the 16 bytes of each lane.
@@ -439,18 +379,6 @@ fn byte_mask16(n: usize) -> __mmask16 {
     }
 }
 
-#[inline]
-fn m128_to_u128(v: __m128i) -> u128 {
-    // SAFETY: both are 16 plain bytes.
-    unsafe { core::mem::transmute::<__m128i, u128>(v) }
-}
-
-#[inline]
-fn u128_to_m128(v: u128) -> __m128i {
-    // SAFETY: both are 16 plain bytes.
-    unsafe { core::mem::transmute::<u128, __m128i>(v) }
-}
-
 /// XOR of the four 128-bit lanes.
 #[target_feature(enable = "avx512f,avx512vl")]
 #[inline]
@@ -459,137 +387,9 @@ fn fold4(v: __m512i) -> __m128i {
     _mm_xor_si128(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a))
 }
 
-/// The 256-bit carry-less product a*b as (low, middle, high) parts: low = a0*b0,
-/// high = a1*b1, middle = a0*b1 ^ a1*b0.
-#[target_feature(enable = "pclmulqdq,sse2")]
-#[inline]
-fn mul_parts(a: __m128i, b: __m128i) -> (__m128i, __m128i, __m128i) {
-    (
-        _mm_clmulepi64_si128::<0x00>(a, b),
-        _mm_xor_si128(
-            _mm_clmulepi64_si128::<0x01>(a, b),
-            _mm_clmulepi64_si128::<0x10>(a, b),
-        ),
-        _mm_clmulepi64_si128::<0x11>(a, b),
-    )
-}
-
-/// POLYVAL's reduction of a 256-bit product (low, middle, high) to lo·hi·x^-128: two
-/// multiplications by the constant 0xc2000000_00000000 (x^127 + x^126 + x^121 in the
-/// reflected order), as in Gueron's GCM-SIV GFMUL.
-#[target_feature(enable = "pclmulqdq,sse2")]
-#[inline]
-fn reduce(lo: __m128i, mid: __m128i, hi: __m128i) -> __m128i {
-    let lo = _mm_xor_si128(lo, _mm_slli_si128::<8>(mid));
-    let hi = _mm_xor_si128(hi, _mm_srli_si128::<8>(mid));
-    let poly = _mm_set_epi64x(0xc200_0000_0000_0000_u64 as i64, 1);
-    let t = _mm_clmulepi64_si128::<0x10>(lo, poly);
-    let lo = _mm_xor_si128(_mm_shuffle_epi32::<0x4e>(lo), t);
-    let t = _mm_clmulepi64_si128::<0x10>(lo, poly);
-    let lo = _mm_xor_si128(_mm_shuffle_epi32::<0x4e>(lo), t);
-    _mm_xor_si128(lo, hi)
-}
-
-/// One step of the AES key schedule: the previous round key with its words chained
-/// (w0, w0^w1, w0^w1^w2, ..) XOR the broadcast word from aeskeygenassist.
-#[target_feature(enable = "aes,sse2")]
-#[inline]
-fn key_mix(t: __m128i, assist: __m128i) -> __m128i {
-    let mut t = t;
-    let mut s = _mm_slli_si128::<4>(t);
-    t = _mm_xor_si128(t, s);
-    s = _mm_slli_si128::<4>(s);
-    t = _mm_xor_si128(t, s);
-    s = _mm_slli_si128::<4>(s);
-    t = _mm_xor_si128(t, s);
-    _mm_xor_si128(t, assist)
-}
-
-/// AES-128 key expansion (FIPS 197 section 5.2) with AESKEYGENASSIST.
-#[target_feature(enable = "aes,sse2")]
-fn expand128(key: &[u8], rk: &mut [__m128i; 15]) {
-    // SAFETY: key is 16 bytes (checked by the caller).
-    let mut t = unsafe { _mm_loadu_si128(key.as_ptr().cast()) };
-    rk[0] = t;
-    macro_rules! round {
-        ($i:expr, $rcon:expr) => {
-            t = key_mix(
-                t,
-                _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(t)),
-            );
-            rk[$i] = t;
-        };
-    }
-    round!(1, 0x01);
-    round!(2, 0x02);
-    round!(3, 0x04);
-    round!(4, 0x08);
-    round!(5, 0x10);
-    round!(6, 0x20);
-    round!(7, 0x40);
-    round!(8, 0x80);
-    round!(9, 0x1b);
-    round!(10, 0x36);
-}
-
-/// AES-256 key expansion: even round keys from the previous even one and RotWord/SubWord
-/// of the odd one; odd ones from the previous odd one and SubWord of the even one.
-#[target_feature(enable = "aes,sse2")]
-fn expand256(key: &[u8], rk: &mut [__m128i; 15]) {
-    // SAFETY: key is 32 bytes (checked by the caller).
-    let (mut a, mut b) = unsafe {
-        (
-            _mm_loadu_si128(key.as_ptr().cast()),
-            _mm_loadu_si128(key.as_ptr().add(16).cast()),
-        )
-    };
-    rk[0] = a;
-    rk[1] = b;
-    // Round keys 2i and 2i+1 from 2i-2 and 2i-1; the last step makes only key 14.
-    macro_rules! even {
-        ($i:expr, $rcon:expr) => {
-            a = key_mix(
-                a,
-                _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(b)),
-            );
-            rk[$i] = a;
-        };
-    }
-    macro_rules! odd {
-        ($i:expr) => {
-            b = key_mix(
-                b,
-                _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(a)),
-            );
-            rk[$i] = b;
-        };
-    }
-    even!(2, 0x01);
-    odd!(3);
-    even!(4, 0x02);
-    odd!(5);
-    even!(6, 0x04);
-    odd!(7);
-    even!(8, 0x08);
-    odd!(9);
-    even!(10, 0x10);
-    odd!(11);
-    even!(12, 0x20);
-    odd!(13);
-    even!(14, 0x40);
-}
-
-/// The first `flags` line of /proc/cpuinfo, split (None where there is none).
-#[cfg(test)]
-pub(super) fn proc_cpuinfo_flags() -> Option<Vec<String>> {
-    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("flags"))?;
-    let (_, list) = line.split_once(':')?;
-    Some(list.split_whitespace().map(str::to_owned).collect())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::gcm_x86::{m128_to_u128, proc_cpuinfo_flags};
     use super::*;
     use aes::cipher::{BlockEncrypt, KeyInit};
     use ring::aead;
