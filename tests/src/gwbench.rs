@@ -166,6 +166,9 @@ pub struct Figure {
     /// receiving namespaces' softirq work that veth runs inside the daemon's transmit).
     pub cpu_ns_per_packet: Option<f64>,
     pub user_ns_per_packet: Option<f64>,
+    /// The daemons' sleeps (voluntary context switches, all threads) per packet transmitted:
+    /// how often a worker went to sleep in poll() and had to be woken.
+    pub wakeups_per_packet: Option<f64>,
     /// The client's command line.
     pub command: String,
 }
@@ -521,6 +524,9 @@ pub fn worker_counts(log: &str) -> Option<(u64, u64)> {
 struct Sample {
     user: u64,
     system: u64,
+    /// Voluntary context switches of every daemon thread: each is a sleep in poll() that a
+    /// packet (or a timeout) ended.
+    wakeups: u64,
     packets: u64,
 }
 
@@ -531,6 +537,7 @@ fn sample(net: &GatewayNet, daemons: &mut [Daemon]) -> Result<Option<Sample>> {
     let mut s = Sample {
         user: 0,
         system: 0,
+        wakeups: 0,
         packets: 0,
     };
     for d in daemons.iter_mut() {
@@ -540,6 +547,7 @@ fn sample(net: &GatewayNet, daemons: &mut [Daemon]) -> Result<Option<Sample>> {
         let (user, system) = cpu_ticks(&stat).context("/proc/PID/stat: no utime/stime")?;
         s.user += user;
         s.system += system;
+        s.wakeups += voluntary_switches(pid)?;
     }
     for side in [Side::A, Side::B] {
         let ns = net.topo.ns(net.gw(side));
@@ -556,6 +564,26 @@ pub fn cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
+}
+
+/// voluntary_ctxt_switches summed over the threads of `pid` (/proc/PID/task/*/status).
+fn voluntary_switches(pid: u32) -> Result<u64> {
+    let mut n = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        // A thread may end between the listing and the read.
+        if let Ok(status) = std::fs::read_to_string(t?.path().join("status")) {
+            n += status_field(&status, "voluntary_ctxt_switches:").unwrap_or(0);
+        }
+    }
+    Ok(n)
+}
+
+/// A numeric field of /proc/PID/status (`name` with its colon).
+pub fn status_field(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn tx_packets(ns: &Netns, ifname: &str) -> Result<u64> {
@@ -616,6 +644,8 @@ fn measure(
             let system = a.system.saturating_sub(b.system);
             f.cpu_ns_per_packet = Some(per_packet(user + system));
             f.user_ns_per_packet = Some(per_packet(user));
+            f.wakeups_per_packet =
+                Some(a.wakeups.saturating_sub(b.wakeups) as f64 / packets as f64);
         }
     }
     Ok(f)
@@ -693,6 +723,7 @@ pub fn parse_iperf3(json: &str, load: Load) -> Result<Figure> {
         retransmits,
         cpu_ns_per_packet: None,
         user_ns_per_packet: None,
+        wakeups_per_packet: None,
         command: String::new(),
     })
 }
@@ -708,6 +739,9 @@ fn describe(f: &Figure) -> String {
     if let (Some(c), Some(u)) = (f.cpu_ns_per_packet, f.user_ns_per_packet) {
         let _ = write!(s, ", daemons {c:.0} ns CPU/packet ({u:.0} ns user)");
     }
+    if let Some(w) = f.wakeups_per_packet {
+        let _ = write!(s, ", {w:.3} wake-ups/packet");
+    }
     s
 }
 
@@ -719,8 +753,8 @@ impl Report {
     /// The table (Markdown), one row per route and load.
     pub fn table(&self) -> String {
         let mut s = String::from(
-            "| route | load | Mbit/s received | packets/s received | loss | daemons' CPU per packet (user) |\n\
-             |---|---|---:|---:|---:|---:|\n",
+            "| route | load | Mbit/s received | packets/s received | loss | daemons' CPU per packet (user) | wake-ups per packet |\n\
+             |---|---|---:|---:|---:|---:|---:|\n",
         );
         for f in &self.figures {
             let (pps, loss) = match f.udp {
@@ -731,9 +765,12 @@ impl Report {
                 (Some(c), Some(u)) => format!("{c:.0} ns ({u:.0} ns)"),
                 _ => "—".into(),
             };
+            let wake = f
+                .wakeups_per_packet
+                .map_or("—".into(), |w| format!("{w:.3}"));
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {pps} | {loss} | {cpu} |",
+                "| {} | {} | {:.0} | {pps} | {loss} | {cpu} | {wake} |",
                 f.route.label(),
                 f.load.label(),
                 f.mbit_s
@@ -785,7 +822,10 @@ impl Report {
         for f in &self.figures {
             if let (Some(c), Some(u)) = (f.cpu_ns_per_packet, f.user_ns_per_packet) {
                 let (r, l) = (f.route.key(), f.load.key());
-                out.push(format!("cpu_ns_per_packet_{r}_{l}={c:.0} user={u:.0}"));
+                let w = f.wakeups_per_packet.unwrap_or(0.0);
+                out.push(format!(
+                    "cpu_ns_per_packet_{r}_{l}={c:.0} user={u:.0} wakeups={w:.3}"
+                ));
             }
         }
         for (r, d) in &self.startups {
@@ -805,6 +845,18 @@ mod tests {
                     100 1000 100 18446744073709551615";
         assert_eq!(cpu_ticks(stat), Some((731, 269)));
         assert_eq!(cpu_ticks("1 (x) S"), None);
+    }
+
+    #[test]
+    fn proc_status_fields() {
+        let status =
+            "Name:\txfrm-user\nvoluntary_ctxt_switches:\t1234\nnonvoluntary_ctxt_switches:\t56\n";
+        assert_eq!(status_field(status, "voluntary_ctxt_switches:"), Some(1234));
+        assert_eq!(
+            status_field(status, "nonvoluntary_ctxt_switches:"),
+            Some(56)
+        );
+        assert_eq!(status_field(status, "Threads:"), None);
     }
 
     #[test]
@@ -849,6 +901,7 @@ mod tests {
             retransmits: None,
             cpu_ns_per_packet: None,
             user_ns_per_packet: None,
+            wakeups_per_packet: None,
             command: String::new(),
         };
         let rep = Report {
