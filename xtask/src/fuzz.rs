@@ -356,11 +356,12 @@ fn list(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// One campaign log line: UTC time, target, sanitizer, jobs, wall seconds, CPU seconds,
-/// executions, execs/s, edges, features, crashes (tab-separated).
+/// executions, execs/s, edges, features, crashes, and the commit fuzzed (tab-separated;
+/// "+" after it: with uncommitted changes).
 fn append_campaign(r: &Outcome, mode: Mode) -> Result<()> {
     let when = util::output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]))?;
     let line = format!(
-        "{}\t{}\t{}\t{}\t{:.0}\t{:.0}\t{}\t{}\t{}\t{}\t{}\n",
+        "{}\t{}\t{}\t{}\t{:.0}\t{:.0}\t{}\t{}\t{}\t{}\t{}\t{}\n",
         when.trim(),
         r.target,
         mode.sanitizer.name(),
@@ -371,7 +372,8 @@ fn append_campaign(r: &Outcome, mode: Mode) -> Result<()> {
         r.per_sec,
         r.cov,
         r.ft,
-        u8::from(r.crash.is_some())
+        u8::from(r.crash.is_some()),
+        tree()
     );
     let mut f = fs::OpenOptions::new()
         .create(true)
@@ -380,6 +382,25 @@ fn append_campaign(r: &Outcome, mode: Mode) -> Result<()> {
     f.write_all(line.as_bytes())?;
     println!("campaign: appended to {}", campaign_log().display());
     Ok(())
+}
+
+/// The commit checked out, "+" when the work tree differs from it ("?" outside git).
+fn tree() -> String {
+    let root = repo_root();
+    let head = util::output(Command::new("git").arg("-C").arg(&root).args([
+        "rev-parse",
+        "--short",
+        "HEAD",
+    ]));
+    let dirty = util::output(Command::new("git").arg("-C").arg(&root).args([
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+    ]));
+    match (head, dirty) {
+        (Ok(h), Ok(d)) => format!("{}{}", h.trim(), if d.trim().is_empty() { "" } else { "+" }),
+        _ => "?".into(),
+    }
 }
 
 /// A target's figures summed over the campaign log.
@@ -391,13 +412,17 @@ struct Total {
     execs: u64,
     edges: u64,
     crashes: u64,
+    /// The commits fuzzed, in the log's order (lines without one: before the log had them).
+    trees: Vec<String>,
 }
 
 fn totals(log: &str) -> Vec<(String, Total)> {
     let mut out: Vec<(String, Total)> = Vec::new();
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split('\t').collect();
-        let [_, target, _, _, secs, cpu, execs, _, edges, _, crashes] = f[..] else {
+        let (Some(&[_, target, _, _, secs, cpu, execs, _, edges, _, crashes]), tree) =
+            (f.get(..11), f.get(11).copied().unwrap_or("-"))
+        else {
             continue;
         };
         let i = match out.iter().position(|(t, _)| t == target) {
@@ -415,6 +440,9 @@ fn totals(log: &str) -> Vec<(String, Total)> {
         // The corpus is kept: a later run starts from what the earlier ones found.
         t.edges = t.edges.max(edges.parse().unwrap_or(0));
         t.crashes += crashes.parse::<u64>().unwrap_or(0);
+        if !t.trees.iter().any(|x| x == tree) {
+            t.trees.push(tree.to_string());
+        }
     }
     out.sort_by_key(|(t, _)| TARGETS.iter().position(|x| x == t).unwrap_or(usize::MAX));
     out
@@ -429,19 +457,20 @@ pub fn report() -> Result<()> {
             campaign_log().display()
         )
     })?;
-    println!("| target | runs | hours | executions | execs/s | execs per CPU-s | edges | crashes | regressions kept |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| target | runs | hours | executions | execs/s | execs per CPU-s | edges | crashes | regressions kept | commits |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for (target, t) in totals(&log) {
         let regressions = list(&repo_root().join("fuzz/regressions").join(&target)).len();
         println!(
-            "| {target} | {} | {:.2} | {} | {:.0} | {:.0} | {} | {} | {regressions} |",
+            "| {target} | {} | {:.2} | {} | {:.0} | {:.0} | {} | {} | {regressions} | {} |",
             t.runs,
             t.seconds / 3600.0,
             t.execs,
             t.execs as f64 / t.seconds.max(1.0),
             t.execs as f64 / t.cpu_seconds.max(1.0),
             t.edges,
-            t.crashes
+            t.crashes,
+            t.trees.join(", ")
         );
     }
     Ok(())
@@ -468,13 +497,15 @@ mod tests {
     fn campaign_totals() {
         let log = "2026-12-06T22:00:00Z\tneigh\taddress\t1\t100\t95\t1000\t10\t50\t60\t0\n\
                    2026-12-06T23:00:00Z\tneigh\tnone\t1\t50\t50\t4000\t80\t55\t70\t0\n\
-                   2026-12-06T23:00:00Z\tinput\taddress\t1\t10\t10\t100\t10\t900\t2000\t1\n";
+                   2026-12-06T23:00:00Z\tinput\taddress\t1\t10\t10\t100\t10\t900\t2000\t1\n\
+                   2026-12-07T04:00:00Z\tneigh\tnone\t1\t10\t10\t10\t1\t55\t70\t0\ta264dcd\n";
         let t = totals(log);
         assert_eq!(t[0].0, "input");
         assert_eq!(t[1].0, "neigh");
         let n = &t[1].1;
-        assert_eq!((n.runs, n.execs, n.edges, n.crashes), (2, 5000, 55, 0));
-        assert_eq!((n.seconds, n.cpu_seconds), (150.0, 145.0));
+        assert_eq!((n.runs, n.execs, n.edges, n.crashes), (3, 5010, 55, 0));
+        assert_eq!((n.seconds, n.cpu_seconds), (160.0, 155.0));
+        assert_eq!(n.trees, ["-", "a264dcd"]);
         assert_eq!(t[0].1.crashes, 1);
     }
 }
