@@ -11,8 +11,8 @@
 
 use std::{
     fmt::Write as _,
-    path::PathBuf,
-    process::Command,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -93,7 +93,7 @@ impl Route {
         }
     }
 
-    fn runs_daemon(self) -> bool {
+    pub fn runs_daemon(self) -> bool {
         !matches!(self, Route::KernelOffloadsOn | Route::KernelOffloadsOff)
     }
 }
@@ -190,6 +190,9 @@ pub struct Options {
     pub secs: u32,
     pub bin: PathBuf,
     pub bpf: PathBuf,
+    /// Record `perf record -a -g` into this directory during each TCP 1-stream run through
+    /// xfrm-user, and report where the CPU went.
+    pub perf: Option<PathBuf>,
 }
 
 /// What a whole run found, and how each route was set up.
@@ -348,8 +351,23 @@ fn run_route(
     .context("the path did not come up")?;
     let mut figs = Vec::new();
     for &load in &opts.loads {
-        let f = measure(&net, route, load, opts.secs, &mut daemons)?;
+        let profile = opts
+            .perf
+            .as_ref()
+            .filter(|_| route.runs_daemon() && load == Load::Tcp { streams: 1 })
+            .map(|dir| dir.join(format!("{}-{}.data", route.key(), load.key())));
+        let f = measure(
+            &net,
+            route,
+            load,
+            opts.secs,
+            &mut daemons,
+            profile.as_deref(),
+        )?;
         log(&format!("  {}: {}", load.label(), describe(&f)));
+        if let Some(file) = &profile {
+            log(&perf_summary(file)?);
+        }
         figs.push(f);
     }
     if route.runs_daemon() {
@@ -600,6 +618,7 @@ fn measure(
     load: Load,
     secs: u32,
     daemons: &mut [Daemon],
+    profile: Option<&Path>,
 ) -> Result<Figure> {
     const PORT: u16 = 5201;
     let t = &net.topo;
@@ -624,12 +643,31 @@ fn measure(
     let args = load.iperf3_args(&dst, PORT, secs);
     let command = format!("ip netns exec {} iperf3 {}", ha.name(), args.join(" "));
     let before = sample(net, daemons)?;
+    let mut perf = match profile {
+        Some(file) => Some(
+            Command::new("perf")
+                .args(["record", "-a", "-g", "-q", "-o"])
+                .arg(file)
+                .args(["--", "sleep", &secs.saturating_sub(1).max(1).to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("perf record (Debian's linux-perf)")?,
+        ),
+        None => None,
+    };
     let json = run_bounded(
         ha.command("iperf3").args(&args),
         Duration::from_secs(u64::from(secs) + 30),
     )
     .with_context(|| command.clone())?;
     let after = sample(net, daemons)?;
+    if let Some(p) = &mut perf {
+        let st = p.wait().context("perf record")?;
+        if !st.success() {
+            bail!("perf record failed: {st}");
+        }
+    }
     drop(server);
     let mut f = parse_iperf3(&json, load).with_context(|| format!("{command}: its output"))?;
     f.route = route;
@@ -649,6 +687,86 @@ fn measure(
         }
     }
     Ok(f)
+}
+
+/// Where the CPU went during a recorded run: the share of each thread name of the whole
+/// machine, then the workers' samples by kind of code (the kernel, xfrm-user, the XDP
+/// programs, the rest) and by symbol.
+fn perf_summary(file: &Path) -> Result<String> {
+    let report = |args: &[&str]| -> Result<Vec<String>> {
+        let out = Command::new("perf")
+            .args(["report", "--stdio", "--no-children", "-g", "none", "-i"])
+            .arg(file)
+            .args(args)
+            .output()
+            .context("perf report")?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+            .map(str::to_string)
+            .collect())
+    };
+    let threads = report(&["--sort", "comm", "--percent-limit", "1"])?;
+    let symbols = report(&["--comm", "xfrm-worker-0", "--sort", "dso,sym"])?;
+    let kinds = perf_kinds(&symbols);
+    let mut s = format!(
+        "  perf record -a -g -o {} (the whole machine), by thread:\n",
+        file.display()
+    );
+    for l in &threads {
+        let _ = writeln!(s, "    {l}");
+    }
+    let _ = writeln!(
+        s,
+        "  the workers (xfrm-worker-0 of both gateways), by kind of code:"
+    );
+    for (kind, pct) in kinds {
+        let _ = writeln!(s, "    {pct:6.2}%  {kind}");
+    }
+    let _ = writeln!(s, "  the workers, symbols above 0.8 %:");
+    for l in symbols
+        .iter()
+        .filter(|l| percent(l).is_some_and(|p| p >= 0.8))
+    {
+        let _ = writeln!(s, "    {l}");
+    }
+    Ok(s)
+}
+
+/// The leading "12.34%" of a perf report line.
+fn percent(line: &str) -> Option<f64> {
+    line.split_whitespace()
+        .next()?
+        .strip_suffix('%')?
+        .parse()
+        .ok()
+}
+
+/// `perf report --sort dso,sym` lines summed by kind of code, in a fixed order.
+pub fn perf_kinds(lines: &[String]) -> [(&'static str, f64); 4] {
+    let mut k = [
+        ("kernel", 0.0),
+        ("xfrm-user (user space)", 0.0),
+        ("XDP programs", 0.0),
+        ("other user space (libc, vDSO)", 0.0),
+    ];
+    for l in lines {
+        let (Some(p), Some(dso)) = (percent(l), l.split_whitespace().nth(1)) else {
+            continue;
+        };
+        let i = if dso.starts_with("[kernel") {
+            0
+        } else if dso == "xfrm-user" {
+            1
+        } else if dso.starts_with("bpf_prog_") {
+            2
+        } else {
+            3
+        };
+        k[i].1 += p;
+    }
+    k
 }
 
 /// Is a TCP socket listening on `port` in `ns` (`ss -Hltn sport = :PORT`)?
@@ -845,6 +963,23 @@ mod tests {
                     100 1000 100 18446744073709551615";
         assert_eq!(cpu_ticks(stat), Some((731, 269)));
         assert_eq!(cpu_ticks("1 (x) S"), None);
+    }
+
+    #[test]
+    fn perf_lines_by_kind() {
+        let lines: Vec<String> = [
+            "9.33%  [kernel.kallsyms]  [k] __pi_memcpy",
+            "2.11%  xfrm-user  [.] xfrm_user::crypto::gcm_vaes256::Vaes256Gcm::crypt",
+            "0.59%  bpf_prog_75306f4700351c1c_xfrm_outside  [k] bpf_prog_75306f4700351c1c_xfrm_outside",
+            "0.11%  libc.so.6  [.] __libc_sendto",
+            "1.00%  [kernel.kallsyms]  [k] veth_xmit",
+            "not a line",
+        ]
+        .map(String::from)
+        .to_vec();
+        let k = perf_kinds(&lines);
+        assert!((k[0].1 - 10.33).abs() < 1e-9, "{k:?}");
+        assert_eq!((k[1].1, k[2].1, k[3].1), (2.11, 0.59, 0.11));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! transform, ESP on one and two queues, ESP with 65 536 SAs and 1 024 policies per
 //! direction loaded) comes up and carries TCP and UDP, the workers forward both ways where a
 //! daemon runs (`gwbench::run` checks their counters, and that each daemon loaded the SAs
-//! and policies of its route), and the summary has its lines. It measures nothing: no figure is compared with a speed.
+//! and policies of its route), and the summary has its lines. With `--perf` (on here) each
+//! TCP run through a daemon is recorded by `perf record -a -g` and the summary names the
+//! workers' threads. It measures nothing: no figure is compared with a speed.
 
 use std::time::Instant;
 
@@ -21,14 +23,28 @@ fn gateway_bench_harness_runs_every_route() {
     }
     init_logging();
     let t0 = Instant::now();
+    let profiles = tempfile::tempdir().unwrap();
     let opts = Options {
         routes: Route::ALL.to_vec(),
         loads: vec![Load::Tcp { streams: 1 }, Load::Udp { len: 64 }],
         secs: 1,
         bin: xfrm_user_bin(),
         bpf: bpf_object(),
+        perf: Some(profiles.path().to_path_buf()),
     };
-    let rep = gwbench::run(&opts, &mut |l| eprintln!("{l}")).unwrap();
+    let mut lines = Vec::new();
+    let rep = gwbench::run(&opts, &mut |l| {
+        eprintln!("{l}");
+        lines.push(l.to_string());
+    })
+    .unwrap();
+    // One profile per route through a daemon, each finding the workers' threads.
+    let daemon_routes = Route::ALL.iter().filter(|r| r.runs_daemon()).count();
+    let profiles_seen = lines
+        .iter()
+        .filter(|l| l.contains("perf record -a -g") && l.contains("xfrm-worker-0"))
+        .count();
+    assert_eq!(profiles_seen, daemon_routes, "perf summaries: {lines:#?}");
     assert_eq!(rep.figures.len(), Route::ALL.len() * opts.loads.len());
     for f in &rep.figures {
         assert!(f.mbit_s > 0.0, "no traffic: {f:?}");

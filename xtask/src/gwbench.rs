@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use xfrm_tests::gwbench::{self, Load, Options, Route};
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use crate::{ebpf, setup, util};
 
@@ -27,11 +28,18 @@ pub fn gateway(
     bin: Option<PathBuf>,
     bpf: Option<PathBuf>,
     letters: &[char],
+    perf: Option<PathBuf>,
 ) -> Result<()> {
     if !util::is_root() {
         bail!("`cargo xtask bench --gateway` needs root: network namespaces, XDP, AF_XDP");
     }
     let routes = routes(letters)?;
+    if let Some(dir) = &perf {
+        std::fs::create_dir_all(dir)?;
+        if Command::new("perf").arg("--version").output().is_err() {
+            bail!("--perf needs perf (Debian's linux-perf: apt-get install linux-perf)");
+        }
+    }
     setup::run(&[])?;
     let bpf = match bpf {
         Some(b) => b,
@@ -61,6 +69,7 @@ pub fn gateway(
         secs,
         bin,
         bpf,
+        perf,
     };
     let rep = gwbench::run(&opts, &mut |l| println!("{l}"))?;
     util::section("gateway bench: table");

@@ -111,6 +111,10 @@ enum Cmd {
         /// --gateway on these routes only, by letter: a (kernel, both), b, c, d, e.
         #[arg(long, requires = "gateway", value_delimiter = ',')]
         routes: Vec<char>,
+        /// --gateway, profiled: `perf record -a -g` into this directory during each TCP
+        /// 1-stream run through xfrm-user, and a summary of where the CPU went.
+        #[arg(long, requires = "gateway")]
+        perf: Option<std::path::PathBuf>,
         /// Extra arguments for `cargo bench -p xfrm-user` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -173,8 +177,9 @@ fn real_main() -> Result<()> {
             bin,
             bpf,
             routes,
+            perf,
             ..
-        } => gwbench::gateway(secs, bin, bpf, &routes),
+        } => gwbench::gateway(secs, bin, bpf, &routes, perf),
         Cmd::Bench {
             classifier, args, ..
         } => {

@@ -316,13 +316,14 @@ fn find_libllvm(dir: &Path) -> Result<(PathBuf, String)> {
 
 /// (program, Debian package). iproute2: `ip netns`/veth; ethtool: the `tx off` tests;
 /// iputils-ping: the unselected-flow check; tcpdump: looking at the demo's wire; iperf3:
-/// `cargo xtask bench --gateway`.
+/// `cargo xtask bench --gateway`; perf: its `--perf` (and the harness's test of it).
 const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("ping", "iputils-ping"),
     ("tcpdump", "tcpdump"),
     ("iperf3", "iperf3"),
+    ("perf", "linux-perf"),
 ];
 
 fn packages() -> Result<Done> {
