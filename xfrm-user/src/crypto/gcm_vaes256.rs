@@ -2,9 +2,11 @@
 //! blocks per instruction, sixteen blocks (256 bytes, eight independent AES chains to fill
 //! the pipeline) per loop step, their GHASH aggregated with precomputed powers of H so that
 //! one reduction serves the whole step. For CPUs with VAES but without AVX-512 (the 512-bit
-//! `gcm_vaes` cannot run there). AVX2 has no byte-masked loads: the last step (1 to 256
-//! bytes) goes through a zero-padded copy on the stack, half as wide when it fits. The AAD block (ESP's 8 or 12 bytes) and the length block are folded into the
-//! first and last steps' products, as in `gcm_vaes`.
+//! `gcm_vaes` cannot run there). AVX2 masks dwords, not bytes: the last step (1 to 256
+//! bytes, half as wide when it fits) reads and writes a text of whole dwords (every ESP
+//! text) in place with masked loads and stores, any other through a zero-padded copy on the
+//! stack. The AAD block (ESP's 8 or 12 bytes) and the length block are folded into the first
+//! and last steps' products, as in `gcm_vaes`.
 //!
 //! Nothing here branches on or indexes by secret data: AES rounds and carry-less
 //! multiplications are constant-time instructions; lengths are public.
@@ -297,7 +299,7 @@ impl Vaes256Gcm {
         }
 
         // Whole steps while more than one step remains: the last one (1..=256 bytes, or
-        // none for an empty text) goes through the stack copy with the length block.
+        // none for an empty text) goes through `last_step` with the length block.
         let whole = data.len().saturating_sub(1) / STEP * STEP;
         let (body, last) = data.split_at_mut(whole);
         for chunk in body.chunks_exact_mut(STEP) {
@@ -324,8 +326,8 @@ impl Vaes256Gcm {
         }
     }
 
-    /// The last step (0..=32·N bytes) through a zero-padded copy, the length block with it:
-    /// the tag.
+    /// The last step (0..=32·N bytes), the length block with it: the tag. Texts of whole
+    /// dwords in place with masked loads and stores, others through a zero-padded copy.
     #[target_feature(enable = "aes,pclmulqdq,avx2,vaes,vpclmulqdq")]
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -341,10 +343,30 @@ impl Vaes256Gcm {
     ) -> [u8; 16] {
         let rev = rev_mask();
         let n = last.len();
-        let mut buf = [[0u8; 32]; N];
-        buf.as_flattened_mut()[..n].copy_from_slice(last);
         let mut x = [_mm256_setzero_si256(); N];
-        if n > 0 {
+        if n > 0 && n.is_multiple_of(4) {
+            // Whole dwords (every ESP text: its trailer aligns it to 4 bytes): masked loads
+            // and stores reach exactly the text, no copy.
+            let ks = self.encrypt(rk, counters);
+            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            for (g, xg) in x.iter_mut().enumerate().take(n.div_ceil(32)) {
+                let dwords = ((n - 32 * g) / 4).min(8) as i32;
+                let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(dwords), lane);
+                // SAFETY: the mask enables only the dwords at 32g + 4i < n, inside `last`;
+                // masked-off elements are neither read nor written.
+                unsafe {
+                    let q = last.as_mut_ptr().add(32 * g).cast::<i32>();
+                    let inp = _mm256_maskload_epi32(q, m);
+                    let out = _mm256_xor_si256(inp, ks[g]);
+                    _mm256_maskstore_epi32(q, m, out);
+                    // GHASH takes the ciphertext zero-padded (maskload zeroed past it).
+                    *xg =
+                        _mm256_shuffle_epi8(if SEAL { _mm256_and_si256(out, m) } else { inp }, rev);
+                }
+            }
+        } else if n > 0 {
+            let mut buf = [[0u8; 32]; N];
+            buf.as_flattened_mut()[..n].copy_from_slice(last);
             let ks = self.encrypt(rk, counters);
             for (g, b) in buf.iter_mut().enumerate().take(n.div_ceil(32)) {
                 // SAFETY: 32 bytes.
