@@ -42,6 +42,9 @@ enum Vaes {
 }
 
 #[cfg(target_arch = "x86_64")]
+use super::gcm_x86::VaesCrypt;
+
+#[cfg(target_arch = "x86_64")]
 impl Vaes {
     fn new(key: &[u8]) -> Result<Option<Self>, CryptoError> {
         if let Some(v) = super::gcm_vaes::VaesGcm::new(key)? {

@@ -13,13 +13,12 @@
 
 use core::arch::x86_64::*;
 
-use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
 use super::gcm_vaes::forced_off;
 use super::gcm_x86::{
     encrypt_block, finish, h_powers, j0, len_block, missing, mul_parts, reduce, rev128, round_keys,
-    u128_to_m128,
+    u128_to_m128, VaesCrypt,
 };
 use super::CryptoError;
 
@@ -93,45 +92,6 @@ impl Vaes256Gcm {
         Self { rk, rounds, htab }
     }
 
-    /// Seal in place: `tag` gets the first tag.len() bytes (at most 16) of the GCM tag.
-    pub fn seal(
-        &self,
-        salt: &[u8; 4],
-        iv: &[u8; 8],
-        aad: &[u8],
-        data: &mut [u8],
-        tag: &mut [u8],
-    ) -> Result<(), CryptoError> {
-        if tag.len() > 16 {
-            return Err(CryptoError::BadIcvLength(tag.len()));
-        }
-        // SAFETY: a Vaes256Gcm exists only where `cpu_has_vaes256()` said yes.
-        let full = unsafe { self.crypt::<true>(salt, iv, aad, data) };
-        tag.copy_from_slice(&full[..tag.len()]);
-        Ok(())
-    }
-
-    /// Open in place: decrypts and checks `tag` (a prefix of the full tag) in constant
-    /// time. On Err `data` holds unauthenticated plaintext that must not be used.
-    pub fn open(
-        &self,
-        salt: &[u8; 4],
-        iv: &[u8; 8],
-        aad: &[u8],
-        data: &mut [u8],
-        tag: &[u8],
-    ) -> Result<(), CryptoError> {
-        // SAFETY: as in `seal`.
-        let full = unsafe { self.crypt::<false>(salt, iv, aad, data) };
-        if bool::from(full[..tag.len()].ct_eq(tag)) {
-            Ok(())
-        } else {
-            Err(CryptoError::IcvMismatch)
-        }
-    }
-
-    /// `N` registers of two blocks at once, round by round so that the chains overlap in
-    /// the AES unit.
     #[target_feature(enable = "aes,pclmulqdq,avx2,vaes,vpclmulqdq")]
     #[inline]
     fn encrypt<const N: usize>(&self, rk: &[__m256i; 15], mut b: [__m256i; N]) -> [__m256i; N] {
@@ -243,11 +203,11 @@ impl Vaes256Gcm {
             rest = &rest[STEP..];
         }
     }
+}
 
-    /// GCM encryption (SEAL) or decryption in place; returns the full tag (computed over
-    /// the ciphertext: the output when sealing, the input when opening).
+impl VaesCrypt for Vaes256Gcm {
     #[target_feature(enable = "aes,pclmulqdq,avx2,vaes,vpclmulqdq")]
-    fn crypt<const SEAL: bool>(
+    unsafe fn crypt<const SEAL: bool>(
         &self,
         salt: &[u8; 4],
         iv: &[u8; 8],
@@ -325,7 +285,9 @@ impl Vaes256Gcm {
             self.last_step::<SEAL, REGS>(&rk, ks, last, y, head, len_block, ej0)
         }
     }
+}
 
+impl Vaes256Gcm {
     /// The last step (0..=32·N bytes), the length block with it: the tag. Texts of whole
     /// dwords in place with masked loads and stores, others through a zero-padded copy.
     #[target_feature(enable = "aes,pclmulqdq,avx2,vaes,vpclmulqdq")]
@@ -409,77 +371,24 @@ fn fold2(v: __m256i) -> __m128i {
 #[cfg(test)]
 mod tests {
     use super::super::gcm_x86::proc_cpuinfo_flags;
+    use super::super::gcm_x86::test_util::{
+        agrees_with_ring, bytes, refuses_a_long_tag, ring_seal, stays_inside_the_text,
+    };
     use super::*;
-    use ring::aead;
 
-    fn ring_seal(key: &[u8], nonce: [u8; 12], aad: &[u8], data: &mut [u8]) -> [u8; 16] {
-        let algo = if key.len() == 16 {
-            &aead::AES_128_GCM
-        } else {
-            &aead::AES_256_GCM
-        };
-        let k = aead::LessSafeKey::new(aead::UnboundKey::new(algo, key).unwrap());
-        let t = k
-            .seal_in_place_separate_tag(
-                aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(aad),
-                data,
-            )
-            .unwrap();
-        t.as_ref().try_into().unwrap()
-    }
-
-    /// A small deterministic generator for test data.
-    fn bytes(seed: u64, n: usize) -> Vec<u8> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 24) as u8
-            })
-            .collect()
-    }
-
-    /// Every text length 0..=700 (all step and lane boundaries), AAD lengths 0, 8, 12, 16
-    /// and several longer ones (the GMAC path), both key sizes: ciphertext and tag equal
-    /// ring's, and open gives the plaintext back and refuses any flipped tag bit.
+    /// Every text length 0..=700 (all step and lane boundaries, texts of whole dwords in
+    /// place and others through the copy), AAD lengths 0, 8, 12, 16 and several longer ones
+    /// (the GMAC path), both key sizes: ciphertext and tag equal ring's, and open gives the
+    /// plaintext back and refuses any flipped tag bit.
     #[test]
     fn seal_and_open_agree_with_ring() {
         if !cpu_has_vaes256() {
             return;
         }
-        let salt = [0xca, 0xfe, 0xba, 0xbe];
         for klen in [16usize, 32] {
             let key = bytes(klen as u64 + 50, klen);
             let g = Vaes256Gcm::on_this_cpu(&key).unwrap();
-            for len in 0..=700usize {
-                let aad_len = [0usize, 8, 12, 16, 17, 128, 255, 256, 257, 600][len % 10];
-                let aad = bytes(len as u64 + 7, aad_len);
-                let iv: [u8; 8] = bytes(len as u64 + 3, 8).try_into().unwrap();
-                let pt = bytes(len as u64, len);
-                let mut nonce = [0u8; 12];
-                nonce[..4].copy_from_slice(&salt);
-                nonce[4..].copy_from_slice(&iv);
-                let mut want = pt.clone();
-                let want_tag = ring_seal(&key, nonce, &aad, &mut want);
-                let mut got = pt.clone();
-                let mut tag = [0u8; 16];
-                g.seal(&salt, &iv, &aad, &mut got, &mut tag).unwrap();
-                assert_eq!(got, want, "ciphertext, len {len} aad {aad_len} key {klen}");
-                assert_eq!(tag, want_tag, "tag, len {len} aad {aad_len} key {klen}");
-                let mut back = got.clone();
-                g.open(&salt, &iv, &aad, &mut back, &tag[..12]).unwrap();
-                assert_eq!(back, pt);
-                let mut bad = tag;
-                bad[(len * 7) % 16] ^= 1 << (len % 8);
-                let mut back = got.clone();
-                assert_eq!(
-                    g.open(&salt, &iv, &aad, &mut back, &bad),
-                    Err(CryptoError::IcvMismatch)
-                );
-            }
+            agrees_with_ring(&g, &key, [0, 8, 12, 16, 17, 128, 255, 256, 257, 600]);
         }
     }
 
@@ -511,32 +420,19 @@ mod tests {
         }
     }
 
-    /// Bytes around the text are never touched.
+    /// Bytes around the text are never touched, in place or through the copy.
     #[test]
     fn tail_stays_inside_the_text() {
         if !cpu_has_vaes256() {
             return;
         }
         let g = Vaes256Gcm::on_this_cpu(&[7u8; 16]).unwrap();
-        for len in [
-            0usize, 1, 15, 16, 17, 31, 32, 33, 127, 128, 129, 255, 256, 257, 300,
-        ] {
-            let mut buf = vec![0x5au8; len + 128];
-            let mut tag = [0u8; 16];
-            g.seal(
-                &[1, 2, 3, 4],
-                &[5; 8],
-                b"spi+seq!",
-                &mut buf[64..64 + len],
-                &mut tag,
-            )
-            .unwrap();
-            assert!(buf[..64].iter().all(|&b| b == 0x5a), "len {len}: before");
-            assert!(
-                buf[64 + len..].iter().all(|&b| b == 0x5a),
-                "len {len}: after"
-            );
-        }
+        stays_inside_the_text(
+            &g,
+            &[
+                0, 1, 4, 15, 16, 17, 31, 32, 33, 68, 127, 128, 129, 255, 256, 257, 300,
+            ],
+        );
     }
 
     /// The feature probe these tests rely on agrees with the kernel's view of the CPU, so
@@ -558,11 +454,6 @@ mod tests {
         if !cpu_has_vaes256() {
             return;
         }
-        let g = Vaes256Gcm::on_this_cpu(&[7u8; 16]).unwrap();
-        let mut tag = [0u8; 17];
-        assert_eq!(
-            g.seal(&[0; 4], &[0; 8], &[], &mut [0u8; 4], &mut tag),
-            Err(CryptoError::BadIcvLength(17))
-        );
+        refuses_a_long_tag(&Vaes256Gcm::on_this_cpu(&[7u8; 16]).unwrap());
     }
 }

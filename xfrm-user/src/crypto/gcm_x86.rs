@@ -9,6 +9,63 @@
 
 use core::arch::x86_64::*;
 
+use subtle::ConstantTimeEq;
+
+use super::CryptoError;
+
+/// One of our VAES GCMs: its `crypt`, and ESP's seal and open over it.
+pub(super) trait VaesCrypt {
+    /// GCM encryption (SEAL) or decryption in place; returns the full tag (computed over
+    /// the ciphertext: the output when sealing, the input when opening).
+    ///
+    /// # Safety
+    /// The CPU has the implementor's features (its constructors check them).
+    unsafe fn crypt<const SEAL: bool>(
+        &self,
+        salt: &[u8; 4],
+        iv: &[u8; 8],
+        aad: &[u8],
+        data: &mut [u8],
+    ) -> [u8; 16];
+
+    /// Seal in place: `tag` gets the first tag.len() bytes (at most 16) of the GCM tag.
+    fn seal(
+        &self,
+        salt: &[u8; 4],
+        iv: &[u8; 8],
+        aad: &[u8],
+        data: &mut [u8],
+        tag: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        if tag.len() > 16 {
+            return Err(CryptoError::BadIcvLength(tag.len()));
+        }
+        // SAFETY: an implementor exists only where the CPU has its features.
+        let full = unsafe { self.crypt::<true>(salt, iv, aad, data) };
+        tag.copy_from_slice(&full[..tag.len()]);
+        Ok(())
+    }
+
+    /// Open in place: decrypts and checks `tag` (a prefix of the full tag) in constant
+    /// time. On Err `data` holds unauthenticated plaintext that must not be used.
+    fn open(
+        &self,
+        salt: &[u8; 4],
+        iv: &[u8; 8],
+        aad: &[u8],
+        data: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), CryptoError> {
+        // SAFETY: as in `seal`.
+        let full = unsafe { self.crypt::<false>(salt, iv, aad, data) };
+        if bool::from(full[..tag.len()].ct_eq(tag)) {
+            Ok(())
+        } else {
+            Err(CryptoError::IcvMismatch)
+        }
+    }
+}
+
 /// Round keys of an AES-128 or AES-256 key (11 or 15 used), as __m128i bytes, and the
 /// number of rounds (10 or 14). `key` must be 16 or 32 bytes.
 #[target_feature(enable = "aes,sse2")]
@@ -254,4 +311,106 @@ pub(crate) fn proc_cpuinfo_flags() -> Option<Vec<String>> {
     let line = text.lines().find(|l| l.starts_with("flags"))?;
     let (_, list) = line.split_once(':')?;
     Some(list.split_whitespace().map(str::to_owned).collect())
+}
+
+/// What the tests of both VAES GCMs share: ring as the reference, and the checks.
+#[cfg(test)]
+pub(super) mod test_util {
+    use super::VaesCrypt;
+    use crate::crypto::CryptoError;
+    use ring::aead;
+
+    pub fn ring_seal(key: &[u8], nonce: [u8; 12], aad: &[u8], data: &mut [u8]) -> [u8; 16] {
+        let algo = if key.len() == 16 {
+            &aead::AES_128_GCM
+        } else {
+            &aead::AES_256_GCM
+        };
+        let k = aead::LessSafeKey::new(aead::UnboundKey::new(algo, key).unwrap());
+        let t = k
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                data,
+            )
+            .unwrap();
+        t.as_ref().try_into().unwrap()
+    }
+
+    /// A small deterministic generator for test data.
+    pub fn bytes(seed: u64, n: usize) -> Vec<u8> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Every text length 0..=700 with `key`, the AAD length cycling through `aad_lens`:
+    /// ciphertext and tag equal ring's, and open gives the plaintext back and refuses any
+    /// flipped tag bit.
+    pub fn agrees_with_ring(g: &impl VaesCrypt, key: &[u8], aad_lens: [usize; 10]) {
+        let salt = [0xca, 0xfe, 0xba, 0xbe];
+        let klen = key.len();
+        for len in 0..=700usize {
+            let aad_len = aad_lens[len % 10];
+            let aad = bytes(len as u64 + 7, aad_len);
+            let iv: [u8; 8] = bytes(len as u64 + 3, 8).try_into().unwrap();
+            let pt = bytes(len as u64, len);
+            let mut nonce = [0u8; 12];
+            nonce[..4].copy_from_slice(&salt);
+            nonce[4..].copy_from_slice(&iv);
+            let mut want = pt.clone();
+            let want_tag = ring_seal(key, nonce, &aad, &mut want);
+            let mut got = pt.clone();
+            let mut tag = [0u8; 16];
+            g.seal(&salt, &iv, &aad, &mut got, &mut tag).unwrap();
+            assert_eq!(got, want, "ciphertext, len {len} aad {aad_len} key {klen}");
+            assert_eq!(tag, want_tag, "tag, len {len} aad {aad_len} key {klen}");
+            let mut back = got.clone();
+            g.open(&salt, &iv, &aad, &mut back, &tag[..12]).unwrap();
+            assert_eq!(back, pt);
+            let mut bad = tag;
+            bad[(len * 7) % 16] ^= 1 << (len % 8);
+            let mut back = got.clone();
+            assert_eq!(
+                g.open(&salt, &iv, &aad, &mut back, &bad),
+                Err(CryptoError::IcvMismatch)
+            );
+        }
+    }
+
+    /// Bytes around the text are never touched, for texts of each of `lens`.
+    pub fn stays_inside_the_text(g: &impl VaesCrypt, lens: &[usize]) {
+        for &len in lens {
+            let mut buf = vec![0x5au8; len + 128];
+            let mut tag = [0u8; 16];
+            g.seal(
+                &[1, 2, 3, 4],
+                &[5; 8],
+                b"spi+seq!",
+                &mut buf[64..64 + len],
+                &mut tag,
+            )
+            .unwrap();
+            assert!(buf[..64].iter().all(|&b| b == 0x5a), "len {len}: before");
+            assert!(
+                buf[64 + len..].iter().all(|&b| b == 0x5a),
+                "len {len}: after"
+            );
+        }
+    }
+
+    /// A longer tag than GCM's is an error, not a panic.
+    pub fn refuses_a_long_tag(g: &impl VaesCrypt) {
+        let mut tag = [0u8; 17];
+        assert_eq!(
+            g.seal(&[0; 4], &[0; 8], &[], &mut [0u8; 4], &mut tag),
+            Err(CryptoError::BadIcvLength(17))
+        );
+    }
 }
