@@ -171,6 +171,8 @@ pub struct Figure {
     pub wakeups_per_packet: Option<f64>,
     /// The client's command line.
     pub command: String,
+    /// Which round of `Options::rounds` (0-based).
+    pub round: u32,
 }
 
 impl Figure {
@@ -190,6 +192,9 @@ pub struct Options {
     pub secs: u32,
     pub bin: PathBuf,
     pub bpf: PathBuf,
+    /// Times every route runs, one after the other each time: the ratios are the median
+    /// over the rounds of each round's ratio (a shared machine's load moves between routes).
+    pub rounds: u32,
     /// Record `perf record -a -g` into this directory during each TCP 1-stream run through
     /// xfrm-user, and report where the CPU went.
     pub perf: Option<PathBuf>,
@@ -206,15 +211,33 @@ pub struct Report {
     pub startups: Vec<(Route, Duration)>,
 }
 
-/// Runs every route with every load, reporting progress through `log`.
+/// Runs every route with every load, `opts.rounds` times, reporting progress through `log`.
 pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
     let mut rep = Report::default();
-    for &route in &opts.routes {
-        log(&format!("{}:", route.label()));
-        let (setup, figs) = run_route(opts, route, log, &mut rep.startups)
-            .with_context(|| format!("route {}", route.label()))?;
-        rep.setups.push((route, setup));
-        rep.figures.extend(figs);
+    let rounds = opts.rounds.max(1);
+    for round in 0..rounds {
+        for &route in &opts.routes {
+            if rounds > 1 {
+                log(&format!(
+                    "{} (round {}/{rounds}):",
+                    route.label(),
+                    round + 1
+                ));
+            } else {
+                log(&format!("{}:", route.label()));
+            }
+            let mut startups = Vec::new();
+            let (setup, mut figs) = run_route(opts, route, log, &mut startups)
+                .with_context(|| format!("route {}", route.label()))?;
+            for f in &mut figs {
+                f.round = round;
+            }
+            if round == 0 {
+                rep.setups.push((route, setup));
+                rep.startups.extend(startups);
+            }
+            rep.figures.extend(figs);
+        }
     }
     Ok(rep)
 }
@@ -843,6 +866,7 @@ pub fn parse_iperf3(json: &str, load: Load) -> Result<Figure> {
         user_ns_per_packet: None,
         wakeups_per_packet: None,
         command: String::new(),
+        round: 0,
     })
 }
 
@@ -864,8 +888,24 @@ fn describe(f: &Figure) -> String {
 }
 
 impl Report {
-    fn find(&self, r: Route, l: Load) -> Option<&Figure> {
-        self.figures.iter().find(|f| f.route == r && f.load == l)
+    fn find(&self, r: Route, l: Load, round: u32) -> Option<&Figure> {
+        self.figures
+            .iter()
+            .find(|f| f.route == r && f.load == l && f.round == round)
+    }
+
+    /// How many rounds the figures come from.
+    fn rounds(&self) -> u32 {
+        self.figures.iter().map(|f| f.round + 1).max().unwrap_or(0)
+    }
+
+    /// A figure's route, with its round when there are several.
+    fn route_label(&self, f: &Figure) -> String {
+        if self.rounds() > 1 {
+            format!("{} (round {})", f.route.label(), f.round + 1)
+        } else {
+            f.route.label().to_string()
+        }
     }
 
     /// The table (Markdown), one row per route and load.
@@ -889,7 +929,7 @@ impl Report {
             let _ = writeln!(
                 s,
                 "| {} | {} | {:.0} | {pps} | {loss} | {cpu} | {wake} |",
-                f.route.label(),
+                self.route_label(f),
                 f.load.label(),
                 f.mbit_s
             );
@@ -902,7 +942,11 @@ impl Report {
         let mut s = String::new();
         for (r, setup) in &self.setups {
             let _ = writeln!(s, "{}: {setup}", r.label());
-            for f in self.figures.iter().filter(|f| f.route == *r) {
+            for f in self
+                .figures
+                .iter()
+                .filter(|f| f.route == *r && f.round == 0)
+            {
                 let _ = writeln!(s, "  {}: {}", f.load.label(), f.command);
             }
         }
@@ -911,9 +955,12 @@ impl Report {
 
     /// `ratio_*=x` lines (ESP over the null transform, ESP over per-packet kernel
     /// forwarding, two queues over one, 64k SAs over one pair) and `cpu_ns_per_packet_*=x`,
-    /// per load; `startup_s_*=x` per route through xfrm-user.
+    /// per load; `startup_s_*=x` per route through xfrm-user. With several rounds a ratio is
+    /// the median of the rounds' ratios, which follow it (`rounds=a,b,..`), and the CPU lines
+    /// name their round.
     pub fn summary(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let rounds = self.rounds();
         let pairs = [
             ("esp_vs_null", Route::Esp, Route::NullTransform),
             (
@@ -926,23 +973,34 @@ impl Report {
         ];
         for (name, num, den) in pairs {
             for l in Load::ALL {
-                if let (Some(n), Some(d)) = (self.find(num, l), self.find(den, l)) {
-                    if d.value() > 0.0 {
-                        out.push(format!(
-                            "ratio_{name}_{}={:.3}",
-                            l.key(),
-                            n.value() / d.value()
-                        ));
-                    }
+                let per_round: Vec<f64> = (0..rounds)
+                    .filter_map(|k| match (self.find(num, l, k), self.find(den, l, k)) {
+                        (Some(n), Some(d)) if d.value() > 0.0 => Some(n.value() / d.value()),
+                        _ => None,
+                    })
+                    .collect();
+                let Some(m) = median(&per_round) else {
+                    continue;
+                };
+                let mut line = format!("ratio_{name}_{}={m:.3}", l.key());
+                if rounds > 1 {
+                    let each: Vec<String> = per_round.iter().map(|r| format!("{r:.3}")).collect();
+                    let _ = write!(line, " rounds={}", each.join(","));
                 }
+                out.push(line);
             }
         }
         for f in &self.figures {
             if let (Some(c), Some(u)) = (f.cpu_ns_per_packet, f.user_ns_per_packet) {
                 let (r, l) = (f.route.key(), f.load.key());
                 let w = f.wakeups_per_packet.unwrap_or(0.0);
+                let round = if rounds > 1 {
+                    format!("_round{}", f.round + 1)
+                } else {
+                    String::new()
+                };
                 out.push(format!(
-                    "cpu_ns_per_packet_{r}_{l}={c:.0} user={u:.0} wakeups={w:.3}"
+                    "cpu_ns_per_packet_{r}_{l}{round}={c:.0} user={u:.0} wakeups={w:.3}"
                 ));
             }
         }
@@ -950,6 +1008,18 @@ impl Report {
             out.push(format!("startup_s_{}={:.1}", r.key(), d.as_secs_f64()));
         }
         out
+    }
+}
+
+/// The median (the mean of the middle two for an even count); None for no values.
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
     }
 }
 
@@ -1038,6 +1108,7 @@ mod tests {
             user_ns_per_packet: None,
             wakeups_per_packet: None,
             command: String::new(),
+            round: 0,
         };
         let rep = Report {
             figures: vec![
@@ -1055,5 +1126,35 @@ mod tests {
                 "ratio_esp_vs_kernel_offloads_off_tcp1=0.500"
             ]
         );
+        // Three rounds: each round's ratio, and their median first.
+        let mut figures = Vec::new();
+        for (round, (null, esp)) in [(2000.0, 1500.0), (1000.0, 1000.0), (1000.0, 900.0)]
+            .into_iter()
+            .enumerate()
+        {
+            for (route, v) in [(Route::NullTransform, null), (Route::Esp, esp)] {
+                figures.push(Figure {
+                    round: round as u32,
+                    ..fig(route, v)
+                });
+            }
+        }
+        let rep = Report {
+            figures,
+            setups: Vec::new(),
+            startups: Vec::new(),
+        };
+        assert_eq!(
+            rep.summary(),
+            ["ratio_esp_vs_null_tcp1=0.900 rounds=0.750,1.000,0.900"]
+        );
+        assert!(rep.table().contains("(round 3)"), "{}", rep.table());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
     }
 }

@@ -30,6 +30,7 @@ fn gateway_bench_harness_runs_every_route() {
         secs: 1,
         bin: xfrm_user_bin(),
         bpf: bpf_object(),
+        rounds: 1,
         perf: Some(profiles.path().to_path_buf()),
     };
     let mut lines = Vec::new();

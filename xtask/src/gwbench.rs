@@ -28,6 +28,7 @@ pub fn gateway(
     bin: Option<PathBuf>,
     bpf: Option<PathBuf>,
     letters: &[char],
+    rounds: u32,
     perf: Option<PathBuf>,
 ) -> Result<()> {
     if !util::is_root() {
@@ -69,13 +70,17 @@ pub fn gateway(
         secs,
         bin,
         bpf,
+        rounds: rounds.max(1),
         perf,
     };
     let rep = gwbench::run(&opts, &mut |l| println!("{l}"))?;
     util::section("gateway bench: table");
     print!("{}", rep.table());
     util::section("gateway bench: the commands");
-    println!("$ cargo xtask bench --gateway --secs {secs}");
+    println!(
+        "$ cargo xtask bench --gateway --secs {secs} --rounds {}",
+        rounds.max(1)
+    );
     print!("{}", rep.commands());
     util::section("gateway bench summary");
     for l in rep.summary() {

@@ -111,6 +111,10 @@ enum Cmd {
         /// --gateway on these routes only, by letter: a (kernel, both), b, c, d, e.
         #[arg(long, requires = "gateway", value_delimiter = ',')]
         routes: Vec<char>,
+        /// --gateway: run the routes this many times, one after the other each time; each
+        /// ratio is the median over the rounds.
+        #[arg(long, default_value_t = 1, requires = "gateway")]
+        rounds: u32,
         /// --gateway, profiled: `perf record -a -g` into this directory during each TCP
         /// 1-stream run through xfrm-user, and a summary of where the CPU went.
         #[arg(long, requires = "gateway")]
@@ -177,9 +181,10 @@ fn real_main() -> Result<()> {
             bin,
             bpf,
             routes,
+            rounds,
             perf,
             ..
-        } => gwbench::gateway(secs, bin, bpf, &routes, perf),
+        } => gwbench::gateway(secs, bin, bpf, &routes, rounds, perf),
         Cmd::Bench {
             classifier, args, ..
         } => {
