@@ -180,7 +180,8 @@ impl Vaes256Gcm {
     }
 
     /// GHASH of `data` as whole steps, the final partial block zero-padded; `tail` (the
-    /// length block) joins the last step. For AADs longer than one block (GMAC).
+    /// length block) joins the last step. For AADs longer than one block (GMAC: the whole
+    /// packet, so only a partial last step goes through a copy).
     #[target_feature(enable = "aes,pclmulqdq,avx2,vaes,vpclmulqdq")]
     fn ghash_bytes(&self, mut y: __m128i, data: &[u8], tail: Option<__m128i>) -> __m128i {
         let rev = rev_mask();
@@ -189,11 +190,16 @@ impl Vaes256Gcm {
             let n = rest.len().min(STEP);
             let is_last = rest.len() <= STEP;
             let mut buf = [0u8; STEP];
-            buf[..n].copy_from_slice(&rest[..n]);
+            let step: &[u8] = if n == STEP {
+                &rest[..STEP]
+            } else {
+                buf[..n].copy_from_slice(rest);
+                &buf
+            };
             let mut x = [_mm256_setzero_si256(); REGS];
             for (g, xg) in x.iter_mut().enumerate().take(n.div_ceil(32)) {
-                // SAFETY: 32 bytes inside `buf` (32g + 32 <= STEP).
-                let v = unsafe { _mm256_loadu_si256(buf.as_ptr().add(32 * g).cast()) };
+                // SAFETY: 32 bytes inside `step` (32g + 32 <= STEP = step.len()).
+                let v = unsafe { _mm256_loadu_si256(step.as_ptr().add(32 * g).cast()) };
                 *xg = _mm256_shuffle_epi8(v, rev);
             }
             y = self.ghash_step(y, &x, n.div_ceil(16), None, tail.filter(|_| is_last));
