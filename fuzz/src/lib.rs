@@ -151,7 +151,7 @@ pub fn output(data: &[u8]) {
     let db = db_of(site_a());
     let stats = XfrmStats::default();
     let mut f = OwnedFrame::with_room(data, 256, 512);
-    let v = f.with_frame(|frame| xfrm_output(&db, &stats, frame, false));
+    let v = f.with_frame(|frame| xfrm_output(&db, &stats, frame, Some(false)));
     if v != Verdict::Transformed {
         return;
     }
@@ -403,7 +403,9 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     for p in &inner {
         out.push(("output", p.clone()));
         let mut f = OwnedFrame::with_room(p, 256, 512);
-        if f.with_frame(|frame| xfrm_output(&db, &stats, frame, false)) == Verdict::Transformed {
+        if f.with_frame(|frame| xfrm_output(&db, &stats, frame, Some(false)))
+            == Verdict::Transformed
+        {
             wire.push(f.data().to_vec());
             out.push(("input", f.data().to_vec()));
         }

@@ -83,8 +83,9 @@ pub fn run_output<R: Read, W: Write>(
         input,
         output,
         |db| db,
-        // Packets from a capture carry complete checksums.
-        |db, frame| match xfrm_output(db, stats, frame, false) {
+        // A capture taken on the sending host holds the partial checksums its stack left
+        // for offload (tcpdump calls them incorrect): completed, as the kernel would.
+        |db, frame| match xfrm_output(db, stats, frame, None) {
             Verdict::Pass => Step::Pass,
             Verdict::Dropped(_) => Step::Drop,
             Verdict::Transformed => Step::Write,

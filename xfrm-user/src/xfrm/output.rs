@@ -35,8 +35,8 @@ pub enum Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutputOpts {
     /// Whether the inner L4 checksum field holds only the pseudo-header sum
-    /// (CHECKSUM_PARTIAL); None: find out from the packet ([`csum_partial`]: veth hands
-    /// packets over that way, and AF_XDP does not say).
+    /// (CHECKSUM_PARTIAL); None: find out from the packet (veth hands packets over that
+    /// way, and AF_XDP does not say). See [`inner_l4_checksum`].
     pub csum_partial: Option<bool>,
     /// The host's own TCP SYNs get their MSS clamped to what the bundle leaves (its stack
     /// cannot know the ESP overhead).
@@ -103,15 +103,12 @@ pub fn xfrm_output_policy(
             }
         }
     }
-    let partial = opts
-        .csum_partial
-        .unwrap_or_else(|| csum_partial(frame.data(), info));
     PolicyVerdict::Done(xfrm_output_parsed(
         &refs[..n],
         stats,
         frame,
         &info.l4(),
-        partial,
+        opts.csum_partial,
         db.now(),
     ))
 }
@@ -134,48 +131,16 @@ fn clamp_mss(pkt: &mut [u8], info: &flow::FlowInfo, mtu: u32) {
     }
 }
 
-/// Did veth (or any CHECKSUM_PARTIAL sender) leave only the pseudo-header sum in the TCP/UDP
-/// checksum? Then the field equals that sum, not complemented (csum_tcpudp_magic's
-/// complement), and the full checksum does not verify. AF_XDP does not carry the skb's
-/// ip_summed, so this is read from the packet.
-pub fn csum_partial(pkt: &[u8], info: &flow::FlowInfo) -> bool {
-    if info.fragment || !info.l4_present {
-        return false;
-    }
-    if !matches!(info.key.proto, proto::TCP | proto::UDP) {
-        return false;
-    }
-    let Some(off) = crate::wire::l4_checksum_offset(info.key.proto) else {
-        return false;
-    };
-    let Some(l4) = pkt.get(info.l4_offset..info.ip_len) else {
-        return false;
-    };
-    if l4.len() < off + 2 {
-        return false;
-    }
-    let field = u16::from_be_bytes([l4[off], l4[off + 1]]);
-    let len = l4.len() as u32;
-    let pseudo = match (info.key.src, info.key.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => checksum::pseudo_header_v4(s, d, info.key.proto, len),
-        (IpAddr::V6(s), IpAddr::V6(d)) => checksum::pseudo_header_v6(s, d, info.key.proto, len),
-        _ => return false,
-    };
-    // The cheap test first: a complete checksum equals the pseudo-header sum only by chance
-    // (1 in 65536), and only then does the whole segment need summing to tell them apart.
-    field == pseudo && checksum::combine(&[pseudo, checksum::data(l4)]) != 0xffff
-}
-
 /// The whole output path for one IP packet at the head of `frame`: SPD lookup, then
-/// [`xfrm_output_policy`] without a route (no size check). `csum_partial` says the inner L4 checksum field
-/// holds only the pseudo-header sum (CHECKSUM_PARTIAL, as veth hands packets over); it is
-/// completed before encryption. Otherwise the checksum is verified and a packet with a
-/// wrong one is dropped (XfrmOutError) rather than encrypted.
+/// [`xfrm_output_policy`] without a route (no size check). `csum_partial` says whether the
+/// inner L4 checksum field holds only the pseudo-header sum (CHECKSUM_PARTIAL, as veth hands
+/// packets over; None: find out from the packet); a partial one is completed before
+/// encryption, a complete one left as it is (see [`inner_l4_checksum`]).
 pub fn xfrm_output(
     db: &XfrmDb,
     stats: &XfrmStats,
     frame: &mut Frame<'_>,
-    csum_partial: bool,
+    csum_partial: Option<bool>,
 ) -> Verdict {
     // Fail closed: a packet we cannot classify might belong to a protected flow.
     let Ok(info) = flow::parse(frame.data()) else {
@@ -190,7 +155,7 @@ pub fn xfrm_output(
         return Verdict::Dropped(XfrmStat::XfrmOutPolBlock);
     }
     let opts = OutputOpts {
-        csum_partial: Some(csum_partial),
+        csum_partial,
         clamp_mss: false,
     };
     match xfrm_output_policy(db, pol, &info, stats, frame, opts, &mut |_| None) {
@@ -218,7 +183,7 @@ pub fn xfrm_output_bundle(
         stats.inc(XfrmStat::XfrmOutError);
         return Verdict::Dropped(XfrmStat::XfrmOutError);
     };
-    xfrm_output_parsed(xs, stats, frame, &info, csum_partial, now)
+    xfrm_output_parsed(xs, stats, frame, &info, Some(csum_partial), now)
 }
 
 /// [`xfrm_output_bundle`] for a packet parsed already (`info`: its one parse).
@@ -227,7 +192,7 @@ pub fn xfrm_output_parsed(
     stats: &XfrmStats,
     frame: &mut Frame<'_>,
     info: &flow::L4Info,
-    csum_partial: bool,
+    csum_partial: Option<bool>,
     now: u64,
 ) -> Verdict {
     if xs.is_empty() {
@@ -240,14 +205,14 @@ pub fn xfrm_output_parsed(
     output_checked(xs.iter().copied(), stats, frame, info, csum_partial, now)
 }
 
-/// xfrm_output: cut the Ethernet padding, fix or verify the inner L4 checksum
+/// xfrm_output: cut the Ethernet padding, complete a partial inner L4 checksum
 /// (skb_checksum_help), then xfrm_output_resume.
 fn output_checked<'a>(
     mut xs: impl Iterator<Item = &'a SecurityAssociation> + Clone,
     stats: &XfrmStats,
     frame: &mut Frame<'_>,
     info: &flow::L4Info,
-    csum_partial: bool,
+    csum_partial: Option<bool>,
     now: u64,
 ) -> Verdict {
     let extra = frame.len().saturating_sub(info.ip_len);
@@ -355,56 +320,72 @@ fn output_one(
     ip_local_out_fixup(frame.data_mut(), l.v6).map_err(|_| XfrmStat::XfrmOutError)
 }
 
-/// The inner L4 checksum is wrong (or cannot be completed).
+/// The inner L4 checksum was said to be partial but cannot be completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadChecksum;
 
-/// The inner L4 checksum before encryption. Partial (CHECKSUM_PARTIAL): the field holds the
-/// pseudo-header sum, and skb_checksum_help folds the sum of the whole L4 segment into it
-/// (0 becomes 0xffff, CSUM_MANGLED_0). Otherwise TCP, UDP, ICMP and ICMPv6 checksums are
-/// verified. UDP with checksum 0 means "none" over IPv4 and is let through over IPv6 too
-/// (RFC 6935 tunnels use it). Fragments cannot be checked and pass as they are.
+/// The inner L4 checksum before encryption, as xfrm_output treats it: a partial one
+/// (CHECKSUM_PARTIAL: the field holds the pseudo-header sum) gets the sum of the whole L4
+/// segment folded in (skb_checksum_help; 0 becomes 0xffff, CSUM_MANGLED_0); a complete one
+/// is left as it is, unread, as the kernel leaves it (checking it is the receiver's job).
+///
+/// `partial` None: AF_XDP does not carry the skb's ip_summed, so the packet tells. A
+/// TCP/UDP field that equals the pseudo-header sum is partial unless the segment's full
+/// checksum verifies (a complete checksum equals that sum 1 time in 65536); any other field
+/// is complete. The one pass over the segment that tells them apart also completes it.
 #[inline]
 pub fn inner_l4_checksum(
     pkt: &mut [u8],
     info: &flow::L4Info,
-    partial: bool,
+    partial: Option<bool>,
 ) -> Result<(), BadChecksum> {
-    if info.fragment || !info.l4_present {
-        return if partial { Err(BadChecksum) } else { Ok(()) };
+    if partial == Some(false) {
+        return Ok(());
     }
+    // Said to be partial but cannot be completed: refused (Err); only suspected: left.
+    let cannot = if partial == Some(true) {
+        Err(BadChecksum)
+    } else {
+        Ok(())
+    };
     let p = info.proto;
+    if info.fragment
+        || !info.l4_present
+        || (partial.is_none() && !matches!(p, proto::TCP | proto::UDP))
+    {
+        return cannot;
+    }
     let Some((csum_off, min_len)) = crate::wire::l4_checksum_field(p) else {
-        return if partial { Err(BadChecksum) } else { Ok(()) };
+        return cannot;
     };
     let (hdr, rest) = pkt.split_at_mut(info.l4_offset.min(pkt.len()));
-    let l4 = rest
-        .get_mut(..info.ip_len.saturating_sub(info.l4_offset))
-        .ok_or(BadChecksum)?;
-    if l4.len() < min_len {
-        return Err(BadChecksum);
-    }
-    if partial {
-        let mut c = !checksum::data(l4);
-        if c == 0 {
-            c = 0xffff;
-        }
-        put16(l4, csum_off, c);
-        return Ok(());
-    }
-    if p == proto::UDP && l4[csum_off] == 0 && l4[csum_off + 1] == 0 {
-        return Ok(());
-    }
-    // ICMP (IPv4) has no pseudo-header; the parse proved the addresses are in `hdr`.
-    let ph = match info.version {
-        4 if p == proto::ICMP => 0,
-        v => checksum::pseudo_header_at(hdr, v == 6, p, l4.len() as u32),
+    let Some(l4) = rest.get_mut(..info.ip_len.saturating_sub(info.l4_offset)) else {
+        return cannot;
     };
-    if checksum::combine(&[ph, checksum::data(l4)]) == 0xffff {
-        Ok(())
-    } else {
-        Err(BadChecksum)
+    if l4.len() < min_len {
+        return cannot;
     }
+    let sum = if partial.is_none() {
+        // ICMP (IPv4) has no pseudo-header, but only TCP and UDP get here; the parse
+        // proved the addresses are in `hdr`.
+        let ph = checksum::pseudo_header_at(hdr, info.version == 6, p, l4.len() as u32);
+        if crate::wire::be16(l4, csum_off) != ph {
+            return Ok(());
+        }
+        let sum = checksum::data(l4);
+        if checksum::combine(&[ph, sum]) == 0xffff {
+            return Ok(());
+        }
+        sum
+    } else {
+        checksum::data(l4)
+    };
+    let c = match !sum {
+        0 => 0xffff,
+        c => c,
+    };
+    put16(l4, csum_off, c);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -436,24 +417,34 @@ mod tests {
         p
     }
 
+    /// The field after `inner_l4_checksum` with `partial` unknown.
+    fn detected(pkt: &[u8]) -> [u8; 2] {
+        let mut p = pkt.to_vec();
+        let info = flow::parse_l4(&p).unwrap();
+        inner_l4_checksum(&mut p, &info, None).unwrap();
+        assert_eq!(p[..26], pkt[..26], "only the checksum field may change");
+        assert_eq!(p[28..], pkt[28..], "only the checksum field may change");
+        [p[26], p[27]]
+    }
+
     #[test]
-    fn partial_checksums_are_recognised() {
+    fn partial_checksums_are_recognised_and_completed() {
         let full = udp4(false);
-        let info = flow::parse(&full).unwrap();
-        assert!(!csum_partial(&full, &info));
-        let part = udp4(true);
-        let info = flow::parse(&part).unwrap();
-        assert!(csum_partial(&part, &info));
-        // A wrong checksum that is not the pseudo-header sum is not "partial".
+        assert_eq!(detected(&full), [full[26], full[27]], "complete: left");
+        assert_eq!(
+            detected(&udp4(true)),
+            [full[26], full[27]],
+            "partial: completed"
+        );
+        // A wrong checksum that is not the pseudo-header sum is not "partial": left as it
+        // is, as the kernel leaves a complete one.
         let mut bad = udp4(false);
         bad[27] ^= 1;
-        let info = flow::parse(&bad).unwrap();
-        assert!(!csum_partial(&bad, &info));
+        assert_eq!(detected(&bad), [bad[26], bad[27]]);
         // UDP checksum 0 (none) is not partial.
         let mut none = udp4(false);
         none[26] = 0;
         none[27] = 0;
-        let info = flow::parse(&none).unwrap();
-        assert!(!csum_partial(&none, &info));
+        assert_eq!(detected(&none), [0, 0]);
     }
 }

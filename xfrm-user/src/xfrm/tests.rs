@@ -86,9 +86,9 @@ fn env1(c: SaConfig, inner_v6: bool) -> Env {
 
 impl Env {
     fn send(&self, pkt: &[u8]) -> (Verdict, Vec<u8>) {
-        self.send_opt(pkt, false)
+        self.send_opt(pkt, Some(false))
     }
-    fn send_opt(&self, pkt: &[u8], partial: bool) -> (Verdict, Vec<u8>) {
+    fn send_opt(&self, pkt: &[u8], partial: Option<bool>) -> (Verdict, Vec<u8>) {
         let mut f = OwnedFrame::from_packet(pkt);
         let v = f.with_frame(|fr| xfrm_output(&self.db, &self.stats, fr, partial));
         (v, f.data().to_vec())
@@ -976,18 +976,25 @@ fn mode_and_space_errors() {
     assert_eq!(x.oseq(), 0, "nothing consumed a sequence number");
 }
 
+/// As xfrm_output: a complete inner checksum is left as it is (a wrong one too: checking it
+/// is the receiver's job, and a router does not), a partial one is completed, whether the
+/// caller says so or the packet shows it.
 #[test]
-fn inner_checksum_verified_or_completed() {
+fn inner_checksum_left_or_completed() {
     let e = env1(
         esp_cfg(0xd000, "192.0.2.1", "192.0.2.2", XfrmMode::Tunnel),
         false,
     );
+    let inner = |out: &[u8]| esp_open(out, 20, 16, None).2;
     let good = udp4(0, true, b"checksummed");
     let mut bad = good.clone();
     bad[30] ^= 0xff; // payload byte: UDP checksum now wrong
-    assert_eq!(e.send(&bad).0, Verdict::Dropped(XfrmStat::XfrmOutError));
-    assert_eq!(e.stats.get(XfrmStat::XfrmOutError), 1);
-    assert_eq!(e.sa(0).oseq(), 0);
+    for said in [Some(false), None] {
+        let (v, out) = e.send_opt(&bad, said);
+        assert_eq!(v, Verdict::Transformed);
+        assert_eq!(inner(&out), bad, "{said:?}: sent as it came");
+    }
+    assert_eq!(e.stats.get(XfrmStat::XfrmOutError), 0);
     // CHECKSUM_PARTIAL: the field holds the pseudo-header sum only.
     let mut partial = good.clone();
     let ph = checksum::pseudo_header_v4(
@@ -997,34 +1004,66 @@ fn inner_checksum_verified_or_completed() {
         (good.len() - 20) as u32,
     );
     partial[26..28].copy_from_slice(&ph.to_be_bytes());
-    assert_eq!(e.send(&partial).0, Verdict::Dropped(XfrmStat::XfrmOutError));
-    let (v, out) = e.send_opt(&partial, true);
-    assert_eq!(v, Verdict::Transformed);
-    assert_eq!(
-        esp_open(&out, 20, 16, None).2,
-        good,
-        "checksum completed = the right one"
+    for said in [Some(true), None] {
+        let (v, out) = e.send_opt(&partial, said);
+        assert_eq!(v, Verdict::Transformed);
+        assert_eq!(inner(&out), good, "{said:?}: completed = the right one");
+    }
+    // Said complete: the caller knows best.
+    assert_eq!(inner(&e.send(&partial).1), partial);
+    // A complete checksum that happens to equal the pseudo-header sum (the first payload
+    // word chosen to make it so) stays.
+    let mut odd = udp4(0, true, b"\0\0coincidence");
+    let ph = checksum::pseudo_header_v4(
+        "10.1.0.1".parse().unwrap(),
+        "10.2.0.1".parse().unwrap(),
+        17,
+        (odd.len() - 20) as u32,
     );
-    // UDP checksum 0 (none) passes; TCP and ICMP are checked too.
+    odd[26..28].copy_from_slice(&ph.to_be_bytes());
+    // pseudo + rest + w = 0xffff (one's complement), with the field holding ph.
+    let rest = checksum::combine(&[ph, checksum::data(&odd[20..])]);
+    let w = !checksum::combine(&[rest]);
+    odd[28..30].copy_from_slice(&w.to_be_bytes());
+    assert_eq!(checksum::combine(&[ph, checksum::data(&odd[20..])]), 0xffff);
+    assert_eq!(inner(&e.send_opt(&odd, None).1), odd);
+    // UDP checksum 0 (none) is not partial.
     let mut none = good.clone();
     none[26..28].fill(0);
-    assert_eq!(e.send(&none).0, Verdict::Transformed);
+    assert_eq!(inner(&e.send_opt(&none, None).1), none);
+    // ICMP said partial is completed (only TCP and UDP are ever guessed partial).
     let mut icmp = udp4(0, true, b"");
     icmp[9] = 1;
     icmp[20..28].copy_from_slice(&[8, 0, 0, 0, 0, 1, 0, 1]);
-    fill_l4_checksum(&mut icmp);
     Ipv4Packet::new_unchecked(&mut icmp[..]).fill_checksum();
-    assert_eq!(e.send(&icmp).0, Verdict::Transformed);
-    icmp[24] = 9;
-    assert_eq!(e.send(&icmp).0, Verdict::Dropped(XfrmStat::XfrmOutError));
-    let mut v6 = udp6(0, 0, b"six");
+    let mut done = icmp.clone();
+    fill_l4_checksum(&mut done);
+    assert_eq!(inner(&e.send_opt(&icmp, Some(true)).1), done);
+    assert_eq!(inner(&e.send_opt(&icmp, None).1), icmp);
+    // IPv6 partial, completed.
+    let v6 = udp6(0, 0, b"six");
     let e6 = env1(
         esp_cfg(0xd001, "fd00::a", "fd00::b", XfrmMode::Tunnel),
         true,
     );
-    assert_eq!(e6.send(&v6).0, Verdict::Transformed);
-    v6[50] ^= 1;
-    assert_eq!(e6.send(&v6).0, Verdict::Dropped(XfrmStat::XfrmOutError));
+    let mut v6p = v6.clone();
+    let ph6 = checksum::pseudo_header_v6(
+        "fd00:1::1".parse().unwrap(),
+        "fd00:2::1".parse().unwrap(),
+        17,
+        (v6.len() - 40) as u32,
+    );
+    v6p[46..48].copy_from_slice(&ph6.to_be_bytes());
+    assert_eq!(esp_open(&e6.send_opt(&v6p, None).1, 40, 16, None).2, v6);
+    // Said partial but not completable (no L4 header in a later fragment): dropped.
+    let mut frag = good.clone();
+    frag[6..8].copy_from_slice(&0x0001u16.to_be_bytes()); // offset 8 bytes
+    Ipv4Packet::new_unchecked(&mut frag[..]).fill_checksum();
+    assert_eq!(
+        e.send_opt(&frag, Some(true)).0,
+        Verdict::Dropped(XfrmStat::XfrmOutError)
+    );
+    assert_eq!(e.send_opt(&frag, None).0, Verdict::Transformed);
 }
 
 #[test]
