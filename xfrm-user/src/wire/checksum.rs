@@ -21,8 +21,8 @@ pub fn fold(mut sum: u64) -> u16 {
 /// The sum is byte-order independent (RFC 1071 section 2(B)): words are added in the CPU's
 /// own order and the folded result is swapped once at the end. On x86_64 the words go
 /// through vector code (features checked once, cached by std): 64 bytes per step with
-/// AVX-512BW, whose masked load also takes the tail, or 32 with AVX2. The whole payload of
-/// every packet goes through here when the inner L4 checksum is verified.
+/// AVX-512BW, whose masked load also takes the tail, or 32 with AVX2. The whole payload of a
+/// packet goes through here when its partial inner L4 checksum is completed.
 #[inline]
 pub fn data(data: &[u8]) -> u16 {
     #[cfg(target_arch = "x86_64")]
