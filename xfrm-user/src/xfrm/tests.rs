@@ -976,6 +976,18 @@ fn mode_and_space_errors() {
     assert_eq!(x.oseq(), 0, "nothing consumed a sequence number");
 }
 
+/// `p` as a CHECKSUM_PARTIAL sender leaves it: the L4 checksum field holds the
+/// pseudo-header sum.
+fn partial_of(p: &[u8]) -> Vec<u8> {
+    let info = crate::wire::flow::parse_l4(p).unwrap();
+    let (at, _) = crate::wire::l4_checksum_field(info.proto).unwrap();
+    let len = (info.ip_len - info.l4_offset) as u32;
+    let ph = checksum::pseudo_header_at(p, info.version == 6, info.proto, len);
+    let mut q = p.to_vec();
+    q[info.l4_offset + at..][..2].copy_from_slice(&ph.to_be_bytes());
+    q
+}
+
 /// As xfrm_output: a complete inner checksum is left as it is (a wrong one too: checking it
 /// is the receiver's job, and a router does not), a partial one is completed, whether the
 /// caller says so or the packet shows it.
@@ -996,14 +1008,7 @@ fn inner_checksum_left_or_completed() {
     }
     assert_eq!(e.stats.get(XfrmStat::XfrmOutError), 0);
     // CHECKSUM_PARTIAL: the field holds the pseudo-header sum only.
-    let mut partial = good.clone();
-    let ph = checksum::pseudo_header_v4(
-        "10.1.0.1".parse().unwrap(),
-        "10.2.0.1".parse().unwrap(),
-        17,
-        (good.len() - 20) as u32,
-    );
-    partial[26..28].copy_from_slice(&ph.to_be_bytes());
+    let partial = partial_of(&good);
     for said in [Some(true), None] {
         let (v, out) = e.send_opt(&partial, said);
         assert_eq!(v, Verdict::Transformed);
@@ -1013,14 +1018,8 @@ fn inner_checksum_left_or_completed() {
     assert_eq!(inner(&e.send(&partial).1), partial);
     // A complete checksum that happens to equal the pseudo-header sum (the first payload
     // word chosen to make it so) stays.
-    let mut odd = udp4(0, true, b"\0\0coincidence");
-    let ph = checksum::pseudo_header_v4(
-        "10.1.0.1".parse().unwrap(),
-        "10.2.0.1".parse().unwrap(),
-        17,
-        (odd.len() - 20) as u32,
-    );
-    odd[26..28].copy_from_slice(&ph.to_be_bytes());
+    let mut odd = partial_of(&udp4(0, true, b"\0\0coincidence"));
+    let ph = u16::from_be_bytes([odd[26], odd[27]]);
     // pseudo + rest + w = 0xffff (one's complement), with the field holding ph.
     let rest = checksum::combine(&[ph, checksum::data(&odd[20..])]);
     let w = !checksum::combine(&[rest]);
@@ -1046,15 +1045,10 @@ fn inner_checksum_left_or_completed() {
         esp_cfg(0xd001, "fd00::a", "fd00::b", XfrmMode::Tunnel),
         true,
     );
-    let mut v6p = v6.clone();
-    let ph6 = checksum::pseudo_header_v6(
-        "fd00:1::1".parse().unwrap(),
-        "fd00:2::1".parse().unwrap(),
-        17,
-        (v6.len() - 40) as u32,
+    assert_eq!(
+        esp_open(&e6.send_opt(&partial_of(&v6), None).1, 40, 16, None).2,
+        v6
     );
-    v6p[46..48].copy_from_slice(&ph6.to_be_bytes());
-    assert_eq!(esp_open(&e6.send_opt(&v6p, None).1, 40, 16, None).2, v6);
     // Said partial but not completable (no L4 header in a later fragment): dropped.
     let mut frag = good.clone();
     frag[6..8].copy_from_slice(&0x0001u16.to_be_bytes()); // offset 8 bytes
