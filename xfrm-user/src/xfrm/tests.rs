@@ -1058,6 +1058,19 @@ fn inner_checksum_left_or_completed() {
         Verdict::Dropped(XfrmStat::XfrmOutError)
     );
     assert_eq!(e.send_opt(&frag, None).0, Verdict::Transformed);
+    // Said partial, but the protocol has no checksum to complete (GRE): dropped, counted,
+    // no sequence number spent; unsaid, it goes as it is.
+    let mut gre = good.clone();
+    gre[9] = 47;
+    Ipv4Packet::new_unchecked(&mut gre[..]).fill_checksum();
+    let seq = e.sa(0).oseq();
+    assert_eq!(
+        e.send_opt(&gre, Some(true)).0,
+        Verdict::Dropped(XfrmStat::XfrmOutError)
+    );
+    assert_eq!(e.stats.get(XfrmStat::XfrmOutError), 2);
+    assert_eq!(e.sa(0).oseq(), seq);
+    assert_eq!(inner(&e.send_opt(&gre, None).1), gre);
 }
 
 #[test]
